@@ -1,0 +1,8 @@
+//! The mirrorplay gRPC contract: `mirrorplay.v1.Coordinator` and the job/task messages.
+//!
+//! Generated code only. Domain logic lives in `mirrorplay-coordinator` and `mirrorplay-worker`,
+//! which translate these messages into their own types. This crate never depends on candle.
+
+pub mod v1 {
+    tonic::include_proto!("mirrorplay.v1");
+}

@@ -1,0 +1,43 @@
+//! The error type of the I/O module: every variant names the location it is about.
+
+/// Errors from object stores, safetensors files and model directories.
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    #[error("invalid location `{location}`: {reason}")]
+    BadLocation { location: String, reason: String },
+    #[error("{url}: not found")]
+    NotFound { url: String },
+    #[error("{url}: {source}")]
+    Store {
+        url: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("{url}: invalid safetensors file: {reason}")]
+    BadSafetensors { url: String, reason: String },
+    #[error("{url}: {reason}")]
+    BadModel { url: String, reason: String },
+    #[error("{url}: invalid JSON: {source}")]
+    Json {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: {source}")]
+    Fs {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = IoError> = std::result::Result<T, E>;
+
+impl IoError {
+    pub(crate) fn store(url: &str, source: object_store::Error) -> Self {
+        match source {
+            object_store::Error::NotFound { .. } => IoError::NotFound { url: url.to_string() },
+            source => IoError::Store { url: url.to_string(), source },
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! URL/path → object store resolution. Every field that takes a URL also takes a local path;
+//! paths are made absolute (against a given base directory) and become `file:///` URLs.
+//! Stores come from `object_store::parse_url_opts` with the process environment, so S3/GCS/Azure
+//! credentials are read from the usual variables (AWS_ACCESS_KEY_ID, AWS_ENDPOINT, ...).
+
+use std::ops::Range;
+use std::path::Path as FsPath;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use url::Url;
+
+use super::error::{IoError, Result};
+
+/// Turns a user-supplied location into an absolute URL string. A string with a scheme
+/// (`s3://`, `file:///`, ...) is kept as it is; anything else is a filesystem path, resolved
+/// against `base_dir` when relative.
+pub fn absolute_url(location: &str, base_dir: &FsPath) -> Result<String> {
+    let bad = |reason: &str| IoError::BadLocation {
+        location: location.to_string(),
+        reason: reason.to_string(),
+    };
+    if location.is_empty() {
+        return Err(bad("empty location"));
+    }
+    if has_scheme(location) {
+        let url = Url::parse(location).map_err(|e| bad(&e.to_string()))?;
+        if url.scheme() == "file" && url.host_str().is_some_and(|h| !h.is_empty()) {
+            return Err(bad("file URLs must be absolute (file:///path); use a plain path for relative locations"));
+        }
+        return Ok(url.to_string().trim_end_matches('/').to_string());
+    }
+    let path = FsPath::new(location);
+    let abs = if path.is_absolute() { path.to_path_buf() } else { base_dir.join(path) };
+    let abs = normalize(&abs);
+    let url = Url::from_file_path(&abs).map_err(|_| bad("not a valid absolute path"))?;
+    Ok(url.to_string().trim_end_matches('/').to_string())
+}
+
+fn has_scheme(s: &str) -> bool {
+    match s.find("://") {
+        Some(i) => i > 0 && s[..i].chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.'),
+        None => false,
+    }
+}
+
+/// Removes `.` and `..` components without touching the filesystem.
+fn normalize(path: &FsPath) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// One object (or prefix) in a store, with the URL it was named by.
+#[derive(Clone)]
+pub struct Location {
+    store: Arc<dyn ObjectStore>,
+    path: StorePath,
+    url: String,
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+impl Location {
+    /// Parses a URL or a path (relative paths resolve against the current directory).
+    pub fn parse(location: &str) -> Result<Self> {
+        let cwd = std::env::current_dir().map_err(|e| IoError::Fs { path: ".".into(), source: e })?;
+        let url_string = absolute_url(location, &cwd)?;
+        let url = Url::parse(&url_string).map_err(|e| IoError::BadLocation {
+            location: location.to_string(),
+            reason: e.to_string(),
+        })?;
+        let (store, path) = object_store::parse_url_opts(&url, std::env::vars()).map_err(|e| {
+            IoError::BadLocation { location: location.to_string(), reason: e.to_string() }
+        })?;
+        Ok(Location { store: Arc::from(store), path, url: url_string })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The last path segment ("" for a store root).
+    pub fn file_name(&self) -> &str {
+        self.path.filename().unwrap_or("")
+    }
+
+    /// A location below this one; `name` may contain `/`.
+    pub fn join(&self, name: &str) -> Location {
+        let name = name.trim_matches('/');
+        let path = if self.path.as_ref().is_empty() {
+            StorePath::from(name)
+        } else {
+            StorePath::from(format!("{}/{}", self.path, name))
+        };
+        Location { store: self.store.clone(), path, url: format!("{}/{}", self.url, name) }
+    }
+
+    /// The parent location (same store).
+    pub fn parent(&self) -> Location {
+        let parts: Vec<_> = self.path.parts().collect();
+        let path: StorePath = parts[..parts.len().saturating_sub(1)].iter().cloned().collect();
+        let url = match self.url.rfind('/') {
+            Some(i) if !self.path.as_ref().is_empty() => self.url[..i].to_string(),
+            _ => self.url.clone(),
+        };
+        Location { store: self.store.clone(), path, url }
+    }
+
+    pub async fn read(&self) -> Result<Bytes> {
+        let got = self.store.get_opts(&self.path, Default::default()).await;
+        let got = got.map_err(|e| IoError::store(&self.url, e))?;
+        got.bytes().await.map_err(|e| IoError::store(&self.url, e))
+    }
+
+    pub async fn read_range(&self, range: Range<u64>) -> Result<Bytes> {
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        self.store.get_range(&self.path, range).await.map_err(|e| IoError::store(&self.url, e))
+    }
+
+    /// Size in bytes.
+    pub async fn size(&self) -> Result<u64> {
+        let meta = self.store.head(&self.path).await.map_err(|e| IoError::store(&self.url, e))?;
+        Ok(meta.size)
+    }
+
+    /// Size and ETag (for provenance).
+    pub async fn head(&self) -> Result<(u64, Option<String>)> {
+        let meta = self.store.head(&self.path).await.map_err(|e| IoError::store(&self.url, e))?;
+        Ok((meta.size, meta.e_tag))
+    }
+
+    pub async fn exists(&self) -> Result<bool> {
+        match self.store.head(&self.path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(IoError::store(&self.url, e)),
+        }
+    }
+
+    /// Atomic overwrite.
+    pub async fn put(&self, bytes: impl Into<PutPayload>) -> Result<()> {
+        self.store.put(&self.path, bytes.into()).await.map_err(|e| IoError::store(&self.url, e))?;
+        Ok(())
+    }
+
+    /// Atomic create: `Ok(false)` when the object already exists.
+    pub async fn put_create(&self, bytes: impl Into<PutPayload>) -> Result<bool> {
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.store.put_opts(&self.path, bytes.into(), opts).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(IoError::store(&self.url, e)),
+        }
+    }
+
+    pub async fn delete(&self) -> Result<()> {
+        match self.store.delete(&self.path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(IoError::store(&self.url, e)),
+        }
+    }
+
+    /// Every object below this prefix: (path relative to it, size), sorted by path.
+    pub async fn list(&self) -> Result<Vec<(String, u64)>> {
+        let prefix = if self.path.as_ref().is_empty() { None } else { Some(&self.path) };
+        let metas: Vec<_> = self
+            .store
+            .list(prefix)
+            .try_collect()
+            .await
+            .map_err(|e| IoError::store(&self.url, e))?;
+        let base = self.path.as_ref();
+        let mut out: Vec<(String, u64)> = metas
+            .into_iter()
+            .filter_map(|m| {
+                let full = m.location.as_ref().to_string();
+                let rel = if base.is_empty() { full } else { full.strip_prefix(base)?.trim_start_matches('/').to_string() };
+                (!rel.is_empty()).then_some((rel, m.size))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Starts a multipart upload; the object appears atomically when it is completed.
+    pub async fn put_multipart(&self) -> Result<Box<dyn object_store::MultipartUpload>> {
+        self.store.put_multipart(&self.path).await.map_err(|e| IoError::store(&self.url, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absolute_urls() {
+        let base = FsPath::new("/work/here");
+        assert_eq!(absolute_url("examples/base", base).unwrap(), "file:///work/here/examples/base");
+        assert_eq!(absolute_url("./a/../b/", base).unwrap(), "file:///work/here/b");
+        assert_eq!(absolute_url("/abs/x.safetensors", base).unwrap(), "file:///abs/x.safetensors");
+        assert_eq!(absolute_url("s3://bucket/key/", base).unwrap(), "s3://bucket/key");
+        assert!(absolute_url("file://./rel", base).is_err());
+        assert!(absolute_url("", base).is_err());
+    }
+
+    #[tokio::test]
+    async fn put_read_list_create() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Location::parse(dir.path().to_str().unwrap()).unwrap();
+        let a = root.join("sub/a.bin");
+        a.put(b"hello world".to_vec()).await.unwrap();
+        assert_eq!(&a.read().await.unwrap()[..], b"hello world");
+        assert_eq!(&a.read_range(6..11).await.unwrap()[..], b"world");
+        assert_eq!(a.size().await.unwrap(), 11);
+        assert!(!root.join("sub/a.bin").put_create(b"x".to_vec()).await.unwrap());
+        assert!(root.join("b").put_create(b"x".to_vec()).await.unwrap());
+        let listed = root.list().await.unwrap();
+        assert_eq!(listed, vec![("b".to_string(), 1), ("sub/a.bin".to_string(), 11)]);
+        assert_eq!(a.parent().url(), root.join("sub").url());
+        assert!(matches!(root.join("missing").read().await, Err(IoError::NotFound { .. })));
+    }
+}

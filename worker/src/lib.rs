@@ -1,0 +1,6 @@
+//! mirrorplay's compute library: everything a worker runs (I/O, models, sampling, objectives,
+//! merging) plus the worker runtime that talks to the coordinator. The coordinator links it for
+//! planning (safetensors headers) and local commands (`example-models`, `validate`).
+
+pub mod io;
+pub mod rng;
