@@ -2,7 +2,10 @@
 //! machine needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["mirrorplay/v1/jobs.proto", "mirrorplay/v1/coordinator.proto"];
+    let files = [
+        "mirrorplay/v1/jobs.proto",
+        "mirrorplay/v1/coordinator.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

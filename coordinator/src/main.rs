@@ -1,1 +1,185 @@
-fn main() {}
+//! `mirrorplay`: the coordinator and the command-line client.
+
+mod cli;
+mod client;
+mod config;
+mod control;
+mod drivers;
+mod exit;
+mod local;
+mod scheduler;
+mod server;
+mod state;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+use cli::{Cli, Command, ConfigArgs};
+use exit::Exit;
+
+/// Seconds since the Unix epoch.
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn load_config(args: &ConfigArgs) -> Result<config::Loaded> {
+    let cwd = std::env::current_dir()?;
+    config::load(&args.config, &args.sets, &cwd)
+        .map_err(|e| anyhow::Error::new(Exit::Config(e.to_string())))
+}
+
+async fn run(cli: Cli) -> Result<Exit> {
+    match cli.command {
+        Command::Serve {
+            listen,
+            state,
+            lease_ms,
+        } => {
+            let store = state::StateStore::open(&state).await?;
+            let control = control::ControlPlane::new(store, Duration::from_millis(lease_ms));
+            control.spawn_lease_sweeper();
+            let (bound, serve) = server::bind(
+                control.clone(),
+                listen,
+                mirrorplay_worker::logging::shutdown_signal(),
+            )
+            .await?;
+            tracing::info!(address = %bound, state = %control.state().url(), "coordinator listening");
+            serve.await.context("server failed")?;
+            control.state().release().await?;
+            tracing::info!("coordinator stopped");
+            Ok(Exit::Ok)
+        }
+        Command::Submit {
+            config,
+            coordinator,
+        } => {
+            let loaded = load_config(&config)?;
+            let mut c = client::connect(&coordinator.coordinator).await?;
+            let id = client::submit(&mut c, loaded.spec, loaded.resolved_toml).await?;
+            println!("{id}");
+            Ok(Exit::Ok)
+        }
+        Command::Status {
+            job,
+            json,
+            coordinator,
+        } => {
+            let mut c = client::connect(&coordinator.coordinator).await?;
+            client::status(&mut c, job, json).await?;
+            Ok(Exit::Ok)
+        }
+        Command::Watch {
+            job,
+            json,
+            coordinator,
+        } => {
+            let mut c = client::connect(&coordinator.coordinator).await?;
+            let job = client::watch(&mut c, &job, json).await?;
+            Ok(client::outcome(&job))
+        }
+        Command::Cancel { job, coordinator } => {
+            let mut c = client::connect(&coordinator.coordinator).await?;
+            client::cancel(&mut c, job).await?;
+            Ok(Exit::Ok)
+        }
+        Command::Validate { config } => {
+            let loaded = load_config(&config)?;
+            print!("{}", loaded.resolved_toml);
+            eprintln!("{}: ok", config.config.display());
+            Ok(Exit::Ok)
+        }
+        Command::Local {
+            config,
+            workers,
+            worker_bin,
+            lease_ms,
+            state,
+        } => {
+            let loaded = load_config(&config)?;
+            if workers == 0 {
+                return Err(anyhow::Error::new(Exit::Config(
+                    "--workers must be at least 1".into(),
+                )));
+            }
+            let opts = local::LocalOptions {
+                workers,
+                worker_bin,
+                lease: Duration::from_millis(lease_ms),
+                state,
+            };
+            local::run(loaded.spec, loaded.resolved_toml, opts).await
+        }
+        Command::ExampleModels {
+            dir,
+            random_size,
+            random_names,
+            random_dtype,
+        } => {
+            match random_size {
+                None => mirrorplay_worker::io::example::write_example_models(&dir).await?,
+                Some(size) => {
+                    let bytes = config::parse_size(&size).ok_or_else(|| {
+                        Exit::Config(format!("--random-size `{size}` is not a size"))
+                    })?;
+                    let dtype = mirrorplay_worker::io::Dtype::parse(&random_dtype)
+                        .filter(|d| d.is_float())
+                        .ok_or_else(|| {
+                            Exit::Config(format!(
+                                "--random-dtype `{random_dtype}`: expected F32, F16 or BF16"
+                            ))
+                        })?;
+                    mirrorplay_worker::io::example::write_random_models(
+                        &dir,
+                        &random_names,
+                        bytes,
+                        dtype,
+                        0,
+                    )
+                    .await?;
+                }
+            }
+            eprintln!("wrote models under {}", dir.display());
+            Ok(Exit::Ok)
+        }
+    }
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    // Only `serve` logs at info by default; client commands show warnings and their own output.
+    let level = if matches!(cli.command, Command::Serve { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    mirrorplay_worker::logging::init(&cli.log_format, level);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let exit = match runtime.block_on(run(cli)) {
+        Ok(exit) => exit,
+        Err(e) => match e.downcast::<Exit>() {
+            Ok(exit) => exit,
+            Err(e) => Exit::JobFailed(format!("error: {e:#}")),
+        },
+    };
+    match &exit {
+        Exit::Ok => {}
+        Exit::Config(m) => eprintln!("error: {m}"),
+        Exit::JobFailed(m) => eprintln!("{m}"),
+        Exit::Cancelled => eprintln!("job cancelled"),
+    }
+    // Dropping the runtime would wait for background tasks; exit directly.
+    std::process::exit(exit.code());
+}

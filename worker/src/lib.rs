@@ -3,4 +3,7 @@
 //! planning (safetensors headers) and local commands (`example-models`, `validate`).
 
 pub mod io;
+pub mod jobs;
+pub mod logging;
 pub mod rng;
+pub mod runtime;

@@ -50,7 +50,10 @@ impl StreamKey {
     }
 
     pub fn stream(self) -> Stream {
-        Stream { key: self.0, counter: 0 }
+        Stream {
+            key: self.0,
+            counter: 0,
+        }
     }
 }
 
@@ -156,6 +159,9 @@ mod tests {
         assert!((u - 0.5).abs() < 0.0033, "uniform mean {u}");
         let mut p = StreamKey::new(2, 0, 0, 0, Purpose::Init).stream();
         let pm: f64 = (0..n).map(|_| p.poisson(5.0) as f64).sum::<f64>() / n as f64;
-        assert!((pm - 5.0).abs() < 5.0 * (5.0 / n as f64).sqrt(), "poisson mean {pm}");
+        assert!(
+            (pm - 5.0).abs() < 5.0 * (5.0 / n as f64).sqrt(),
+            "poisson mean {pm}"
+        );
     }
 }

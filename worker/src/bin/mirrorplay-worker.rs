@@ -1,1 +1,61 @@
-fn main() {}
+//! `mirrorplay-worker --coordinator URL`: one worker process (one per GPU, or per CPU slot).
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Parser;
+use mirrorplay_worker::runtime::{self, WorkerOptions, FAULT_TASK_DELAY_ENV};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mirrorplay-worker",
+    version,
+    about = "A mirrorplay worker: runs tasks from a coordinator"
+)]
+struct Args {
+    /// Coordinator URL.
+    #[arg(
+        long,
+        env = "MIRRORPLAY_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    coordinator: String,
+    /// Name shown in logs and status (default: host-pid).
+    #[arg(long)]
+    name: Option<String>,
+    /// Seconds a shutdown (SIGTERM) waits for the running task before handing it back.
+    #[arg(long, default_value_t = 30.0)]
+    grace_secs: f64,
+    /// Log format: text or json.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    mirrorplay_worker::logging::init(&args.log_format, "info");
+    let delay_ms: u64 = match std::env::var(FAULT_TASK_DELAY_ENV) {
+        Ok(v) => v.parse().map_err(|_| {
+            anyhow::anyhow!("{FAULT_TASK_DELAY_ENV}={v} is not a number of milliseconds")
+        })?,
+        Err(_) => 0,
+    };
+    let name = args
+        .name
+        .unwrap_or_else(|| format!("worker-{}", std::process::id()));
+    let opts = WorkerOptions {
+        coordinator: args.coordinator,
+        name,
+        grace: Duration::from_secs_f64(args.grace_secs.max(0.0)),
+        fault_task_delay: Duration::from_millis(delay_ms),
+    };
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        mirrorplay_worker::logging::shutdown_signal().await;
+        tracing::info!("shutdown signal received");
+        let _ = tx.send(true);
+    });
+    runtime::run(opts, rx).await?;
+    Ok(())
+}

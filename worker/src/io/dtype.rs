@@ -73,9 +73,21 @@ impl std::fmt::Display for Dtype {
 /// Appends the f32 values of `bytes` (elements of `dtype`, a float type) to `out`.
 pub fn decode_f32(dtype: Dtype, bytes: &[u8], out: &mut Vec<f32>) {
     match dtype {
-        Dtype::F32 => out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-        Dtype::F16 => out.extend(bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())),
-        Dtype::BF16 => out.extend(bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+        Dtype::F32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        ),
+        Dtype::F16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        ),
+        Dtype::BF16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        ),
         other => panic!("decode_f32 called with non-float dtype {other}; callers check is_float"),
     }
 }
@@ -84,9 +96,15 @@ pub fn decode_f32(dtype: Dtype, bytes: &[u8], out: &mut Vec<f32>) {
 pub fn encode_f32(dtype: Dtype, values: &[f32], out: &mut Vec<u8>) {
     out.reserve(values.len() * dtype.size());
     match dtype {
-        Dtype::F32 => values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        Dtype::F16 => values.iter().for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
-        Dtype::BF16 => values.iter().for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes())),
+        Dtype::F32 => values
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        Dtype::F16 => values
+            .iter()
+            .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
+        Dtype::BF16 => values
+            .iter()
+            .for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes())),
         other => panic!("encode_f32 called with non-float dtype {other}; callers check is_float"),
     }
 }
@@ -105,7 +123,11 @@ mod tests {
             let mut back = Vec::new();
             decode_f32(dtype, &bytes, &mut back);
             for (a, b) in values.iter().zip(&back) {
-                let tol = match dtype { Dtype::F32 => 0.0, Dtype::F16 => 1e-3, _ => 1e-2 } * a.abs().max(1.0);
+                let tol = match dtype {
+                    Dtype::F32 => 0.0,
+                    Dtype::F16 => 1e-3,
+                    _ => 1e-2,
+                } * a.abs().max(1.0);
                 assert!((a - b).abs() <= tol, "{dtype}: {a} vs {b}");
             }
             assert_eq!(Dtype::parse(dtype.name()), Some(dtype));

@@ -36,8 +36,13 @@ pub type Result<T, E = IoError> = std::result::Result<T, E>;
 impl IoError {
     pub(crate) fn store(url: &str, source: object_store::Error) -> Self {
         match source {
-            object_store::Error::NotFound { .. } => IoError::NotFound { url: url.to_string() },
-            source => IoError::Store { url: url.to_string(), source },
+            object_store::Error::NotFound { .. } => IoError::NotFound {
+                url: url.to_string(),
+            },
+            source => IoError::Store {
+                url: url.to_string(),
+                source,
+            },
         }
     }
 }

@@ -39,24 +39,56 @@ fn example_layout() -> Vec<TensorLayout> {
         shapes.extend([
             (format!("{p}.input_layernorm.weight"), vec![HIDDEN]),
             (format!("{p}.post_attention_layernorm.weight"), vec![HIDDEN]),
-            (format!("{p}.self_attn.q_proj.weight"), vec![HEADS * head_dim, HIDDEN]),
-            (format!("{p}.self_attn.k_proj.weight"), vec![KV_HEADS * head_dim, HIDDEN]),
-            (format!("{p}.self_attn.v_proj.weight"), vec![KV_HEADS * head_dim, HIDDEN]),
-            (format!("{p}.self_attn.o_proj.weight"), vec![HIDDEN, HEADS * head_dim]),
-            (format!("{p}.mlp.gate_proj.weight"), vec![INTERMEDIATE, HIDDEN]),
-            (format!("{p}.mlp.up_proj.weight"), vec![INTERMEDIATE, HIDDEN]),
-            (format!("{p}.mlp.down_proj.weight"), vec![HIDDEN, INTERMEDIATE]),
+            (
+                format!("{p}.self_attn.q_proj.weight"),
+                vec![HEADS * head_dim, HIDDEN],
+            ),
+            (
+                format!("{p}.self_attn.k_proj.weight"),
+                vec![KV_HEADS * head_dim, HIDDEN],
+            ),
+            (
+                format!("{p}.self_attn.v_proj.weight"),
+                vec![KV_HEADS * head_dim, HIDDEN],
+            ),
+            (
+                format!("{p}.self_attn.o_proj.weight"),
+                vec![HIDDEN, HEADS * head_dim],
+            ),
+            (
+                format!("{p}.mlp.gate_proj.weight"),
+                vec![INTERMEDIATE, HIDDEN],
+            ),
+            (
+                format!("{p}.mlp.up_proj.weight"),
+                vec![INTERMEDIATE, HIDDEN],
+            ),
+            (
+                format!("{p}.mlp.down_proj.weight"),
+                vec![HIDDEN, INTERMEDIATE],
+            ),
         ]);
     }
     shapes.sort();
-    shapes.into_iter().map(|(name, shape)| TensorLayout { name, dtype: Dtype::F32, shape }).collect()
+    shapes
+        .into_iter()
+        .map(|(name, shape)| TensorLayout {
+            name,
+            dtype: Dtype::F32,
+            shape,
+        })
+        .collect()
 }
 
 /// Base value of element `i` of tensor `t`: norms are 1 + noise, matrices N(0, 0.02²)·scale.
 fn base_value(key: StreamKey, i: u64, is_norm: bool) -> f32 {
     let mut s = key.derive(i).stream();
     let z = s.normal() as f32;
-    if is_norm { 1.0 + 0.05 * z } else { 0.2 * z }
+    if is_norm {
+        1.0 + 0.05 * z
+    } else {
+        0.2 * z
+    }
 }
 
 /// Task delta of element `i`: small dense noise plus a sparse set (5%) of large changes, so
@@ -64,7 +96,11 @@ fn base_value(key: StreamKey, i: u64, is_norm: bool) -> f32 {
 fn delta_value(key: StreamKey, i: u64) -> f32 {
     let mut s = key.derive(i).stream();
     let dense = 0.01 * s.normal();
-    let sparse = if s.bernoulli(0.05) { 0.2 * s.normal() } else { 0.0 };
+    let sparse = if s.bernoulli(0.05) {
+        0.2 * s.normal()
+    } else {
+        0.0
+    };
     (dense + sparse) as f32
 }
 
@@ -98,10 +134,14 @@ fn tokenizer_json() -> serde_json::Value {
     let mut added = Vec::new();
     for (id, tok) in specials.iter().enumerate() {
         vocab.insert(tok.to_string(), json!(id));
-        added.push(json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
-                          "rstrip": false, "normalized": false, "special": true}));
+        added.push(
+            json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
+                          "rstrip": false, "normalized": false, "special": true}),
+        );
     }
-    let words = (b'a'..=b'z').map(|c| (c as char).to_string()).chain(["0".to_string(), "1".to_string()]);
+    let words = (b'a'..=b'z')
+        .map(|c| (c as char).to_string())
+        .chain(["0".to_string(), "1".to_string()]);
     for (i, w) in words.enumerate() {
         vocab.insert(w, json!(specials.len() + i));
     }
@@ -131,7 +171,10 @@ async fn write_json(loc: &Location, value: &serde_json::Value) -> Result<()> {
 
 /// Writes `base`, `task-a` and `task-b` under `dir` (created if missing).
 pub async fn write_example_models(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| IoError::Fs { path: dir.display().to_string(), source: e })?;
+    std::fs::create_dir_all(dir).map_err(|e| IoError::Fs {
+        path: dir.display().to_string(),
+        source: e,
+    })?;
     let root = Location::parse(&dir.to_string_lossy())?;
     let layout = example_layout();
     for (model_index, name) in ["base", "task-a", "task-b"].iter().enumerate() {
@@ -140,9 +183,22 @@ pub async fn write_example_models(dir: &Path) -> Result<()> {
         for (t, l) in layout.iter().enumerate() {
             let is_norm = l.name.ends_with("norm.weight");
             let base_key = StreamKey::new(EXAMPLE_SEED, 0, t as u64, 0, Purpose::Example);
-            let delta_key = StreamKey::new(EXAMPLE_SEED, 0, t as u64, model_index as u64, Purpose::Example);
+            let delta_key = StreamKey::new(
+                EXAMPLE_SEED,
+                0,
+                t as u64,
+                model_index as u64,
+                Purpose::Example,
+            );
             let values: Vec<f32> = (0..l.shape.iter().product::<u64>())
-                .map(|i| base_value(base_key, i, is_norm) + if model_index == 0 { 0.0 } else { delta_value(delta_key, i) })
+                .map(|i| {
+                    base_value(base_key, i, is_norm)
+                        + if model_index == 0 {
+                            0.0
+                        } else {
+                            delta_value(delta_key, i)
+                        }
+                })
                 .collect();
             let mut bytes = Vec::new();
             encode_f32(Dtype::F32, &values, &mut bytes);
@@ -159,22 +215,40 @@ pub async fn write_example_models(dir: &Path) -> Result<()> {
 /// Large random models for benchmarks: `names` (e.g. base, m1, m2, m3) each of about
 /// `bytes_per_model` bytes of `dtype`, as tensors of at most 64 MiB (rows × 4096). Models after
 /// the first are the first plus a delta, like fine-tunes. Written with bounded memory.
-pub async fn write_random_models(dir: &Path, names: &[String], bytes_per_model: u64, dtype: Dtype, seed: u64) -> Result<()> {
+pub async fn write_random_models(
+    dir: &Path,
+    names: &[String],
+    bytes_per_model: u64,
+    dtype: Dtype,
+    seed: u64,
+) -> Result<()> {
     const COLS: u64 = 4096;
     const MAX_TENSOR_ELEMENTS: u64 = 64 * 1024 * 1024 / 4;
     const CHUNK: u64 = 1 << 20;
-    std::fs::create_dir_all(dir).map_err(|e| IoError::Fs { path: dir.display().to_string(), source: e })?;
+    std::fs::create_dir_all(dir).map_err(|e| IoError::Fs {
+        path: dir.display().to_string(),
+        source: e,
+    })?;
     let root = Location::parse(&dir.to_string_lossy())?;
     let mut elements_left = (bytes_per_model / dtype.size() as u64).max(COLS);
     let mut layout = Vec::new();
     while elements_left > 0 {
         let rows = (elements_left.min(MAX_TENSOR_ELEMENTS) / COLS).max(1);
-        layout.push(TensorLayout { name: format!("model.layers.{:04}.weight", layout.len()), dtype, shape: vec![rows, COLS] });
+        layout.push(TensorLayout {
+            name: format!("model.layers.{:04}.weight", layout.len()),
+            dtype,
+            shape: vec![rows, COLS],
+        });
         elements_left = elements_left.saturating_sub(rows * COLS);
     }
     for (model_index, name) in names.iter().enumerate() {
         let out = root.join(name);
-        let mut writer = SafetensorsWriter::create(&out.join("model.safetensors"), layout.clone(), &pt_metadata()).await?;
+        let mut writer = SafetensorsWriter::create(
+            &out.join("model.safetensors"),
+            layout.clone(),
+            &pt_metadata(),
+        )
+        .await?;
         let mut values = Vec::with_capacity(CHUNK as usize);
         let mut bytes = Vec::with_capacity(CHUNK as usize * dtype.size());
         for (t, l) in layout.iter().enumerate() {
@@ -187,7 +261,11 @@ pub async fn write_random_models(dir: &Path, names: &[String], bytes_per_model: 
                 values.clear();
                 values.extend((start..end).map(|i| {
                     let base = 0.02 * Stream::at(base_key, i) as i64 as f32 / i64::MAX as f32;
-                    let delta = if model_index == 0 { 0.0 } else { 0.002 * Stream::at(delta_key, i) as i64 as f32 / i64::MAX as f32 };
+                    let delta = if model_index == 0 {
+                        0.0
+                    } else {
+                        0.002 * Stream::at(delta_key, i) as i64 as f32 / i64::MAX as f32
+                    };
                     base + delta
                 }));
                 bytes.clear();

@@ -47,19 +47,39 @@ pub async fn open_model(location: &str) -> Result<ModelFiles> {
     let loc = Location::parse(location)?;
     if loc.url().ends_with(".safetensors") {
         let header = read_header(&loc).await?;
-        let tensors = header.tensors.into_iter().map(|(n, info)| (n, TensorEntry { file: 0, info })).collect();
-        return Ok(ModelFiles { root: loc.parent(), source: loc.url().to_string(), files: vec![loc], tensors, extras: vec![] });
+        let tensors = header
+            .tensors
+            .into_iter()
+            .map(|(n, info)| (n, TensorEntry { file: 0, info }))
+            .collect();
+        return Ok(ModelFiles {
+            root: loc.parent(),
+            source: loc.url().to_string(),
+            files: vec![loc],
+            tensors,
+            extras: vec![],
+        });
     }
     let listing = loc.list().await?;
-    let top_level: Vec<String> = listing.iter().map(|(n, _)| n.clone()).filter(|n| !n.contains('/')).collect();
+    let top_level: Vec<String> = listing
+        .iter()
+        .map(|(n, _)| n.clone())
+        .filter(|n| !n.contains('/'))
+        .collect();
     let names: Vec<String> = if top_level.iter().any(|n| n == INDEX_FILE) {
         let index_loc = loc.join(INDEX_FILE);
         let bytes = index_loc.read().await?;
-        let json: Value = serde_json::from_slice(&bytes).map_err(|e| IoError::Json { url: index_loc.url().into(), source: e })?;
-        let map = json.get("weight_map").and_then(Value::as_object).ok_or_else(|| IoError::BadModel {
+        let json: Value = serde_json::from_slice(&bytes).map_err(|e| IoError::Json {
             url: index_loc.url().into(),
-            reason: "no `weight_map` object".into(),
+            source: e,
         })?;
+        let map = json
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| IoError::BadModel {
+                url: index_loc.url().into(),
+                reason: "no `weight_map` object".into(),
+            })?;
         let mut files: Vec<String> = Vec::new();
         for (tensor, file) in map {
             let file = file.as_str().ok_or_else(|| IoError::BadModel {
@@ -75,7 +95,9 @@ pub async fn open_model(location: &str) -> Result<ModelFiles> {
     } else if top_level.iter().any(|n| n == SINGLE_FILE) {
         vec![SINGLE_FILE.to_string()]
     } else if listing.is_empty() {
-        return Err(IoError::NotFound { url: loc.url().to_string() });
+        return Err(IoError::NotFound {
+            url: loc.url().to_string(),
+        });
     } else {
         return Err(IoError::BadModel {
             url: loc.url().to_string(),
@@ -90,7 +112,10 @@ pub async fn open_model(location: &str) -> Result<ModelFiles> {
             if let Some(prev) = tensors.insert(name.clone(), TensorEntry { file, info }) {
                 return Err(IoError::BadModel {
                     url: loc.url().to_string(),
-                    reason: format!("tensor `{name}` is in both {} and {}", files[prev.file], files[file]),
+                    reason: format!(
+                        "tensor `{name}` is in both {} and {}",
+                        files[prev.file], files[file]
+                    ),
                 });
             }
         }
@@ -99,13 +124,22 @@ pub async fn open_model(location: &str) -> Result<ModelFiles> {
         .into_iter()
         .filter(|n| !n.ends_with(".safetensors") && n != INDEX_FILE)
         .collect();
-    Ok(ModelFiles { root: loc.clone(), source: loc.url().to_string(), files, tensors, extras })
+    Ok(ModelFiles {
+        root: loc.clone(),
+        source: loc.url().to_string(),
+        files,
+        tensors,
+        extras,
+    })
 }
 
 /// Reads and parses a JSON file (config.json, tokenizer_config.json, ...).
 pub async fn read_json(loc: &Location) -> Result<Value> {
     let bytes = loc.read().await?;
-    serde_json::from_slice(&bytes).map_err(|e| IoError::Json { url: loc.url().into(), source: e })
+    serde_json::from_slice(&bytes).map_err(|e| IoError::Json {
+        url: loc.url().into(),
+        source: e,
+    })
 }
 
 #[cfg(test)]
@@ -117,16 +151,26 @@ mod tests {
     async fn opens_directories_and_files() {
         let dir = tempfile::tempdir().unwrap();
         write_example_models(dir.path()).await.unwrap();
-        let base = open_model(dir.path().join("base").to_str().unwrap()).await.unwrap();
+        let base = open_model(dir.path().join("base").to_str().unwrap())
+            .await
+            .unwrap();
         assert!(base.tensors.contains_key("model.embed_tokens.weight"));
         assert!(base.extras.contains(&"config.json".to_string()));
         assert!(base.extras.contains(&"tokenizer.json".to_string()));
-        let single = open_model(dir.path().join("base/model.safetensors").to_str().unwrap()).await.unwrap();
+        let single = open_model(dir.path().join("base/model.safetensors").to_str().unwrap())
+            .await
+            .unwrap();
         assert_eq!(single.tensors.len(), base.tensors.len());
         assert!(single.extras.is_empty());
-        let err = open_model(dir.path().to_str().unwrap()).await.unwrap_err().to_string();
+        let err = open_model(dir.path().to_str().unwrap())
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no model.safetensors"), "{err}");
-        let err = open_model(dir.path().join("nope").to_str().unwrap()).await.unwrap_err().to_string();
+        let err = open_model(dir.path().join("nope").to_str().unwrap())
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not found"), "{err}");
     }
 }

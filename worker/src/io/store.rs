@@ -34,7 +34,11 @@ pub fn absolute_url(location: &str, base_dir: &FsPath) -> Result<String> {
         return Ok(url.to_string().trim_end_matches('/').to_string());
     }
     let path = FsPath::new(location);
-    let abs = if path.is_absolute() { path.to_path_buf() } else { base_dir.join(path) };
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base_dir.join(path)
+    };
     let abs = normalize(&abs);
     let url = Url::from_file_path(&abs).map_err(|_| bad("not a valid absolute path"))?;
     Ok(url.to_string().trim_end_matches('/').to_string())
@@ -42,7 +46,12 @@ pub fn absolute_url(location: &str, base_dir: &FsPath) -> Result<String> {
 
 fn has_scheme(s: &str) -> bool {
     match s.find("://") {
-        Some(i) => i > 0 && s[..i].chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.'),
+        Some(i) => {
+            i > 0
+                && s[..i]
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.')
+        }
         None => false,
     }
 }
@@ -86,16 +95,26 @@ impl std::fmt::Display for Location {
 impl Location {
     /// Parses a URL or a path (relative paths resolve against the current directory).
     pub fn parse(location: &str) -> Result<Self> {
-        let cwd = std::env::current_dir().map_err(|e| IoError::Fs { path: ".".into(), source: e })?;
+        let cwd = std::env::current_dir().map_err(|e| IoError::Fs {
+            path: ".".into(),
+            source: e,
+        })?;
         let url_string = absolute_url(location, &cwd)?;
         let url = Url::parse(&url_string).map_err(|e| IoError::BadLocation {
             location: location.to_string(),
             reason: e.to_string(),
         })?;
         let (store, path) = object_store::parse_url_opts(&url, std::env::vars()).map_err(|e| {
-            IoError::BadLocation { location: location.to_string(), reason: e.to_string() }
+            IoError::BadLocation {
+                location: location.to_string(),
+                reason: e.to_string(),
+            }
         })?;
-        Ok(Location { store: Arc::from(store), path, url: url_string })
+        Ok(Location {
+            store: Arc::from(store),
+            path,
+            url: url_string,
+        })
     }
 
     pub fn url(&self) -> &str {
@@ -115,18 +134,29 @@ impl Location {
         } else {
             StorePath::from(format!("{}/{}", self.path, name))
         };
-        Location { store: self.store.clone(), path, url: format!("{}/{}", self.url, name) }
+        Location {
+            store: self.store.clone(),
+            path,
+            url: format!("{}/{}", self.url, name),
+        }
     }
 
     /// The parent location (same store).
     pub fn parent(&self) -> Location {
         let parts: Vec<_> = self.path.parts().collect();
-        let path: StorePath = parts[..parts.len().saturating_sub(1)].iter().cloned().collect();
+        let path: StorePath = parts[..parts.len().saturating_sub(1)]
+            .iter()
+            .cloned()
+            .collect();
         let url = match self.url.rfind('/') {
             Some(i) if !self.path.as_ref().is_empty() => self.url[..i].to_string(),
             _ => self.url.clone(),
         };
-        Location { store: self.store.clone(), path, url }
+        Location {
+            store: self.store.clone(),
+            path,
+            url,
+        }
     }
 
     pub async fn read(&self) -> Result<Bytes> {
@@ -139,18 +169,29 @@ impl Location {
         if range.is_empty() {
             return Ok(Bytes::new());
         }
-        self.store.get_range(&self.path, range).await.map_err(|e| IoError::store(&self.url, e))
+        self.store
+            .get_range(&self.path, range)
+            .await
+            .map_err(|e| IoError::store(&self.url, e))
     }
 
     /// Size in bytes.
     pub async fn size(&self) -> Result<u64> {
-        let meta = self.store.head(&self.path).await.map_err(|e| IoError::store(&self.url, e))?;
+        let meta = self
+            .store
+            .head(&self.path)
+            .await
+            .map_err(|e| IoError::store(&self.url, e))?;
         Ok(meta.size)
     }
 
     /// Size and ETag (for provenance).
     pub async fn head(&self) -> Result<(u64, Option<String>)> {
-        let meta = self.store.head(&self.path).await.map_err(|e| IoError::store(&self.url, e))?;
+        let meta = self
+            .store
+            .head(&self.path)
+            .await
+            .map_err(|e| IoError::store(&self.url, e))?;
         Ok((meta.size, meta.e_tag))
     }
 
@@ -164,13 +205,19 @@ impl Location {
 
     /// Atomic overwrite.
     pub async fn put(&self, bytes: impl Into<PutPayload>) -> Result<()> {
-        self.store.put(&self.path, bytes.into()).await.map_err(|e| IoError::store(&self.url, e))?;
+        self.store
+            .put(&self.path, bytes.into())
+            .await
+            .map_err(|e| IoError::store(&self.url, e))?;
         Ok(())
     }
 
     /// Atomic create: `Ok(false)` when the object already exists.
     pub async fn put_create(&self, bytes: impl Into<PutPayload>) -> Result<bool> {
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
         match self.store.put_opts(&self.path, bytes.into(), opts).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
@@ -187,7 +234,11 @@ impl Location {
 
     /// Every object below this prefix: (path relative to it, size), sorted by path.
     pub async fn list(&self) -> Result<Vec<(String, u64)>> {
-        let prefix = if self.path.as_ref().is_empty() { None } else { Some(&self.path) };
+        let prefix = if self.path.as_ref().is_empty() {
+            None
+        } else {
+            Some(&self.path)
+        };
         let metas: Vec<_> = self
             .store
             .list(prefix)
@@ -199,7 +250,11 @@ impl Location {
             .into_iter()
             .filter_map(|m| {
                 let full = m.location.as_ref().to_string();
-                let rel = if base.is_empty() { full } else { full.strip_prefix(base)?.trim_start_matches('/').to_string() };
+                let rel = if base.is_empty() {
+                    full
+                } else {
+                    full.strip_prefix(base)?.trim_start_matches('/').to_string()
+                };
                 (!rel.is_empty()).then_some((rel, m.size))
             })
             .collect();
@@ -209,7 +264,10 @@ impl Location {
 
     /// Starts a multipart upload; the object appears atomically when it is completed.
     pub async fn put_multipart(&self) -> Result<Box<dyn object_store::MultipartUpload>> {
-        self.store.put_multipart(&self.path).await.map_err(|e| IoError::store(&self.url, e))
+        self.store
+            .put_multipart(&self.path)
+            .await
+            .map_err(|e| IoError::store(&self.url, e))
     }
 }
 
@@ -220,10 +278,22 @@ mod tests {
     #[test]
     fn absolute_urls() {
         let base = FsPath::new("/work/here");
-        assert_eq!(absolute_url("examples/base", base).unwrap(), "file:///work/here/examples/base");
-        assert_eq!(absolute_url("./a/../b/", base).unwrap(), "file:///work/here/b");
-        assert_eq!(absolute_url("/abs/x.safetensors", base).unwrap(), "file:///abs/x.safetensors");
-        assert_eq!(absolute_url("s3://bucket/key/", base).unwrap(), "s3://bucket/key");
+        assert_eq!(
+            absolute_url("examples/base", base).unwrap(),
+            "file:///work/here/examples/base"
+        );
+        assert_eq!(
+            absolute_url("./a/../b/", base).unwrap(),
+            "file:///work/here/b"
+        );
+        assert_eq!(
+            absolute_url("/abs/x.safetensors", base).unwrap(),
+            "file:///abs/x.safetensors"
+        );
+        assert_eq!(
+            absolute_url("s3://bucket/key/", base).unwrap(),
+            "s3://bucket/key"
+        );
         assert!(absolute_url("file://./rel", base).is_err());
         assert!(absolute_url("", base).is_err());
     }
@@ -237,11 +307,21 @@ mod tests {
         assert_eq!(&a.read().await.unwrap()[..], b"hello world");
         assert_eq!(&a.read_range(6..11).await.unwrap()[..], b"world");
         assert_eq!(a.size().await.unwrap(), 11);
-        assert!(!root.join("sub/a.bin").put_create(b"x".to_vec()).await.unwrap());
+        assert!(!root
+            .join("sub/a.bin")
+            .put_create(b"x".to_vec())
+            .await
+            .unwrap());
         assert!(root.join("b").put_create(b"x".to_vec()).await.unwrap());
         let listed = root.list().await.unwrap();
-        assert_eq!(listed, vec![("b".to_string(), 1), ("sub/a.bin".to_string(), 11)]);
+        assert_eq!(
+            listed,
+            vec![("b".to_string(), 1), ("sub/a.bin".to_string(), 11)]
+        );
         assert_eq!(a.parent().url(), root.join("sub").url());
-        assert!(matches!(root.join("missing").read().await, Err(IoError::NotFound { .. })));
+        assert!(matches!(
+            root.join("missing").read().await,
+            Err(IoError::NotFound { .. })
+        ));
     }
 }

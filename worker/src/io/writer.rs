@@ -36,7 +36,11 @@ pub struct SafetensorsWriter {
 
 impl SafetensorsWriter {
     /// Starts the file at `loc` and writes its header.
-    pub async fn create(loc: &Location, layout: Vec<TensorLayout>, metadata: &BTreeMap<String, String>) -> Result<Self> {
+    pub async fn create(
+        loc: &Location,
+        layout: Vec<TensorLayout>,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<Self> {
         let upload = loc.put_multipart().await?;
         let mut writer = SafetensorsWriter {
             upload: Some(WriteMultipart::new_with_chunk_size(upload, PART_BYTES)),
@@ -62,7 +66,10 @@ impl SafetensorsWriter {
     pub async fn write(&mut self, mut bytes: &[u8]) -> Result<()> {
         while !bytes.is_empty() {
             let Some(tensor) = self.layout.get(self.current) else {
-                return Err(self.error(format!("{} bytes written past the last tensor", bytes.len())));
+                return Err(self.error(format!(
+                    "{} bytes written past the last tensor",
+                    bytes.len()
+                )));
             };
             let tensor_len = tensor.byte_len();
             let room = tensor_len - self.written_in_current;
@@ -83,13 +90,24 @@ impl SafetensorsWriter {
     /// Completes the upload; fails (and aborts) if any tensor is incomplete.
     pub async fn finish(mut self) -> Result<WriteSummary> {
         if let Some(t) = self.layout.get(self.current) {
-            let msg = format!("tensor `{}` incomplete: {} of {} bytes written", t.name, self.written_in_current, t.byte_len());
+            let msg = format!(
+                "tensor `{}` incomplete: {} of {} bytes written",
+                t.name,
+                self.written_in_current,
+                t.byte_len()
+            );
             self.abort().await;
             return Err(self.error(msg));
         }
         let upload = self.upload.take().expect("upload present until finish");
-        upload.finish().await.map_err(|e| IoError::store(&self.url, e))?;
-        Ok(WriteSummary { bytes: self.total, sha256: hex::encode(self.hasher.clone().finalize()) })
+        upload
+            .finish()
+            .await
+            .map_err(|e| IoError::store(&self.url, e))?;
+        Ok(WriteSummary {
+            bytes: self.total,
+            sha256: hex::encode(self.hasher.clone().finalize()),
+        })
     }
 
     /// Abandons the file; nothing appears under its name.
@@ -102,7 +120,11 @@ impl SafetensorsWriter {
     }
 
     fn skip_empty_tensors(&mut self) {
-        while self.layout.get(self.current).is_some_and(|t| t.byte_len() == 0) {
+        while self
+            .layout
+            .get(self.current)
+            .is_some_and(|t| t.byte_len() == 0)
+        {
             self.current += 1;
         }
     }
@@ -110,9 +132,15 @@ impl SafetensorsWriter {
     async fn append_raw(&mut self, bytes: &[u8]) -> Result<()> {
         let url = self.url.clone();
         let Some(upload) = self.upload.as_mut() else {
-            return Err(IoError::BadSafetensors { url, reason: "writer already finished or aborted".into() });
+            return Err(IoError::BadSafetensors {
+                url,
+                reason: "writer already finished or aborted".into(),
+            });
         };
-        upload.wait_for_capacity(MAX_PARTS_IN_FLIGHT).await.map_err(|e| IoError::store(&url, e))?;
+        upload
+            .wait_for_capacity(MAX_PARTS_IN_FLIGHT)
+            .await
+            .map_err(|e| IoError::store(&url, e))?;
         upload.write(bytes);
         self.hasher.update(bytes);
         self.total += bytes.len() as u64;
@@ -120,7 +148,10 @@ impl SafetensorsWriter {
     }
 
     fn error(&self, reason: String) -> IoError {
-        IoError::BadSafetensors { url: self.url.clone(), reason }
+        IoError::BadSafetensors {
+            url: self.url.clone(),
+            reason,
+        }
     }
 }
 
@@ -149,9 +180,17 @@ pub async fn write_safetensors(
     let mut writer = SafetensorsWriter::create(loc, layout, metadata).await?;
     for (layout, bytes) in tensors {
         if bytes.len() as u64 != layout.byte_len() {
-            let reason = format!("tensor `{}` has {} bytes, its shape needs {}", layout.name, bytes.len(), layout.byte_len());
+            let reason = format!(
+                "tensor `{}` has {} bytes, its shape needs {}",
+                layout.name,
+                bytes.len(),
+                layout.byte_len()
+            );
             writer.abort().await;
-            return Err(IoError::BadSafetensors { url: loc.url().to_string(), reason });
+            return Err(IoError::BadSafetensors {
+                url: loc.url().to_string(),
+                reason,
+            });
         }
         writer.write(bytes).await?;
     }
@@ -171,30 +210,68 @@ mod tests {
         let a: Vec<u8> = (0..24u8).collect();
         let b: Vec<u8> = vec![7; 4];
         let tensors = vec![
-            (TensorLayout { name: "a".into(), dtype: Dtype::F32, shape: vec![2, 3] }, a.clone()),
-            (TensorLayout { name: "empty".into(), dtype: Dtype::F32, shape: vec![0] }, vec![]),
-            (TensorLayout { name: "b".into(), dtype: Dtype::BF16, shape: vec![2] }, b.clone()),
+            (
+                TensorLayout {
+                    name: "a".into(),
+                    dtype: Dtype::F32,
+                    shape: vec![2, 3],
+                },
+                a.clone(),
+            ),
+            (
+                TensorLayout {
+                    name: "empty".into(),
+                    dtype: Dtype::F32,
+                    shape: vec![0],
+                },
+                vec![],
+            ),
+            (
+                TensorLayout {
+                    name: "b".into(),
+                    dtype: Dtype::BF16,
+                    shape: vec![2],
+                },
+                b.clone(),
+            ),
         ];
-        let summary = write_safetensors(&loc, &tensors, &pt_metadata()).await.unwrap();
+        let summary = write_safetensors(&loc, &tensors, &pt_metadata())
+            .await
+            .unwrap();
         let bytes = loc.read().await.unwrap();
         assert_eq!(summary.bytes, bytes.len() as u64);
         assert_eq!(summary.sha256, hex::encode(Sha256::digest(&bytes)));
         let header = read_header(&loc).await.unwrap();
         let ta = &header.tensors["a"];
-        assert_eq!(&bytes[ta.start as usize..(ta.start + ta.len) as usize], &a[..]);
+        assert_eq!(
+            &bytes[ta.start as usize..(ta.start + ta.len) as usize],
+            &a[..]
+        );
         let tb = &header.tensors["b"];
-        assert_eq!(&bytes[tb.start as usize..(tb.start + tb.len) as usize], &b[..]);
+        assert_eq!(
+            &bytes[tb.start as usize..(tb.start + tb.len) as usize],
+            &b[..]
+        );
     }
 
     #[tokio::test]
     async fn incomplete_file_is_an_error_and_not_created() {
         let dir = tempfile::tempdir().unwrap();
         let loc = Location::parse(dir.path().join("m.safetensors").to_str().unwrap()).unwrap();
-        let layout = vec![TensorLayout { name: "w".into(), dtype: Dtype::F32, shape: vec![4] }];
-        let mut w = SafetensorsWriter::create(&loc, layout, &pt_metadata()).await.unwrap();
+        let layout = vec![TensorLayout {
+            name: "w".into(),
+            dtype: Dtype::F32,
+            shape: vec![4],
+        }];
+        let mut w = SafetensorsWriter::create(&loc, layout, &pt_metadata())
+            .await
+            .unwrap();
         w.write(&[0u8; 8]).await.unwrap();
         let err = w.finish().await.unwrap_err().to_string();
-        assert!(err.contains("tensor `w` incomplete: 8 of 16 bytes"), "{err}");
+        assert!(
+            err.contains("tensor `w` incomplete: 8 of 16 bytes"),
+            "{err}"
+        );
         assert!(!loc.exists().await.unwrap());
     }
 }

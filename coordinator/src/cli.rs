@@ -1,0 +1,123 @@
+//! Command-line arguments of `mirrorplay` (clap). DESIGN.md "CLI contract": results on stdout,
+//! logs and progress on stderr; exit 0 success, 1 job failed or runtime error, 2 usage or
+//! config error, 3 cancelled.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mirrorplay",
+    version,
+    about = "Distributed online preference optimisation: self-play training, reward ensembles, model merging"
+)]
+pub struct Cli {
+    /// Log format on stderr: text or json.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CoordinatorArg {
+    /// Coordinator URL.
+    #[arg(
+        long,
+        env = "MIRRORPLAY_COORDINATOR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub coordinator: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ConfigArgs {
+    /// Job config (TOML).
+    pub config: PathBuf,
+    /// Override a config key, e.g. --set merge.lambda=0.5 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the coordinator.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: SocketAddr,
+        /// Durable state: a directory or an object-store URL.
+        #[arg(long, default_value = "./mirrorplay-state")]
+        state: String,
+        /// Worker lease in milliseconds: a worker silent this long loses its tasks.
+        #[arg(long, default_value_t = 10_000)]
+        lease_ms: u64,
+    },
+    /// Submit a job; prints its id.
+    Submit {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        coordinator: CoordinatorArg,
+    },
+    /// Show one job, or list all jobs.
+    Status {
+        job: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        coordinator: CoordinatorArg,
+    },
+    /// Follow a job until it ends (progress bar on stderr); exit code reflects the outcome.
+    Watch {
+        job: String,
+        /// Print events as JSON lines on stdout instead of a progress bar.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        coordinator: CoordinatorArg,
+    },
+    /// Cancel a job.
+    Cancel {
+        job: String,
+        #[command(flatten)]
+        coordinator: CoordinatorArg,
+    },
+    /// Check a config without running anything; prints the resolved config.
+    Validate {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Run a job on a local cluster: a coordinator and N worker processes on loopback.
+    Local {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Number of worker processes.
+        #[arg(long, default_value_t = 1)]
+        workers: u32,
+        /// The worker binary (else $MIRRORPLAY_WORKER_BIN, else next to this executable, else PATH).
+        #[arg(long)]
+        worker_bin: Option<PathBuf>,
+        /// Worker lease in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        lease_ms: u64,
+        /// Keep the coordinator state here instead of a fresh temporary directory.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Write the example models (base, task-a, task-b) into DIR.
+    ExampleModels {
+        dir: PathBuf,
+        /// Instead, write large random models for benchmarks: bytes per model (e.g. 1GiB).
+        #[arg(long)]
+        random_size: Option<String>,
+        /// Names of the random models (the first is the base).
+        #[arg(long, value_delimiter = ',', default_value = "base,m1,m2,m3")]
+        random_names: Vec<String>,
+        /// dtype of the random models: F32, F16 or BF16.
+        #[arg(long, default_value = "F32")]
+        random_dtype: String,
+    },
+}

@@ -1,0 +1,220 @@
+//! Client commands against a running coordinator: submit, status, watch, cancel.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use mirrorplay_proto::v1::coordinator_client::CoordinatorClient;
+use mirrorplay_proto::v1::{
+    CancelJobRequest, GetJobRequest, Job, JobSpec, JobState, ListJobsRequest, SubmitJobRequest,
+    WatchJobRequest,
+};
+use tonic::transport::Channel;
+
+use crate::exit::Exit;
+
+pub async fn connect(url: &str) -> Result<CoordinatorClient<Channel>> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .with_context(|| format!("invalid coordinator URL `{url}`"))?
+        .connect_timeout(Duration::from_secs(5));
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the coordinator at {url}"))?;
+    Ok(CoordinatorClient::new(channel).max_decoding_message_size(64 << 20))
+}
+
+pub async fn submit(
+    client: &mut CoordinatorClient<Channel>,
+    spec: JobSpec,
+    config_toml: String,
+) -> Result<String> {
+    let response = client
+        .submit_job(SubmitJobRequest {
+            spec: Some(spec),
+            config_toml,
+        })
+        .await;
+    match response {
+        Ok(r) => Ok(r.into_inner().job_id),
+        Err(s)
+            if s.code() == tonic::Code::FailedPrecondition
+                || s.code() == tonic::Code::InvalidArgument =>
+        {
+            Err(anyhow::Error::new(Exit::Config(s.message().to_string())))
+        }
+        Err(s) => Err(anyhow::anyhow!("submit failed: {}", s.message())),
+    }
+}
+
+pub fn state_name(state: JobState) -> &'static str {
+    match state {
+        JobState::Unspecified => "unknown",
+        JobState::Queued => "queued",
+        JobState::Running => "running",
+        JobState::Succeeded => "succeeded",
+        JobState::Failed => "failed",
+        JobState::Cancelled => "cancelled",
+    }
+}
+
+pub fn job_json(job: &Job) -> serde_json::Value {
+    let p = job.progress.clone().unwrap_or_default();
+    serde_json::json!({
+        "job_id": job.job_id,
+        "name": job.name,
+        "kind": job.kind,
+        "state": state_name(job.state()),
+        "error": if job.error.is_empty() { None } else { Some(&job.error) },
+        "output": job.spec.as_ref().map(|s| s.output.clone()),
+        "progress": {"fraction": p.fraction, "tasks_done": p.tasks_done, "tasks_total": p.tasks_total,
+                     "tasks_running": p.tasks_running, "stage": p.stage},
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+    })
+}
+
+fn job_line(job: &Job) -> String {
+    let p = job.progress.clone().unwrap_or_default();
+    let mut line = format!(
+        "{}\t{}\t{}\t{:.0}%\t{}/{} tasks",
+        job.job_id,
+        job.kind,
+        state_name(job.state()),
+        p.fraction * 100.0,
+        p.tasks_done,
+        p.tasks_total
+    );
+    if !p.stage.is_empty() {
+        line.push_str(&format!("\tstage {}", p.stage));
+    }
+    if !job.error.is_empty() {
+        line.push_str(&format!("\terror: {}", job.error));
+    }
+    line
+}
+
+pub async fn status(
+    client: &mut CoordinatorClient<Channel>,
+    job: Option<String>,
+    json: bool,
+) -> Result<()> {
+    let jobs = match job {
+        Some(id) => vec![client
+            .get_job(GetJobRequest { job_id: id.clone() })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .into_inner()],
+        None => {
+            client
+                .list_jobs(ListJobsRequest {})
+                .await?
+                .into_inner()
+                .jobs
+        }
+    };
+    for j in &jobs {
+        if json {
+            println!("{}", job_json(j));
+        } else {
+            println!("{}", job_line(j));
+        }
+    }
+    Ok(())
+}
+
+pub async fn cancel(client: &mut CoordinatorClient<Channel>, job: String) -> Result<()> {
+    let j = client
+        .cancel_job(CancelJobRequest { job_id: job })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    println!("{}", job_line(&j));
+    Ok(())
+}
+
+/// Follows a job to its end; returns its final state.
+pub async fn watch(
+    client: &mut CoordinatorClient<Channel>,
+    job_id: &str,
+    json: bool,
+) -> Result<Job> {
+    let mut stream = client
+        .watch_job(WatchJobRequest {
+            job_id: job_id.to_string(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    let bar = if json {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::new(1000);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {percent:>3}% {msg}",
+            )
+            .expect("template")
+            .progress_chars("=> "),
+        );
+        bar
+    };
+    let mut last: Option<Job> = None;
+    while let Some(event) = stream.message().await? {
+        if json {
+            let value = serde_json::json!({
+                "job": event.job.as_ref().map(job_json),
+                "logs": event.logs.iter().map(|l| serde_json::json!({"time": l.time, "level": l.level, "message": l.message})).collect::<Vec<_>>(),
+                "metrics": event.metrics.iter().filter_map(|m| serde_json::from_str::<serde_json::Value>(m).ok()).collect::<Vec<_>>(),
+            });
+            println!("{value}");
+        }
+        for line in &event.logs {
+            bar.suspend(|| eprintln!("[{}] {}", line.level, line.message));
+        }
+        for m in &event.metrics {
+            bar.suspend(|| eprintln!("metrics {m}"));
+        }
+        if let Some(job) = event.job {
+            let p = job.progress.clone().unwrap_or_default();
+            bar.set_position((p.fraction.clamp(0.0, 1.0) * 1000.0) as u64);
+            let stage = if p.stage.is_empty() {
+                String::new()
+            } else {
+                format!(" stage {}", p.stage)
+            };
+            bar.set_message(format!(
+                "{} {}/{} tasks{stage}",
+                state_name(job.state()),
+                p.tasks_done,
+                p.tasks_total
+            ));
+            let done = matches!(
+                job.state(),
+                JobState::Succeeded | JobState::Failed | JobState::Cancelled
+            );
+            last = Some(job);
+            if done {
+                break;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    last.context("the coordinator closed the watch stream before the job ended")
+}
+
+/// Maps a finished job to the CLI's exit code, printing a summary on stderr.
+pub fn outcome(job: &Job) -> Exit {
+    match job.state() {
+        JobState::Succeeded => {
+            eprintln!(
+                "job {} succeeded; outputs under {}",
+                job.job_id,
+                job.spec.as_ref().map(|s| s.output.as_str()).unwrap_or("")
+            );
+            Exit::Ok
+        }
+        JobState::Cancelled => Exit::Cancelled,
+        _ => Exit::JobFailed(format!("job {} failed: {}", job.job_id, job.error)),
+    }
+}

@@ -1,0 +1,133 @@
+use std::path::Path;
+
+use mirrorplay_proto::v1::{job_spec, merge_spec};
+
+use super::*;
+
+const MERGE: &str = r#"
+[job]
+kind = "merge"
+output = "out"
+
+[merge]
+method = "task_arithmetic"
+base = "examples/base"
+models = ["examples/task-a", "s3://bucket/task-b"]
+"#;
+
+fn merge_spec(spec: &JobSpec) -> &mirrorplay_proto::v1::MergeSpec {
+    match &spec.kind {
+        Some(job_spec::Kind::Merge(m)) => m,
+        other => panic!("not a merge: {other:?}"),
+    }
+}
+
+#[test]
+fn defaults_and_absolute_paths() {
+    let loaded = parse("a.toml", MERGE, &[], Path::new("/work/repo"), "a").unwrap();
+    let spec = loaded.spec;
+    assert_eq!(spec.name, "a");
+    assert_eq!(spec.output, "file:///work/repo/out");
+    assert_eq!((spec.seed, spec.workers, spec.overwrite), (0, 0, false));
+    let m = merge_spec(&spec);
+    assert_eq!(m.base, "file:///work/repo/examples/base");
+    assert_eq!(
+        m.models,
+        vec!["file:///work/repo/examples/task-a", "s3://bucket/task-b"]
+    );
+    assert_eq!(m.weights, vec![1.0, 1.0]);
+    assert_eq!(m.lambda, 1.0);
+    assert_eq!(m.max_shard_size, 5_000_000_000);
+    assert!(matches!(
+        m.method,
+        Some(merge_spec::Method::TaskArithmetic(_))
+    ));
+    // The resolved config shows every default.
+    let resolved: toml::Table = toml::from_str(&loaded.resolved_toml).unwrap();
+    assert_eq!(resolved["merge"]["lambda"].as_float(), Some(1.0));
+    assert_eq!(resolved["job"]["seed"].as_integer(), Some(0));
+}
+
+#[test]
+fn set_overrides_and_sizes() {
+    let sets = vec![
+        "merge.lambda=0.5".to_string(),
+        "merge.max_shard_size=\"2MiB\"".to_string(),
+        "job.name=renamed".to_string(),
+    ];
+    let spec = parse("a.toml", MERGE, &sets, Path::new("/r"), "a")
+        .unwrap()
+        .spec;
+    assert_eq!(spec.name, "renamed");
+    assert_eq!(merge_spec(&spec).lambda, 0.5);
+    assert_eq!(merge_spec(&spec).max_shard_size, 2 << 20);
+    let err = parse(
+        "a.toml",
+        MERGE,
+        &["merge.lambda=\"x\"".into()],
+        Path::new("/r"),
+        "a",
+    )
+    .unwrap_err();
+    assert_eq!(err.key, "merge.lambda");
+    assert!(err.file.contains("--set merge.lambda"), "{err}");
+    assert_eq!(parse_size("5GB"), Some(5_000_000_000));
+    assert_eq!(parse_size("32 KiB"), Some(32 << 10));
+    assert_eq!(parse_size("lots"), None);
+}
+
+#[test]
+fn errors_name_line_and_key() {
+    let bad = MERGE.replace("models = [", "lambda = \"big\"\nmodels = [");
+    let err = parse("c.toml", &bad, &[], Path::new("/r"), "c").unwrap_err();
+    assert_eq!((err.line, err.key.as_str()), (Some(9), "merge.lambda"));
+    assert_eq!(
+        err.to_string(),
+        "c.toml:9: `merge.lambda`: expected a number, found string `\"big\"`"
+    );
+}
+
+#[test]
+fn pipeline_stage_references() {
+    let text = r#"
+[job]
+kind = "pipeline"
+output = "/out"
+
+[[stage]]
+name = "first"
+kind = "merge"
+[stage.merge]
+method = "task_arithmetic"
+base = "/m/base"
+models = ["/m/a"]
+
+[[stage]]
+name = "second"
+kind = "merge"
+[stage.merge]
+method = "task_arithmetic"
+base = "stage:first"
+models = ["/m/b"]
+"#;
+    let spec = parse("p.toml", text, &[], Path::new("/r"), "p")
+        .unwrap()
+        .spec;
+    let Some(job_spec::Kind::Pipeline(p)) = &spec.kind else {
+        panic!("not a pipeline")
+    };
+    assert_eq!(p.stages.len(), 2);
+    let second = p.stages[1].job.as_ref().unwrap();
+    assert_eq!(second.output, "file:///out/second");
+    assert_eq!(merge_spec(second).base, "file:///out/first/model");
+    let forward = text.replace("base = \"stage:first\"", "base = \"stage:third\"");
+    let err = parse("p.toml", &forward, &[], Path::new("/r"), "p").unwrap_err();
+    assert_eq!(
+        (err.line, err.key.as_str()),
+        (Some(19), "stage.1.merge.base")
+    );
+    assert!(
+        err.message.contains("no earlier stage named `third`"),
+        "{err}"
+    );
+}

@@ -1,0 +1,100 @@
+//! One driver per job kind: `plan` turns a spec into the first tasks, `on_result` takes each
+//! task's result and answers with more tasks, "wait" or "done". Multi-round jobs (merge
+//! statistics, pipelines) are drivers that emit their next round from `on_result`. Drivers do
+//! I/O through the worker library's `io` module and know nothing about workers or gRPC.
+
+pub mod merge;
+pub mod pipeline;
+pub mod shard_plan;
+
+use futures::future::BoxFuture;
+use mirrorplay_proto::v1::{job_spec, task, JobSpec, TaskResult};
+use mirrorplay_worker::io::IoError;
+
+/// A task a driver wants run; `key` is unique within the job.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub key: String,
+    pub work: task::Work,
+    pub group_size: u32,
+}
+
+/// What a driver wants after a result.
+#[derive(Debug)]
+pub enum Step {
+    Run(Vec<NewTask>),
+    Wait,
+    Done,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error(transparent)]
+    Io(#[from] IoError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Where a driver reports human-readable progress lines (job logs).
+pub trait Log: Send + Sync {
+    fn info(&self, message: String);
+    fn warn(&self, message: String);
+}
+
+pub enum Driver {
+    Merge(merge::MergeDriver),
+    Pipeline(pipeline::PipelineDriver),
+}
+
+impl Driver {
+    pub fn new(spec: &JobSpec) -> Result<Driver, DriverError> {
+        match &spec.kind {
+            Some(job_spec::Kind::Merge(m)) => Ok(Driver::Merge(merge::MergeDriver::new(
+                m.clone(),
+                spec.output.clone(),
+            ))),
+            Some(job_spec::Kind::Pipeline(p)) => {
+                Ok(Driver::Pipeline(pipeline::PipelineDriver::new(p.clone())))
+            }
+            None => Err(DriverError::Invalid("the job spec names no kind".into())),
+        }
+    }
+
+    pub fn plan<'a>(
+        &'a mut self,
+        log: &'a dyn Log,
+    ) -> BoxFuture<'a, Result<Vec<NewTask>, DriverError>> {
+        match self {
+            Driver::Merge(d) => Box::pin(d.plan(log)),
+            Driver::Pipeline(d) => Box::pin(d.plan(log)),
+        }
+    }
+
+    pub fn on_result<'a>(
+        &'a mut self,
+        key: &'a str,
+        result: TaskResult,
+        log: &'a dyn Log,
+    ) -> BoxFuture<'a, Result<Step, DriverError>> {
+        match self {
+            Driver::Merge(d) => Box::pin(d.on_result(key, result, log)),
+            Driver::Pipeline(d) => Box::pin(d.on_result(key, result, log)),
+        }
+    }
+
+    /// Input files read, as (url, size, etag), for provenance.
+    pub fn inputs(&self) -> Vec<(String, u64, Option<String>)> {
+        match self {
+            Driver::Merge(d) => d.inputs(),
+            Driver::Pipeline(d) => d.inputs(),
+        }
+    }
+
+    /// The current pipeline stage, if any.
+    pub fn stage(&self) -> Option<String> {
+        match self {
+            Driver::Merge(_) => None,
+            Driver::Pipeline(d) => d.stage(),
+        }
+    }
+}

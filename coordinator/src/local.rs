@@ -1,0 +1,164 @@
+//! `mirrorplay local CONFIG --workers N`: a whole cluster on this machine. Starts the
+//! coordinator in this process on a loopback port with a fresh state directory, spawns N
+//! `mirrorplay-worker` processes, submits the job over gRPC, shows its progress, then stops the
+//! workers (SIGTERM) and the coordinator. Exit 0 only if the job succeeded.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use mirrorplay_proto::v1::JobSpec;
+
+use crate::control::ControlPlane;
+use crate::exit::Exit;
+use crate::state::StateStore;
+use crate::{client, server};
+
+pub struct LocalOptions {
+    pub workers: u32,
+    pub worker_bin: Option<PathBuf>,
+    pub lease: Duration,
+    pub state: Option<String>,
+}
+
+/// `--worker-bin`, else `$MIRRORPLAY_WORKER_BIN`, else next to this executable, else `PATH`.
+pub fn find_worker_bin(explicit: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p);
+    }
+    if let Some(p) = std::env::var_os("MIRRORPLAY_WORKER_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(sibling) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("mirrorplay-worker")))
+    {
+        if sibling.is_file() {
+            return Ok(sibling);
+        }
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("mirrorplay-worker"))
+        .find(|p| p.is_file())
+        .context(
+            "cannot find the mirrorplay-worker binary (use --worker-bin or MIRRORPLAY_WORKER_BIN)",
+        )
+}
+
+struct Workers {
+    children: Vec<tokio::process::Child>,
+}
+
+impl Workers {
+    fn spawn(bin: &Path, n: u32, coordinator: &str, log_dir: &Path) -> Result<Workers> {
+        let mut children = Vec::new();
+        for i in 0..n {
+            let log = std::fs::File::create(log_dir.join(format!("worker-{i}.log")))?;
+            let child = tokio::process::Command::new(bin)
+                .args([
+                    "--coordinator",
+                    coordinator,
+                    "--name",
+                    &format!("local-{i}"),
+                    "--grace-secs",
+                    "5",
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log))
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("cannot start worker {}", bin.display()))?;
+            children.push(child);
+        }
+        Ok(Workers { children })
+    }
+
+    /// SIGTERM each worker, wait for them, SIGKILL stragglers.
+    async fn stop(mut self) {
+        for child in &self.children {
+            if let Some(pid) = child.id() {
+                // SAFETY: sending a signal to a child process we own.
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            }
+        }
+        for child in &mut self.children {
+            if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+pub async fn run(spec: JobSpec, config_toml: String, opts: LocalOptions) -> Result<Exit> {
+    let bin = find_worker_bin(opts.worker_bin)?;
+    let temp = tempfile::Builder::new()
+        .prefix("mirrorplay-local-")
+        .tempdir()?;
+    let state_url = match &opts.state {
+        Some(s) => s.clone(),
+        None => temp.path().join("state").to_string_lossy().to_string(),
+    };
+    let state = StateStore::open(&state_url).await?;
+    let control = ControlPlane::new(state, opts.lease);
+    let sweeper = control.spawn_lease_sweeper();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let addr: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    let (bound, serve) = server::bind(control.clone(), addr, async {
+        let _ = stop_rx.await;
+    })
+    .await?;
+    let server = tokio::spawn(serve);
+    let url = format!("http://{bound}");
+    eprintln!(
+        "local cluster: coordinator {url}, {} worker(s), logs in {}",
+        opts.workers,
+        temp.path().display()
+    );
+    let workers = Workers::spawn(&bin, opts.workers, &url, temp.path())?;
+
+    let outcome = async {
+        let mut c = client::connect(&url).await?;
+        let job_id = client::submit(&mut c, spec, config_toml).await?;
+        eprintln!("submitted job {job_id}");
+        tokio::select! {
+            job = client::watch(&mut c, &job_id, false) => Ok::<_, anyhow::Error>(client::outcome(&job?)),
+            _ = mirrorplay_worker::logging::shutdown_signal() => {
+                eprintln!("interrupted; cancelling job {job_id}");
+                let _ = client::cancel(&mut c, job_id).await;
+                Ok(Exit::Cancelled)
+            }
+        }
+    }
+    .await;
+
+    workers.stop().await;
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    sweeper.abort();
+    control.state().release().await.ok();
+    if matches!(outcome, Ok(Exit::JobFailed(_))) {
+        for entry in std::fs::read_dir(temp.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                if !tail.is_empty() {
+                    eprintln!("--- last lines of {} ---", path.display());
+                    tail.iter().rev().for_each(|l| eprintln!("{l}"));
+                }
+            }
+        }
+    }
+    outcome
+}

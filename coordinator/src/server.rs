@@ -1,0 +1,287 @@
+//! The gRPC surface: translates `mirrorplay.v1.Coordinator` messages to `ControlPlane` calls.
+//! RPCs that later issues implement answer UNIMPLEMENTED. `grpc.health.v1` is served beside it.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use mirrorplay_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
+use mirrorplay_proto::v1::*;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status};
+
+use crate::control::{job_is_terminal, ControlError, ControlPlane};
+use crate::scheduler::Rejected;
+
+/// Longest a PollTask call is held open.
+const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
+
+pub struct Service {
+    control: Arc<ControlPlane>,
+}
+
+fn status(e: ControlError) -> Status {
+    match e {
+        ControlError::NotFound(m) => Status::not_found(m),
+        ControlError::InvalidArgument(m) => Status::invalid_argument(m),
+        ControlError::FailedPrecondition(m) => Status::failed_precondition(m),
+        ControlError::Internal(m) => Status::internal(m),
+    }
+}
+
+fn accepted(r: Result<(), Rejected>, task_id: &str) -> ReportTaskResponse {
+    if let Err(why) = &r {
+        tracing::info!(task_id, ?why, "report rejected");
+    }
+    ReportTaskResponse {
+        accepted: r.is_ok(),
+    }
+}
+
+#[tonic::async_trait]
+impl Coordinator for Service {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        let r = request.into_inner();
+        let worker_id = self.control.scheduler.register(&r.name, r.slots);
+        tracing::info!(worker_id = %worker_id, name = %r.name, "worker registered");
+        let lease_ms = self.control.scheduler.lease.as_millis() as u64;
+        Ok(Response::new(RegisterResponse {
+            worker_id,
+            lease_ms,
+            heartbeat_ms: (lease_ms / 4).max(20),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(
+            match self.control.scheduler.heartbeat(&r.worker_id, &r.running) {
+                Some(cancel) => HeartbeatResponse {
+                    known: true,
+                    cancel,
+                },
+                None => HeartbeatResponse {
+                    known: false,
+                    cancel: vec![],
+                },
+            },
+        ))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<DeregisterRequest>,
+    ) -> Result<Response<DeregisterResponse>, Status> {
+        let r = request.into_inner();
+        tracing::info!(worker_id = %r.worker_id, returned = r.returned.len(), "worker deregistered");
+        self.control.deregister(&r.worker_id, &r.returned).await;
+        Ok(Response::new(DeregisterResponse {}))
+    }
+
+    async fn poll_task(
+        &self,
+        request: Request<PollTaskRequest>,
+    ) -> Result<Response<PollTaskResponse>, Status> {
+        let r = request.into_inner();
+        let wait = Duration::from_millis(r.wait_ms).min(MAX_POLL_WAIT);
+        let deadline = tokio::time::Instant::now() + wait;
+        let scheduler = &self.control.scheduler;
+        loop {
+            let notified = scheduler.queued_notifier().notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !scheduler.is_known(&r.worker_id) {
+                return Ok(Response::new(PollTaskResponse {
+                    task: None,
+                    known: false,
+                }));
+            }
+            if let Some(task) = scheduler.assign(&r.worker_id) {
+                tracing::info!(worker_id = %r.worker_id, task_id = %task.task_id, attempt = task.attempt, "task assigned");
+                return Ok(Response::new(PollTaskResponse {
+                    task: Some(task),
+                    known: true,
+                }));
+            }
+            // Wake at least once per lease/4 so a long poll also renews the lease.
+            let step = (scheduler.lease / 4).max(Duration::from_millis(20));
+            let until = deadline.min(tokio::time::Instant::now() + step);
+            if tokio::time::timeout_at(until, notified).await.is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
+                return Ok(Response::new(PollTaskResponse {
+                    task: None,
+                    known: true,
+                }));
+            }
+            scheduler.heartbeat(&r.worker_id, &[]);
+        }
+    }
+
+    async fn report_task(
+        &self,
+        request: Request<ReportTaskRequest>,
+    ) -> Result<Response<ReportTaskResponse>, Status> {
+        let r = request.into_inner();
+        let result = match r.report {
+            Some(report_task_request::Report::Progress(p)) => {
+                self.control
+                    .progress(&r.worker_id, &r.task_id, r.attempt, p.fraction)
+            }
+            Some(report_task_request::Report::Result(result)) => {
+                self.control
+                    .task_succeeded(&r.worker_id, &r.task_id, r.attempt, result)
+                    .await
+            }
+            Some(report_task_request::Report::Failure(message)) => {
+                self.control
+                    .task_failed(&r.worker_id, &r.task_id, r.attempt, message)
+                    .await
+            }
+            None => return Err(Status::invalid_argument("report is empty")),
+        };
+        Ok(Response::new(accepted(result, &r.task_id)))
+    }
+
+    async fn join_group(
+        &self,
+        _: Request<JoinGroupRequest>,
+    ) -> Result<Response<JoinGroupResponse>, Status> {
+        Err(Status::unimplemented(
+            "JoinGroup arrives with data-parallel training",
+        ))
+    }
+
+    async fn commit_checkpoint(
+        &self,
+        _: Request<CommitCheckpointRequest>,
+    ) -> Result<Response<CommitCheckpointResponse>, Status> {
+        Err(Status::unimplemented(
+            "CommitCheckpoint arrives with checkpointed training",
+        ))
+    }
+
+    async fn submit_job(
+        &self,
+        request: Request<SubmitJobRequest>,
+    ) -> Result<Response<SubmitJobResponse>, Status> {
+        let r = request.into_inner();
+        let spec = r.spec.ok_or_else(|| Status::invalid_argument("no spec"))?;
+        let job_id = self
+            .control
+            .submit(spec, r.config_toml)
+            .await
+            .map_err(status)?;
+        tracing::info!(job_id = %job_id, "job submitted");
+        Ok(Response::new(SubmitJobResponse { job_id }))
+    }
+
+    async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
+        self.control
+            .get(&request.into_inner().job_id)
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn list_jobs(
+        &self,
+        _: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsResponse>, Status> {
+        Ok(Response::new(ListJobsResponse {
+            jobs: self.control.list(),
+        }))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<CancelJobRequest>,
+    ) -> Result<Response<Job>, Status> {
+        self.control
+            .cancel(&request.into_inner().job_id)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn resume_job(&self, _: Request<ResumeJobRequest>) -> Result<Response<Job>, Status> {
+        Err(Status::unimplemented(
+            "ResumeJob arrives with durable state across restarts",
+        ))
+    }
+
+    type WatchJobStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
+
+    async fn watch_job(
+        &self,
+        request: Request<WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let (first, mut rx) = self
+            .control
+            .watch(&request.into_inner().job_id)
+            .map_err(status)?;
+        let (tx, out) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let done = first.job.as_ref().is_some_and(job_is_terminal);
+            if tx.send(Ok(first)).await.is_err() || done {
+                return;
+            }
+            loop {
+                match rx.recv().await {
+                    Ok(event) => {
+                        let done = event.job.as_ref().is_some_and(job_is_terminal);
+                        if tx.send(Ok(event)).await.is_err() || done {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+
+    async fn get_logs(
+        &self,
+        request: Request<GetLogsRequest>,
+    ) -> Result<Response<GetLogsResponse>, Status> {
+        let logs = self
+            .control
+            .logs(&request.into_inner().job_id)
+            .map_err(status)?;
+        Ok(Response::new(GetLogsResponse { logs }))
+    }
+}
+
+/// Binds `addr` (port 0 picks a free one) and returns the bound address and the server future,
+/// which runs until `shutdown` resolves.
+pub async fn bind(
+    control: Arc<ControlPlane>,
+    addr: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(
+    SocketAddr,
+    impl std::future::Future<Output = Result<(), tonic::transport::Error>>,
+)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<CoordinatorServer<Service>>().await;
+    let service = CoordinatorServer::new(Service { control })
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    let server = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
+    Ok((local, server))
+}

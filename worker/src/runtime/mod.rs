@@ -1,0 +1,361 @@
+//! The worker runtime: register, heartbeat, long-poll for tasks, run them, report progress and
+//! results. A lost coordinator means reconnecting with backoff and registering again; a
+//! shutdown request finishes the current task within a grace period or hands it back, then
+//! deregisters. What a task computes lives in `jobs`; this module only moves tasks around.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mirrorplay_proto::v1::coordinator_client::CoordinatorClient;
+use mirrorplay_proto::v1::{
+    report_task_request, DeregisterRequest, HeartbeatRequest, PollTaskRequest, RegisterRequest,
+    ReportTaskRequest, Task, TaskProgress, TaskRef,
+};
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::jobs::run_task;
+
+/// Fault-injection knob for tests: sleep this long after receiving each task, before working.
+pub const FAULT_TASK_DELAY_ENV: &str = "MIRRORPLAY_FAULT_TASK_DELAY_MS";
+
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Coordinator URL, e.g. http://127.0.0.1:50051.
+    pub coordinator: String,
+    pub name: String,
+    /// How long a shutdown waits for the running task before handing it back.
+    pub grace: Duration,
+    pub fault_task_delay: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("invalid coordinator URL `{url}`: {reason}")]
+    BadUrl { url: String, reason: String },
+}
+
+/// How a session with one registration ended.
+enum SessionEnd {
+    Shutdown,
+    /// Coordinator unreachable or no longer knows us: register again.
+    Lost,
+}
+
+/// Runs until `shutdown` turns true.
+pub async fn run(
+    opts: WorkerOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), RuntimeError> {
+    let endpoint = Endpoint::from_shared(opts.coordinator.clone())
+        .map_err(|e| RuntimeError::BadUrl {
+            url: opts.coordinator.clone(),
+            reason: e.to_string(),
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    let channel = endpoint.connect_lazy();
+    let mut backoff = Backoff::new();
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let mut client = CoordinatorClient::new(channel.clone());
+        let request = RegisterRequest {
+            name: opts.name.clone(),
+            slots: 1,
+            version: env!("CARGO_PKG_VERSION").into(),
+            device: "cpu".into(),
+        };
+        let registered = match client.register(request).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                let wait = backoff.next();
+                tracing::warn!(coordinator = %opts.coordinator, error = %status.message(), retry_in_ms = wait.as_millis() as u64, "cannot register");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => continue,
+                    _ = shutdown.changed() => return Ok(()),
+                }
+            }
+        };
+        backoff.reset();
+        tracing::info!(worker_id = %registered.worker_id, lease_ms = registered.lease_ms, "registered");
+        let session = Session {
+            client,
+            worker_id: registered.worker_id,
+            heartbeat: Duration::from_millis(registered.heartbeat_ms.max(50)),
+            lease: Duration::from_millis(registered.lease_ms.max(100)),
+        };
+        match session.run(&opts, &mut shutdown).await {
+            SessionEnd::Shutdown => return Ok(()),
+            SessionEnd::Lost => tracing::warn!("lost the coordinator; registering again"),
+        }
+    }
+}
+
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff(Duration::from_millis(100))
+    }
+    fn next(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        d
+    }
+    fn reset(&mut self) {
+        *self = Backoff::new();
+    }
+}
+
+struct Session {
+    client: CoordinatorClient<Channel>,
+    worker_id: String,
+    heartbeat: Duration,
+    lease: Duration,
+}
+
+/// Signals from the heartbeat loop.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct HeartbeatState {
+    lost: bool,
+    cancel: Vec<TaskRef>,
+}
+
+impl Session {
+    async fn run(
+        mut self,
+        opts: &WorkerOptions,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> SessionEnd {
+        let (running_tx, running_rx) = watch::channel::<Option<TaskRef>>(None);
+        let (hb_tx, mut hb_rx) = watch::channel(HeartbeatState::default());
+        let heartbeat = tokio::spawn(heartbeat_loop(
+            self.client.clone(),
+            self.worker_id.clone(),
+            self.heartbeat,
+            self.lease,
+            running_rx,
+            hb_tx,
+        ));
+        let end = loop {
+            if *shutdown.borrow() {
+                break SessionEnd::Shutdown;
+            }
+            if hb_rx.borrow().lost {
+                break SessionEnd::Lost;
+            }
+            let poll = self.client.poll_task(PollTaskRequest {
+                worker_id: self.worker_id.clone(),
+                wait_ms: 20_000,
+            });
+            let response = tokio::select! {
+                r = poll => r,
+                _ = shutdown.changed() => break SessionEnd::Shutdown,
+                _ = hb_rx.changed() => continue,
+            };
+            let response = match response {
+                Ok(r) => r.into_inner(),
+                Err(status) => {
+                    tracing::warn!(error = %status.message(), "poll failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            if !response.known {
+                break SessionEnd::Lost;
+            }
+            let Some(task) = response.task else { continue };
+            let task_ref = TaskRef {
+                task_id: task.task_id.clone(),
+                attempt: task.attempt,
+            };
+            running_tx.send_replace(Some(task_ref.clone()));
+            let end = self.run_one(task, opts, shutdown, &mut hb_rx).await;
+            running_tx.send_replace(None);
+            if let Some(end) = end {
+                break end;
+            }
+        };
+        heartbeat.abort();
+        if matches!(end, SessionEnd::Shutdown) {
+            let _ = self
+                .client
+                .deregister(DeregisterRequest {
+                    worker_id: self.worker_id.clone(),
+                    returned: vec![],
+                })
+                .await;
+            tracing::info!("deregistered");
+        }
+        end
+    }
+
+    /// Runs one task; returns Some when the session must end.
+    async fn run_one(
+        &mut self,
+        task: Task,
+        opts: &WorkerOptions,
+        shutdown: &mut watch::Receiver<bool>,
+        hb_rx: &mut watch::Receiver<HeartbeatState>,
+    ) -> Option<SessionEnd> {
+        let span = tracing::info_span!("task", task_id = %task.task_id, attempt = task.attempt);
+        let _enter = span.enter();
+        tracing::info!("started");
+        let progress = Arc::new(AtomicU64::new(0f64.to_bits()));
+        let delay = opts.fault_task_delay;
+        let mut handle = {
+            let progress = progress.clone();
+            let task = task.clone();
+            tokio::spawn(async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                let report = move |f: f64| progress.store(f.to_bits(), Ordering::Relaxed);
+                run_task(&task, &report).await
+            })
+        };
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut shutting_down = false;
+        let deadline = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
+        tokio::pin!(deadline);
+        let outcome = loop {
+            tokio::select! {
+                joined = &mut handle => break Some(joined),
+                _ = tick.tick() => {
+                    let fraction = f64::from_bits(progress.load(Ordering::Relaxed));
+                    let report = report_task_request::Report::Progress(TaskProgress { fraction, message: String::new() });
+                    if let Ok(false) = self.report(&task, report).await {
+                        tracing::warn!("progress rejected; dropping the task");
+                        break None;
+                    }
+                }
+                _ = hb_rx.changed() => {
+                    let state = hb_rx.borrow().clone();
+                    if state.lost {
+                        handle.abort();
+                        return Some(SessionEnd::Lost);
+                    }
+                    if state.cancel.iter().any(|c| c.task_id == task.task_id && c.attempt == task.attempt) {
+                        tracing::info!("cancelled by the coordinator");
+                        break None;
+                    }
+                }
+                _ = shutdown.changed(), if !shutting_down => {
+                    shutting_down = true;
+                    tracing::info!(grace_s = opts.grace.as_secs_f64(), "shutdown requested; finishing the task");
+                    deadline.as_mut().reset(tokio::time::Instant::now() + opts.grace);
+                }
+                _ = &mut deadline, if shutting_down => {
+                    tracing::info!("grace period over; handing the task back");
+                    handle.abort();
+                    let returned = vec![TaskRef { task_id: task.task_id.clone(), attempt: task.attempt }];
+                    let _ = self.client.deregister(DeregisterRequest { worker_id: self.worker_id.clone(), returned }).await;
+                    return Some(SessionEnd::Shutdown);
+                }
+            }
+        };
+        let Some(joined) = outcome else {
+            handle.abort();
+            return None;
+        };
+        let report = match joined {
+            Ok(Ok(result)) => {
+                tracing::info!("succeeded");
+                report_task_request::Report::Result(result)
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "failed");
+                report_task_request::Report::Failure(e.to_string())
+            }
+            Err(e) => report_task_request::Report::Failure(format!("task panicked: {e}")),
+        };
+        // The final report is retried until the lease would have run out.
+        let give_up = tokio::time::Instant::now() + self.lease * 3;
+        loop {
+            match self.report(&task, report.clone()).await {
+                Ok(accepted) => {
+                    if !accepted {
+                        tracing::warn!("result rejected (stale attempt)");
+                    }
+                    break;
+                }
+                Err(status) if tokio::time::Instant::now() < give_up => {
+                    tracing::warn!(error = %status.message(), "cannot report; retrying");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(_) => return Some(SessionEnd::Lost),
+            }
+        }
+        shutting_down.then_some(SessionEnd::Shutdown)
+    }
+
+    async fn report(
+        &mut self,
+        task: &Task,
+        report: report_task_request::Report,
+    ) -> Result<bool, tonic::Status> {
+        let request = ReportTaskRequest {
+            worker_id: self.worker_id.clone(),
+            task_id: task.task_id.clone(),
+            attempt: task.attempt,
+            report: Some(report),
+        };
+        Ok(self
+            .client
+            .report_task(request)
+            .await?
+            .into_inner()
+            .accepted)
+    }
+}
+
+async fn heartbeat_loop(
+    mut client: CoordinatorClient<Channel>,
+    worker_id: String,
+    every: Duration,
+    lease: Duration,
+    running: watch::Receiver<Option<TaskRef>>,
+    state: watch::Sender<HeartbeatState>,
+) {
+    let mut last_ok = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let request = HeartbeatRequest {
+            worker_id: worker_id.clone(),
+            running: running.borrow().iter().cloned().collect(),
+        };
+        match client.heartbeat(request).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                last_ok = tokio::time::Instant::now();
+                if !r.known {
+                    state.send_replace(HeartbeatState {
+                        lost: true,
+                        cancel: vec![],
+                    });
+                    return;
+                }
+                if !r.cancel.is_empty() {
+                    state.send_replace(HeartbeatState {
+                        lost: false,
+                        cancel: r.cancel,
+                    });
+                }
+            }
+            Err(status) => {
+                tracing::warn!(error = %status.message(), "heartbeat failed");
+                if last_ok.elapsed() > lease {
+                    state.send_replace(HeartbeatState {
+                        lost: true,
+                        cancel: vec![],
+                    });
+                    return;
+                }
+            }
+        }
+    }
+}
