@@ -1,0 +1,81 @@
+//! Fault tolerance with real processes: a worker SIGKILLed mid-task loses its lease and its
+//! task is re-issued to a live worker; the job still succeeds with the right output.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn spawn_worker(url: &str, name: &str, delay_ms: Option<u64>) -> Killed {
+    let mut cmd = Command::new(worker_bin());
+    cmd.args(["--coordinator", url, "--name", name]).stdout(Stdio::null()).stderr(Stdio::null());
+    if let Some(ms) = delay_ms {
+        cmd.env("MIRRORPLAY_FAULT_TASK_DELAY_MS", ms.to_string());
+    }
+    Killed(cmd.spawn().unwrap())
+}
+
+fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_worker_killed_mid_task_has_its_task_reissued_and_the_job_succeeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let listen = url.trim_start_matches("http://").to_string();
+    let _coordinator = Killed(
+        Command::new(mirrorplay())
+            .args(["serve", "--listen", &listen, "--state", tmp.path().join("state").to_str().unwrap(), "--lease-ms", "1000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the coordinator", Duration::from_secs(20), || run(&["status", "--coordinator", &url]).status.success());
+
+    // The victim takes a task and then stalls (fault-injection knob) until it is killed.
+    let mut victim = spawn_worker(&url, "victim", Some(600_000));
+    let out = tmp.path().join("out");
+    let submitted = run(&["submit", "configs/merge-task-arithmetic.toml", "--coordinator", &url, "--set", &format!("job.output={}", out.display())]);
+    assert!(submitted.status.success(), "{}", stderr(&submitted));
+    let job = String::from_utf8(submitted.stdout).unwrap().trim().to_string();
+    assert!(!job.is_empty() && !job.contains('\n'), "submit prints only the job id: {job:?}");
+
+    wait_until("the victim to hold a task", Duration::from_secs(20), || {
+        let o = run(&["status", &job, "--json", "--coordinator", &url]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        v["progress"]["tasks_running"].as_u64().unwrap_or(0) >= 1
+    });
+    victim.0.kill().unwrap();
+    victim.0.wait().unwrap();
+
+    let _rescuer = spawn_worker(&url, "rescuer", None);
+    let watched = run(&["watch", &job, "--coordinator", &url]);
+    let log = stderr(&watched);
+    assert!(watched.status.success(), "{log}");
+    assert!(log.contains("worker `victim` lost its lease") && log.contains("re-issued as attempt 2"), "{log}");
+
+    let ex = repo_root().join("examples");
+    let want = task_arithmetic(&ex.join("base"), &[&ex.join("task-a"), &ex.join("task-b")], &[1.0, 1.0], 1.0);
+    assert_models_close(&read_model(&out.join("model")), &want, 1e-6);
+}
