@@ -18,12 +18,18 @@ impl Drop for Killed {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn spawn_worker(url: &str, name: &str, delay_ms: Option<u64>) -> Killed {
     let mut cmd = Command::new(worker_bin());
-    cmd.args(["--coordinator", url, "--name", name]).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.args(["--coordinator", url, "--name", name, "--grace-secs", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     if let Some(ms) = delay_ms {
         cmd.env("MIRRORPLAY_FAULT_TASK_DELAY_MS", ms.to_string());
     }
@@ -38,34 +44,139 @@ fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn a_worker_killed_mid_task_has_its_task_reissued_and_the_job_succeeds() {
-    let tmp = tempfile::tempdir().unwrap();
-    let url = format!("http://127.0.0.1:{}", free_port());
+fn spawn_coordinator(dir: &std::path::Path, url: &str) -> Killed {
     let listen = url.trim_start_matches("http://").to_string();
-    let _coordinator = Killed(
+    Killed(
         Command::new(mirrorplay())
-            .args(["serve", "--listen", &listen, "--state", tmp.path().join("state").to_str().unwrap(), "--lease-ms", "1000"])
+            .args([
+                "serve",
+                "--listen",
+                &listen,
+                "--state",
+                dir.join("state").to_str().unwrap(),
+                "--lease-ms",
+                "1000",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
+    )
+}
+
+fn submit(url: &str, out: &std::path::Path) -> String {
+    let submitted = run(&[
+        "submit",
+        "configs/merge-task-arithmetic.toml",
+        "--coordinator",
+        url,
+        "--set",
+        &format!("job.output={}", out.display()),
+    ]);
+    assert!(submitted.status.success(), "{}", stderr(&submitted));
+    let job = String::from_utf8(submitted.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(
+        !job.is_empty() && !job.contains('\n'),
+        "submit prints only the job id: {job:?}"
     );
-    wait_until("the coordinator", Duration::from_secs(20), || run(&["status", "--coordinator", &url]).status.success());
+    job
+}
+
+fn wait_for_running_task(url: &str, job: &str) {
+    wait_until("a worker to hold a task", Duration::from_secs(20), || {
+        let o = run(&["status", job, "--json", "--coordinator", url]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        v["progress"]["tasks_running"].as_u64().unwrap_or(0) >= 1
+    });
+}
+
+fn assert_merged(out: &std::path::Path) {
+    let ex = repo_root().join("examples");
+    let want = task_arithmetic(
+        &ex.join("base"),
+        &[&ex.join("task-a"), &ex.join("task-b")],
+        &[1.0, 1.0],
+        1.0,
+    );
+    assert_models_close(&read_model(&out.join("model")), &want, 1e-6);
+}
+
+#[test]
+fn a_sigtermed_worker_hands_its_task_back_and_a_worker_started_first_connects_later() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{}", free_port());
+    // This worker starts before the coordinator exists: it retries with backoff.
+    let mut leaver = spawn_worker(&url, "leaver", Some(600_000));
+    std::thread::sleep(Duration::from_millis(500));
+    let _coordinator = spawn_coordinator(tmp.path(), &url);
+    wait_until("the coordinator", Duration::from_secs(20), || {
+        run(&["status", "--coordinator", &url]).status.success()
+    });
+    let out = tmp.path().join("out");
+    let job = submit(&url, &out);
+    wait_for_running_task(&url, &job);
+    // SIGTERM with --grace-secs 0: the task goes back to the queue at once.
+    unsafe { libc::kill(leaver.0.id() as i32, libc::SIGTERM) };
+    let status = leaver.0.wait().unwrap();
+    assert!(
+        status.success(),
+        "the worker exits cleanly on SIGTERM: {status:?}"
+    );
+    let _finisher = spawn_worker(&url, "finisher", None);
+    let watched = run(&["watch", &job, "--coordinator", &url]);
+    let log = stderr(&watched);
+    assert!(watched.status.success(), "{log}");
+    assert!(
+        log.contains("worker `leaver` left") && log.contains("re-issued as attempt 2"),
+        "{log}"
+    );
+    assert_merged(&out);
+}
+
+#[test]
+fn the_coordinator_serves_grpc_health() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let _coordinator = spawn_coordinator(tmp.path(), &url);
+    wait_until("the coordinator", Duration::from_secs(20), || {
+        run(&["status", "--coordinator", &url]).status.success()
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        let request = tonic_health::pb::HealthCheckRequest {
+            service: "mirrorplay.v1.Coordinator".into(),
+        };
+        client.check(request).await.unwrap().into_inner().status
+    });
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
+
+#[test]
+fn a_worker_killed_mid_task_has_its_task_reissued_and_the_job_succeeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let _coordinator = spawn_coordinator(tmp.path(), &url);
+    wait_until("the coordinator", Duration::from_secs(20), || {
+        run(&["status", "--coordinator", &url]).status.success()
+    });
 
     // The victim takes a task and then stalls (fault-injection knob) until it is killed.
     let mut victim = spawn_worker(&url, "victim", Some(600_000));
     let out = tmp.path().join("out");
-    let submitted = run(&["submit", "configs/merge-task-arithmetic.toml", "--coordinator", &url, "--set", &format!("job.output={}", out.display())]);
-    assert!(submitted.status.success(), "{}", stderr(&submitted));
-    let job = String::from_utf8(submitted.stdout).unwrap().trim().to_string();
-    assert!(!job.is_empty() && !job.contains('\n'), "submit prints only the job id: {job:?}");
-
-    wait_until("the victim to hold a task", Duration::from_secs(20), || {
-        let o = run(&["status", &job, "--json", "--coordinator", &url]);
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-        v["progress"]["tasks_running"].as_u64().unwrap_or(0) >= 1
-    });
+    let job = submit(&url, &out);
+    wait_for_running_task(&url, &job);
     victim.0.kill().unwrap();
     victim.0.wait().unwrap();
 
@@ -73,9 +184,9 @@ fn a_worker_killed_mid_task_has_its_task_reissued_and_the_job_succeeds() {
     let watched = run(&["watch", &job, "--coordinator", &url]);
     let log = stderr(&watched);
     assert!(watched.status.success(), "{log}");
-    assert!(log.contains("worker `victim` lost its lease") && log.contains("re-issued as attempt 2"), "{log}");
-
-    let ex = repo_root().join("examples");
-    let want = task_arithmetic(&ex.join("base"), &[&ex.join("task-a"), &ex.join("task-b")], &[1.0, 1.0], 1.0);
-    assert_models_close(&read_model(&out.join("model")), &want, 1e-6);
+    assert!(
+        log.contains("worker `victim` lost its lease") && log.contains("re-issued as attempt 2"),
+        "{log}"
+    );
+    assert_merged(&out);
 }

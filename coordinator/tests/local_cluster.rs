@@ -24,20 +24,39 @@ fn merge_is_byte_identical_for_1_2_3_workers_and_matches_a_direct_computation() 
             "--set",
             &format!("job.output={}", out.display()),
         ]);
-        assert!(o.status.success(), "local --workers {workers} failed: {}", stderr(&o));
+        assert!(
+            o.status.success(),
+            "local --workers {workers} failed: {}",
+            stderr(&o)
+        );
         assert!(stderr(&o).contains("succeeded"), "{}", stderr(&o));
         outputs.push(files_of(&out.join("model")));
     }
     let names: Vec<&String> = outputs[0].keys().collect();
-    assert!(names.len() >= 5, "index, config, tokenizer files and several shards: {names:?}");
-    assert!(outputs[0].contains_key("model.safetensors.index.json") && outputs[0].contains_key("tokenizer.json"));
+    assert!(
+        names.len() >= 5,
+        "index, config, tokenizer files and several shards: {names:?}"
+    );
+    assert!(
+        outputs[0].contains_key("model.safetensors.index.json")
+            && outputs[0].contains_key("tokenizer.json")
+    );
     assert_eq!(outputs[0], outputs[1], "1 vs 2 workers");
     assert_eq!(outputs[0], outputs[2], "1 vs 3 workers");
     let ex = examples();
-    let want = task_arithmetic(&ex.join("base"), &[&ex.join("task-a"), &ex.join("task-b")], &[1.0, 1.0], 1.0);
+    let want = task_arithmetic(
+        &ex.join("base"),
+        &[&ex.join("task-a"), &ex.join("task-b")],
+        &[1.0, 1.0],
+        1.0,
+    );
     assert_models_close(&read_model(&tmp.path().join("w1/model")), &want, 1e-6);
-    assert_eq!(outputs[0]["config.json"], std::fs::read(ex.join("base/config.json")).unwrap());
-    let job: serde_json::Value = serde_json::from_slice(&std::fs::read(tmp.path().join("w1/job.json")).unwrap()).unwrap();
+    assert_eq!(
+        outputs[0]["config.json"],
+        std::fs::read(ex.join("base/config.json")).unwrap()
+    );
+    let job: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("w1/job.json")).unwrap()).unwrap();
     assert_eq!(job["state"], "succeeded");
     assert_eq!(job["inputs"].as_array().unwrap().len(), 3);
 }
@@ -83,7 +102,10 @@ weights = [2.0]
     assert!(o.status.success(), "{}", stderr(&o));
     let first = tmp.path().join("out/first/model");
     let second = tmp.path().join("out/second/model");
-    assert!(first.join("model.safetensors.index.json").exists(), "the first stage is sharded");
+    assert!(
+        first.join("model.safetensors.index.json").exists(),
+        "the first stage is sharded"
+    );
     let want_first = task_arithmetic(&ex.join("base"), &[&ex.join("task-a")], &[1.0], 0.5);
     assert_models_close(&read_model(&first), &want_first, 1e-6);
     let want_second = task_arithmetic(&first, &[&ex.join("task-b")], &[2.0], 1.0);
@@ -94,11 +116,24 @@ weights = [2.0]
 fn an_output_holding_another_jobs_outputs_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let out = format!("job.output={}", tmp.path().join("out").display());
-    let args = ["local", "configs/merge-task-arithmetic.toml", "--workers", "1", "--set", &out, "--set", "job.overwrite=false"];
+    let args = [
+        "local",
+        "configs/merge-task-arithmetic.toml",
+        "--workers",
+        "1",
+        "--set",
+        &out,
+        "--set",
+        "job.overwrite=false",
+    ];
     assert!(run(&args).status.success());
     let again = run(&args);
     assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
-    assert!(stderr(&again).contains("already holds the outputs of job"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("already holds the outputs of job"),
+        "{}",
+        stderr(&again)
+    );
 }
 
 #[test]
@@ -114,7 +149,9 @@ fn a_model_missing_a_base_tensor_fails_the_job_naming_both() {
     }
     let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
     bytes.extend_from_slice(header.as_bytes());
-    values.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
+    values
+        .iter()
+        .for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
     std::fs::write(&single, bytes).unwrap();
     let o = run(&[
         "local",
@@ -128,8 +165,14 @@ fn a_model_missing_a_base_tensor_fails_the_job_naming_both() {
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let err = stderr(&o);
-    assert!(err.contains("tensor `lm_head.weight`") && err.contains("partial.safetensors"), "{err}");
-    assert!(!tmp.path().join("out/model/model.safetensors.index.json").exists());
+    assert!(
+        err.contains("tensor `lm_head.weight`") && err.contains("partial.safetensors"),
+        "{err}"
+    );
+    assert!(!tmp
+        .path()
+        .join("out/model/model.safetensors.index.json")
+        .exists());
 }
 
 #[test]
@@ -140,33 +183,63 @@ fn example_models_regenerate_byte_identically() {
     for model in ["base", "task-a", "task-b"] {
         let committed = files_of(&examples().join(model));
         let fresh = files_of(&tmp.path().join(model));
-        assert_eq!(committed.keys().collect::<Vec<_>>(), fresh.keys().collect::<Vec<_>>(), "{model}");
-        assert!(committed == fresh, "examples/{model} differs from a fresh `mirrorplay example-models`");
+        assert_eq!(
+            committed.keys().collect::<Vec<_>>(),
+            fresh.keys().collect::<Vec<_>>(),
+            "{model}"
+        );
+        assert!(
+            committed == fresh,
+            "examples/{model} differs from a fresh `mirrorplay example-models`"
+        );
     }
 }
 
 #[test]
 fn bad_configs_fail_before_anything_runs_naming_file_line_and_key() {
     let dir = repo_root().join("coordinator/tests/fixtures/bad-configs");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     assert!(files.len() >= 15, "the corpus has {} configs", files.len());
     let output = Path::new("/tmp/mirrorplay-bad-config-output");
     let _ = std::fs::remove_dir_all(output);
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
-        let expect = text.lines().next().unwrap().strip_prefix("# expect: ").expect("first line `# expect: LINE KEY`");
+        let expect = text
+            .lines()
+            .next()
+            .unwrap()
+            .strip_prefix("# expect: ")
+            .expect("first line `# expect: LINE KEY`");
         let (line, key) = expect.split_once(' ').unwrap();
-        let rel = file.strip_prefix(repo_root()).unwrap().to_str().unwrap().to_string();
+        let rel = file
+            .strip_prefix(repo_root())
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
         for command in ["validate", "local"] {
             let o = run(&[command, &rel]);
             let err = stderr(&o);
             assert_eq!(o.status.code(), Some(2), "{command} {rel}: {err}");
             assert!(o.stdout.is_empty(), "{command} {rel} printed on stdout");
-            let located = if line == "-" { format!("{rel}: ") } else { format!("{rel}:{line}: ") };
-            assert!(err.contains(&located), "{command} {rel}: expected `{located}` in: {err}");
+            let located = if line == "-" {
+                format!("{rel}: ")
+            } else {
+                format!("{rel}:{line}: ")
+            };
+            assert!(
+                err.contains(&located),
+                "{command} {rel}: expected `{located}` in: {err}"
+            );
             if key != "-" {
-                assert!(err.contains(&format!("`{key}`")), "{command} {rel}: expected key `{key}` in: {err}");
+                assert!(
+                    err.contains(&format!("`{key}`")),
+                    "{command} {rel}: expected key `{key}` in: {err}"
+                );
             }
             assert!(!output.exists(), "{command} {rel} wrote its output");
         }

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn mirrorplay() -> PathBuf {
@@ -22,7 +25,13 @@ pub fn worker_bin() -> PathBuf {
     BUILD.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "-p", "mirrorplay-worker", "--bin", "mirrorplay-worker"])
+            .args([
+                "build",
+                "-p",
+                "mirrorplay-worker",
+                "--bin",
+                "mirrorplay-worker",
+            ])
             .current_dir(repo_root())
             .status()
             .expect("run cargo build");
@@ -39,7 +48,9 @@ pub fn run(args: &[&str]) -> Output {
 pub fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let worker = worker_bin();
     let mut cmd = Command::new(mirrorplay());
-    cmd.args(args).current_dir(repo_root()).env("MIRRORPLAY_WORKER_BIN", worker);
+    cmd.args(args)
+        .current_dir(repo_root())
+        .env("MIRRORPLAY_WORKER_BIN", worker);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -55,8 +66,16 @@ pub fn read_model(path: &Path) -> BTreeMap<String, (Vec<u64>, Vec<f32>)> {
     let files: Vec<PathBuf> = if path.is_file() {
         vec![path.to_path_buf()]
     } else if path.join("model.safetensors.index.json").exists() {
-        let index: serde_json::Value = serde_json::from_slice(&std::fs::read(path.join("model.safetensors.index.json")).unwrap()).unwrap();
-        let mut names: Vec<String> = index["weight_map"].as_object().unwrap().values().map(|v| v.as_str().unwrap().to_string()).collect();
+        let index: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(path.join("model.safetensors.index.json")).unwrap(),
+        )
+        .unwrap();
+        let mut names: Vec<String> = index["weight_map"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
         names.sort();
         names.dedup();
         names.into_iter().map(|n| path.join(n)).collect()
@@ -72,11 +91,24 @@ pub fn read_model(path: &Path) -> BTreeMap<String, (Vec<u64>, Vec<f32>)> {
             if name == "__metadata__" {
                 continue;
             }
-            let shape: Vec<u64> = entry["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
-            let offsets: Vec<usize> = entry["data_offsets"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+            let shape: Vec<u64> = entry["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap())
+                .collect();
+            let offsets: Vec<usize> = entry["data_offsets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
             let data = &bytes[8 + n + offsets[0]..8 + n + offsets[1]];
             assert_eq!(entry["dtype"], "F32", "test reader handles F32 only");
-            let values = data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+            let values = data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
             out.insert(name.clone(), (shape, values));
         }
     }
@@ -84,21 +116,40 @@ pub fn read_model(path: &Path) -> BTreeMap<String, (Vec<u64>, Vec<f32>)> {
 }
 
 /// Task arithmetic computed directly: base + lambda * sum_i w_i (m_i - base).
-pub fn task_arithmetic(base: &Path, models: &[&Path], weights: &[f32], lambda: f32) -> BTreeMap<String, (Vec<u64>, Vec<f32>)> {
+pub fn task_arithmetic(
+    base: &Path,
+    models: &[&Path],
+    weights: &[f32],
+    lambda: f32,
+) -> BTreeMap<String, (Vec<u64>, Vec<f32>)> {
     let base = read_model(base);
     let models: Vec<_> = models.iter().map(|m| read_model(m)).collect();
     base.iter()
         .map(|(name, (shape, b))| {
             let values = (0..b.len())
-                .map(|i| b[i] + lambda * models.iter().zip(weights).map(|(m, w)| w * (m[name].1[i] - b[i])).sum::<f32>())
+                .map(|i| {
+                    b[i] + lambda
+                        * models
+                            .iter()
+                            .zip(weights)
+                            .map(|(m, w)| w * (m[name].1[i] - b[i]))
+                            .sum::<f32>()
+                })
                 .collect();
             (name.clone(), (shape.clone(), values))
         })
         .collect()
 }
 
-pub fn assert_models_close(got: &BTreeMap<String, (Vec<u64>, Vec<f32>)>, want: &BTreeMap<String, (Vec<u64>, Vec<f32>)>, tol: f32) {
-    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+pub fn assert_models_close(
+    got: &BTreeMap<String, (Vec<u64>, Vec<f32>)>,
+    want: &BTreeMap<String, (Vec<u64>, Vec<f32>)>,
+    tol: f32,
+) {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
     for (name, (shape, values)) in want {
         let (gs, gv) = &got[name];
         assert_eq!(gs, shape, "shape of {name}");
@@ -114,7 +165,10 @@ pub fn files_of(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     for entry in std::fs::read_dir(dir).unwrap() {
         let p = entry.unwrap().path();
         if p.is_file() {
-            out.insert(p.file_name().unwrap().to_string_lossy().to_string(), std::fs::read(&p).unwrap());
+            out.insert(
+                p.file_name().unwrap().to_string_lossy().to_string(),
+                std::fs::read(&p).unwrap(),
+            );
         }
     }
     out

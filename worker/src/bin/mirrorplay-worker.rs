@@ -20,8 +20,8 @@ struct Args {
         default_value = "http://127.0.0.1:50051"
     )]
     coordinator: String,
-    /// Name shown in logs and status (default: host-pid).
-    #[arg(long)]
+    /// Name shown in logs and status (default: worker-PID).
+    #[arg(long, env = "MIRRORPLAY_WORKER_NAME")]
     name: Option<String>,
     /// Seconds a shutdown (SIGTERM) waits for the running task before handing it back.
     #[arg(long, default_value_t = 30.0)]
