@@ -3,4 +3,5 @@
 //! planning (safetensors headers) and local commands (`example-models`, `validate`).
 
 pub mod io;
+pub mod objectives;
 pub mod rng;
