@@ -4,4 +4,5 @@
 
 pub mod io;
 pub mod objectives;
+pub mod optim;
 pub mod rng;
