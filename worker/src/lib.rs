@@ -6,3 +6,4 @@ pub mod io;
 pub mod objectives;
 pub mod optim;
 pub mod rng;
+pub mod tasks;
