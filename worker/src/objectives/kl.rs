@@ -3,7 +3,7 @@
 
 use candle_core::{Result, Tensor, D};
 
-use super::Completions;
+use super::{masked, Completions};
 
 /// k1 per sequence: log π(y) − log μ(y) on y ~ π, [B]. Its batch mean estimates KL(π‖μ).
 pub fn k1(y: &Completions) -> Result<Tensor> {
@@ -14,7 +14,7 @@ pub fn k1(y: &Completions) -> Result<Tensor> {
 /// the per-token KL and always ≥ 0; average with [`masked_mean`].
 pub fn k3(y: &Completions) -> Result<Tensor> {
     let log_r = (&y.reference - &y.policy)?;
-    ((log_r.exp()? - 1.0)? - &log_r)? * &y.mask
+    masked(&((log_r.exp()? - 1.0)? - &log_r)?, &y.mask)
 }
 
 /// Exact per-step KL Σ_v π(v) log(π(v)/μ(v)) from full log-softmaxed distributions
@@ -30,7 +30,7 @@ pub fn exact_kl(policy_btv: &Tensor, reference_btv: &Tensor) -> Result<Tensor> {
 
 /// Σ values·mask / Σ mask: the token mean of a [B, T] metric.
 pub fn masked_mean(values_bt: &Tensor, mask_bt: &Tensor) -> Result<Tensor> {
-    (values_bt * mask_bt)?
+    masked(values_bt, mask_bt)?
         .sum_all()?
         .broadcast_div(&mask_bt.sum_all()?)
 }

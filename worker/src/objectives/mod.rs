@@ -6,7 +6,8 @@
 //! - log-probs are per completion token, shape [B, T] (`_bt`), gathered at the sampled tokens,
 //!   unfiltered at temperature 1; the policy's are graph-connected, the reference's detached;
 //! - `mask` is [B, T] in the log-probs' dtype, 1 on completion tokens (EOS included) and 0 on
-//!   prompt and padding positions;
+//!   prompt and padding positions (whatever values sit there are ignored, even −∞ or NaN);
+//!   every row has at least one completion token;
 //! - preferences `pref` are p = P(y ≻ y′) as a detached [B] tensor;
 //! - every loss is averaged over the batch and returned as a scalar tensor.
 
@@ -45,17 +46,17 @@ pub struct Completions {
 impl Completions {
     /// log π(y|x) = Σ_t mask·log π(y_t | x, y_<t) (ALGORITHMS.md §0), [B].
     pub fn policy_logp(&self) -> Result<Tensor> {
-        (&self.policy * &self.mask)?.sum(D::Minus1)
+        masked(&self.policy, &self.mask)?.sum(D::Minus1)
     }
 
     /// log μ(y|x), [B].
     pub fn reference_logp(&self) -> Result<Tensor> {
-        (&self.reference * &self.mask)?.sum(D::Minus1)
+        masked(&self.reference, &self.mask)?.sum(D::Minus1)
     }
 
     /// log π(y) − log μ(y), [B] (graph-connected through the policy).
     pub fn log_ratio(&self) -> Result<Tensor> {
-        ((&self.policy - &self.reference)? * &self.mask)?.sum(D::Minus1)
+        masked(&(&self.policy - &self.reference)?, &self.mask)?.sum(D::Minus1)
     }
 
     /// Number of completion tokens |y| per row, [B].
@@ -171,6 +172,12 @@ fn labelled_pair_loss(
         }
     };
     per_row.mean_all()
+}
+
+/// `x` where `mask` > 0 and exactly 0 elsewhere, whatever `x` holds there (padding may carry
+/// −∞ or NaN log-probs, and −∞·0 would be NaN); no gradient reaches the masked positions.
+pub(crate) fn masked(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    mask.gt(0.0)?.where_cond(x, &x.zeros_like()?)
 }
 
 /// −log σ(x) = softplus(−x), elementwise, finite and with the exact gradient −σ(−x) everywhere,

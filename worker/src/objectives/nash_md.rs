@@ -2,7 +2,7 @@
 
 use candle_core::{Result, Tensor, D};
 
-use super::Completions;
+use super::{masked, Completions};
 
 /// Which stop-gradient KL coefficient multiplies the policy's token log-probs
 /// (ALGORITHMS.md §3, `nash_kl_grad`).
@@ -29,11 +29,11 @@ pub fn nash_md_pg_loss(
     kl_coef: f64,
     kl_grad: NashKlGrad,
 ) -> Result<Tensor> {
-    let logp_bt = (&y.policy * &y.mask)?;
+    let logp_bt = masked(&y.policy, &y.mask)?;
     let seq_logp = logp_bt.sum(D::Minus1)?;
     let advantage = pref.affine(1.0, -0.5)?.detach();
     let pg = (advantage * &seq_logp)?.neg()?;
-    let diff_bt = ((&y.policy - &y.reference)? * &y.mask)?.detach();
+    let diff_bt = masked(&(&y.policy - &y.reference)?, &y.mask)?.detach();
     let kl_term = match kl_grad {
         NashKlGrad::Sequence => (diff_bt.sum(D::Minus1)? * &seq_logp)?,
         NashKlGrad::ToGo => {

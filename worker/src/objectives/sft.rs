@@ -6,7 +6,7 @@ use candle_core::{Result, Tensor};
 /// policy's log-probs of the target tokens [B, T] (each token counts once, whatever its row).
 pub fn sft_loss(policy_bt: &Tensor, mask_bt: &Tensor) -> Result<Tensor> {
     let num_tokens = mask_bt.sum_all()?;
-    (policy_bt * mask_bt)?
+    super::masked(policy_bt, mask_bt)?
         .sum_all()?
         .neg()?
         .broadcast_div(&num_tokens)

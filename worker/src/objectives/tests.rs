@@ -368,3 +368,89 @@ fn objective_dispatch_adds_the_rpo_term_and_refuses_it_for_nash_md() {
         .to_string()
         .contains("sft_coef"));
 }
+
+/// Padding may hold −∞ (or NaN) log-probs: losses, gradients and metrics ignore it.
+#[test]
+fn padding_values_are_ignored_even_when_not_finite() {
+    let f = fixture();
+    let clean = inputs(&f);
+    let dirty = inputs(&f);
+    let poison = |c: &Completions, v: f64| {
+        let fill = c.policy.ones_like().unwrap().affine(v, 0.0).unwrap();
+        let keep = c.mask.gt(0.0).unwrap();
+        (
+            keep.where_cond(&c.policy, &fill).unwrap(),
+            keep.where_cond(&c.reference, &fill).unwrap(),
+        )
+    };
+    let (py, ry) = poison(&dirty.batch.y, f64::NEG_INFINITY);
+    let (pyp, ryp) = poison(&dirty.batch.y_prime, f64::NAN);
+    // Rebuild the dirty batch on fresh Vars carrying the poisoned values.
+    let vy = Var::from_tensor(&py).unwrap();
+    let vyp = Var::from_tensor(&pyp).unwrap();
+    let batch = PairBatch {
+        y: Completions {
+            policy: vy.as_tensor().clone(),
+            reference: ry,
+            mask: dirty.batch.y.mask.clone(),
+        },
+        y_prime: Completions {
+            policy: vyp.as_tensor().clone(),
+            reference: ryp,
+            mask: dirty.batch.y_prime.mask.clone(),
+        },
+        pref: dirty.batch.pref.clone(),
+    };
+    for case in f["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let tau = case["kl_coef"].as_f64().unwrap();
+        let want = loss_of(name, &clean.batch, tau).to_scalar::<f64>().unwrap();
+        let loss = loss_of(name, &batch, tau);
+        assert_eq!(loss.to_scalar::<f64>().unwrap(), want, "{name}");
+        let grads = loss.backward().unwrap();
+        for v in [&vy, &vyp] {
+            if let Some(g) = grads.get(v.as_tensor()) {
+                assert!(
+                    values(g).iter().all(|x| x.is_finite()),
+                    "{name}: non-finite gradient"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        values(&k1(&batch.y).unwrap()),
+        values(&k1(&clean.batch.y).unwrap())
+    );
+    assert_eq!(
+        values(&k3(&batch.y_prime).unwrap()),
+        values(&k3(&clean.batch.y_prime).unwrap())
+    );
+}
+
+/// The same fixture in f32 (the training dtype) agrees to f32 precision.
+#[test]
+fn losses_match_pytorch_in_f32() {
+    let f = fixture();
+    let x = inputs(&f);
+    let f32_of = |c: &Completions| Completions {
+        policy: c.policy.to_dtype(DType::F32).unwrap(),
+        reference: c.reference.to_dtype(DType::F32).unwrap(),
+        mask: c.mask.to_dtype(DType::F32).unwrap(),
+    };
+    let batch = PairBatch {
+        y: f32_of(&x.batch.y),
+        y_prime: f32_of(&x.batch.y_prime),
+        pref: x.batch.pref.to_dtype(DType::F32).unwrap(),
+    };
+    for case in f["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let expected = case["loss"].as_f64().unwrap();
+        let found = loss_of(name, &batch, case["kl_coef"].as_f64().unwrap())
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+        assert!(
+            (found - expected).abs() <= 1e-5 * expected.abs().max(1.0),
+            "{name}: {found} vs {expected}"
+        );
+    }
+}
