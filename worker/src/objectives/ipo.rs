@@ -12,7 +12,7 @@ use super::PairBatch;
 /// so its gradient is that of the soft-label IPO loss; the paper's implementation is τ× this up
 /// to a constant (Calandriello et al. 2024, §4).
 pub fn ipo_loss(batch: &PairBatch, kl_coef: f64) -> Result<Tensor> {
-    if !(kl_coef > 0.0) {
+    if kl_coef.is_nan() || kl_coef <= 0.0 {
         candle_core::bail!("ipo_loss: kl_coef must be > 0, found {kl_coef}");
     }
     let target = batch.pref.affine(1.0 / kl_coef, -0.5 / kl_coef)?;

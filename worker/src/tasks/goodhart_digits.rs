@@ -92,7 +92,7 @@ impl Prompt {
             .iter()
             .fold(0u64, |acc, &t| acc * 16 + t as u64);
         let key = StreamKey::new(seed, 0, 0, 0, Purpose::Split).derive(code);
-        if Stream::at(key, 0) % HELD_OUT_ONE_IN == 0 {
+        if Stream::at(key, 0).is_multiple_of(HELD_OUT_ONE_IN) {
             Split::HeldOut
         } else {
             Split::Train

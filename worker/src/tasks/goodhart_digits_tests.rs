@@ -158,7 +158,7 @@ fn prompts_are_distinct_targets_and_splits_are_disjoint_and_seeded() {
     for i in 0..16_000 {
         first[prompt(3, Split::Train, i).targets[0] as usize] += 1;
     }
-    let sd = (16_000.0 / 16.0 * (15.0 / 16.0) as f64).sqrt();
+    let sd = (16_000.0f64 / 16.0 * (15.0 / 16.0)).sqrt();
     assert!(
         first.iter().all(|&c| (c as f64 - 1000.0).abs() < 4.0 * sd),
         "{first:?}"
