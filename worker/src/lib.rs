@@ -5,5 +5,8 @@
 pub mod io;
 pub mod jobs;
 pub mod logging;
+pub mod objectives;
+pub mod optim;
 pub mod rng;
 pub mod runtime;
+pub mod tasks;

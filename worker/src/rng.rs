@@ -28,6 +28,10 @@ pub enum Purpose {
     Dare = 6,
     DataOrder = 7,
     Label = 8,
+    /// Which prompts a task holds out for evaluation.
+    Split = 9,
+    /// Synthetic preference data for training proxies (Goodhart-Digits).
+    ProxyData = 10,
 }
 
 /// A key identifying one stream.

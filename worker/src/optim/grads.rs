@@ -1,0 +1,122 @@
+//! Gradients of the parameters in name order, their accumulation over micro-batches and
+//! global-norm clipping.
+
+use std::collections::BTreeMap;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor};
+
+use super::{OptimError, Params, Result};
+
+/// One gradient per parameter, keyed and ordered by parameter name.
+#[derive(Debug, Clone)]
+pub struct Gradients(BTreeMap<String, Tensor>);
+
+impl Gradients {
+    /// Takes every parameter's gradient from a `backward` result. A parameter without one is an
+    /// error: its graph is disconnected (DESIGN.md "Devices": fused ops without backward).
+    pub fn from_store(params: &Params, store: &GradStore) -> Result<Self> {
+        let mut grads = BTreeMap::new();
+        for (name, var) in params {
+            let g = store.get(var.as_tensor()).ok_or_else(|| OptimError::Param {
+                name: name.clone(),
+                reason: "received no gradient (is the loss connected to it through ops with a backward?)".into(),
+            })?;
+            grads.insert(name.clone(), g.clone());
+        }
+        Ok(Gradients(grads))
+    }
+
+    /// Gradients from explicit tensors (tests, or after a collective rebuilt them).
+    pub fn from_map(grads: BTreeMap<String, Tensor>) -> Self {
+        Gradients(grads)
+    }
+
+    /// The gradients in name order (the order of all-reduce buckets).
+    pub fn tensors(&self) -> &BTreeMap<String, Tensor> {
+        &self.0
+    }
+
+    /// Mutable access, for an in-place all-reduce.
+    pub fn tensors_mut(&mut self) -> &mut BTreeMap<String, Tensor> {
+        &mut self.0
+    }
+
+    /// Multiplies every gradient by `factor`.
+    pub fn scale(&mut self, factor: f64) -> Result<()> {
+        for g in self.0.values_mut() {
+            *g = g.affine(factor, 0.0)?;
+        }
+        Ok(())
+    }
+
+    /// ‖g‖ over all parameters: sqrt(Σ_p ‖g_p‖²), each ‖g_p‖ summed in f64.
+    pub fn global_norm(&self) -> Result<f64> {
+        let mut total = 0.0f64;
+        for g in self.0.values() {
+            total += g
+                .to_dtype(DType::F64)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f64>()?;
+        }
+        Ok(total.sqrt())
+    }
+
+    /// Global-norm clipping as `torch.nn.utils.clip_grad_norm_`: scales every gradient by
+    /// min(1, max_norm/(‖g‖ + 1e-6)) and returns ‖g‖ before clipping (Pascanu et al. 2013, §3.2).
+    pub fn clip(&mut self, max_norm: f64) -> Result<f64> {
+        let norm = self.global_norm()?;
+        let coef = max_norm / (norm + 1e-6);
+        if coef < 1.0 {
+            self.scale(coef)?;
+        }
+        Ok(norm)
+    }
+}
+
+/// Gradient accumulation over micro-batches: the mean of their gradients, so that equal-sized
+/// micro-batches of a batch-mean loss give the gradient of the whole batch.
+#[derive(Debug, Default)]
+pub struct GradAccumulator {
+    sum: Option<Gradients>,
+    count: u32,
+}
+
+impl GradAccumulator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one micro-batch's gradients.
+    pub fn add(&mut self, params: &Params, store: &GradStore) -> Result<()> {
+        let grads = Gradients::from_store(params, store)?;
+        match &mut self.sum {
+            None => self.sum = Some(grads),
+            Some(sum) => {
+                for (name, g) in sum.0.iter_mut() {
+                    *g = (&*g + &grads.0[name])?;
+                }
+            }
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Micro-batches added so far.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// The mean gradient; an error when nothing was added.
+    pub fn finish(self) -> Result<Gradients> {
+        let mut grads = self.sum.ok_or_else(|| OptimError::Param {
+            name: "*".into(),
+            reason: "no micro-batch gradients were accumulated".into(),
+        })?;
+        if self.count > 1 {
+            grads.scale(1.0 / self.count as f64)?;
+        }
+        Ok(grads)
+    }
+}
