@@ -94,13 +94,7 @@ fn wait_for_running_task(url: &str, job: &str) {
 }
 
 fn assert_merged(out: &std::path::Path) {
-    let ex = repo_root().join("examples");
-    let want = task_arithmetic(
-        &ex.join("base"),
-        &[&ex.join("task-a"), &ex.join("task-b")],
-        &[1.0, 1.0],
-        1.0,
-    );
+    let want = expected_example_merge();
     assert_models_close(&read_model(&out.join("model")), &want, 1e-6);
 }
 

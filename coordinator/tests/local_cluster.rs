@@ -43,17 +43,11 @@ fn merge_is_byte_identical_for_1_2_3_workers_and_matches_a_direct_computation() 
     );
     assert_eq!(outputs[0], outputs[1], "1 vs 2 workers");
     assert_eq!(outputs[0], outputs[2], "1 vs 3 workers");
-    let ex = examples();
-    let want = task_arithmetic(
-        &ex.join("base"),
-        &[&ex.join("task-a"), &ex.join("task-b")],
-        &[1.0, 1.0],
-        1.0,
-    );
+    let want = expected_example_merge();
     assert_models_close(&read_model(&tmp.path().join("w1/model")), &want, 1e-6);
     assert_eq!(
         outputs[0]["config.json"],
-        std::fs::read(ex.join("base/config.json")).unwrap()
+        std::fs::read(examples().join("base/config.json")).unwrap()
     );
     let job: serde_json::Value =
         serde_json::from_slice(&std::fs::read(tmp.path().join("w1/job.json")).unwrap()).unwrap();

@@ -87,13 +87,7 @@ fn merge_reads_and_writes_s3_urls() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let out = bucket.join("out/model");
-    let ex = repo_root().join("examples");
-    let want = task_arithmetic(
-        &ex.join("base"),
-        &[&ex.join("task-a"), &ex.join("task-b")],
-        &[1.0, 1.0],
-        1.0,
-    );
+    let want = expected_example_merge();
     assert_models_close(&read_model(&out), &want, 1e-6);
     assert!(out.join("tokenizer.json").exists() && bucket.join("out/job.json").exists());
 

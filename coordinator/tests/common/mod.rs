@@ -141,6 +141,17 @@ pub fn task_arithmetic(
         .collect()
 }
 
+/// The example merge of `configs/merge-task-arithmetic.toml`, computed directly.
+pub fn expected_example_merge() -> BTreeMap<String, (Vec<u64>, Vec<f32>)> {
+    let ex = repo_root().join("examples");
+    task_arithmetic(
+        &ex.join("base"),
+        &[&ex.join("task-a"), &ex.join("task-b")],
+        &[1.0, 1.0],
+        1.0,
+    )
+}
+
 pub fn assert_models_close(
     got: &BTreeMap<String, (Vec<u64>, Vec<f32>)>,
     want: &BTreeMap<String, (Vec<u64>, Vec<f32>)>,
