@@ -3,4 +3,5 @@
 //! planning (safetensors headers) and local commands (`example-models`, `validate`).
 
 pub mod io;
+pub mod merge;
 pub mod rng;
