@@ -281,3 +281,43 @@ fn dare_matches_numpy_reference_given_mask() {
     }
     assert_eq!(count, 9);
 }
+
+/// TIES against mergekit itself (`scripts/mergekit_fixtures.sh`: mergekit's `ties` on a tiny
+/// f32 Llama-shaped model, per-model density and weight, normalize on and off, lambda) to 1e-6.
+#[test]
+fn ties_matches_mergekit() {
+    let dir = fixtures().join("mergekit_ties");
+    let inputs = load(&dir.join("inputs.safetensors"));
+    let outputs = load(&dir.join("outputs.safetensors"));
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let n = doc["models"].as_u64().unwrap() as usize;
+    let base = under(&inputs, "base");
+    let models: Vec<_> = (0..n)
+        .map(|i| under(&inputs, &format!("model{i}")))
+        .collect();
+    let cases = doc["cases"].as_array().unwrap();
+    for case in cases {
+        let id = case["id"].as_str().unwrap();
+        let m = Method::Ties(Ties {
+            scope: Scope::PerTensor,
+            density: f64s(&case["density"]),
+            weights: f32s(&case["weights"]),
+            normalize: case["normalize"].as_bool().unwrap(),
+            lambda: case["lambda"].as_f64().unwrap() as f32,
+        });
+        for chunk in [16, DEFAULT_CHUNK_ELEMS] {
+            let merged = merge_in_memory_chunked(&m, &base, &models, chunk).unwrap();
+            assert_eq!(merged.tensors.len(), base.len());
+            for (name, ours) in &merged.tensors {
+                assert_close(
+                    &format!("mergekit {id} (chunk {chunk})"),
+                    name,
+                    ours,
+                    &outputs[&format!("{id}/{name}")],
+                );
+            }
+        }
+    }
+    assert_eq!(cases.len(), 4);
+}
