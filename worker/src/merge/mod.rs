@@ -16,6 +16,7 @@
 //! - *chunk*: an element range of one tensor (never spanning tensors).
 
 pub mod dare;
+pub mod passes;
 pub mod pcb;
 pub mod radix;
 pub mod reference;
@@ -223,4 +224,30 @@ pub fn clamp(x: f32, lo: f32, hi: f32) -> f32 {
 #[inline]
 pub(crate) fn trunc_index(x: f64) -> i64 {
     x as i64
+}
+
+/// Runs `f` and returns what it logged (tests of the warnings ALGORITHMS.md asks for).
+#[cfg(test)]
+pub(crate) fn capture_logs(f: impl FnOnce()) -> String {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let bytes = buf.0.lock().unwrap().clone();
+    String::from_utf8(bytes).unwrap()
 }

@@ -297,7 +297,7 @@ mod tests {
     }
 
     #[test]
-    fn degenerate_cases_stay_at_base() {
+    fn degenerate_cases_stay_at_base_with_warnings() {
         // All-zero task vectors (hi = lo), and d ≤ 1/r (t = M): every S is 0, θ = base.
         let base = [0.5f32, -1.0, 2.0];
         let models: [&[f32]; 2] = [&base, &base];
@@ -309,21 +309,30 @@ mod tests {
             models: &models,
         };
         let mut out = [0.0f32; 3];
-        assert_eq!(
-            pcb_local(&params(0.1, Inter::Pairwise), &chunk, &mut out).unwrap(),
-            vec![0, 0]
-        );
+        let logs = crate::merge::capture_logs(|| {
+            assert_eq!(
+                pcb_local(&params(0.1, Inter::Pairwise), &chunk, &mut out).unwrap(),
+                vec![0, 0]
+            );
+        });
         assert_eq!(out, base);
+        assert!(
+            logs.contains("WARN") && logs.contains("all zero") && logs.contains("unit=\"t\""),
+            "{logs}"
+        );
         let (a, b) = ([1.0f32, 0.0, 2.0], [0.0f32, 1.0, 2.5]);
         let models: [&[f32]; 2] = [&a, &b];
         let chunk = Chunk {
             models: &models,
             ..chunk
         };
-        assert_eq!(
-            pcb_local(&params(0.3, Inter::SumRaw), &chunk, &mut out).unwrap(),
-            vec![0, 0]
-        );
+        let logs = crate::merge::capture_logs(|| {
+            assert_eq!(
+                pcb_local(&params(0.3, Inter::SumRaw), &chunk, &mut out).unwrap(),
+                vec![0, 0]
+            );
+        });
         assert_eq!(out, base);
+        assert!(logs.contains("d ≤ 1/keep_ratio"), "{logs}");
     }
 }

@@ -1,37 +1,34 @@
-//! The in-memory reference driver: every method run on tensors held in memory through the same
-//! chunk functions and the same statistics rounds a distributed merge uses. Chunks are dealt to
-//! simulated workers whose counts are serialised, parsed and added, as a coordinator does with
-//! task results; so this file is the specification of the distributed driver's rounds, and tests
-//! run it with tiny chunks to cross chunk boundaries.
+//! The in-memory reference driver: every method run on tensors held in memory through
+//! [`passes`](super::passes), the same per-unit state machine and chunk functions a distributed
+//! merge uses. In the statistics sweeps, chunks are dealt round-robin to simulated workers; each
+//! merges the counts of its chunks and sends them as bytes, which the "coordinator" parses and
+//! adds (census and L1 results go per chunk). Tests run it with tiny chunks to cross chunk
+//! boundaries and check that the result does not change by a bit.
 //!
-//! Rounds per method (one *sweep* reads every chunk of the inputs once):
-//! - `task_arithmetic`: write.
-//! - `dare_*`: [l1 only: L1 partials per (chunk, model), summed per tensor in chunk order] → write.
-//! - `ties`, per unit: |τ| high → |τ| low → [census, only if a threshold tie is cut] → write.
-//! - `pcb`, per unit: |τ| high → |τ| low (lo, hi) → β high (+ max) → β low (t) → write.
-//!
-//! In per-tensor scope a tensor of at most `chunk_elems` elements is one chunk and is merged by
-//! the methods' `*_local` functions in one go (no rounds); larger tensors take the rounds.
+//! Units: with `Scope::Global` (PCB, TIES) one unit holds every tensor in flat order; otherwise
+//! each tensor is a unit (DARE and task arithmetic always). In per-tensor scope a tensor of at
+//! most `chunk_elems` elements is one chunk and goes through [`merge_local`]; larger units run
+//! the sweeps of their [`UnitPlan`].
 
 use std::collections::BTreeMap;
 
-use super::dare::{self, L1Partial, Scale};
-use super::pcb::{self, Clip, Ramp};
-use super::radix::{Counts, NanAt, Selection};
-use super::ties::{self, Keep, TopK};
-use super::{
-    task_arithmetic, Chunk, MergeError, Method, Rescale, Result, Scope, DEFAULT_CHUNK_ELEMS,
+use super::passes::{
+    chunk_stats, count_chunk, empty_counts, merge_local, write_chunk, ChunkStats, Sweep,
+    SweepStats, UnitPlan,
 };
+use super::radix::Counts;
+use super::{Chunk, MergeError, Method, Result, Scope, DEFAULT_CHUNK_ELEMS};
 
 /// A merge's result: the output tensors (flat, f32) and, per merged tensor, the entries of each
-/// model that contributed (PCB: S_i > 0; TIES: the top-k; DARE: the mask; task arithmetic: all).
+/// model that contributed (PCB: S_i > 0; TIES: the top k; DARE: the mask; task arithmetic: all).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Merged {
     pub tensors: BTreeMap<String, Vec<f32>>,
     pub kept: BTreeMap<String, Vec<u64>>,
 }
 
-/// Merges flat f32 tensors in memory with 16 MiB chunks ([`DEFAULT_CHUNK_ELEMS`]).
+/// Merges flat f32 tensors in memory with 16 MiB chunks ([`DEFAULT_CHUNK_ELEMS`]). Tensors are
+/// matched by name; a tensor absent from the base is copied from the first model holding it.
 pub fn merge_in_memory(
     method: &Method,
     base: &BTreeMap<String, Vec<f32>>,
@@ -61,20 +58,33 @@ pub fn merge_in_memory_chunked(
             .insert(name.to_string(), vec![0.0; ctx.base[t].len()]);
         merged.kept.insert(name.to_string(), vec![0; models.len()]);
     }
-    match method {
-        Method::TaskArithmetic(p) => ctx.write(&mut merged, |c, _, out| {
-            task_arithmetic::task_arithmetic_chunk(p, c, out)?;
-            Ok(vec![c.len() as u64; c.models.len()])
-        })?,
-        Method::Dare(p) => run_dare(&ctx, p, &mut merged)?,
-        Method::Ties(p) => {
-            for unit in ctx.units(p.scope) {
-                run_ties(&ctx, p, &unit, &mut merged)?;
-            }
+    let scope = match method {
+        Method::Pcb(p) => p.scope,
+        Method::Ties(p) => p.scope,
+        Method::Dare(_) | Method::TaskArithmetic(_) => Scope::PerTensor,
+    };
+    for unit in ctx.units(scope) {
+        if unit.d == 0 {
+            continue;
         }
-        Method::Pcb(p) => {
-            for unit in ctx.units(p.scope) {
-                run_pcb(&ctx, p, &unit, &mut merged)?;
+        if scope == Scope::PerTensor && unit.chunks.len() == 1 {
+            ctx.write(&mut merged, &unit.chunks[0], |chunk, out| {
+                merge_local(method, chunk, out)
+            })?;
+            continue;
+        }
+        let mut plan = UnitPlan::new(method, &unit.label, unit.d, unit.chunks.len())?;
+        loop {
+            match plan.sweep() {
+                Sweep::Write(finals) => {
+                    for (ci, c) in unit.chunks.iter().enumerate() {
+                        ctx.write(&mut merged, c, |chunk, out| {
+                            write_chunk(method, &finals, ci, chunk, out)
+                        })?;
+                    }
+                    break;
+                }
+                sweep => plan.absorb(ctx.statistics(method, &sweep, &unit)?)?,
             }
         }
     }
@@ -94,7 +104,7 @@ pub fn merge_in_memory_chunked(
     Ok(merged)
 }
 
-/// Workers simulated in the statistics rounds (any number gives the same counts).
+/// Workers simulated in the statistics sweeps (any number gives the same result).
 const SIMULATED_WORKERS: usize = 3;
 
 /// One chunk: an element range of one tensor (index into the sorted base names).
@@ -155,20 +165,20 @@ impl<'a> Ctx<'a> {
         Ok(ctx)
     }
 
-    fn tensor_chunks(&self, t: usize) -> impl Iterator<Item = ChunkRef> + '_ {
-        let len = self.base[t].len();
-        (0..len)
-            .step_by(self.chunk_elems)
-            .map(move |start| ChunkRef {
-                tensor: t,
-                start,
-                end: (start + self.chunk_elems).min(len),
-            })
-    }
-
     fn units(&self, scope: Scope) -> Vec<Unit> {
         let unit = |label: String, tensors: &mut dyn Iterator<Item = usize>| {
-            let chunks: Vec<ChunkRef> = tensors.flat_map(|t| self.tensor_chunks(t)).collect();
+            let chunks: Vec<ChunkRef> = tensors
+                .flat_map(|t| {
+                    let len = self.base[t].len();
+                    (0..len)
+                        .step_by(self.chunk_elems)
+                        .map(move |start| ChunkRef {
+                            tensor: t,
+                            start,
+                            end: (start + self.chunk_elems).min(len),
+                        })
+                })
+                .collect();
             let d = chunks.iter().map(|c| (c.end - c.start) as u64).sum();
             Unit { label, chunks, d }
         };
@@ -183,7 +193,7 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// Calls `f` with the chunk's inputs (the models' slices are built in `models`).
+    /// Calls `f` with the chunk's inputs.
     fn with_chunk<R>(&self, c: &ChunkRef, f: impl FnOnce(&Chunk) -> R) -> R {
         let models: Vec<&[f32]> = self.models[c.tensor]
             .iter()
@@ -198,29 +208,16 @@ impl<'a> Ctx<'a> {
         })
     }
 
-    /// Write sweep over every chunk of every tensor.
+    /// Writes one chunk's output and adds its kept counts.
     fn write(
         &self,
         merged: &mut Merged,
-        mut f: impl FnMut(&Chunk, &ChunkRef, &mut [f32]) -> Result<Vec<u64>>,
-    ) -> Result<()> {
-        for t in 0..self.names.len() {
-            for c in self.tensor_chunks(t).collect::<Vec<_>>() {
-                self.write_chunk(merged, &c, &mut f)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn write_chunk(
-        &self,
-        merged: &mut Merged,
         c: &ChunkRef,
-        f: &mut impl FnMut(&Chunk, &ChunkRef, &mut [f32]) -> Result<Vec<u64>>,
+        f: impl FnOnce(&Chunk, &mut [f32]) -> Result<Vec<u64>>,
     ) -> Result<()> {
         let name = self.names[c.tensor];
         let out = &mut merged.tensors.get_mut(name).expect("allocated")[c.start..c.end];
-        let kept = self.with_chunk(c, |chunk| f(chunk, c, out))?;
+        let kept = self.with_chunk(c, |chunk| f(chunk, out))?;
         for (k, add) in merged
             .kept
             .get_mut(name)
@@ -233,257 +230,42 @@ impl<'a> Ctx<'a> {
         Ok(())
     }
 
-    /// Runs the selections of a unit (one per listed task) to completion. For each round every
-    /// chunk computes its values (`values(chunk, out)` fills `out[j]` for the j-th listed task)
-    /// and counts them.
-    fn run_selections(
-        &self,
-        unit: &Unit,
-        sels: &mut [Selection],
-        values: impl Fn(&Chunk, &mut [Vec<f32>]) -> Result<()>,
-    ) -> Result<()> {
-        while let Some(first) = sels.first().and_then(|s| s.round()) {
-            let rounds: Vec<_> = sels
-                .iter()
-                .map(|s| s.round().expect("selections advance together"))
-                .collect();
-            debug_assert_eq!(rounds[0], first);
-            let mut totals: Vec<Counts> = rounds.iter().map(|r| Counts::new(r.clone())).collect();
-            // Chunks dealt round-robin to simulated workers; each counts its chunks into one
-            // `Counts` per task and sends the bytes; the coordinator parses and adds them.
-            for w in 0..SIMULATED_WORKERS {
-                let mut counts: Vec<Counts> =
-                    rounds.iter().map(|r| Counts::new(r.clone())).collect();
-                for c in unit.chunks.iter().skip(w).step_by(SIMULATED_WORKERS) {
-                    let mut bufs = vec![vec![0.0f32; c.end - c.start]; sels.len()];
-                    self.with_chunk(c, |chunk| values(chunk, &mut bufs))?;
-                    for (j, buf) in bufs.iter().enumerate() {
-                        counts[j]
-                            .add_slice(buf)
-                            .map_err(|NanAt(e)| MergeError::Nan {
-                                tensor: self.names[c.tensor].to_string(),
-                                input: format!(
-                                    "a derived statistic at element {} (inf in an input?)",
-                                    c.start + e
-                                ),
-                            })?;
-                    }
-                }
-                for (t, c) in totals.iter_mut().zip(&counts) {
-                    t.merge(&Counts::from_bytes(&c.to_bytes())?)?;
-                }
-            }
-            for (s, t) in sels.iter_mut().zip(&totals) {
-                s.advance(t)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether a per-tensor unit is held as one chunk (merged locally, no rounds).
-    fn is_local(&self, scope: Scope, unit: &Unit) -> bool {
-        scope == Scope::PerTensor && unit.chunks.len() == 1
-    }
-}
-
-fn run_pcb(ctx: &Ctx, p: &super::Pcb, unit: &Unit, merged: &mut Merged) -> Result<()> {
-    if unit.d == 0 {
-        return Ok(());
-    }
-    if ctx.is_local(p.scope, unit) {
-        return ctx.write_chunk(merged, &unit.chunks[0], &mut |chunk, _, out| {
-            pcb::pcb_local(p, chunk, out)
-        });
-    }
-    let n = p.lambdas.len();
-    // Rounds 1-2: lo_i, hi_i of |τ_i|.
-    let mut sels = (0..n)
-        .map(|_| Selection::new(unit.d, pcb::clip_ranks(unit.d, p.clip_ratio).to_vec()))
-        .collect::<Result<Vec<_>>>()?;
-    ctx.run_selections(unit, &mut sels, |chunk, out| {
-        (0..n).try_for_each(|i| pcb::abs_tau(chunk, i, &mut out[i]))
-    })?;
-    let clips: Vec<Clip> = sels
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let st = s.stats().expect("done");
-            Clip::new(&unit.label, i, st[0].value, st[1].value)
-        })
-        .collect();
-    // Rounds 3-4: t_i of β_i, M_i = max β_i (round 3).
-    let mut sels = (0..n)
-        .map(|_| Selection::new(unit.d, vec![pcb::keep_rank(unit.d, p.keep_ratio)]))
-        .collect::<Result<Vec<_>>>()?;
-    ctx.run_selections(unit, &mut sels, |chunk, out| {
-        pcb::scores(p, &clips, chunk, out)
-    })?;
-    let ramps: Vec<Ramp> = sels
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            Ramp::new(
-                &unit.label,
-                i,
-                unit.d,
-                p.keep_ratio,
-                s.stats().expect("done")[0].value,
-                s.max().expect("done"),
-            )
-        })
-        .collect();
-    // Round 5: write.
-    for c in &unit.chunks {
-        ctx.write_chunk(merged, c, &mut |chunk, _, out| {
-            pcb::pcb_chunk(p, &clips, &ramps, chunk, out)
-        })?;
-    }
-    Ok(())
-}
-
-fn run_ties(ctx: &Ctx, p: &super::Ties, unit: &Unit, merged: &mut Merged) -> Result<()> {
-    if unit.d == 0 {
-        return Ok(());
-    }
-    if ctx.is_local(p.scope, unit) {
-        return ctx.write_chunk(merged, &unit.chunks[0], &mut |chunk, _, out| {
-            ties::ties_local(p, chunk, out)
-        });
-    }
-    let n = p.density.len();
-    let ks = (0..n)
-        .map(|i| ties::keep_count(&unit.label, i, p.density[i], unit.d))
-        .collect::<Result<Vec<_>>>()?;
-    // Rounds 1-2: the threshold of the tasks that do not keep everything.
-    let selected: Vec<usize> = (0..n).filter(|&i| ks[i].is_some()).collect();
-    let mut sels = selected
-        .iter()
-        .map(|&i| {
-            Selection::new(
-                unit.d,
-                vec![ties::threshold_rank(unit.d, ks[i].expect("selected"))],
-            )
-        })
-        .collect::<Result<Vec<_>>>()?;
-    ctx.run_selections(unit, &mut sels, |chunk, out| {
-        for (j, &i) in selected.iter().enumerate() {
-            pcb::abs_tau(chunk, i, &mut out[j])?;
-        }
-        Ok(())
-    })?;
-    let mut topk: Vec<Option<TopK>> = vec![None; n];
-    for (j, &i) in selected.iter().enumerate() {
-        let tk = TopK::new(
-            unit.d,
-            ks[i].expect("selected"),
-            &sels[j].stats().expect("done")[0],
-        );
-        if tk.threshold == 0.0 {
-            tracing::warn!(
-                unit = unit.label.as_str(),
-                model = i,
-                "TIES: fewer than k non-zero task-vector entries; zeros fill the top-k"
-            );
-        }
-        topk[i] = Some(tk);
-    }
-    // Round 3 (only if a tie at a threshold is cut): per chunk, entries equal to the threshold;
-    // prefix sums in flat order give each chunk its `equal_before`.
-    let mut equal_before = vec![vec![0u64; n]; unit.chunks.len()];
-    let census: Vec<usize> = (0..n)
-        .filter(|&i| topk[i].is_some_and(|t| t.needs_census()))
-        .collect();
-    if !census.is_empty() {
-        let mut running = vec![0u64; n];
-        for (ci, c) in unit.chunks.iter().enumerate() {
-            equal_before[ci] = running.clone();
-            for &i in &census {
-                running[i] += ctx.with_chunk(c, |chunk| {
-                    ties::count_equal(chunk, i, topk[i].expect("census").threshold)
-                })?;
-            }
-        }
-    }
-    // Last round: write.
-    for (ci, c) in unit.chunks.iter().enumerate() {
-        let keep: Vec<Keep> = (0..n)
-            .map(|i| Keep {
-                topk: topk[i],
-                equal_before: equal_before[ci][i],
-            })
-            .collect();
-        ctx.write_chunk(merged, c, &mut |chunk, _, out| {
-            ties::ties_chunk(p, &keep, chunk, out)
-        })?;
-    }
-    Ok(())
-}
-
-fn run_dare(ctx: &Ctx, p: &super::Dare, merged: &mut Merged) -> Result<()> {
-    let n = p.density.len();
-    let masks_of = |chunk: &Chunk| -> Vec<Vec<bool>> {
-        (0..n)
-            .map(|i| {
-                let mut m = vec![false; chunk.len()];
-                dare::mask(
-                    p.seed,
-                    chunk.tensor_index,
-                    i as u64,
-                    p.density[i],
-                    chunk.start,
-                    &mut m,
-                );
-                m
-            })
-            .collect()
-    };
-    for t in 0..ctx.names.len() {
-        let chunks: Vec<ChunkRef> = ctx.tensor_chunks(t).collect();
-        let scales: Vec<Scale> = if p.rescale == Rescale::L1 {
-            // Statistics sweep: L1 partials per chunk, added in chunk order.
-            let mut norms = vec![L1Partial::default(); n];
-            for c in &chunks {
-                let partials = ctx.with_chunk(c, |chunk| {
-                    let masks = masks_of(chunk);
-                    dare::l1_partials(
-                        chunk,
-                        &masks.iter().map(|m| m.as_slice()).collect::<Vec<_>>(),
-                    )
-                })?;
-                for (a, b) in norms.iter_mut().zip(&partials) {
-                    a.add(b);
-                }
-            }
-            norms
+    /// One statistics sweep over a unit, as workers and the coordinator would run it.
+    fn statistics(&self, method: &Method, sweep: &Sweep, unit: &Unit) -> Result<SweepStats> {
+        let mut stats = SweepStats::new(sweep);
+        for w in 0..SIMULATED_WORKERS {
+            let mut counts = empty_counts(sweep);
+            for (ci, c) in unit
+                .chunks
                 .iter()
                 .enumerate()
-                .map(|(i, s)| Scale::l1(ctx.names[t], i, s))
-                .collect()
-        } else {
-            (0..n)
-                .map(|i| Scale::direct(p, i).expect("not l1"))
-                .collect()
-        };
-        for c in &chunks {
-            ctx.write_chunk(merged, c, &mut |chunk, _, out| {
-                let masks = masks_of(chunk);
-                dare::dare_chunk(
-                    p,
-                    &scales,
-                    &masks.iter().map(|m| m.as_slice()).collect::<Vec<_>>(),
-                    chunk,
-                    out,
-                )
-            })?;
+                .skip(w)
+                .step_by(SIMULATED_WORKERS)
+            {
+                self.with_chunk(c, |chunk| match sweep {
+                    Sweep::Count { .. } => count_chunk(method, sweep, chunk, &mut counts),
+                    _ => stats.add(ci, chunk_stats(method, sweep, chunk)?),
+                })?;
+            }
+            // A worker's counts travel as bytes.
+            let wire = counts
+                .iter()
+                .map(|c| {
+                    c.as_ref()
+                        .map(|c| Counts::from_bytes(&c.to_bytes()))
+                        .transpose()
+                })
+                .collect::<Result<_>>()?;
+            stats.add(w, ChunkStats::Counts(wire))?;
         }
+        Ok(stats)
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::merge::{Dare, Inter, Pcb, TaskArithmetic, Ties};
+    use crate::merge::{Dare, Inter, Pcb, Rescale, TaskArithmetic, Ties};
     use crate::rng::{Purpose, StreamKey};
 
     /// Random models with duplicates, zeros and sizes around the chunk sizes used below.
