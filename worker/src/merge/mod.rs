@@ -29,6 +29,9 @@ mod fixture_tests;
 
 pub use reference::{merge_in_memory, merge_in_memory_chunked, Merged};
 
+/// Flat f32 tensors by name (the in-memory driver's models).
+pub type Tensors = std::collections::BTreeMap<String, Vec<f32>>;
+
 /// Elements per chunk: 16 MiB of f32, the most a worker holds per input (DESIGN.md "Merging").
 pub const DEFAULT_CHUNK_ELEMS: usize = 4 << 20;
 
@@ -179,7 +182,8 @@ impl Chunk<'_> {
     }
 
     /// Checks lengths and that no input holds a NaN (the error names the tensor and the input).
-    /// Every chunk function calls it first.
+    /// The entry points ([`passes`]' worker functions and the methods' `*_local`) call it once
+    /// per chunk; the methods' chunk functions assume it was called.
     pub fn check(&self) -> Result<()> {
         for (i, m) in self.models.iter().enumerate() {
             if m.len() != self.base.len() {

@@ -166,8 +166,15 @@ pub struct UnitPlan {
 
 impl UnitPlan {
     /// A unit named `label` (a tensor name, or a description of the global unit) of `d > 0`
-    /// elements in `chunks` chunks. Errors: TIES keeping 0 entries of some model.
+    /// elements in `chunks` chunks. Errors: an empty unit (its output is the empty base), TIES
+    /// keeping 0 entries of some model.
     pub fn new(method: &Method, label: &str, d: u64, chunks: usize) -> Result<UnitPlan> {
+        if d == 0 || chunks == 0 {
+            return Err(MergeError::Tensor {
+                tensor: label.to_string(),
+                reason: "empty unit: nothing to merge".into(),
+            });
+        }
         let state = match method {
             Method::TaskArithmetic(_) => State::Write(Finals::TaskArithmetic),
             Method::Dare(p) if p.rescale == Rescale::L1 => State::DareL1,
@@ -421,6 +428,7 @@ pub fn empty_counts(sweep: &Sweep) -> Vec<Option<Counts>> {
 
 /// Worker side of a [`Sweep::Count`]: adds one chunk's values to `counts` (from
 /// [`empty_counts`]), so that a worker keeps one set of counts for all its chunks of a unit.
+/// Checks the chunk's inputs (NaN is an error naming the tensor).
 pub fn count_chunk(
     method: &Method,
     sweep: &Sweep,
@@ -448,10 +456,10 @@ pub fn count_chunk(
                 .enumerate()
                 .filter(|(i, _)| rounds[*i].is_some())
             {
-                pcb::abs_tau(chunk, i, b)?;
+                pcb::abs_tau(chunk, i, b);
             }
         }
-        (Values::PcbScores(clips), Method::Pcb(p)) => pcb::scores(p, clips, chunk, &mut bufs)?,
+        (Values::PcbScores(clips), Method::Pcb(p)) => pcb::scores(p, clips, chunk, &mut bufs),
         _ => {
             return Err(MergeError::Counts(format!(
                 "{} has no sweep {values:?}",
@@ -474,28 +482,28 @@ pub fn count_chunk(
 }
 
 /// Worker side of a statistics sweep: what one chunk contributes (for counts, [`count_chunk`]
-/// into running counts is cheaper over many chunks).
+/// into running counts is cheaper over many chunks). Checks the chunk's inputs.
 pub fn chunk_stats(method: &Method, sweep: &Sweep, chunk: &Chunk) -> Result<ChunkStats> {
+    if let Sweep::Count { .. } = sweep {
+        let mut counts = empty_counts(sweep);
+        count_chunk(method, sweep, chunk, &mut counts)?;
+        return Ok(ChunkStats::Counts(counts));
+    }
     chunk.check()?;
     match (sweep, method) {
-        (Sweep::Count { .. }, _) => {
-            let mut counts = empty_counts(sweep);
-            count_chunk(method, sweep, chunk, &mut counts)?;
-            Ok(ChunkStats::Counts(counts))
-        }
         (Sweep::Census(thresholds), _) => Ok(ChunkStats::Census(
             thresholds
                 .iter()
                 .enumerate()
-                .map(|(i, t)| t.map_or(Ok(0), |t| ties::count_equal(chunk, i, t)))
-                .collect::<Result<_>>()?,
+                .map(|(i, t)| t.map_or(0, |t| ties::count_equal(chunk, i, t)))
+                .collect(),
         )),
         (Sweep::DareL1, Method::Dare(p)) => {
             let masks = dare_masks(p, chunk);
             Ok(ChunkStats::L1(dare::l1_partials(
                 chunk,
                 &masks.iter().map(Vec::as_slice).collect::<Vec<_>>(),
-            )?))
+            )))
         }
         _ => Err(MergeError::Counts(format!(
             "{}: no statistics for sweep {sweep:?}",
@@ -505,7 +513,7 @@ pub fn chunk_stats(method: &Method, sweep: &Sweep, chunk: &Chunk) -> Result<Chun
 }
 
 /// Worker side of the write sweep: the output of chunk `chunk_index` (in the unit's flat order)
-/// into `out`. Returns the entries kept per model.
+/// into `out`. Returns the entries kept per model. Checks the chunk's inputs.
 pub fn write_chunk(
     method: &Method,
     finals: &Finals,
@@ -513,10 +521,11 @@ pub fn write_chunk(
     chunk: &Chunk,
     out: &mut [f32],
 ) -> Result<Vec<u64>> {
-    match (method, finals) {
+    chunk.check()?;
+    Ok(match (method, finals) {
         (Method::TaskArithmetic(p), Finals::TaskArithmetic) => {
-            task_arithmetic::task_arithmetic_chunk(p, chunk, out)?;
-            Ok(vec![chunk.len() as u64; chunk.models.len()])
+            task_arithmetic::task_arithmetic_chunk(p, chunk, out);
+            vec![chunk.len() as u64; chunk.models.len()]
         }
         (Method::Ties(p), Finals::Ties { topk, equal_before }) => {
             let keep: Vec<Keep> = topk
@@ -542,16 +551,22 @@ pub fn write_chunk(
         (Method::Pcb(p), Finals::Pcb { clips, ramps }) => {
             pcb::pcb_chunk(p, clips, ramps, chunk, out)
         }
-        _ => Err(MergeError::Counts(format!(
-            "{}: finals of another method",
-            method.name()
-        ))),
-    }
+        _ => {
+            return Err(MergeError::Counts(format!(
+                "{}: finals of another method",
+                method.name()
+            )))
+        }
+    })
 }
 
 /// A whole unit held as one chunk (per-tensor scope, a tensor no larger than the chunk size):
-/// statistics and output in one go. Same result as the sweeps.
+/// statistics and output in one go. Same result as the sweeps. Checks the chunk's inputs.
 pub fn merge_local(method: &Method, chunk: &Chunk, out: &mut [f32]) -> Result<Vec<u64>> {
+    if chunk.is_empty() {
+        chunk.check()?;
+        return Ok(vec![0; chunk.models.len()]);
+    }
     match method {
         Method::Pcb(p) => pcb::pcb_local(p, chunk, out),
         Method::Ties(p) => ties::ties_local(p, chunk, out),
@@ -734,5 +749,104 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("chunk 1"));
+    }
+}
+
+/// Throughput of the PCB sweeps on one 16 MiB chunk per input (3 models), for planning; run with
+/// `CARGO_PROFILE_DEV_OPT_LEVEL=3 cargo test -p mirrorplay-worker --lib merge::passes::throughput -- --ignored --nocapture`.
+#[cfg(test)]
+#[test]
+#[ignore]
+fn throughput() {
+    use crate::merge::{Inter, Pcb, Scope};
+    use crate::rng::{Purpose, StreamKey};
+    let len = crate::merge::DEFAULT_CHUNK_ELEMS;
+    let mut s = StreamKey::new(1, 0, 0, 0, Purpose::Example).stream();
+    let base: Vec<f32> = (0..len).map(|_| s.normal() as f32).collect();
+    let models: Vec<Vec<f32>> = (0..3)
+        .map(|_| base.iter().map(|b| b + 0.01 * s.normal() as f32).collect())
+        .collect();
+    let models: Vec<&[f32]> = models.iter().map(Vec::as_slice).collect();
+    let chunk = Chunk {
+        tensor: "w",
+        tensor_index: 0,
+        start: 0,
+        base: &base,
+        models: &models,
+    };
+    let method = Method::Pcb(Pcb {
+        scope: Scope::Global,
+        keep_ratio: 0.1,
+        clip_ratio: 0.01,
+        inter: Inter::SumRaw,
+        lambda: 1.0,
+        lambdas: vec![1.0; 3],
+    });
+    let mut plan = UnitPlan::new(&method, "w", len as u64, 1).unwrap();
+    let mut out = vec![0.0f32; len];
+    loop {
+        let t = std::time::Instant::now();
+        let sweep = plan.sweep();
+        let name = format!("{sweep:?}").chars().take(40).collect::<String>();
+        if let Sweep::Write(f) = &sweep {
+            write_chunk(&method, f, 0, &chunk, &mut out).unwrap();
+            eprintln!(
+                "write: {:.1} M elements/s",
+                len as f64 / t.elapsed().as_secs_f64() / 1e6
+            );
+            break;
+        }
+        let mut stats = SweepStats::new(&sweep);
+        stats
+            .add(0, chunk_stats(&method, &sweep, &chunk).unwrap())
+            .unwrap();
+        plan.absorb(stats).unwrap();
+        eprintln!(
+            "{name}: {:.1} M elements/s",
+            len as f64 / t.elapsed().as_secs_f64() / 1e6
+        );
+    }
+}
+
+#[cfg(test)]
+mod empty_tests {
+    use super::*;
+    use crate::merge::{Inter, Pcb, Scope, TaskArithmetic, Ties};
+
+    #[test]
+    fn empty_units_are_refused_or_skipped() {
+        let methods = [
+            Method::Pcb(Pcb {
+                scope: Scope::PerTensor,
+                keep_ratio: 0.1,
+                clip_ratio: 0.01,
+                inter: Inter::SumRaw,
+                lambda: 1.0,
+                lambdas: vec![1.0],
+            }),
+            Method::Ties(Ties {
+                scope: Scope::PerTensor,
+                density: vec![0.5],
+                weights: vec![1.0],
+                normalize: true,
+                lambda: 1.0,
+            }),
+            Method::TaskArithmetic(TaskArithmetic {
+                weights: vec![1.0],
+                lambda: 1.0,
+            }),
+        ];
+        let empty: [&[f32]; 1] = [&[]];
+        let chunk = Chunk {
+            tensor: "e",
+            tensor_index: 0,
+            start: 0,
+            base: &[],
+            models: &empty,
+        };
+        for m in &methods {
+            assert!(UnitPlan::new(m, "e", 0, 0).is_err());
+            assert_eq!(merge_local(m, &chunk, &mut []).unwrap(), vec![0]);
+        }
     }
 }

@@ -115,12 +115,10 @@ impl Ramp {
 }
 
 /// Pass 1 values: |τ_i| over the chunk.
-pub fn abs_tau(chunk: &Chunk, i: usize, out: &mut [f32]) -> Result<()> {
-    chunk.check()?;
-    for (e, o) in out.iter_mut().enumerate() {
-        *o = chunk.tau(i, e).abs();
+pub fn abs_tau(chunk: &Chunk, i: usize, out: &mut [f32]) {
+    for ((o, m), b) in out.iter_mut().zip(chunk.models[i]).zip(chunk.base) {
+        *o = (m - b).abs();
     }
-    Ok(())
 }
 
 /// Per-element work space (one slot per task).
@@ -178,8 +176,7 @@ impl Element {
 }
 
 /// Pass 2 values: β_i for every task over the chunk (`out[i]` has the chunk's length).
-pub fn scores(p: &Pcb, clips: &[Clip], chunk: &Chunk, out: &mut [Vec<f32>]) -> Result<()> {
-    chunk.check()?;
+pub fn scores(p: &Pcb, clips: &[Clip], chunk: &Chunk, out: &mut [Vec<f32>]) {
     let mut el = Element::new(clips.len());
     for e in 0..chunk.len() {
         el.compute(p.inter, clips, chunk, e);
@@ -187,7 +184,6 @@ pub fn scores(p: &Pcb, clips: &[Clip], chunk: &Chunk, out: &mut [Vec<f32>]) -> R
             o[e] = b;
         }
     }
-    Ok(())
 }
 
 /// The write sweep: θ = θ_base + λ·Σ_i λ_i·S_i·C_i / max(Σ_i S_i, 1e-12). Returns, per task, the
@@ -198,8 +194,7 @@ pub fn pcb_chunk(
     ramps: &[Ramp],
     chunk: &Chunk,
     out: &mut [f32],
-) -> Result<Vec<u64>> {
-    chunk.check()?;
+) -> Vec<u64> {
     let n = clips.len();
     let mut kept = vec![0u64; n];
     let mut el = Element::new(n);
@@ -214,7 +209,7 @@ pub fn pcb_chunk(
         }
         *o = chunk.base[e] + p.lambda * (num / den.max(1e-12));
     }
-    Ok(kept)
+    kept
 }
 
 /// A whole unit held as one chunk: both statistics passes in memory, then [`pcb_chunk`]. Gives
@@ -223,22 +218,25 @@ pub fn pcb_local(p: &Pcb, chunk: &Chunk, out: &mut [f32]) -> Result<Vec<u64>> {
     chunk.check()?;
     let n = chunk.models.len();
     let d = chunk.len() as u64;
+    if d == 0 {
+        return Ok(vec![0; n]);
+    }
     let unit = chunk.tensor;
     let nan = |i| move |NanAt(_)| super::ties::nan_tau(unit, i);
     let mut values = vec![vec![0.0f32; chunk.len()]; n];
     let mut clips = Vec::with_capacity(n);
     for (i, v) in values.iter_mut().enumerate() {
-        abs_tau(chunk, i, v)?;
+        abs_tau(chunk, i, v);
         let (s, _) = select_in_memory(v, &clip_ranks(d, p.clip_ratio)).map_err(nan(i))?;
         clips.push(Clip::new(unit, i, s[0].value, s[1].value));
     }
-    scores(p, &clips, chunk, &mut values)?;
+    scores(p, &clips, chunk, &mut values);
     let mut ramps = Vec::with_capacity(n);
     for (i, v) in values.iter().enumerate() {
         let (s, max) = select_in_memory(v, &[keep_rank(d, p.keep_ratio)]).map_err(nan(i))?;
         ramps.push(Ramp::new(unit, i, d, p.keep_ratio, s[0].value, max));
     }
-    pcb_chunk(p, &clips, &ramps, chunk, out)
+    Ok(pcb_chunk(p, &clips, &ramps, chunk, out))
 }
 
 #[cfg(test)]

@@ -588,7 +588,7 @@ mod tests {
         ] {
             let xs = random_values(seed, n);
             let mut sorted = xs.clone();
-            sorted.sort_by(|a, b| key(*a).cmp(&key(*b)));
+            sorted.sort_by_key(|x| key(*x));
             let ranks: Vec<u64> = vec![0, n as u64 / 3, n as u64 / 2, n as u64 - 1];
             let (stats, max) =
                 select_chunked(n as u64, ranks.clone(), || xs.chunks(chunk)).unwrap();

@@ -17,23 +17,19 @@ use super::passes::{
     SweepStats, UnitPlan,
 };
 use super::radix::Counts;
-use super::{Chunk, MergeError, Method, Result, Scope, DEFAULT_CHUNK_ELEMS};
+use super::{Chunk, MergeError, Method, Result, Scope, Tensors, DEFAULT_CHUNK_ELEMS};
 
 /// A merge's result: the output tensors (flat, f32) and, per merged tensor, the entries of each
 /// model that contributed (PCB: S_i > 0; TIES: the top k; DARE: the mask; task arithmetic: all).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Merged {
-    pub tensors: BTreeMap<String, Vec<f32>>,
+    pub tensors: Tensors,
     pub kept: BTreeMap<String, Vec<u64>>,
 }
 
 /// Merges flat f32 tensors in memory with 16 MiB chunks ([`DEFAULT_CHUNK_ELEMS`]). Tensors are
 /// matched by name; a tensor absent from the base is copied from the first model holding it.
-pub fn merge_in_memory(
-    method: &Method,
-    base: &BTreeMap<String, Vec<f32>>,
-    models: &[BTreeMap<String, Vec<f32>>],
-) -> Result<Merged> {
+pub fn merge_in_memory(method: &Method, base: &Tensors, models: &[Tensors]) -> Result<Merged> {
     merge_in_memory_chunked(method, base, models, DEFAULT_CHUNK_ELEMS)
 }
 
@@ -41,8 +37,8 @@ pub fn merge_in_memory(
 /// depend on `chunk_elems` (bit for bit).
 pub fn merge_in_memory_chunked(
     method: &Method,
-    base: &BTreeMap<String, Vec<f32>>,
-    models: &[BTreeMap<String, Vec<f32>>],
+    base: &Tensors,
+    models: &[Tensors],
     chunk_elems: usize,
 ) -> Result<Merged> {
     method.validate(models.len())?;
@@ -132,11 +128,7 @@ struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    fn new(
-        base: &'a BTreeMap<String, Vec<f32>>,
-        models: &'a [BTreeMap<String, Vec<f32>>],
-        chunk_elems: usize,
-    ) -> Result<Self> {
+    fn new(base: &'a Tensors, models: &'a [Tensors], chunk_elems: usize) -> Result<Self> {
         let mut ctx = Ctx {
             names: vec![],
             base: vec![],
@@ -269,10 +261,7 @@ mod tests {
     use crate::rng::{Purpose, StreamKey};
 
     /// Random models with duplicates, zeros and sizes around the chunk sizes used below.
-    pub(crate) fn random_models(
-        seed: u64,
-        n: usize,
-    ) -> (BTreeMap<String, Vec<f32>>, Vec<BTreeMap<String, Vec<f32>>>) {
+    pub(crate) fn random_models(seed: u64, n: usize) -> (Tensors, Vec<Tensors>) {
         let sizes = [
             ("a", 300),
             ("b", 7),
@@ -294,7 +283,7 @@ mod tests {
                 })
                 .collect()
         };
-        let base: BTreeMap<String, Vec<f32>> = sizes
+        let base: Tensors = sizes
             .iter()
             .map(|&(k, l)| (k.to_string(), gen(l, true)))
             .collect();
@@ -380,12 +369,12 @@ mod tests {
     #[test]
     fn ties_keeps_exactly_k_per_unit_even_with_ties_across_chunks() {
         // Every |τ| equal: the threshold cut falls inside a run of ties spanning all chunks.
-        let base: BTreeMap<String, Vec<f32>> = [
+        let base: Tensors = [
             ("w".to_string(), vec![0.0f32; 50]),
             ("x".to_string(), vec![0.0; 30]),
         ]
         .into();
-        let model: BTreeMap<String, Vec<f32>> = base
+        let model: Tensors = base
             .iter()
             .map(|(k, v)| {
                 (

@@ -1,11 +1,10 @@
 //! Task arithmetic: one sweep, no statistics.
 
-use super::{Chunk, Result, TaskArithmetic};
+use super::{Chunk, TaskArithmetic};
 
 /// θ = θ_base + λ·Σ_i w_i·τ_i (Ilharco et al. 2023, "Editing Models with Task Arithmetic", §2;
 /// mergekit `task_arithmetic` without normalisation). The sum runs over i in model order in f32.
-pub fn task_arithmetic_chunk(p: &TaskArithmetic, chunk: &Chunk, out: &mut [f32]) -> Result<()> {
-    chunk.check()?;
+pub fn task_arithmetic_chunk(p: &TaskArithmetic, chunk: &Chunk, out: &mut [f32]) {
     for (e, o) in out.iter_mut().enumerate() {
         let mut acc = 0.0f32;
         for (i, w) in p.weights.iter().enumerate() {
@@ -13,7 +12,6 @@ pub fn task_arithmetic_chunk(p: &TaskArithmetic, chunk: &Chunk, out: &mut [f32])
         }
         *o = chunk.base[e] + p.lambda * acc;
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -40,8 +38,7 @@ mod tests {
             },
             &chunk,
             &mut out,
-        )
-        .unwrap();
+        );
         // τ_a = (1, 0), τ_b = (−1, 2); Σ w τ = (0.5 − 2, 4) = (−1.5, 4); θ = base + 2·that.
         assert_eq!(out, [1.0 - 3.0, -2.0 + 8.0]);
     }

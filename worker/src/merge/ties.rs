@@ -75,11 +75,10 @@ pub struct Keep {
 }
 
 /// Census round: how many entries of task `i` in this chunk have |τ_i| = `threshold`.
-pub fn count_equal(chunk: &Chunk, i: usize, threshold: f32) -> Result<u64> {
-    chunk.check()?;
-    Ok((0..chunk.len())
+pub fn count_equal(chunk: &Chunk, i: usize, threshold: f32) -> u64 {
+    (0..chunk.len())
         .filter(|&e| chunk.tau(i, e).abs() == threshold)
-        .count() as u64)
+        .count() as u64
 }
 
 /// τ̂_i: τ_i where kept, 0 elsewhere; returns how many entries were kept.
@@ -135,8 +134,7 @@ pub fn elect(d: &[f32], weights: &[f32], normalize: bool) -> f32 {
 
 /// The write sweep: θ = θ_base + λ·elect(w_i·τ̂_i) for every element of the chunk. `keep` has
 /// one entry per model. Returns the entries kept per model.
-pub fn ties_chunk(p: &Ties, keep: &[Keep], chunk: &Chunk, out: &mut [f32]) -> Result<Vec<u64>> {
-    chunk.check()?;
+pub fn ties_chunk(p: &Ties, keep: &[Keep], chunk: &Chunk, out: &mut [f32]) -> Vec<u64> {
     let n = chunk.models.len();
     let mut sparse = vec![vec![0.0f32; chunk.len()]; n];
     let kept = (0..n)
@@ -149,7 +147,7 @@ pub fn ties_chunk(p: &Ties, keep: &[Keep], chunk: &Chunk, out: &mut [f32]) -> Re
         }
         *o = chunk.base[e] + p.lambda * elect(&d, &p.weights, p.normalize);
     }
-    Ok(kept)
+    kept
 }
 
 /// A whole unit held as one chunk (a tensor no larger than the chunk size, per-tensor scope):
@@ -157,6 +155,9 @@ pub fn ties_chunk(p: &Ties, keep: &[Keep], chunk: &Chunk, out: &mut [f32]) -> Re
 pub fn ties_local(p: &Ties, chunk: &Chunk, out: &mut [f32]) -> Result<Vec<u64>> {
     chunk.check()?;
     let d = chunk.len() as u64;
+    if d == 0 {
+        return Ok(vec![0; chunk.models.len()]);
+    }
     let mut keep = Vec::with_capacity(chunk.models.len());
     let mut abs = vec![0.0f32; chunk.len()];
     for (i, &density) in p.density.iter().enumerate() {
@@ -176,7 +177,7 @@ pub fn ties_local(p: &Ties, chunk: &Chunk, out: &mut [f32]) -> Result<Vec<u64>> 
             equal_before: 0,
         });
     }
-    ties_chunk(p, &keep, chunk, out)
+    Ok(ties_chunk(p, &keep, chunk, out))
 }
 
 /// The error for a NaN task vector from finite-checked inputs (inf − inf).
