@@ -19,6 +19,8 @@ use crate::rng::{Purpose, Stream, StreamKey};
 
 /// m_i for the elements `start..start + out.len()` of tensor `tensor_index`, model
 /// `model_index`: Bernoulli(ρ) from the counter-based stream (ρ ≥ 1 keeps all, ρ = 0 none).
+/// DARE's "drop" step (Yu et al. 2024 §3: each delta entry is dropped with probability
+/// p = 1 − ρ); element e keeps iff the 53-bit uniform of `Stream::at(key, e)` is below ρ.
 pub fn mask(
     seed: u64,
     tensor_index: u64,
@@ -37,7 +39,8 @@ pub fn mask(
 /// How the kept entries of one (tensor, model) are rescaled.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Scale {
-    /// τ/ρ (`inv_density`; the DARE paper's Eq. 2 and its authors' code `masked / (1 − p)`).
+    /// τ/ρ (`inv_density`: Yu et al. 2024 §3, "rescale by 1/(1 − p)", as their code divides
+    /// the masked delta by 1 − drop_rate).
     Divide(f32),
     /// τ·f with f = ‖τ‖₁/‖m⊙τ‖₁ (`l1`, mergekit `rescaled_masked_tensor(norm=l1)`).
     Multiply(f32),

@@ -24,7 +24,9 @@ use super::radix::{select_in_memory, NanAt};
 use super::{clamp, sign, trunc_index, Chunk, Inter, Pcb, Result};
 
 /// The ascending ranks of lo and hi in a unit of `d` elements: int(d·c) and int(d·(1−c) − 1),
-/// f64 evaluated in that order and truncated (ALGORITHMS.md §5). Needs d ≥ 1, c in [0, 1).
+/// f64 evaluated in that order and truncated (ALGORITHMS.md §5; the authors' `clamp(x,
+/// min_ratio=c, max_ratio=c)` indexes `sorted_x[int(d * min_ratio)]` and
+/// `sorted_x[int(d * (1 - max_ratio) - 1)]`). Needs d ≥ 1, c in [0, 1).
 pub fn clip_ranks(d: u64, clip_ratio: f64) -> [u64; 2] {
     let lo = trunc_index(d as f64 * clip_ratio);
     let hi = trunc_index(d as f64 * (1.0 - clip_ratio) - 1.0);
@@ -34,8 +36,10 @@ pub fn clip_ranks(d: u64, clip_ratio: f64) -> [u64; 2] {
     ]
 }
 
-/// The ascending rank of t in a unit of `d` elements: int(d·(1−r)). For r in (0, 1] it is below
-/// d except when 1 − r rounds to 1; it is capped at d − 1 (where the reference would fail).
+/// The ascending rank of t in a unit of `d` elements: int(d·(1−r)) (the authors'
+/// `clamp(task_pcb, 1 - pcb_ratio, 0)`, whose lower bound is `sorted[int(d * (1 - r))]`). For r
+/// in (0, 1] it is below d except when 1 − r rounds to 1; it is capped at d − 1 there (where
+/// the reference would fail).
 pub fn keep_rank(d: u64, keep_ratio: f64) -> u64 {
     (trunc_index(d as f64 * (1.0 - keep_ratio)).max(0) as u64).min(d - 1)
 }
@@ -175,7 +179,9 @@ impl Element {
     }
 }
 
-/// Pass 2 values: β_i for every task over the chunk (`out[i]` has the chunk's length).
+/// Pass 2 values: β_i = intra_i·inter_i for every task over the chunk (`out[i]` has the
+/// chunk's length). Du et al. 2024 §3, intra-balancing exp(n·x²) and inter-balancing tanh; the
+/// authors' `self_pcb_act * cross_pcb_act` (sum_raw) or their vision code's pairwise sum.
 pub fn scores(p: &Pcb, clips: &[Clip], chunk: &Chunk, out: &mut [Vec<f32>]) {
     let mut el = Element::new(clips.len());
     for e in 0..chunk.len() {
@@ -186,8 +192,10 @@ pub fn scores(p: &Pcb, clips: &[Clip], chunk: &Chunk, out: &mut [Vec<f32>]) {
     }
 }
 
-/// The write sweep: θ = θ_base + λ·Σ_i λ_i·S_i·C_i / max(Σ_i S_i, 1e-12). Returns, per task, the
-/// entries kept (S_i > 0).
+/// The write sweep: θ = θ_base + λ·Σ_i λ_i·S_i·C_i / max(Σ_i S_i, 1e-12), S_i the soft ramp
+/// (Du et al. 2024 §3, drop and rescale; the authors' `scale = normalize(clamp(task_pcb, 1 - r,
+/// 0))` and `sum(tvs * scale) / clamp(sum(scale), min=1e-12)` on the clipped task vectors).
+/// Returns, per task, the entries kept (S_i > 0).
 pub fn pcb_chunk(
     p: &Pcb,
     clips: &[Clip],

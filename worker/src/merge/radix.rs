@@ -506,8 +506,9 @@ pub fn select_in_memory(
 }
 
 /// Runs a whole [`Selection`] over in-memory chunks the way a coordinator would: each chunk is
-/// counted on its own, serialised, parsed and merged. For tests and the in-memory driver.
-pub fn select_chunked<'a, I>(
+/// counted on its own, serialised, parsed and merged.
+#[cfg(test)]
+fn select_chunked<'a, I>(
     n: u64,
     ranks: Vec<u64>,
     chunks: impl Fn() -> I,

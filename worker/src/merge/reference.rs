@@ -41,9 +41,20 @@ pub fn merge_in_memory_chunked(
     models: &[Tensors],
     chunk_elems: usize,
 ) -> Result<Merged> {
+    merge_simulated(method, base, models, chunk_elems, SIMULATED_WORKERS)
+}
+
+/// The driver, with `workers` simulated workers in the statistics sweeps.
+fn merge_simulated(
+    method: &Method,
+    base: &Tensors,
+    models: &[Tensors],
+    chunk_elems: usize,
+    workers: usize,
+) -> Result<Merged> {
     method.validate(models.len())?;
     assert!(chunk_elems > 0, "chunk_elems must be positive");
-    let ctx = Ctx::new(base, models, chunk_elems)?;
+    let ctx = Ctx::new(base, models, chunk_elems, workers)?;
     let mut merged = Merged {
         tensors: BTreeMap::new(),
         kept: BTreeMap::new(),
@@ -125,15 +136,22 @@ struct Ctx<'a> {
     /// `models[t][i]`: tensor t of model i.
     models: Vec<Vec<&'a [f32]>>,
     chunk_elems: usize,
+    workers: usize,
 }
 
 impl<'a> Ctx<'a> {
-    fn new(base: &'a Tensors, models: &'a [Tensors], chunk_elems: usize) -> Result<Self> {
+    fn new(
+        base: &'a Tensors,
+        models: &'a [Tensors],
+        chunk_elems: usize,
+        workers: usize,
+    ) -> Result<Self> {
         let mut ctx = Ctx {
             names: vec![],
             base: vec![],
             models: vec![],
             chunk_elems,
+            workers,
         };
         for (name, b) in base {
             let mut per_model = Vec::with_capacity(models.len());
@@ -225,15 +243,9 @@ impl<'a> Ctx<'a> {
     /// One statistics sweep over a unit, as workers and the coordinator would run it.
     fn statistics(&self, method: &Method, sweep: &Sweep, unit: &Unit) -> Result<SweepStats> {
         let mut stats = SweepStats::new(sweep);
-        for w in 0..SIMULATED_WORKERS {
+        for w in 0..self.workers {
             let mut counts = empty_counts(sweep);
-            for (ci, c) in unit
-                .chunks
-                .iter()
-                .enumerate()
-                .skip(w)
-                .step_by(SIMULATED_WORKERS)
-            {
+            for (ci, c) in unit.chunks.iter().enumerate().skip(w).step_by(self.workers) {
                 self.with_chunk(c, |chunk| match sweep {
                     Sweep::Count { .. } => count_chunk(method, sweep, chunk, &mut counts),
                     _ => stats.add(ci, chunk_stats(method, sweep, chunk)?),
@@ -362,6 +374,21 @@ mod tests {
                     );
                 }
                 assert_eq!(whole.kept, part.kept, "{} chunk {chunk}", m.name());
+            }
+            for workers in [1, 2, 5] {
+                let other = merge_simulated(&m, &base, &models, 7, workers).unwrap();
+                let bits = |t: &Tensors| {
+                    t.values()
+                        .flatten()
+                        .map(|f| f.to_bits())
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(
+                    bits(&whole.tensors),
+                    bits(&other.tensors),
+                    "{} with {workers} workers",
+                    m.name()
+                );
             }
         }
     }
