@@ -125,34 +125,86 @@ impl Histogram {
         None
     }
 
+    /// Sparse: `u8 0, u32 nnz, nnz × (u16 index, varint count)`; dense: `u8 1, 65 536 × varint
+    /// count`; whichever is shorter (LEB128 varints: counts below 128 take one byte).
     fn encode(&self, out: &mut Vec<u8>) {
         let nonzero: Vec<(u16, u64)> = self.nonzero().collect();
-        out.extend_from_slice(&(nonzero.len() as u32).to_le_bytes());
-        for (b, c) in nonzero {
-            out.extend_from_slice(&b.to_le_bytes());
-            out.extend_from_slice(&c.to_le_bytes());
+        let sparse_len: usize = nonzero.iter().map(|&(_, c)| 2 + varint_len(c)).sum();
+        let dense_len: usize = self.counts.iter().map(|&c| varint_len(c)).sum();
+        if sparse_len + 4 <= dense_len {
+            out.push(0);
+            out.extend_from_slice(&(nonzero.len() as u32).to_le_bytes());
+            for (b, c) in nonzero {
+                out.extend_from_slice(&b.to_le_bytes());
+                put_varint(out, c);
+            }
+        } else {
+            out.push(1);
+            for &c in &self.counts {
+                put_varint(out, c);
+            }
         }
     }
 
     fn decode(bytes: &mut &[u8]) -> Result<Histogram> {
         let mut h = Histogram::new();
-        let n = take_u32(bytes)? as usize;
-        if n > BUCKETS {
-            return Err(MergeError::Counts(format!("{n} buckets in a histogram")));
-        }
-        let mut last: Option<u16> = None;
-        for _ in 0..n {
-            let b = take_u16(bytes)?;
-            if last.is_some_and(|l| l >= b) {
-                return Err(MergeError::Counts(
-                    "histogram buckets not increasing".into(),
-                ));
+        let [form] = take::<1>(bytes)?;
+        match form {
+            0 => {
+                let n = take_u32(bytes)? as usize;
+                if n > BUCKETS {
+                    return Err(MergeError::Counts(format!("{n} buckets in a histogram")));
+                }
+                let mut last: Option<u16> = None;
+                for _ in 0..n {
+                    let b = take_u16(bytes)?;
+                    if last.is_some_and(|l| l >= b) {
+                        return Err(MergeError::Counts(
+                            "histogram buckets not increasing".into(),
+                        ));
+                    }
+                    last = Some(b);
+                    h.counts[b as usize] = take_varint(bytes)?;
+                }
             }
-            last = Some(b);
-            h.counts[b as usize] = take_u64(bytes)?;
+            1 => {
+                for c in h.counts.iter_mut() {
+                    *c = take_varint(bytes)?;
+                }
+            }
+            f => return Err(MergeError::Counts(format!("unknown histogram form {f}"))),
         }
         Ok(h)
     }
+}
+
+fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn take_varint(bytes: &mut &[u8]) -> Result<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let [b] = take::<1>(bytes)?;
+        v |= ((b & 0x7F) as u64) << shift;
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err(MergeError::Counts("varint longer than 64 bits".into()))
 }
 
 fn take<const N: usize>(bytes: &mut &[u8]) -> Result<[u8; N]> {
@@ -168,9 +220,6 @@ fn take_u16(bytes: &mut &[u8]) -> Result<u16> {
 }
 fn take_u32(bytes: &mut &[u8]) -> Result<u32> {
     take::<4>(bytes).map(u32::from_le_bytes)
-}
-fn take_u64(bytes: &mut &[u8]) -> Result<u64> {
-    take::<8>(bytes).map(u64::from_le_bytes)
 }
 
 /// What one counting round of a [`Selection`] needs from every value of the stream.
@@ -269,9 +318,9 @@ impl Counts {
 
     /// Compact serialisation for task results: little-endian
     /// `u8 version=1, u8 round (0 high, 1 low), u8 has_max, u32 max_key, u32 num_buckets,
-    /// num_buckets × u16 bucket, then per histogram: u32 nnz, nnz × (u16 index, u64 count)`.
-    /// Only non-zero buckets are written: at most 10 bytes per used bucket (≤ 640 KiB per
-    /// histogram, typically a few KiB for model weights).
+    /// num_buckets × u16 bucket`, then each histogram sparse or dense, whichever is shorter (see
+    /// `Histogram::encode`): a few KiB for a high round over model weights, at most ~64 KiB
+    /// (dense, counts < 128) to 128 KiB (counts < 16 384) per histogram for a full low bucket.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = vec![1u8];
         let buckets: &[u16] = match &self.round {
@@ -625,6 +674,26 @@ mod tests {
         assert!(Counts::from_bytes(&[2, 0, 0]).is_err());
         assert!(c.clone().merge(&l).is_err());
         assert_eq!(c.add_slice(&[1.0, f32::NAN]), Err(NanAt(1)));
+    }
+
+    #[test]
+    fn dense_histograms_and_large_counts_roundtrip() {
+        // 300 000 values inside one high bucket: most low buckets are used, so the dense form wins.
+        let high = (key(1.0) >> 16) as u16;
+        let xs: Vec<f32> = (0..300_000u32)
+            .map(|i| from_key(((high as u32) << 16) | (i.wrapping_mul(2_654_435_761) >> 16)))
+            .collect();
+        let mut c = Counts::new(Round::Low(vec![high]));
+        c.add_slice(&xs).unwrap();
+        let bytes = c.to_bytes();
+        assert!(bytes.len() < 70_000, "{} bytes", bytes.len());
+        assert_eq!(Counts::from_bytes(&bytes).unwrap(), c);
+        let mut h = Histogram::new();
+        h.counts[7] = u64::MAX;
+        h.counts[65_535] = 1 << 40;
+        let mut out = vec![];
+        h.encode(&mut out);
+        assert_eq!(Histogram::decode(&mut out.as_slice()).unwrap(), h);
     }
 
     #[test]
