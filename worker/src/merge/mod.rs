@@ -3,10 +3,13 @@
 //! ([`radix`]). A worker streams element ranges (≤ 16 MiB) of the base and the n models and calls
 //! a method's chunk function with the statistics the coordinator gathered in earlier rounds.
 //!
+//! [`passes`] is the entry point for a distributed driver: [`passes::UnitPlan`] (coordinator
+//! side) says which sweep comes next and absorbs the merged results; `passes::chunk_stats`,
+//! `count_chunk`, `write_chunk` and `merge_local` (worker side) compute one chunk.
+//! [`reference::merge_in_memory`] runs that same loop on in-memory tensors.
+//!
 //! This module does no I/O, knows nothing of proto, gRPC or workers, and applies no config
-//! defaults (the coordinator resolves them). [`reference::merge_in_memory`] runs every method
-//! through the same chunk functions and the same rounds on in-memory tensors; it is the model
-//! for the distributed driver.
+//! defaults (the coordinator resolves them).
 //!
 //! Terms used throughout:
 //! - *task vector* τ_i = θ_i − θ_base (f32), i = 0..n over the models in config order;

@@ -13,6 +13,9 @@
 //! | `ties`            | count \|τ\| high, count \|τ\| low; census only if a tie is cut     | write |
 //! | `pcb`             | count \|τ\| high, \|τ\| low (lo, hi); count β high (+max), β low (t)| write |
 //!
+//! ALGORITHMS.md §5 counts PCB's statistics as "two sweeps" (|τ|, then β): with the two-level
+//! radix each is two counting sweeps, so PCB reads its inputs five times in all.
+//!
 //! How results combine: [`Counts`] add (any order, any grouping: workers may merge the counts of
 //! their chunks before sending); census counts and L1 partials are kept **per chunk** and
 //! combined by the coordinator in the unit's chunk order (census: prefix sums; L1: f64 sums), so
