@@ -3,10 +3,10 @@
 #
 # What it does: creates its own venv (default /work/venv-mergekit; override with MERGEKIT_VENV),
 # installs mergekit (which pulls torch from PyPI) into it, generates three tiny f32 Llama-shaped
-# models (base + 2 fine-tunes) with numpy/safetensors, runs mergekit's `ties` merge on them with
+# models (base + 3 fine-tunes) with numpy/safetensors, runs mergekit's `ties` merge on them with
 # per-model density/weight, and writes inputs + mergekit's output under
 # worker/tests/fixtures/merge/mergekit_ties/ (a few KB). The Rust test
-# `merge::tests::ties_matches_mergekit` reads them.
+# `merge::fixture_tests::ties_matches_mergekit` reads them. Made with mergekit 0.1.5, torch 2.15.0.
 #
 # Never run by CI (DESIGN.md: CI never installs torch or mergekit). Run from the repo root:
 #     bash scripts/mergekit_fixtures.sh            # install (first time, minutes) + make fixtures
