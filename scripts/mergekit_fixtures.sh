@@ -2,7 +2,7 @@
 # TIES parity fixtures from mergekit (ALGORITHMS.md §5, "TIES ... as mergekit does it").
 #
 # What it does: creates its own venv (default /work/venv-mergekit; override with MERGEKIT_VENV),
-# installs mergekit (which pulls torch from PyPI) into it, generates three tiny f32 Llama-shaped
+# installs mergekit (which pulls torch from PyPI) into it, generates four tiny f32 Llama-shaped
 # models (base + 3 fine-tunes) with numpy/safetensors, runs mergekit's `ties` merge on them with
 # per-model density/weight, and writes inputs + mergekit's output under
 # worker/tests/fixtures/merge/mergekit_ties/ (a few KB). The Rust test
