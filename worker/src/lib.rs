@@ -5,6 +5,7 @@
 pub mod io;
 pub mod jobs;
 pub mod logging;
+pub mod merge;
 pub mod objectives;
 pub mod optim;
 pub mod rng;
