@@ -56,6 +56,8 @@ struct Resolver<'a> {
     /// (stage name, model URL) of earlier stages.
     stages: Vec<(String, String)>,
     in_pipeline: bool,
+    /// The job's seed (default for seeded methods such as DARE).
+    seed: u64,
 }
 
 impl Resolver<'_> {
@@ -125,14 +127,15 @@ pub fn parse(
     let kind = job.choice("kind", KINDS, None)?;
     let name = job.str_or("name", default_name)?;
     let output_raw = job.req_str("output")?;
+    let seed = job.u64_or("seed", 0)?;
     let mut resolver = Resolver {
         cwd,
         stages: vec![],
         in_pipeline: kind == "pipeline",
+        seed,
     };
     let output = resolver.path(&job, "output", &output_raw)?;
     job.record("output", Value::String(output.clone()));
-    let seed = job.u64_or("seed", 0)?;
     let workers = job.u64_or("workers", 0)? as u32;
     let overwrite = job.bool_or("overwrite", false)?;
     let mut spec = JobSpec {
@@ -175,6 +178,7 @@ pub fn parse(
             let stage_kind = stage.choice("kind", STAGE_KINDS, None)?;
             let stage_output = format!("{output}/{stage_name}");
             let stage_seed = stage.u64_or("seed", seed)?;
+            resolver.seed = stage_seed;
             let stage_workers = stage.u64_or("workers", workers as u64)? as u32;
             let kind = job_kind(&stage, &stage_kind, &resolver)?;
             let job = JobSpec {

@@ -423,6 +423,52 @@ impl<'d> Tbl<'d> {
         }
     }
 
+    /// A number for every model, or a list with one per model (`density = 0.5` or
+    /// `density = [0.5, 0.3]`), each in the range `lo`..`hi` (`lo_open`: excluding `lo`).
+    pub fn per_model(
+        &self,
+        key: &str,
+        n: usize,
+        lo: f64,
+        lo_open: bool,
+        hi: f64,
+    ) -> Result<Option<Vec<f64>>, ConfigError> {
+        let values = match self.raw(key) {
+            None => return Ok(None),
+            Some(Value::Float(_)) | Some(Value::Integer(_)) => {
+                vec![self.opt_f64(key)?.unwrap_or_default(); n]
+            }
+            Some(Value::Array(_)) => {
+                let v = self.opt_f64_list(key)?.unwrap_or_default();
+                if v.len() != n {
+                    return Err(self.error(
+                        key,
+                        format!("has {} entries but there are {n} models", v.len()),
+                    ));
+                }
+                v
+            }
+            Some(v) => {
+                return Err(self.type_error(
+                    key,
+                    "a number or a list of numbers (one per model)",
+                    v,
+                ))
+            }
+        };
+        for &v in &values {
+            if v < lo || (lo_open && v == lo) || v > hi {
+                let open = if lo_open { "(" } else { "[" };
+                return Err(self.error(key, format!("must be in {open}{lo}, {hi}], found {v}")));
+            }
+        }
+        self.record(
+            key,
+            Value::Array(values.iter().map(|&v| Value::Float(v)).collect()),
+        );
+        Ok(Some(values))
+    }
+
     /// A sub-table (`[merge]`), or None when absent.
     pub fn opt_table(&self, key: &str) -> Result<Option<Tbl<'d>>, ConfigError> {
         match self.raw(key) {

@@ -1,17 +1,25 @@
 //! The merge driver: reads the safetensors headers of the base and the models (ranged reads),
-//! validates them, plans output shards from the base's tensor list and `max_shard_size`, and
-//! emits one task per shard. When every shard is written it writes the index and copies the
-//! base's config/tokenizer files, so `OUTPUT/model/` is a complete Hugging Face directory.
+//! validates them, plans output shards from the base's tensor list and `max_shard_size`, then
+//! runs rounds over the shards: statistics rounds while some unit (the whole model in global
+//! scope, else a tensor) still needs order statistics (ALGORITHMS.md §5; `merge::passes`), and
+//! finally the write round. Results of a round are combined here between rounds. When every
+//! shard is written it writes the index and copies the base's config/tokenizer files, so
+//! `OUTPUT/model/` is a complete Hugging Face directory.
 
 use std::collections::BTreeMap;
 
 use futures::future::try_join_all;
 use mirrorplay_proto::v1::{
-    task, task_result, MergeShardTask, MergeSpec, MergeTensor, TaskResult, TensorSource,
+    task, task_result, MergeShardTask, MergeSpec, MergeTensor, MergeUnitSweep, TaskResult,
+    TensorSource,
 };
 use mirrorplay_worker::io::hf::{open_model, ModelFiles, TensorEntry, INDEX_FILE};
 use mirrorplay_worker::io::store::Location;
-use mirrorplay_worker::jobs::merge_shard::{dtype_from_proto, dtype_to_proto};
+use mirrorplay_worker::jobs::merge_shard::{
+    dtype_from_proto, dtype_to_proto, method_from_spec, num_chunks,
+};
+use mirrorplay_worker::merge::passes::{SweepStats, UnitPlan};
+use mirrorplay_worker::merge::{wire, Method, Scope};
 use serde_json::json;
 
 use super::shard_plan::{plan_shards, Shard};
@@ -19,14 +27,37 @@ use super::{DriverError, Log, NewTask, Step};
 
 /// Elements per streamed range: 16 MiB of f32.
 pub const CHUNK_ELEMENTS: u64 = 4 * 1024 * 1024;
+/// Overrides `CHUNK_ELEMENTS` (tests use tiny chunks so that units cross chunk boundaries).
+pub const CHUNK_ELEMENTS_ENV: &str = "MIRRORPLAY_MERGE_CHUNK_ELEMENTS";
+
+fn chunk_elements() -> u64 {
+    std::env::var(CHUNK_ELEMENTS_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &u64| n > 0)
+        .unwrap_or(CHUNK_ELEMENTS)
+}
+
+/// A statistics unit and the results of its current sweep.
+struct Unit {
+    plan: UnitPlan,
+    stats: Option<SweepStats>,
+}
 
 pub struct MergeDriver {
     spec: MergeSpec,
     /// The job's output prefix; the model goes to `OUTPUT/model/`.
     output: String,
+    chunk_elements: u64,
     shards: Vec<Shard>,
+    /// Output tensors in name order (with unit assignments).
+    tensors: Vec<MergeTensor>,
     /// Tensor names in output order with their byte sizes.
     names: Vec<(String, u64)>,
+    units: Vec<Unit>,
+    round: u32,
+    /// Shards whose task in the current round has not reported.
+    outstanding: std::collections::BTreeSet<usize>,
     written: BTreeMap<usize, u64>,
     base: Option<ModelFiles>,
     inputs: Vec<(String, u64, Option<String>)>,
@@ -47,8 +78,13 @@ impl MergeDriver {
         MergeDriver {
             spec,
             output,
+            chunk_elements: chunk_elements(),
             shards: vec![],
+            tensors: vec![],
             names: vec![],
+            units: vec![],
+            round: 0,
+            outstanding: Default::default(),
             written: BTreeMap::new(),
             base: None,
             inputs: vec![],
@@ -64,9 +100,11 @@ impl MergeDriver {
     }
 
     pub async fn plan(&mut self, log: &dyn Log) -> Result<Vec<NewTask>, DriverError> {
+        let method =
+            method_from_spec(&self.spec).map_err(|e| DriverError::Invalid(e.to_string()))?;
         let base = open_model(&self.spec.base).await?;
         let models = try_join_all(self.spec.models.iter().map(|m| open_model(m))).await?;
-        let tensors = validate(&base, &models, log)?;
+        let mut tensors = validate(&base, &models, log)?;
         for file in base
             .files
             .iter()
@@ -75,6 +113,7 @@ impl MergeDriver {
             let (size, etag) = file.head().await?;
             self.inputs.push((file.url().to_string(), size, etag));
         }
+        self.units = assign_units(&method, &mut tensors, self.chunk_elements)?;
         self.names = tensors
             .iter()
             .map(|t| {
@@ -86,31 +125,86 @@ impl MergeDriver {
             .collect();
         let sizes: Vec<u64> = self.names.iter().map(|(_, s)| *s).collect();
         self.shards = plan_shards(&sizes, self.spec.max_shard_size);
-        let dir = self.model_dir()?;
         log.info(format!(
-            "merging {} tensors ({} bytes) of {} models into {} shard(s) under {}",
+            "{}: merging {} tensors ({} bytes) of {} models into {} shard(s) under {}",
+            method.name(),
             tensors.len(),
             sizes.iter().sum::<u64>(),
             models.len(),
             self.shards.len(),
-            dir
+            self.model_dir()?
         ));
+        self.tensors = tensors;
         self.base = Some(base);
-        let tasks = self
-            .shards
-            .iter()
-            .enumerate()
-            .map(|(k, shard)| NewTask {
-                key: format!("shard-{:05}", k + 1),
+        self.next_round(log)
+    }
+
+    /// The next round's tasks: statistics while a unit needs them, else the write.
+    fn next_round(&mut self, log: &dyn Log) -> Result<Vec<NewTask>, DriverError> {
+        self.round += 1;
+        let dir = self.model_dir()?;
+        let writing = self.units.iter().all(|u| u.plan.is_ready());
+        let mut sweeps = Vec::new();
+        for (i, unit) in self.units.iter_mut().enumerate() {
+            let sweep = unit.plan.sweep();
+            unit.stats = (!writing && !unit.plan.is_ready()).then(|| SweepStats::new(&sweep));
+            if writing || unit.stats.is_some() {
+                sweeps.push((
+                    i as u32,
+                    MergeUnitSweep {
+                        unit: i as u32,
+                        sweep: wire::encode_sweep(&sweep),
+                    },
+                ));
+            }
+        }
+        if !writing {
+            log.info(format!(
+                "round {}: statistics for {} unit(s)",
+                self.round,
+                sweeps.len()
+            ));
+        }
+        let mut tasks = Vec::new();
+        for (k, shard) in self.shards.iter().enumerate() {
+            let tensors: Vec<MergeTensor> = shard
+                .tensors
+                .iter()
+                .map(|&i| &self.tensors[i])
+                .filter(|t| {
+                    writing
+                        || (!t.local
+                            && !t.models.is_empty()
+                            && self.units[t.unit as usize].stats.is_some())
+                })
+                .cloned()
+                .collect();
+            if tensors.is_empty() && !writing {
+                continue;
+            }
+            let used: std::collections::BTreeSet<u32> = tensors
+                .iter()
+                .filter(|t| !t.local && !t.models.is_empty())
+                .map(|t| t.unit)
+                .collect();
+            self.outstanding.insert(k);
+            tasks.push(NewTask {
+                key: format!("r{}-shard-{:05}", self.round, k + 1),
                 group_size: 1,
                 work: task::Work::MergeShard(MergeShardTask {
                     spec: Some(self.spec.clone()),
                     file_url: dir.join(&shard.file_name).url().to_string(),
-                    tensors: shard.tensors.iter().map(|&i| tensors[i].clone()).collect(),
-                    chunk_elements: CHUNK_ELEMENTS,
+                    tensors,
+                    chunk_elements: self.chunk_elements,
+                    sweeps: sweeps
+                        .iter()
+                        .filter(|(u, _)| used.contains(u))
+                        .map(|(_, s)| s.clone())
+                        .collect(),
+                    write: writing,
                 }),
-            })
-            .collect();
+            });
+        }
         Ok(tasks)
     }
 
@@ -120,22 +214,67 @@ impl MergeDriver {
         result: TaskResult,
         log: &dyn Log,
     ) -> Result<Step, DriverError> {
-        let index: usize = key
-            .strip_prefix("shard-")
-            .and_then(|n| n.parse().ok())
-            .filter(|&n: &usize| n >= 1 && n <= self.shards.len())
-            .ok_or_else(|| DriverError::Invalid(format!("unexpected task key `{key}`")))?;
-        let Some(task_result::Result::MergeShard(r)) = result.result else {
-            return Err(DriverError::Invalid(format!(
-                "task `{key}` returned no merge result"
-            )));
+        let parsed = key
+            .strip_prefix('r')
+            .and_then(|k| k.split_once("-shard-"))
+            .and_then(|(r, s)| Some((r.parse::<u32>().ok()?, s.parse::<usize>().ok()?)));
+        let (round, shard) = match parsed {
+            Some((r, s)) if r == self.round && s >= 1 && self.outstanding.contains(&(s - 1)) => {
+                (r, s - 1)
+            }
+            _ => {
+                return Err(DriverError::Invalid(format!(
+                    "unexpected task key `{key}` in round {}",
+                    self.round
+                )))
+            }
         };
-        self.written.insert(index, r.bytes_written);
-        if self.written.len() < self.shards.len() {
-            return Ok(Step::Wait);
+        let _ = round;
+        self.outstanding.remove(&shard);
+        match result.result {
+            Some(task_result::Result::MergeStats(stats)) => {
+                for s in stats.stats {
+                    let unit = self.units.get_mut(s.unit as usize).ok_or_else(|| {
+                        DriverError::Invalid(format!(
+                            "task `{key}` reported unknown unit {}",
+                            s.unit
+                        ))
+                    })?;
+                    let decoded = wire::decode_stats(&s.stats)
+                        .map_err(|e| DriverError::Invalid(format!("task `{key}`: {e}")))?;
+                    let acc = unit.stats.as_mut().ok_or_else(|| {
+                        DriverError::Invalid(format!(
+                            "task `{key}` reported unit {} outside its round",
+                            s.unit
+                        ))
+                    })?;
+                    acc.add(s.chunk as usize, decoded)
+                        .map_err(|e| DriverError::Invalid(e.to_string()))?;
+                }
+                if !self.outstanding.is_empty() {
+                    return Ok(Step::Wait);
+                }
+                for unit in &mut self.units {
+                    if let Some(stats) = unit.stats.take() {
+                        unit.plan
+                            .absorb(stats)
+                            .map_err(|e| DriverError::Invalid(e.to_string()))?;
+                    }
+                }
+                Ok(Step::Run(self.next_round(log)?))
+            }
+            Some(task_result::Result::MergeShard(r)) => {
+                self.written.insert(shard, r.bytes_written);
+                if self.written.len() < self.shards.len() {
+                    return Ok(Step::Wait);
+                }
+                self.finish(log).await?;
+                Ok(Step::Done)
+            }
+            None => Err(DriverError::Invalid(format!(
+                "task `{key}` returned no merge result"
+            ))),
         }
-        self.finish(log).await?;
-        Ok(Step::Done)
     }
 
     /// Writes the index and copies the base's non-weight files.
@@ -170,6 +309,60 @@ impl MergeDriver {
 
 fn dtype_size(d: i32) -> u64 {
     dtype_from_proto(d).map(|d| d.size() as u64).unwrap_or(4)
+}
+
+/// Groups the merged tensors into statistics units (ALGORITHMS.md §5: "global" statistics run
+/// over every merged parameter at once, "per-tensor" over one tensor) and numbers their chunks.
+/// A per-tensor unit that fits one chunk is merged locally in the write round.
+fn assign_units(
+    method: &Method,
+    tensors: &mut [MergeTensor],
+    chunk_elements: u64,
+) -> Result<Vec<Unit>, DriverError> {
+    let scope = match method {
+        Method::Pcb(p) => p.scope,
+        Method::Ties(t) => t.scope,
+        Method::TaskArithmetic(_) | Method::Dare(_) => Scope::PerTensor,
+    };
+    let mut units = Vec::new();
+    let invalid = |e: mirrorplay_worker::merge::MergeError| DriverError::Invalid(e.to_string());
+    match scope {
+        Scope::Global => {
+            let (mut d, mut chunks) = (0u64, 0u64);
+            for t in tensors.iter_mut().filter(|t| !t.models.is_empty()) {
+                let numel: u64 = t.shape.iter().product();
+                t.unit = 0;
+                t.first_chunk = chunks;
+                d += numel;
+                chunks += num_chunks(numel, chunk_elements);
+            }
+            if d > 0 {
+                units.push(Unit {
+                    plan: UnitPlan::new(method, "the whole model", d, chunks as usize)
+                        .map_err(invalid)?,
+                    stats: None,
+                });
+            }
+        }
+        Scope::PerTensor => {
+            for t in tensors.iter_mut().filter(|t| !t.models.is_empty()) {
+                let numel: u64 = t.shape.iter().product();
+                let chunks = num_chunks(numel, chunk_elements);
+                if chunks <= 1 {
+                    t.local = true;
+                    continue;
+                }
+                t.unit = units.len() as u32;
+                t.first_chunk = 0;
+                units.push(Unit {
+                    plan: UnitPlan::new(method, &t.name, numel, chunks as usize)
+                        .map_err(invalid)?,
+                    stats: None,
+                });
+            }
+        }
+    }
+    Ok(units)
 }
 
 /// Checks the inputs against each other and lists the output tensors in name order.
@@ -216,6 +409,8 @@ fn validate(
             dtype: dtype as i32,
             base: Some(source(base, entry)),
             models: sources,
+            index: out.len() as u64,
+            ..Default::default()
         });
     }
     if let Some(first) = models.first() {
@@ -238,7 +433,7 @@ fn validate(
                 shape: entry.info.shape.clone(),
                 dtype: dtype as i32,
                 base: Some(source(first, entry)),
-                models: vec![],
+                ..Default::default()
             });
         }
     }

@@ -1,15 +1,17 @@
-//! Writes one output shard of a merge: for each tensor in name order, stream element ranges of
-//! the base and every model (ranged reads, no mmap), combine them in f32, encode in the output
-//! dtype and append to the streaming safetensors writer. Reads of the next range overlap the
-//! computation of the current one, so the shard is written at close to I/O speed.
+//! One round of a merge over one output shard's tensors. Element ranges of the base and every
+//! model are streamed with ranged reads (no mmap; at most `chunk_elements` per input in memory,
+//! the next range read while the current one is computed). A statistics round returns the
+//! counts the coordinator's driver asked for (`merge::passes`); the write round combines each
+//! range in f32, encodes it in the output dtype and appends it to the streaming safetensors
+//! writer, so the file appears only when complete.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use futures::future::try_join_all;
 use mirrorplay_proto::v1::{
-    merge_spec, Dtype as ProtoDtype, MergeShardResult, MergeShardTask, MergeSpec, MergeTensor,
-    TensorSource,
+    merge_spec, DareRescale, Dtype as ProtoDtype, MergeScope, MergeShardResult, MergeShardTask,
+    MergeSpec, MergeStatsResult, MergeTensor, MergeUnitStats, PcbInter, TensorSource,
 };
 
 use super::{JobError, Progress};
@@ -17,6 +19,8 @@ use crate::io::dtype::{decode_f32, encode_f32, Dtype};
 use crate::io::safetensors::{pt_metadata, TensorLayout};
 use crate::io::store::Location;
 use crate::io::writer::SafetensorsWriter;
+use crate::merge::passes::{self, ChunkStats, Sweep};
+use crate::merge::{self, wire, Chunk, Method};
 
 pub fn dtype_from_proto(d: i32) -> Option<Dtype> {
     match ProtoDtype::try_from(d).ok()? {
@@ -36,8 +40,74 @@ pub fn dtype_to_proto(d: Dtype) -> Option<ProtoDtype> {
     }
 }
 
-/// Element ranges of one tensor read together: base, then each model, decoded to f32.
-struct Chunk {
+fn scope(s: i32) -> Result<merge::Scope, JobError> {
+    match MergeScope::try_from(s) {
+        Ok(MergeScope::Global) => Ok(merge::Scope::Global),
+        Ok(MergeScope::PerTensor) => Ok(merge::Scope::PerTensor),
+        _ => Err(JobError::InvalidTask(format!(
+            "merge scope {s} is not resolved"
+        ))),
+    }
+}
+
+/// The merge method of a resolved spec (the config layer applied every default).
+pub fn method_from_spec(spec: &MergeSpec) -> Result<Method, JobError> {
+    let n = spec.models.len();
+    if spec.weights.len() != n {
+        return Err(JobError::InvalidTask(format!(
+            "{} weights for {n} models",
+            spec.weights.len()
+        )));
+    }
+    let method = match &spec.method {
+        Some(merge_spec::Method::TaskArithmetic(_)) => {
+            Method::TaskArithmetic(merge::TaskArithmetic {
+                weights: spec.weights.clone(),
+                lambda: spec.lambda,
+            })
+        }
+        Some(merge_spec::Method::Pcb(p)) => Method::Pcb(merge::Pcb {
+            scope: scope(p.scope)?,
+            keep_ratio: p.keep_ratio,
+            clip_ratio: p.clip_ratio,
+            inter: match PcbInter::try_from(p.inter) {
+                Ok(PcbInter::SumRaw) => merge::Inter::SumRaw,
+                Ok(PcbInter::Pairwise) => merge::Inter::Pairwise,
+                _ => return Err(JobError::InvalidTask("PCB inter is not resolved".into())),
+            },
+            lambda: spec.lambda,
+            lambdas: p.lambdas.clone(),
+        }),
+        Some(merge_spec::Method::Ties(t)) => Method::Ties(merge::Ties {
+            scope: scope(t.scope)?,
+            density: t.density.clone(),
+            weights: spec.weights.clone(),
+            normalize: t.normalize,
+            lambda: spec.lambda,
+        }),
+        Some(merge_spec::Method::Dare(d)) => Method::Dare(merge::Dare {
+            density: d.density.clone(),
+            weights: spec.weights.clone(),
+            rescale: match DareRescale::try_from(d.rescale) {
+                Ok(DareRescale::InvDensity) => merge::Rescale::InvDensity,
+                Ok(DareRescale::L1) => merge::Rescale::L1,
+                Ok(DareRescale::None) => merge::Rescale::None,
+                _ => return Err(JobError::InvalidTask("DARE rescale is not resolved".into())),
+            },
+            seed: d.seed,
+            lambda: spec.lambda,
+            ties: d.ties.then_some(d.normalize),
+        }),
+        None => return Err(JobError::InvalidTask("merge spec without a method".into())),
+    };
+    method
+        .validate(n)
+        .map_err(|e| JobError::InvalidTask(e.to_string()))?;
+    Ok(method)
+}
+
+/// The input ranges of one chunk, decoded to f32.
+struct ChunkData {
     base: Vec<f32>,
     models: Vec<Vec<f32>>,
 }
@@ -80,114 +150,20 @@ fn source_dtype(tensor: &str, src: &TensorSource) -> Result<Dtype, JobError> {
     })
 }
 
-/// Combines one chunk into `out`: θ = θ_base + λ Σ_i w_i (θ_i − θ_base) (task arithmetic,
-/// Ilharco et al. 2023, "Editing Models with Task Arithmetic", §2). A tensor with no models is
-/// copied from its base source.
-fn combine(spec: &MergeSpec, chunk: &Chunk, out: &mut Vec<f32>) {
-    out.clear();
-    out.extend_from_slice(&chunk.base);
-    match &spec.method {
-        Some(merge_spec::Method::TaskArithmetic(_)) | None => {
-            for (model, &w) in chunk.models.iter().zip(&spec.weights) {
-                let scale = spec.lambda * w;
-                for ((o, &m), &b) in out.iter_mut().zip(model).zip(&chunk.base) {
-                    *o += scale * (m - b);
-                }
-            }
-        }
-        Some(_) => unreachable!("validate() rejects methods other than task_arithmetic"),
-    }
-}
+type PendingChunk = tokio::task::JoinHandle<Result<ChunkData, JobError>>;
 
-fn validate(task: &MergeShardTask) -> Result<&MergeSpec, JobError> {
-    let spec = task
-        .spec
-        .as_ref()
-        .ok_or_else(|| JobError::InvalidTask("merge shard task without a spec".into()))?;
-    match &spec.method {
-        Some(merge_spec::Method::TaskArithmetic(_)) => {}
-        other => {
-            return Err(JobError::InvalidTask(format!(
-                "merge method {other:?} is not supported by this worker"
-            )))
-        }
-    }
-    if spec.weights.len() != spec.models.len() {
-        return Err(JobError::InvalidTask(format!(
-            "{} weights for {} models",
-            spec.weights.len(),
-            spec.models.len()
-        )));
-    }
-    if task.chunk_elements == 0 {
-        return Err(JobError::InvalidTask("chunk_elements is 0".into()));
-    }
-    Ok(spec)
-}
-
-/// Runs a merge shard task; the file appears only when complete.
-pub async fn run(
-    task: &MergeShardTask,
-    progress: Progress<'_>,
-) -> Result<MergeShardResult, JobError> {
-    let spec = validate(task)?;
-    let mut files = Files::default();
-    let layout = task
-        .tensors
-        .iter()
-        .map(|t| {
-            let dtype = dtype_from_proto(t.dtype).ok_or_else(|| JobError::Tensor {
-                tensor: t.name.clone(),
-                reason: "unsupported output dtype".into(),
-            })?;
-            Ok(TensorLayout {
-                name: t.name.clone(),
-                dtype,
-                shape: t.shape.clone(),
-            })
-        })
-        .collect::<Result<Vec<_>, JobError>>()?;
-    let total_elements: u64 = layout
-        .iter()
-        .map(|l| l.shape.iter().product::<u64>())
-        .sum::<u64>()
-        .max(1);
-    let out_loc = Location::parse(&task.file_url)?;
-    let mut writer = SafetensorsWriter::create(&out_loc, layout.clone(), &pt_metadata()).await?;
-    let result = write_tensors(
-        task,
-        spec,
-        &layout,
-        &mut files,
-        &mut writer,
-        total_elements,
-        progress,
-    )
-    .await;
-    if let Err(e) = result {
-        writer.abort().await;
-        return Err(e);
-    }
-    let summary = writer.finish().await?;
-    Ok(MergeShardResult {
-        bytes_written: summary.bytes,
-        sha256: summary.sha256,
-    })
-}
-
-/// The reads of one chunk, started ahead of time.
-type PendingChunk = tokio::task::JoinHandle<Result<Chunk, JobError>>;
-
-fn start_chunk(
+/// Starts reading one element range of a tensor from every input.
+fn start_read(
     files: &mut Files,
     tensor: &MergeTensor,
     start: u64,
     end: u64,
 ) -> Result<PendingChunk, JobError> {
-    let base_src = tensor.base.as_ref().ok_or_else(|| JobError::Tensor {
+    let missing = || JobError::Tensor {
         tensor: tensor.name.clone(),
         reason: "no base source".into(),
-    })?;
+    };
+    let base_src = tensor.base.as_ref().ok_or_else(missing)?;
     let base = (
         files.get(&base_src.url)?,
         source_dtype(&tensor.name, base_src)?,
@@ -206,76 +182,290 @@ fn start_chunk(
                 .map(|(loc, dtype, offset)| read_range(loc, dtype, offset, start, end)),
         );
         let (base, models) = futures::try_join!(base_read, model_reads)?;
-        Ok(Chunk { base, models })
+        Ok(ChunkData { base, models })
     }))
 }
 
-async fn write_tensors(
-    task: &MergeShardTask,
-    spec: &MergeSpec,
-    layout: &[TensorLayout],
-    files: &mut Files,
-    writer: &mut SafetensorsWriter,
-    total_elements: u64,
-    progress: Progress<'_>,
-) -> Result<(), JobError> {
-    // All (tensor, start, end) ranges of the shard, in write order.
-    let ranges: Vec<(usize, u64, u64)> = layout
+/// Every (tensor, start, end) range of `tensors`, in order.
+fn ranges(tensors: &[MergeTensor], chunk_elements: u64) -> Vec<(usize, u64, u64)> {
+    tensors
         .iter()
         .enumerate()
-        .flat_map(|(i, l)| {
-            let numel = l.shape.iter().product::<u64>();
+        .flat_map(|(i, t)| {
+            let numel = t.shape.iter().product::<u64>();
             (0..numel)
-                .step_by(task.chunk_elements as usize)
-                .map(move |s| (i, s, (s + task.chunk_elements).min(numel)))
+                .step_by(chunk_elements as usize)
+                .map(move |s| (i, s, (s + chunk_elements).min(numel)))
         })
-        .collect();
-    let spec = Arc::new(spec.clone());
+        .collect()
+}
+
+/// Streams the ranges of `tensors` (reads overlapped with compute) through `f`, which runs on
+/// the blocking pool with the chunk and returns what the caller keeps.
+async fn for_each_chunk<T: Send + 'static>(
+    tensors: &[MergeTensor],
+    chunk_elements: u64,
+    progress: Progress<'_>,
+    mut sink: impl FnMut(usize, T) -> futures::future::BoxFuture<'static, Result<(), JobError>>,
+    f: Arc<dyn Fn(&MergeTensor, u64, &ChunkData) -> Result<T, JobError> + Send + Sync>,
+) -> Result<(), JobError> {
+    let ranges = ranges(tensors, chunk_elements);
+    let total: u64 = ranges.iter().map(|(_, s, e)| e - s).sum::<u64>().max(1);
+    let mut files = Files::default();
     let mut pending: Option<PendingChunk> = match ranges.first() {
-        Some(&(i, s, e)) => Some(start_chunk(files, &task.tensors[i], s, e)?),
+        Some(&(i, s, e)) => Some(start_read(&mut files, &tensors[i], s, e)?),
         None => None,
     };
-    let mut done_elements = 0u64;
+    let mut done = 0u64;
     for (k, &(i, start, end)) in ranges.iter().enumerate() {
-        let chunk = pending
-            .take()
-            .expect("a chunk is pending for every range")
+        let read = pending.take().expect("a read is pending for every range");
+        let data = read
             .await
-            .map_err(|e| JobError::InvalidTask(format!("read task panicked: {e}")))??;
+            .map_err(|e| JobError::InvalidTask(format!("read task failed: {e}")))??;
         if let Some(&(ni, ns, ne)) = ranges.get(k + 1) {
-            pending = Some(start_chunk(files, &task.tensors[ni], ns, ne)?);
+            pending = Some(start_read(&mut files, &tensors[ni], ns, ne)?);
         }
-        let name = task.tensors[i].name.clone();
-        let dtype = layout[i].dtype;
-        let spec = spec.clone();
-        let bytes = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, JobError> {
-            for (which, values) in std::iter::once(&chunk.base)
-                .chain(&chunk.models)
-                .enumerate()
-            {
-                if let Some(pos) = values.iter().position(|v| v.is_nan()) {
-                    let input = if which == 0 {
-                        "the base".to_string()
-                    } else {
-                        format!("model {which}")
-                    };
-                    return Err(JobError::Tensor {
-                        tensor: name,
-                        reason: format!("NaN in {input} at flat index {}", start + pos as u64),
-                    });
+        let tensor = tensors[i].clone();
+        let f = f.clone();
+        let value = tokio::task::spawn_blocking(move || f(&tensor, start, &data))
+            .await
+            .map_err(|e| JobError::InvalidTask(format!("compute task failed: {e}")))??;
+        sink(i, value).await?;
+        done += end - start;
+        progress(done as f64 / total as f64);
+    }
+    Ok(())
+}
+
+fn merge_error(e: merge::MergeError) -> JobError {
+    match e {
+        merge::MergeError::Nan { tensor, input } => JobError::Tensor {
+            tensor,
+            reason: format!("NaN in {input}"),
+        },
+        merge::MergeError::Tensor { tensor, reason } => JobError::Tensor { tensor, reason },
+        other => JobError::InvalidTask(other.to_string()),
+    }
+}
+
+fn chunk<'a>(
+    tensor: &'a MergeTensor,
+    start: u64,
+    data: &'a ChunkData,
+    models: &'a [&'a [f32]],
+) -> Chunk<'a> {
+    Chunk {
+        tensor: &tensor.name,
+        tensor_index: tensor.index,
+        start,
+        base: &data.base,
+        models,
+    }
+}
+
+fn decode_sweeps(task: &MergeShardTask) -> Result<HashMap<u32, Sweep>, JobError> {
+    task.sweeps
+        .iter()
+        .map(|s| {
+            Ok((
+                s.unit,
+                wire::decode_sweep(&s.sweep).map_err(|e| JobError::InvalidTask(e.to_string()))?,
+            ))
+        })
+        .collect()
+}
+
+fn validate(task: &MergeShardTask) -> Result<(&MergeSpec, Method), JobError> {
+    let spec = task
+        .spec
+        .as_ref()
+        .ok_or_else(|| JobError::InvalidTask("merge shard task without a spec".into()))?;
+    if task.chunk_elements == 0 {
+        return Err(JobError::InvalidTask("chunk_elements is 0".into()));
+    }
+    Ok((spec, method_from_spec(spec)?))
+}
+
+/// Runs a statistics round: what each unit's sweep asks of this shard's chunks.
+pub async fn run_stats(
+    task: &MergeShardTask,
+    progress: Progress<'_>,
+) -> Result<MergeStatsResult, JobError> {
+    let (_, method) = validate(task)?;
+    let sweeps = Arc::new(decode_sweeps(task)?);
+    let method = Arc::new(method);
+    let chunk_elements = task.chunk_elements;
+    let compute = {
+        let sweeps = sweeps.clone();
+        Arc::new(
+            move |tensor: &MergeTensor,
+                  start: u64,
+                  data: &ChunkData|
+                  -> Result<(u32, u64, ChunkStats), JobError> {
+                let sweep = sweeps.get(&tensor.unit).ok_or_else(|| {
+                    JobError::InvalidTask(format!(
+                        "no sweep for unit {} of `{}`",
+                        tensor.unit, tensor.name
+                    ))
+                })?;
+                let models: Vec<&[f32]> = data.models.iter().map(Vec::as_slice).collect();
+                let c = chunk(tensor, start, data, &models);
+                let stats = passes::chunk_stats(&method, sweep, &c).map_err(merge_error)?;
+                Ok((
+                    tensor.unit,
+                    tensor.first_chunk + start / chunk_elements,
+                    stats,
+                ))
+            },
+        )
+    };
+    // Counts merge per unit; census and L1 results stay per chunk.
+    let counts: Arc<std::sync::Mutex<BTreeMap<u32, (u64, ChunkStats)>>> = Default::default();
+    let per_chunk: Arc<std::sync::Mutex<Vec<(u32, u64, ChunkStats)>>> = Default::default();
+    let sink = {
+        let counts = counts.clone();
+        let per_chunk = per_chunk.clone();
+        move |_i: usize, (unit, chunk_index, stats): (u32, u64, ChunkStats)| {
+            let result = match stats {
+                ChunkStats::Counts(_) => {
+                    let mut counts = counts.lock().expect("counts lock");
+                    match counts.get_mut(&unit) {
+                        Some((_, acc)) => acc.merge_counts(&stats).map_err(merge_error),
+                        None => {
+                            counts.insert(unit, (chunk_index, stats));
+                            Ok(())
+                        }
+                    }
+                }
+                other => {
+                    per_chunk
+                        .lock()
+                        .expect("per-chunk lock")
+                        .push((unit, chunk_index, other));
+                    Ok(())
+                }
+            };
+            Box::pin(async move { result })
+                as futures::future::BoxFuture<'static, Result<(), JobError>>
+        }
+    };
+    let tensors: Vec<MergeTensor> = task
+        .tensors
+        .iter()
+        .filter(|t| !t.local && !t.models.is_empty())
+        .cloned()
+        .collect();
+    for_each_chunk(&tensors, chunk_elements, progress, sink, compute).await?;
+    let mut stats: Vec<MergeUnitStats> = Vec::new();
+    for (unit, (chunk, s)) in std::mem::take(&mut *counts.lock().expect("counts lock")) {
+        stats.push(MergeUnitStats {
+            unit,
+            chunk,
+            stats: wire::encode_stats(&s),
+        });
+    }
+    for (unit, chunk, s) in std::mem::take(&mut *per_chunk.lock().expect("per-chunk lock")) {
+        stats.push(MergeUnitStats {
+            unit,
+            chunk,
+            stats: wire::encode_stats(&s),
+        });
+    }
+    Ok(MergeStatsResult { stats })
+}
+
+/// Runs the write round: the shard's file, tensors in name order.
+pub async fn run_write(
+    task: &MergeShardTask,
+    progress: Progress<'_>,
+) -> Result<MergeShardResult, JobError> {
+    let (_, method) = validate(task)?;
+    let sweeps = decode_sweeps(task)?;
+    let mut finals = HashMap::new();
+    for (unit, sweep) in sweeps {
+        match sweep {
+            Sweep::Write(f) => finals.insert(unit, f),
+            other => {
+                return Err(JobError::InvalidTask(format!(
+                    "write round with a statistics sweep for unit {unit}: {other:?}"
+                )))
+            }
+        };
+    }
+    let finals = Arc::new(finals);
+    let method = Arc::new(method);
+    let chunk_elements = task.chunk_elements;
+    let layout = task
+        .tensors
+        .iter()
+        .map(|t| {
+            let dtype = dtype_from_proto(t.dtype).ok_or_else(|| JobError::Tensor {
+                tensor: t.name.clone(),
+                reason: "unsupported output dtype".into(),
+            })?;
+            Ok(TensorLayout {
+                name: t.name.clone(),
+                dtype,
+                shape: t.shape.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, JobError>>()?;
+    let out_loc = Location::parse(&task.file_url)?;
+    let writer = SafetensorsWriter::create(&out_loc, layout.clone(), &pt_metadata()).await?;
+    let writer = Arc::new(tokio::sync::Mutex::new(writer));
+    let compute = Arc::new(
+        move |tensor: &MergeTensor, start: u64, data: &ChunkData| -> Result<Vec<u8>, JobError> {
+            let dtype = dtype_from_proto(tensor.dtype).expect("checked in the layout");
+            let mut out = vec![0f32; data.base.len()];
+            if tensor.models.is_empty() {
+                merge::validate::check_no_nan(&tensor.name, "the copied source", &data.base)
+                    .map_err(merge_error)?;
+                out.copy_from_slice(&data.base);
+            } else {
+                let models: Vec<&[f32]> = data.models.iter().map(Vec::as_slice).collect();
+                let c = chunk(tensor, start, data, &models);
+                if tensor.local {
+                    passes::merge_local(&method, &c, &mut out).map_err(merge_error)?;
+                } else {
+                    let f = finals.get(&tensor.unit).ok_or_else(|| {
+                        JobError::InvalidTask(format!(
+                            "no statistics for unit {} of `{}`",
+                            tensor.unit, tensor.name
+                        ))
+                    })?;
+                    let index = (tensor.first_chunk + start / chunk_elements) as usize;
+                    passes::write_chunk(&method, f, index, &c, &mut out).map_err(merge_error)?;
                 }
             }
-            let mut out = Vec::new();
-            combine(&spec, &chunk, &mut out);
             let mut bytes = Vec::with_capacity(out.len() * dtype.size());
             encode_f32(dtype, &out, &mut bytes);
             Ok(bytes)
-        })
-        .await
-        .map_err(|e| JobError::InvalidTask(format!("compute task panicked: {e}")))??;
-        writer.write(&bytes).await?;
-        done_elements += end - start;
-        progress(done_elements as f64 / total_elements as f64);
+        },
+    );
+    let sink = {
+        let writer = writer.clone();
+        move |_i: usize, bytes: Vec<u8>| {
+            let writer = writer.clone();
+            Box::pin(async move { Ok(writer.lock().await.write(&bytes).await?) })
+                as futures::future::BoxFuture<'static, Result<(), JobError>>
+        }
+    };
+    let result = for_each_chunk(&task.tensors, chunk_elements, progress, sink, compute).await;
+    let mut writer = Arc::try_unwrap(writer)
+        .map_err(|_| JobError::InvalidTask("writer still shared".into()))?
+        .into_inner();
+    if let Err(e) = result {
+        writer.abort().await;
+        return Err(e);
     }
-    Ok(())
+    let summary = writer.finish().await?;
+    Ok(MergeShardResult {
+        bytes_written: summary.bytes,
+        sha256: summary.sha256,
+    })
+}
+
+/// The number of chunks of a tensor (0 for an empty one).
+pub fn num_chunks(numel: u64, chunk_elements: u64) -> u64 {
+    numel.div_ceil(chunk_elements)
 }

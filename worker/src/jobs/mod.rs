@@ -24,8 +24,11 @@ pub type Progress<'a> = &'a (dyn Fn(f64) + Send + Sync);
 /// Runs one task to completion.
 pub async fn run_task(task: &Task, progress: Progress<'_>) -> Result<TaskResult, JobError> {
     let result = match &task.work {
+        Some(task::Work::MergeShard(shard)) if shard.write => {
+            task_result::Result::MergeShard(merge_shard::run_write(shard, progress).await?)
+        }
         Some(task::Work::MergeShard(shard)) => {
-            task_result::Result::MergeShard(merge_shard::run(shard, progress).await?)
+            task_result::Result::MergeStats(merge_shard::run_stats(shard, progress).await?)
         }
         None => {
             return Err(JobError::InvalidTask(format!(

@@ -26,6 +26,7 @@ pub mod reference;
 pub mod task_arithmetic;
 pub mod ties;
 pub mod validate;
+pub mod wire;
 
 #[cfg(test)]
 mod fixture_tests;
