@@ -3,4 +3,6 @@
 //! planning (safetensors headers) and local commands (`example-models`, `validate`).
 
 pub mod io;
+pub mod model;
 pub mod rng;
+pub mod sample;
