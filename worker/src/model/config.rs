@@ -321,8 +321,8 @@ impl ModelConfig {
             rope_scaling,
             max_position_embeddings: get_usize(obj, url, "max_position_embeddings")?
                 .unwrap_or(2048),
-            tie_word_embeddings: get_bool(obj, url, "tie_word_embeddings")?
-                .unwrap_or(model_type != ModelType::Llama),
+            // transformers' Llama, Mistral and Qwen2 configs all default to untied.
+            tie_word_embeddings: get_bool(obj, url, "tie_word_embeddings")?.unwrap_or(false),
             qkv_bias,
             o_bias,
             mlp_bias,

@@ -205,6 +205,17 @@ impl Model {
         Model::new(self.config.clone(), tensors, false)
     }
 
+    /// A view of the same weights without gradient tracking (no copy: a trainable model's
+    /// later updates show through). Samplers run on this so no graph is recorded.
+    pub fn detached(&self) -> Result<Model> {
+        let tensors = self
+            .tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.detach()))
+            .collect();
+        Model::new(self.config.clone(), tensors, false)
+    }
+
     /// A trainable copy (fresh `Var`s) of this model.
     pub fn trainable_copy(&self) -> Result<Model> {
         Model::new(self.config.clone(), self.tensors.clone(), true)

@@ -182,6 +182,13 @@ fn run(
             *slot = true;
         }
     }
+    // Sampling records no graph, even for a trainable policy.
+    let policy = &policy.detached()?;
+    let reference = match reference {
+        Some((m, beta)) => Some((m.detached()?, beta)),
+        None => None,
+    };
+    let reference = reference.as_ref().map(|(m, beta)| (m, *beta));
     let (ids, valid) = left_pad(prompts);
     let mut cache = KvCache::new();
     let mut ref_cache = KvCache::new();

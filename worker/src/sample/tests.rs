@@ -166,8 +166,15 @@ fn kv_cached_logprobs_equal_recomputing_the_prefix() {
     let sr = score_completions(&reference, &prompts(), &gen.tokens).unwrap();
     assert!(max_diff(&sp, &gen.logprobs) < 1e-5);
     assert!(max_diff(&sr, gen.ref_logprobs.as_ref().unwrap()) < 1e-5);
-    let plain = generate(&policy, &prompts(), &keys(4), &config(10)).unwrap();
-    let s = score_completions(&policy, &prompts(), &plain.tokens).unwrap();
+    // a trainable policy samples the same tokens, and its graph-connected scores agree
+    let trainable = policy.trainable_copy().unwrap();
+    let plain = generate(&trainable, &prompts(), &keys(4), &config(10)).unwrap();
+    assert_eq!(
+        plain,
+        generate(&policy, &prompts(), &keys(4), &config(10)).unwrap()
+    );
+    let s = score_completions(&trainable, &prompts(), &plain.tokens).unwrap();
+    assert!(s.logprobs.sum_all().unwrap().backward().is_ok());
     assert!(max_diff(&s, &plain.logprobs) < 1e-5);
     let mask = s.mask.to_vec2::<f32>().unwrap();
     for (m, t) in mask.iter().zip(&plain.tokens) {
