@@ -209,3 +209,92 @@ async fn loader_errors_name_the_tensor_and_the_key() {
         .await
         .contains("tensor `lm_head.weight` is missing"));
 }
+
+#[tokio::test]
+async fn loads_sharded_bf16_directories() {
+    use candle_core::DType;
+    use mirrorplay_worker::io::dtype::encode_f32;
+    use mirrorplay_worker::io::safetensors::{pt_metadata, TensorLayout};
+    use mirrorplay_worker::io::writer::write_safetensors;
+    use mirrorplay_worker::io::{Dtype, Location};
+    use mirrorplay_worker::model::Model;
+
+    let src = Pretrained::load(fixture("qwen2_bias").to_str().unwrap(), false, &Device::Cpu)
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = Location::parse(tmp.path().to_str().unwrap()).unwrap();
+    let names: Vec<&String> = src.model.tensors().keys().collect();
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in [first, second].iter().enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i + 1);
+        let mut tensors = Vec::new();
+        for name in part.iter() {
+            let t = &src.model.tensors()[*name];
+            let mut bytes = Vec::new();
+            encode_f32(
+                Dtype::BF16,
+                &t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                &mut bytes,
+            );
+            let shape = t.dims().iter().map(|&d| d as u64).collect();
+            tensors.push((
+                TensorLayout {
+                    name: name.to_string(),
+                    dtype: Dtype::BF16,
+                    shape,
+                },
+                bytes,
+            ));
+            weight_map.insert(name.to_string(), Value::String(file.clone()));
+        }
+        write_safetensors(&dir.join(&file), &tensors, &pt_metadata())
+            .await
+            .unwrap();
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    dir.join("model.safetensors.index.json")
+        .put(index.to_string().into_bytes())
+        .await
+        .unwrap();
+    std::fs::copy(
+        fixture("qwen2_bias").join("config.json"),
+        tmp.path().join("config.json"),
+    )
+    .unwrap();
+    let sharded = Pretrained::load(tmp.path().to_str().unwrap(), false, &Device::Cpu)
+        .await
+        .unwrap();
+    // the same weights rounded to bf16 in memory give bit-identical logits
+    let rounded = src
+        .model
+        .tensors()
+        .iter()
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                t.to_dtype(DType::BF16)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let rounded = Model::new(src.model.config().clone(), rounded, false).unwrap();
+    let ids = vec![vec![1, 5, 9, 13]];
+    let valid = vec![vec![true; 4]];
+    assert_eq!(
+        sharded
+            .model
+            .logits(&ids, &valid)
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap(),
+        rounded
+            .logits(&ids, &valid)
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap()
+    );
+}
