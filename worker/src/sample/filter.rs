@@ -49,9 +49,18 @@ pub fn mixed_logits(policy: &[f32], reference: &[f32], mixture_coef: f64) -> Vec
     if mixture_coef == 1.0 {
         return reference.iter().map(|&x| x as f64).collect();
     }
-    let (lp, lr) = (log_softmax_row(policy), log_softmax_row(reference));
-    lp.iter()
-        .zip(&lr)
+    mix_logprobs(
+        &log_softmax_row(policy),
+        &log_softmax_row(reference),
+        mixture_coef,
+    )
+}
+
+/// (1 − β)·lp + β·lr for log-softmaxed rows (the general case of [`mixed_logits`]).
+pub fn mix_logprobs(policy_logprobs: &[f64], ref_logprobs: &[f64], mixture_coef: f64) -> Vec<f64> {
+    policy_logprobs
+        .iter()
+        .zip(ref_logprobs)
         .map(|(p, r)| (1.0 - mixture_coef) * p + mixture_coef * r)
         .collect()
 }

@@ -9,7 +9,7 @@
 use candle_core::{DType, Tensor};
 
 use super::filter::{
-    apply_mask, draw, log_softmax_row, mixed_logits, token_distribution, SamplingParams,
+    apply_mask, draw, log_softmax_row, mix_logprobs, token_distribution, SamplingParams,
 };
 use crate::model::{KvCache, Model, ModelError, Result};
 use crate::rng::{Purpose, Stream, StreamKey};
@@ -205,8 +205,12 @@ fn run(
         for (i, &row) in active.iter().enumerate() {
             let lp = log_softmax_row(&logits[i]);
             let lr = ref_logits.as_ref().map(|r| log_softmax_row(&r[i]));
-            let mut mixed = match (reference, &ref_logits) {
-                (Some((_, beta)), Some(r)) => mixed_logits(&logits[i], &r[i], beta),
+            // ALGORITHMS.md §1, as `filter::mixed_logits`, reusing the rows' log-softmaxes.
+            let mut mixed = match (reference, &ref_logits, &lr) {
+                (Some((_, beta)), Some(r), _) if beta == 1.0 => {
+                    r[i].iter().map(|&x| x as f64).collect()
+                }
+                (Some((_, beta)), _, Some(lr)) if beta > 0.0 => mix_logprobs(&lp, lr, beta),
                 _ => logits[i].iter().map(|&x| x as f64).collect(),
             };
             apply_mask(

@@ -15,4 +15,4 @@ mod tests;
 
 pub use filter::{mixed_logits, token_distribution, SamplingParams};
 pub use generate::{generate, generate_mixture, GenerateConfig, Generation, RowKey};
-pub use score::{score_completions, Scored};
+pub use score::{classify_completions, score_completions, Scored};

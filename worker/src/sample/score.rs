@@ -75,3 +75,32 @@ pub fn score_completions(
     let logprobs = (logp * &mask)?;
     Ok(Scored { logprobs, mask })
 }
+
+/// Sequence-classification outputs [b, num_labels] of prompt + completion pairs (reward models,
+/// ALGORITHMS.md §2: the scalar head read at the final token), batched with left padding.
+/// Graph-connected for a trainable model (Bradley–Terry training).
+pub fn classify_completions(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    completions: &[Vec<u32>],
+) -> Result<Tensor> {
+    if completions.len() != prompts.len() {
+        return Err(ModelError::Input(format!(
+            "{} prompts and {} completions",
+            prompts.len(),
+            completions.len()
+        )));
+    }
+    let joined: Vec<Vec<u32>> = prompts
+        .iter()
+        .zip(completions)
+        .map(|(p, c)| p.iter().chain(c).copied().collect())
+        .collect();
+    if let Some(r) = joined.iter().position(Vec::is_empty) {
+        return Err(ModelError::Input(format!(
+            "row {r} has neither prompt nor completion tokens"
+        )));
+    }
+    let (ids, valid) = left_pad(&joined);
+    model.classify(&ids, &valid)
+}

@@ -267,3 +267,18 @@ fn masks_stopping_and_greedy() {
         }
     }
 }
+
+#[test]
+fn classify_completions_reads_the_last_token_of_each_pair() {
+    let config = ModelConfig::tiny_with(VOCAB, 16, 1, 2, 1, 16).with_classification_head(1);
+    let rm = crate::model::init_random(&config, 3, false, &Device::Cpu).unwrap();
+    let batched =
+        classify_completions(&rm, &[vec![1, 5], vec![1, 6, 7]], &[vec![8, 2], vec![]]).unwrap();
+    let alone = rm.classify(&[vec![1, 5, 8, 2]], &[vec![true; 4]]).unwrap();
+    let (a, b) = (
+        batched.to_vec2::<f32>().unwrap(),
+        alone.to_vec2::<f32>().unwrap(),
+    );
+    assert!((a[0][0] - b[0][0]).abs() < 1e-6);
+    assert_eq!(a.len(), 2);
+}
