@@ -206,11 +206,9 @@ fn run(
             let lp = log_softmax_row(&logits[i]);
             let lr = ref_logits.as_ref().map(|r| log_softmax_row(&r[i]));
             // ALGORITHMS.md §1, as `filter::mixed_logits`, reusing the rows' log-softmaxes.
-            let mut mixed = match (reference, &ref_logits, &lr) {
-                (Some((_, beta)), Some(r), _) if beta == 1.0 => {
-                    r[i].iter().map(|&x| x as f64).collect()
-                }
-                (Some((_, beta)), _, Some(lr)) if beta > 0.0 => mix_logprobs(&lp, lr, beta),
+            let mut mixed = match (reference.map(|(_, beta)| beta), &ref_logits, &lr) {
+                (Some(beta), Some(r), _) if beta >= 1.0 => r[i].iter().map(|&x| x as f64).collect(),
+                (Some(beta), _, Some(lr)) if beta > 0.0 => mix_logprobs(&lp, lr, beta),
                 _ => logits[i].iter().map(|&x| x as f64).collect(),
             };
             apply_mask(

@@ -114,7 +114,7 @@ fn one_step_mixture_distribution_is_the_normalised_geometric_mixture() {
     let n = 4000;
     let many = vec![prompt[0].clone(); n];
     let gen = generate_mixture(&policy, &reference, beta, &many, &keys(n), &config(1)).unwrap();
-    let mut counts = vec![0usize; VOCAB];
+    let mut counts = [0usize; VOCAB];
     gen.tokens.iter().for_each(|t| counts[t[0] as usize] += 1);
     for (v, (&c, &p)) in counts.iter().zip(&expected).enumerate() {
         let f = c as f64 / n as f64;
