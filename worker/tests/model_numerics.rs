@@ -89,6 +89,7 @@ async fn logits_match_transformers() {
                 }
             }
         }
+        eprintln!("{name}: max |logit − transformers| = {worst:.2e}");
         assert!(worst < 1e-4, "{name}: max |logit − transformers| = {worst}");
         if let Some(dir) = &save_to {
             p.save(&format!("{dir}/{name}")).await.unwrap();
