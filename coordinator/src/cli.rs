@@ -107,7 +107,7 @@ pub enum Command {
         #[arg(long)]
         state: Option<String>,
     },
-    /// Write the example models (base, task-a, task-b) into DIR.
+    /// Write the example models (base, task-a, task-b, task-c) into DIR.
     ExampleModels {
         dir: PathBuf,
         /// Instead, write large random models for benchmarks: bytes per model (e.g. 1GiB).

@@ -174,7 +174,7 @@ fn example_models_regenerate_byte_identically() {
     let tmp = tempfile::tempdir().unwrap();
     let o = run(&["example-models", tmp.path().to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    for model in ["base", "task-a", "task-b"] {
+    for model in ["base", "task-a", "task-b", "task-c"] {
         let committed = files_of(&examples().join(model));
         let fresh = files_of(&tmp.path().join(model));
         assert_eq!(
@@ -237,5 +237,40 @@ fn bad_configs_fail_before_anything_runs_naming_file_line_and_key() {
             }
             assert!(!output.exists(), "{command} {rel} wrote its output");
         }
+    }
+}
+
+#[test]
+fn every_merge_config_in_configs_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut configs: Vec<_> = std::fs::read_dir(repo_root().join("configs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("merge-")
+        })
+        .collect();
+    configs.sort();
+    assert!(configs.len() >= 4, "{configs:?}");
+    for config in configs {
+        let name = config.file_stem().unwrap().to_string_lossy().to_string();
+        let out = tmp.path().join(&name);
+        let rel = format!("configs/{name}.toml");
+        let o = run(&[
+            "local",
+            &rel,
+            "--workers",
+            "2",
+            "--set",
+            &format!("job.output={}", out.display()),
+        ]);
+        assert!(o.status.success(), "{rel}: {}", stderr(&o));
+        assert!(
+            out.join("model/model.safetensors.index.json").exists(),
+            "{rel}"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Example and benchmark models, generated deterministically from code.
 //!
 //! `write_example_models` writes the small f32 models committed under `examples/` (a tiny
-//! Llama-shaped `base` and two fine-tunes `task-a`, `task-b`), byte-identical on every run.
+//! Llama-shaped `base` and three fine-tunes `task-a`, `task-b`, `task-c`), byte-identical on every run.
 //! `write_random_models` writes large models of a requested size for benchmarks, streaming so
 //! memory stays bounded.
 
@@ -169,7 +169,7 @@ async fn write_json(loc: &Location, value: &serde_json::Value) -> Result<()> {
     loc.put(text.into_bytes()).await
 }
 
-/// Writes `base`, `task-a` and `task-b` under `dir` (created if missing).
+/// Writes `base`, `task-a`, `task-b` and `task-c` under `dir` (created if missing).
 pub async fn write_example_models(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| IoError::Fs {
         path: dir.display().to_string(),
@@ -177,7 +177,7 @@ pub async fn write_example_models(dir: &Path) -> Result<()> {
     })?;
     let root = Location::parse(&dir.to_string_lossy())?;
     let layout = example_layout();
-    for (model_index, name) in ["base", "task-a", "task-b"].iter().enumerate() {
+    for (model_index, name) in ["base", "task-a", "task-b", "task-c"].iter().enumerate() {
         let out = root.join(name);
         let mut tensors = Vec::new();
         for (t, l) in layout.iter().enumerate() {
