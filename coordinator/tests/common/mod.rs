@@ -18,11 +18,15 @@ pub fn mirrorplay() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_mirrorplay"))
 }
 
-/// The worker binary next to `mirrorplay`, built if needed (cargo builds only this package's
-/// binaries for its tests).
+/// The worker binary next to `mirrorplay`. `cargo test --workspace` builds it with everything
+/// else; when only this package's tests are built it may be missing, and is built here.
 pub fn worker_bin() -> PathBuf {
+    let bin = mirrorplay().parent().unwrap().join("mirrorplay-worker");
     static BUILD: std::sync::Once = std::sync::Once::new();
     BUILD.call_once(|| {
+        if bin.is_file() {
+            return;
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args([
@@ -37,7 +41,7 @@ pub fn worker_bin() -> PathBuf {
             .expect("run cargo build");
         assert!(status.success(), "building mirrorplay-worker failed");
     });
-    mirrorplay().parent().unwrap().join("mirrorplay-worker")
+    bin
 }
 
 /// Runs `mirrorplay ARGS` in the repository root.
