@@ -5,8 +5,10 @@
 pub mod io;
 pub mod jobs;
 pub mod logging;
+pub mod model;
 pub mod objectives;
 pub mod optim;
 pub mod rng;
 pub mod runtime;
+pub mod sample;
 pub mod tasks;

@@ -1,0 +1,398 @@
+//! The Llama-family decoder (Touvron et al. 2023, "Llama 2", §2.1: pre-norm RMSNorm, SwiGLU,
+//! RoPE, grouped-query attention — Ainslie et al. 2023): embedding → N × [x + attn(norm(x)),
+//! x + mlp(norm(x))] → norm → LM head (tied or untied) or sequence-classification `score` head.
+//!
+//! Weights are held as `Var`s for a trainable model and as plain `Tensor`s for a frozen one
+//! (reference, reward models at scoring time); both run the same train-safe composed ops of
+//! `ops`. Inputs are rows of token ids with a validity mask (false = padding); a row's RoPE
+//! positions count only its valid tokens, so results do not depend on padding or on which rows
+//! share a batch. Must not sample, load or save (see `sample`, `model::hf`).
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor, Var, D};
+
+use super::cache::KvCache;
+use super::config::{Head, ModelConfig};
+use super::error::{ModelError, Result};
+use super::{ops, rope};
+
+struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        ops::linear(x, &self.weight, self.bias.as_ref())
+    }
+}
+
+struct Layer {
+    input_norm: Tensor,
+    post_attention_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// A Llama-family model with its weights.
+pub struct Model {
+    config: ModelConfig,
+    tensors: BTreeMap<String, Tensor>,
+    vars: Option<BTreeMap<String, Var>>,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    /// [vocab, hidden] (the embedding when tied) or `score.weight` [num_labels, hidden].
+    head: Tensor,
+    inv_freq: Vec<f64>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("model_type", &self.config.model_type)
+            .field("head", &self.config.head)
+            .field("num_parameters", &self.config.num_parameters())
+            .field("trainable", &self.vars.is_some())
+            .finish()
+    }
+}
+
+/// Where weights came from, for error messages.
+const IN_MEMORY: &str = "<in-memory weights>";
+
+impl Model {
+    /// Builds a model from named tensors (HF names). Every tensor of `config.tensor_shapes()`
+    /// must be present with its shape; extra tensors are an error, except `lm_head.weight` of a
+    /// tied model and rotary buffers, which are dropped. `trainable` turns the weights into
+    /// `Var`s (copies); otherwise they are used as given (detached).
+    pub fn new(
+        config: ModelConfig,
+        mut tensors: BTreeMap<String, Tensor>,
+        trainable: bool,
+    ) -> Result<Self> {
+        Self::check(&config, &mut tensors, IN_MEMORY)?;
+        let (tensors, vars) = if trainable {
+            let mut vars = BTreeMap::new();
+            let mut ts = BTreeMap::new();
+            for (name, t) in tensors {
+                let var = Var::from_tensor(&t.detach())?;
+                ts.insert(name.clone(), var.as_tensor().clone());
+                vars.insert(name, var);
+            }
+            (ts, Some(vars))
+        } else {
+            (
+                tensors.into_iter().map(|(n, t)| (n, t.detach())).collect(),
+                None,
+            )
+        };
+        let get = |name: &str| tensors[name].clone();
+        let lin = |prefix: &str, bias: bool| Linear {
+            weight: get(&format!("{prefix}.weight")),
+            bias: bias.then(|| get(&format!("{prefix}.bias"))),
+        };
+        let layers = (0..config.num_hidden_layers)
+            .map(|l| {
+                let p = format!("model.layers.{l}");
+                Layer {
+                    input_norm: get(&format!("{p}.input_layernorm.weight")),
+                    post_attention_norm: get(&format!("{p}.post_attention_layernorm.weight")),
+                    q: lin(&format!("{p}.self_attn.q_proj"), config.qkv_bias),
+                    k: lin(&format!("{p}.self_attn.k_proj"), config.qkv_bias),
+                    v: lin(&format!("{p}.self_attn.v_proj"), config.qkv_bias),
+                    o: lin(&format!("{p}.self_attn.o_proj"), config.o_bias),
+                    gate: lin(&format!("{p}.mlp.gate_proj"), config.mlp_bias),
+                    up: lin(&format!("{p}.mlp.up_proj"), config.mlp_bias),
+                    down: lin(&format!("{p}.mlp.down_proj"), config.mlp_bias),
+                }
+            })
+            .collect();
+        let head = match config.head {
+            Head::CausalLm if config.tie_word_embeddings => get("model.embed_tokens.weight"),
+            Head::CausalLm => get("lm_head.weight"),
+            Head::SequenceClassification { .. } => get("score.weight"),
+        };
+        Ok(Model {
+            inv_freq: rope::inv_freq(&config),
+            embed: get("model.embed_tokens.weight"),
+            norm: get("model.norm.weight"),
+            layers,
+            head,
+            tensors,
+            vars,
+            config,
+        })
+    }
+
+    /// Checks names and shapes against the config; `source` names the weights in errors.
+    pub(crate) fn check(
+        config: &ModelConfig,
+        tensors: &mut BTreeMap<String, Tensor>,
+        source: &str,
+    ) -> Result<()> {
+        let expected = config.tensor_shapes();
+        for (name, shape) in &expected {
+            let t = tensors.get(name).ok_or_else(|| ModelError::MissingTensor {
+                url: source.into(),
+                name: name.clone(),
+            })?;
+            if t.dims() != shape.as_slice() {
+                return Err(ModelError::Shape {
+                    url: source.into(),
+                    name: name.clone(),
+                    expected: shape.clone(),
+                    found: t.dims().to_vec(),
+                });
+            }
+        }
+        let wanted: std::collections::BTreeSet<&str> =
+            expected.iter().map(|(n, _)| n.as_str()).collect();
+        let extra: Vec<String> = tensors
+            .keys()
+            .filter(|n| !wanted.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in extra {
+            let droppable = name.ends_with("rotary_emb.inv_freq")
+                || (name == "lm_head.weight" && config.tie_word_embeddings);
+            if !droppable {
+                return Err(ModelError::Input(format!(
+                    "{source}: unexpected tensor `{name}` for this config (check attention_bias / mlp_bias / tie_word_embeddings / architectures)"
+                )));
+            }
+            tensors.remove(&name);
+        }
+        Ok(())
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embed.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.embed.dtype()
+    }
+
+    /// All weights by HF name (sorted). For a trainable model these are the `Var`s' tensors.
+    pub fn tensors(&self) -> &BTreeMap<String, Tensor> {
+        &self.tensors
+    }
+
+    /// The trainable parameters by HF name (sorted: the fixed order collectives use), or None
+    /// for a frozen model.
+    pub fn vars(&self) -> Option<&BTreeMap<String, Var>> {
+        self.vars.as_ref()
+    }
+
+    /// A frozen deep copy (plain tensors): the reference policy at the start of training.
+    pub fn frozen_copy(&self) -> Result<Model> {
+        let tensors = self
+            .tensors
+            .iter()
+            .map(|(n, t)| Ok((n.clone(), t.detach().copy()?)))
+            .collect::<Result<_>>()?;
+        Model::new(self.config.clone(), tensors, false)
+    }
+
+    /// A view of the same weights without gradient tracking (no copy: a trainable model's
+    /// later updates show through). Samplers run on this so no graph is recorded.
+    pub fn detached(&self) -> Result<Model> {
+        let tensors = self
+            .tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.detach()))
+            .collect();
+        Model::new(self.config.clone(), tensors, false)
+    }
+
+    /// A trainable copy (fresh `Var`s) of this model.
+    pub fn trainable_copy(&self) -> Result<Model> {
+        Model::new(self.config.clone(), self.tensors.clone(), true)
+    }
+
+    /// The same model with weights converted to `dtype` (e.g. F64 for gradient checks) and
+    /// put on `device`; trainable if this one is.
+    pub fn to(&self, dtype: DType, device: &Device) -> Result<Model> {
+        let tensors = self
+            .tensors
+            .iter()
+            .map(|(n, t)| Ok((n.clone(), t.detach().to_device(device)?.to_dtype(dtype)?)))
+            .collect::<Result<_>>()?;
+        Model::new(self.config.clone(), tensors, self.vars.is_some())
+    }
+
+    /// Runs the decoder on `ids` (b rows of t tokens; `valid[r][i] == false` marks padding),
+    /// appending to `cache`, and returns the final-norm hidden states [b, t, hidden].
+    /// Attention is causal over the cache plus the new tokens and never looks at padding.
+    pub fn forward_hidden(
+        &self,
+        ids: &[Vec<u32>],
+        valid: &[Vec<bool>],
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let (b, t) = check_rect(ids, valid)?;
+        if let Some(&bad) = ids
+            .iter()
+            .flatten()
+            .find(|&&id| id as usize >= self.config.vocab_size)
+        {
+            return Err(ModelError::Input(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.config.vocab_size
+            )));
+        }
+        cache.ensure(b, self.config.num_hidden_layers)?;
+        let positions = cache.advance(valid);
+        if let Some(w) = self.config.sliding_window {
+            if positions.iter().flatten().any(|&p| p as usize >= w) {
+                return Err(ModelError::Input(format!("position beyond sliding_window = {w}: sliding-window attention is not implemented")));
+            }
+        }
+        let (dev, dtype) = (self.device().clone(), self.dtype());
+        let (cos, sin) = rope::cos_sin(&self.inv_freq, &positions, dtype, &dev)?;
+        let mask = cache.attention_mask(t, dtype, &dev)?; // [b, 1, 1, t, s]
+        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+        let mut x = self
+            .embed
+            .index_select(&Tensor::from_vec(flat, b * t, &dev)?, 0)?
+            .reshape((b, t, self.config.hidden_size))?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = ops::rms_norm(&x, &layer.input_norm, self.config.rms_norm_eps)?;
+            let att = self.attention(layer, &h, &cos, &sin, &mask, cache, l)?;
+            x = (x + att)?;
+            let h = ops::rms_norm(&x, &layer.post_attention_norm, self.config.rms_norm_eps)?;
+            let mlp = layer.down.forward(&ops::swiglu(
+                &layer.gate.forward(&h)?,
+                &layer.up.forward(&h)?,
+            )?)?;
+            x = (x + mlp)?;
+        }
+        Ok(ops::rms_norm(&x, &self.norm, self.config.rms_norm_eps)?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        layer: &Layer,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        cache: &mut KvCache,
+        l: usize,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, t, _) = h.dims3()?;
+        let (nh, kvh, d, g) = (
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim,
+            c.group_size(),
+        );
+        let heads = |x: Tensor, n: usize| x.reshape((b, t, n, d))?.transpose(1, 2);
+        let q = ops::rope(&heads(layer.q.forward(h)?, nh)?, cos, sin)?;
+        let k = ops::rope(&heads(layer.k.forward(h)?, kvh)?, cos, sin)?;
+        let v = heads(layer.v.forward(h)?, kvh)?.contiguous()?;
+        let (k, v) = cache.append(l, k.contiguous()?, v)?; // [b, kvh, s, d]
+        let s = k.dim(2)?;
+        // Query heads sharing a KV head are stacked along the rows: [b, kvh, g·t, d].
+        let q = (q.contiguous()?.reshape((b, kvh, g * t, d))? * (1.0 / (d as f64).sqrt()))?;
+        let scores = q
+            .matmul(&k.transpose(2, 3)?.contiguous()?)?
+            .reshape((b, kvh, g, t, s))?;
+        let probs = ops::softmax(&scores.broadcast_add(mask)?)?.reshape((b, kvh, g * t, s))?;
+        let out = probs
+            .matmul(&v)?
+            .reshape((b, nh, t, d))?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * d))?;
+        Ok(layer.o.forward(&out)?)
+    }
+
+    /// LM-head logits [.., vocab] of hidden states [.., hidden]. Errors for a classifier.
+    pub fn lm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        match self.config.head {
+            Head::CausalLm => Ok(ops::linear(hidden, &self.head, None)?),
+            Head::SequenceClassification { .. } => Err(ModelError::Input(
+                "lm_logits called on a sequence-classification model".into(),
+            )),
+        }
+    }
+
+    /// Logits [b, t, vocab] of a whole batch without a cache (convenience for tests/scoring).
+    pub fn logits(&self, ids: &[Vec<u32>], valid: &[Vec<bool>]) -> Result<Tensor> {
+        let hidden = self.forward_hidden(ids, valid, &mut KvCache::new())?;
+        self.lm_logits(&hidden)
+    }
+
+    /// Sequence-classification scores [b, num_labels], read at each row's last valid token
+    /// (transformers' `*ForSequenceClassification` pooling). Errors for a causal LM.
+    pub fn classify(&self, ids: &[Vec<u32>], valid: &[Vec<bool>]) -> Result<Tensor> {
+        if self.config.head == Head::CausalLm {
+            return Err(ModelError::Input(
+                "classify called on a causal LM (no `score` head)".into(),
+            ));
+        }
+        let hidden = self.forward_hidden(ids, valid, &mut KvCache::new())?;
+        let (b, t, hs) = hidden.dims3()?;
+        let mut last = Vec::with_capacity(b);
+        for (r, row) in valid.iter().enumerate() {
+            let i = row
+                .iter()
+                .rposition(|&v| v)
+                .ok_or_else(|| ModelError::Input(format!("row {r} has no valid token")))?;
+            last.push((r * t + i) as u32);
+        }
+        let pooled = hidden
+            .reshape((b * t, hs))?
+            .index_select(&Tensor::new(last, hidden.device())?, 0)?;
+        Ok(ops::linear(&pooled, &self.head, None)?)
+    }
+}
+
+/// Checks that ids and valid are rectangular and agree; returns (b, t).
+fn check_rect(ids: &[Vec<u32>], valid: &[Vec<bool>]) -> Result<(usize, usize)> {
+    let b = ids.len();
+    let t = ids.first().map_or(0, Vec::len);
+    if b == 0 || t == 0 {
+        return Err(ModelError::Input("empty batch".into()));
+    }
+    if valid.len() != b
+        || ids
+            .iter()
+            .zip(valid)
+            .any(|(i, v)| i.len() != t || v.len() != t)
+    {
+        return Err(ModelError::Input(format!(
+            "ids and valid must both be {b} rows of {t} tokens"
+        )));
+    }
+    Ok((b, t))
+}
+
+/// Log-softmax of logits along the last dimension (re-exported for samplers and losses).
+pub fn log_softmax(logits: &Tensor) -> Result<Tensor> {
+    Ok(ops::log_softmax(logits)?)
+}
+
+/// Picks `logp[.., i, ids[i]]` along the last dimension: [b, t, v] × [b, t] → [b, t].
+pub fn gather_last(logp: &Tensor, ids: &[Vec<u32>]) -> Result<Tensor> {
+    let (b, t, _) = logp.dims3()?;
+    let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+    let idx = Tensor::from_vec(flat, (b, t, 1), logp.device())?;
+    Ok(logp
+        .contiguous()?
+        .gather(&idx, D::Minus1)?
+        .squeeze(D::Minus1)?)
+}

@@ -1,0 +1,258 @@
+//! Hugging Face directories in and out, through `crate::io` (paths or object-store URLs):
+//! `config.json`, `model.safetensors` or a sharded index (F32/F16/BF16, computed in f32),
+//! `tokenizer.json`, and generation settings (EOS ids). Saving writes a directory transformers
+//! loads with `from_pretrained(dir)`: config.json, one f32 `model.safetensors` with
+//! `__metadata__ {"format": "pt"}` (streamed, tensors in name order, tied `lm_head` omitted as
+//! transformers does), and the tokenizer/generation files copied byte for byte.
+//! Must not interpret tokens or run models.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use candle_core::{DType, Device, Tensor};
+use futures::{StreamExt, TryStreamExt};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::config::{token_ids, ModelConfig};
+use super::decoder::Model;
+use super::error::{ModelError, Result};
+use super::tokenizer::Tokenizer;
+use crate::io::dtype::{decode_f32, encode_f32};
+use crate::io::hf::{open_model, read_json, SINGLE_FILE};
+use crate::io::safetensors::{pt_metadata, TensorLayout};
+use crate::io::writer::SafetensorsWriter;
+use crate::io::{Dtype, Location};
+
+/// Non-weight files of a model directory that are carried from load to save.
+pub const AUX_FILES: [&str; 9] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+];
+
+/// A loaded model directory: the model, its tokenizer, its generation ids and the auxiliary
+/// files written back on save.
+#[derive(Debug)]
+pub struct Pretrained {
+    pub model: Model,
+    pub tokenizer: Option<Tokenizer>,
+    /// From generation_config.json when present, else config.json's `eos_token_id`.
+    pub eos_token_ids: Vec<u32>,
+    /// config.json's `pad_token_id`, else the tokenizer's `pad_token`, else None.
+    pub pad_token_id: Option<u32>,
+    /// File name → bytes, written verbatim by [`save_model`].
+    pub aux_files: BTreeMap<String, Bytes>,
+}
+
+/// One object written by [`save_model`] (for checkpoint manifests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedObject {
+    /// Relative to the saved directory.
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl Pretrained {
+    /// Loads a model directory (or a single `.safetensors` file with config.json beside it)
+    /// from a path or URL, as f32 on `device`; `trainable` gives `Var` weights.
+    pub async fn load(location: &str, trainable: bool, device: &Device) -> Result<Self> {
+        let files = open_model(location).await?;
+        let config_loc = files.root.join("config.json");
+        let config = ModelConfig::from_json(&read_json(&config_loc).await?, config_loc.url())?;
+        let mut aux_files = BTreeMap::new();
+        for name in AUX_FILES {
+            if files.extras.iter().any(|e| e == name) {
+                aux_files.insert(name.to_string(), files.root.join(name).read().await?);
+            }
+        }
+        let root_url = files.root.url().to_string();
+        let shapes: BTreeMap<String, Vec<usize>> = config.tensor_shapes().into_iter().collect();
+        let mut wanted: Vec<String> = files.tensors.keys().cloned().collect();
+        for name in shapes.keys() {
+            if !files.tensors.contains_key(name) {
+                return Err(ModelError::MissingTensor {
+                    url: root_url,
+                    name: name.clone(),
+                });
+            }
+        }
+        // Only tensors the model uses are read (a tied lm_head copy or rotary buffers are not).
+        wanted.retain(|n| {
+            shapes.contains_key(n) || !(n.ends_with("rotary_emb.inv_freq") || n == "lm_head.weight")
+        });
+        let reads = wanted.iter().map(|name| {
+            let entry = &files.tensors[name];
+            let loc = files.file_of(entry).clone();
+            let (name, info) = (name.clone(), entry.info.clone());
+            let device = device.clone();
+            async move {
+                let shape: Vec<usize> = info.shape.iter().map(|&d| d as usize).collect();
+                if !info.dtype.is_float() {
+                    return Err(ModelError::Dtype {
+                        url: loc.url().into(),
+                        name,
+                        found: info.dtype.to_string(),
+                    });
+                }
+                let bytes = loc.read_range(info.start..info.start + info.len).await?;
+                let mut values = Vec::with_capacity(info.numel() as usize);
+                decode_f32(info.dtype, &bytes, &mut values);
+                let t = Tensor::from_vec(values, shape, &device)?;
+                Ok::<_, ModelError>((name, t))
+            }
+        });
+        let mut tensors: BTreeMap<String, Tensor> = futures::stream::iter(reads)
+            .buffered(8)
+            .try_collect()
+            .await?;
+        Model::check(&config, &mut tensors, &root_url)?;
+        let tokenizer = match aux_files.get("tokenizer.json") {
+            Some(bytes) => {
+                let tc = match aux_files.get("tokenizer_config.json") {
+                    Some(b) => serde_json::from_slice(b).map_err(|e| crate::io::IoError::Json {
+                        url: files.root.join("tokenizer_config.json").url().into(),
+                        source: e,
+                    })?,
+                    None => Value::Null,
+                };
+                Some(Tokenizer::from_bytes(
+                    bytes,
+                    tc,
+                    files.root.join("tokenizer.json").url(),
+                )?)
+            }
+            None => None,
+        };
+        let mut eos_token_ids = config.eos_token_ids.clone();
+        if let Some(bytes) = aux_files.get("generation_config.json") {
+            let url = files.root.join("generation_config.json").url().to_string();
+            let gen: Value =
+                serde_json::from_slice(bytes).map_err(|e| crate::io::IoError::Json {
+                    url: url.clone(),
+                    source: e,
+                })?;
+            if let Some(obj) = gen.as_object() {
+                let ids = token_ids(obj, &url, "eos_token_id")?;
+                if !ids.is_empty() {
+                    eos_token_ids = ids;
+                }
+            }
+        }
+        let pad_token_id = config
+            .pad_token_id
+            .or_else(|| tokenizer.as_ref().and_then(|t| t.special_id("pad_token")));
+        let model = Model::new(config, tensors, trainable)?;
+        Ok(Pretrained {
+            model,
+            tokenizer,
+            eos_token_ids,
+            pad_token_id,
+            aux_files,
+        })
+    }
+
+    /// Wraps a model built in code (e.g. `init_random` + `Tokenizer::tiny`); the tokenizer's
+    /// files become the auxiliary files.
+    pub fn from_parts(model: Model, tokenizer: Option<Tokenizer>) -> Result<Self> {
+        let mut aux_files = BTreeMap::new();
+        if let Some(t) = &tokenizer {
+            aux_files.insert(
+                "tokenizer.json".to_string(),
+                Bytes::from(t.to_json()?.into_bytes()),
+            );
+            if !t.config().is_null() {
+                aux_files.insert(
+                    "tokenizer_config.json".to_string(),
+                    Bytes::from(pretty(t.config())),
+                );
+            }
+        }
+        let c = model.config();
+        Ok(Pretrained {
+            eos_token_ids: c.eos_token_ids.clone(),
+            pad_token_id: c
+                .pad_token_id
+                .or_else(|| tokenizer.as_ref().and_then(|t| t.special_id("pad_token"))),
+            model,
+            tokenizer,
+            aux_files,
+        })
+    }
+
+    /// Saves to a directory (path or URL); see [`save_model`].
+    pub async fn save(&self, location: &str) -> Result<Vec<SavedObject>> {
+        save_model(&self.model, &self.aux_files, location).await
+    }
+}
+
+fn pretty(v: &Value) -> Vec<u8> {
+    let mut s = serde_json::to_string_pretty(v).expect("JSON value");
+    s.push('\n');
+    s.into_bytes()
+}
+
+/// Writes `model` (weights as f32) and `aux_files` as a Hugging Face directory at `location`;
+/// returns what was written with sizes and SHA-256 (weights last).
+pub async fn save_model(
+    model: &Model,
+    aux_files: &BTreeMap<String, Bytes>,
+    location: &str,
+) -> Result<Vec<SavedObject>> {
+    let dir = Location::parse(location)?;
+    let mut saved = Vec::new();
+    let mut put = |name: &str, bytes: Bytes| {
+        saved.push(SavedObject {
+            path: name.to_string(),
+            size: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+        });
+        (dir.join(name), bytes)
+    };
+    let mut writes = vec![put(
+        "config.json",
+        Bytes::from(pretty(&model.config().to_json())),
+    )];
+    for (name, bytes) in aux_files {
+        writes.push(put(name, bytes.clone()));
+    }
+    for (loc, bytes) in writes {
+        loc.put(bytes).await?;
+    }
+    let tensors: Vec<(&String, &Tensor)> = model.tensors().iter().collect();
+    let layout: Vec<TensorLayout> = tensors
+        .iter()
+        .map(|(n, t)| TensorLayout {
+            name: n.to_string(),
+            dtype: Dtype::F32,
+            shape: t.dims().iter().map(|&d| d as u64).collect(),
+        })
+        .collect();
+    let mut writer =
+        SafetensorsWriter::create(&dir.join(SINGLE_FILE), layout, &pt_metadata()).await?;
+    let mut bytes = Vec::new();
+    for (_, t) in tensors {
+        let values = t
+            .detach()
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        bytes.clear();
+        encode_f32(Dtype::F32, &values, &mut bytes);
+        writer.write(&bytes).await?;
+    }
+    let summary = writer.finish().await?;
+    saved.push(SavedObject {
+        path: SINGLE_FILE.to_string(),
+        size: summary.bytes,
+        sha256: summary.sha256,
+    });
+    Ok(saved)
+}

@@ -1,0 +1,28 @@
+//! The Llama-family causal LM (and its sequence-classification variant for reward models) that
+//! self-play, reward models and merging run on: config, train-safe ops, decoder, KV cache,
+//! tokenizer, random init, and Hugging Face directories in and out (through `crate::io`).
+//!
+//! Trainable models hold `candle_core::Var`s (name-sorted, see [`Model::vars`]); frozen ones
+//! plain tensors. Every op here has a backward pass. This module must not sample (see
+//! `crate::sample`), define losses or optimise.
+
+pub mod cache;
+pub mod config;
+pub mod decoder;
+pub mod error;
+pub mod hf;
+pub mod init;
+pub mod ops;
+pub mod rope;
+pub mod tokenizer;
+
+#[cfg(test)]
+mod tests;
+
+pub use cache::KvCache;
+pub use config::{Head, ModelConfig, ModelType, RopeScaling};
+pub use decoder::{gather_last, log_softmax, Model};
+pub use error::{ModelError, Result};
+pub use hf::{save_model, Pretrained, SavedObject};
+pub use init::{init_random, random_tensors, random_tensors_std};
+pub use tokenizer::Tokenizer;

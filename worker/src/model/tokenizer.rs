@@ -1,0 +1,139 @@
+//! Tokenizers: a Hugging Face `tokenizer.json` (through the `tokenizers` crate) or a tiny
+//! word-level vocabulary built from code for the synthetic tasks. Must not know about models.
+
+use serde_json::{json, Map, Value};
+
+use super::error::{ModelError, Result};
+
+/// Ids of the special tokens every tiny vocabulary starts with.
+pub const TINY_SPECIALS: [&str; 4] = ["<pad>", "<s>", "</s>", "<unk>"];
+pub const TINY_PAD: u32 = 0;
+pub const TINY_BOS: u32 = 1;
+pub const TINY_EOS: u32 = 2;
+
+/// A tokenizer plus the `tokenizer_config.json` written beside it.
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    config: Value,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokenizer(vocab {})", self.vocab_size())
+    }
+}
+
+fn tok_err(url: &str, e: impl std::fmt::Display) -> ModelError {
+    ModelError::Tokenizer {
+        url: url.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+impl Tokenizer {
+    /// Parses `tokenizer.json` bytes; `config` is `tokenizer_config.json` (or Null).
+    pub fn from_bytes(bytes: &[u8], config: Value, url: &str) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| tok_err(url, e))?;
+        Ok(Tokenizer { inner, config })
+    }
+
+    /// A word-level tokenizer: ids 0..4 are `<pad> <s> </s> <unk>`, then `symbols` in order;
+    /// text is split on whitespace. Fixed by its symbols alone (no randomness involved).
+    pub fn tiny(symbols: &[&str]) -> Result<Self> {
+        let mut vocab = Map::new();
+        let mut added = Vec::new();
+        for (id, tok) in TINY_SPECIALS.iter().enumerate() {
+            vocab.insert(tok.to_string(), json!(id));
+            added.push(
+                json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
+                              "rstrip": false, "normalized": false, "special": true}),
+            );
+        }
+        for (i, s) in symbols.iter().enumerate() {
+            if s.is_empty() || s.chars().any(char::is_whitespace) || vocab.contains_key(*s) {
+                return Err(tok_err(
+                    "<tiny>",
+                    format!("symbol {s:?} is empty, has whitespace or repeats"),
+                ));
+            }
+            vocab.insert(s.to_string(), json!(TINY_SPECIALS.len() + i));
+        }
+        let json = json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+            "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null,
+            "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+        });
+        let config = json!({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
+                            "model_max_length": 256, "tokenizer_class": "PreTrainedTokenizerFast"});
+        Self::from_bytes(json.to_string().as_bytes(), config, "<tiny>")
+    }
+
+    /// Token ids of `text`, without special tokens.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self
+            .inner
+            .encode(text, false)
+            .map_err(|e| tok_err("encode", e))?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// Text of `ids` (special tokens skipped).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| tok_err("decode", e))
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The id of a special token named in tokenizer_config.json (`"eos_token"`, `"pad_token"`),
+    /// whether given as a string or as `{"content": ...}`.
+    pub fn special_id(&self, key: &str) -> Option<u32> {
+        let v = self.config.get(key)?;
+        let s = v
+            .as_str()
+            .or_else(|| v.get("content").and_then(Value::as_str))?;
+        self.token_to_id(s)
+    }
+
+    /// `tokenizer.json` text.
+    pub fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(true)
+            .map_err(|e| tok_err("serialise", e))
+    }
+
+    /// `tokenizer_config.json` value (Null when unknown).
+    pub fn config(&self) -> &Value {
+        &self.config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiny_round_trips() {
+        let t = Tokenizer::tiny(&["a", "b", "c", "+", "="]).unwrap();
+        assert_eq!(t.vocab_size(), 9);
+        assert_eq!(t.encode("a + b = c").unwrap(), vec![4, 7, 5, 8, 6]);
+        assert_eq!(t.encode("zz").unwrap(), vec![3]);
+        assert_eq!(t.decode(&[1, 4, 5, 2]).unwrap(), "a b");
+        assert_eq!(t.special_id("eos_token"), Some(TINY_EOS));
+        assert_eq!(t.special_id("pad_token"), Some(TINY_PAD));
+        let back = Tokenizer::from_bytes(t.to_json().unwrap().as_bytes(), t.config().clone(), "x")
+            .unwrap();
+        assert_eq!(back.encode("c c a").unwrap(), vec![6, 6, 4]);
+        assert!(Tokenizer::tiny(&["a", "a"]).is_err());
+    }
+}

@@ -1,0 +1,18 @@
+//! Sampling from models: batched KV-cached generation (plain or from the geometric mixture of
+//! policy and reference, ALGORITHMS.md §1) and the scoring pass that gives per-token log-probs
+//! of given completions (graph-connected for a trainable model).
+//!
+//! All randomness comes from `crate::rng` streams keyed by (seed, step, global prompt index,
+//! sample index), never from rank, world size or batch composition. This module must not
+//! compute losses, preferences or metrics.
+
+pub mod filter;
+pub mod generate;
+pub mod score;
+
+#[cfg(test)]
+mod tests;
+
+pub use filter::{mixed_logits, token_distribution, SamplingParams};
+pub use generate::{generate, generate_mixture, GenerateConfig, Generation, RowKey};
+pub use score::{classify_completions, score_completions, Scored};

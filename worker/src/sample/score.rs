@@ -1,0 +1,106 @@
+//! The scoring pass: per-token log-probs log π(y_t | x, y_<t) of given completions under a model
+//! (ALGORITHMS.md §0), batched: prompts left-padded, completions right-padded, one forward pass.
+//! With a trainable model the result stays connected to the graph, so a loss built on it
+//! backpropagates into the model's `Var`s. Log-probs are at T = 1, unfiltered. Must not sample.
+
+use candle_core::Tensor;
+
+use super::generate::left_pad;
+use crate::model::{gather_last, log_softmax, KvCache, Model, ModelError, Result};
+
+/// Per-token log-probs of a batch of completions.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    /// [b, L] in the model's dtype; 0 at padding (L = longest completion).
+    pub logprobs: Tensor,
+    /// [b, L], 1 for completion tokens and 0 for padding (same dtype).
+    pub mask: Tensor,
+}
+
+impl Scored {
+    /// Σ_t log π(y_t|…) per row: log π(y|x), [b].
+    pub fn sequence_logprobs(&self) -> Result<Tensor> {
+        Ok(self.logprobs.sum(1)?)
+    }
+}
+
+/// Log-probs of `completions[r]` after `prompts[r]` under `model` (prompts must be non-empty).
+pub fn score_completions(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    completions: &[Vec<u32>],
+) -> Result<Scored> {
+    let b = prompts.len();
+    if completions.len() != b || b == 0 {
+        return Err(ModelError::Input(format!(
+            "{b} prompts and {} completions (need as many, at least one)",
+            completions.len()
+        )));
+    }
+    if let Some(r) = prompts.iter().position(Vec::is_empty) {
+        return Err(ModelError::Input(format!("prompt {r} is empty")));
+    }
+    let (dev, dtype) = (model.device().clone(), model.dtype());
+    let l = completions.iter().map(Vec::len).max().unwrap_or(0);
+    let mask_rows: Vec<Vec<bool>> = completions
+        .iter()
+        .map(|c| (0..l).map(|i| i < c.len()).collect())
+        .collect();
+    let mask_values: Vec<f32> = mask_rows
+        .iter()
+        .flatten()
+        .map(|&v| v as u8 as f32)
+        .collect();
+    let mask = Tensor::from_vec(mask_values, (b, l), &dev)?.to_dtype(dtype)?;
+    if l == 0 {
+        return Ok(Scored {
+            logprobs: mask.clone(),
+            mask,
+        });
+    }
+    let (mut ids, mut valid) = left_pad(prompts);
+    let p = ids[0].len();
+    let targets: Vec<Vec<u32>> = completions
+        .iter()
+        .map(|c| (0..l).map(|i| c.get(i).copied().unwrap_or(0)).collect())
+        .collect();
+    for r in 0..b {
+        ids[r].extend_from_slice(&targets[r][..l - 1]);
+        valid[r].extend_from_slice(&mask_rows[r][..l - 1]);
+    }
+    let hidden = model.forward_hidden(&ids, &valid, &mut KvCache::new())?;
+    // Position p−1+i predicts completion token i.
+    let logits = model.lm_logits(&hidden.narrow(1, p - 1, l)?)?;
+    let logp = gather_last(&log_softmax(&logits)?, &targets)?;
+    let logprobs = (logp * &mask)?;
+    Ok(Scored { logprobs, mask })
+}
+
+/// Sequence-classification outputs [b, num_labels] of prompt + completion pairs (reward models,
+/// ALGORITHMS.md §2: the scalar head read at the final token), batched with left padding.
+/// Graph-connected for a trainable model (Bradley–Terry training).
+pub fn classify_completions(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    completions: &[Vec<u32>],
+) -> Result<Tensor> {
+    if completions.len() != prompts.len() {
+        return Err(ModelError::Input(format!(
+            "{} prompts and {} completions",
+            prompts.len(),
+            completions.len()
+        )));
+    }
+    let joined: Vec<Vec<u32>> = prompts
+        .iter()
+        .zip(completions)
+        .map(|(p, c)| p.iter().chain(c).copied().collect())
+        .collect();
+    if let Some(r) = joined.iter().position(Vec::is_empty) {
+        return Err(ModelError::Input(format!(
+            "row {r} has neither prompt nor completion tokens"
+        )));
+    }
+    let (ids, valid) = left_pad(&joined);
+    model.classify(&ids, &valid)
+}
