@@ -131,3 +131,6 @@ pub fn shard(n: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
     let per = n.div_ceil(world);
     (rank * per).min(n)..((rank + 1) * per).min(n)
 }
+
+#[cfg(test)]
+mod tests;
