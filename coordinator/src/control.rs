@@ -104,6 +104,8 @@ fn kind_name(spec: &JobSpec) -> &'static str {
     match spec.kind {
         Some(job_spec::Kind::Merge(_)) => "merge",
         Some(job_spec::Kind::Pipeline(_)) => "pipeline",
+        Some(job_spec::Kind::Sft(_)) => "sft",
+        Some(job_spec::Kind::Selfplay(_)) => "selfplay",
         None => "unknown",
     }
 }
@@ -471,12 +473,20 @@ impl ControlPlane {
         task_id: &str,
         attempt: u32,
         fraction: f64,
+        metrics: Vec<String>,
     ) -> Result<(), Rejected> {
         let job_id = self
             .scheduler
             .progress(worker_id, task_id, attempt, fraction)?;
         if let Some(h) = self.handle(&job_id) {
             self.update(&h, |_| {});
+            if !metrics.is_empty() {
+                let _ = h.events.send(JobEvent {
+                    job: Some(h.job()),
+                    logs: vec![],
+                    metrics,
+                });
+            }
         }
         Ok(())
     }

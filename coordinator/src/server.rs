@@ -135,7 +135,7 @@ impl Coordinator for Service {
         let result = match r.report {
             Some(report_task_request::Report::Progress(p)) => {
                 self.control
-                    .progress(&r.worker_id, &r.task_id, r.attempt, p.fraction)
+                    .progress(&r.worker_id, &r.task_id, r.attempt, p.fraction, p.metrics)
             }
             Some(report_task_request::Report::Result(result)) => {
                 self.control

@@ -2,6 +2,7 @@
 //! merging) plus the worker runtime that talks to the coordinator. The coordinator links it for
 //! planning (safetensors headers) and local commands (`example-models`, `validate`).
 
+pub mod collective;
 pub mod io;
 pub mod jobs;
 pub mod logging;
@@ -13,3 +14,4 @@ pub mod rng;
 pub mod runtime;
 pub mod sample;
 pub mod tasks;
+pub mod train;

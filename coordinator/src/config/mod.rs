@@ -4,6 +4,9 @@
 
 mod merge;
 mod reader;
+mod selfplay;
+mod sft;
+mod training;
 
 use std::path::Path;
 
@@ -46,8 +49,8 @@ pub struct Loaded {
 }
 
 /// Job kinds a config may name.
-pub const KINDS: &[&str] = &["merge", "pipeline"];
-const STAGE_KINDS: &[&str] = &["merge"];
+pub const KINDS: &[&str] = &["merge", "pipeline", "sft", "selfplay"];
+const STAGE_KINDS: &[&str] = &["merge", "sft", "selfplay"];
 
 /// What a job's paths resolve against: the CLI's working directory, and for pipeline stages
 /// the stages before this one.
@@ -148,10 +151,12 @@ pub fn parse(
     };
 
     let kind_spec = if kind == "pipeline" {
-        if root.has("merge") {
+        if let Some(k) = STAGE_KINDS.iter().find(|k| root.has(k)) {
             return Err(root.error(
-                "merge",
-                "a pipeline's kinds are configured per stage ([stage.merge]), not at the top",
+                k,
+                format!(
+                    "a pipeline's kinds are configured per stage ([stage.{k}]), not at the top"
+                ),
             ));
         }
         let stages = root.table_list("stage")?;
@@ -220,6 +225,14 @@ fn job_kind(parent: &Tbl, kind: &str, resolver: &Resolver) -> Result<job_spec::K
         "merge" => {
             let spec = merge::read(&table, resolver)?;
             (job_spec::Kind::Merge(spec), table.finish()?)
+        }
+        "sft" => {
+            let spec = sft::read(&table, resolver)?;
+            (job_spec::Kind::Sft(spec), table.finish()?)
+        }
+        "selfplay" => {
+            let spec = selfplay::read(&table, resolver)?;
+            (job_spec::Kind::Selfplay(spec), table.finish()?)
         }
         other => return Err(parent.error("kind", format!("unknown kind `{other}`"))),
     };

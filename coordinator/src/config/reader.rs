@@ -484,6 +484,17 @@ impl<'d> Tbl<'d> {
         }
     }
 
+    /// An empty sub-table at `key` (read with defaults when the config omits the table).
+    pub fn empty_child(&self, key: &str) -> Tbl<'d> {
+        Tbl {
+            doc: self.doc,
+            path: self.key_path(key),
+            table: Table::new(),
+            used: Default::default(),
+            resolved: Default::default(),
+        }
+    }
+
     pub fn req_table(&self, key: &str) -> Result<Tbl<'d>, ConfigError> {
         self.opt_table(key)?.ok_or_else(|| {
             self.error(

@@ -6,9 +6,10 @@
 pub mod merge;
 pub mod pipeline;
 pub mod shard_plan;
+pub mod train;
 
 use futures::future::BoxFuture;
-use mirrorplay_proto::v1::{job_spec, task, JobSpec, TaskResult};
+use mirrorplay_proto::v1::{job_spec, task, train_task, JobSpec, TaskResult};
 use mirrorplay_worker::io::IoError;
 
 /// A task a driver wants run; `key` is unique within the job.
@@ -44,6 +45,7 @@ pub trait Log: Send + Sync {
 pub enum Driver {
     Merge(merge::MergeDriver),
     Pipeline(pipeline::PipelineDriver),
+    Train(train::TrainDriver),
 }
 
 impl Driver {
@@ -56,6 +58,16 @@ impl Driver {
             Some(job_spec::Kind::Pipeline(p)) => {
                 Ok(Driver::Pipeline(pipeline::PipelineDriver::new(p.clone())))
             }
+            Some(job_spec::Kind::Sft(s)) => Ok(Driver::Train(train::TrainDriver::new(
+                train_task::Spec::Sft(s.clone()),
+                spec.output.clone(),
+                spec.seed,
+            ))),
+            Some(job_spec::Kind::Selfplay(s)) => Ok(Driver::Train(train::TrainDriver::new(
+                train_task::Spec::Selfplay(s.clone()),
+                spec.output.clone(),
+                spec.seed,
+            ))),
             None => Err(DriverError::Invalid("the job spec names no kind".into())),
         }
     }
@@ -67,6 +79,7 @@ impl Driver {
         match self {
             Driver::Merge(d) => Box::pin(d.plan(log)),
             Driver::Pipeline(d) => Box::pin(d.plan(log)),
+            Driver::Train(d) => Box::pin(d.plan(log)),
         }
     }
 
@@ -79,6 +92,7 @@ impl Driver {
         match self {
             Driver::Merge(d) => Box::pin(d.on_result(key, result, log)),
             Driver::Pipeline(d) => Box::pin(d.on_result(key, result, log)),
+            Driver::Train(d) => Box::pin(d.on_result(key, result, log)),
         }
     }
 
@@ -87,13 +101,14 @@ impl Driver {
         match self {
             Driver::Merge(d) => d.inputs(),
             Driver::Pipeline(d) => d.inputs(),
+            Driver::Train(d) => d.inputs(),
         }
     }
 
     /// The current pipeline stage, if any.
     pub fn stage(&self) -> Option<String> {
         match self {
-            Driver::Merge(_) => None,
+            Driver::Merge(_) | Driver::Train(_) => None,
             Driver::Pipeline(d) => d.stage(),
         }
     }

@@ -17,6 +17,9 @@ pub enum IoError {
     BadSafetensors { url: String, reason: String },
     #[error("{url}: {reason}")]
     BadModel { url: String, reason: String },
+    /// A data file (JSONL) whose content is not what was expected; `url` carries `:LINE`.
+    #[error("{url}: {reason}")]
+    BadData { url: String, reason: String },
     #[error("{url}: invalid JSON: {source}")]
     Json {
         url: String,

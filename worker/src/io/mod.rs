@@ -7,6 +7,7 @@ pub mod dtype;
 pub mod error;
 pub mod example;
 pub mod hf;
+pub mod jsonl;
 pub mod safetensors;
 pub mod store;
 pub mod writer;

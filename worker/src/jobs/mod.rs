@@ -5,6 +5,8 @@ pub mod merge_shard;
 
 use mirrorplay_proto::v1::{task, task_result, Task, TaskResult};
 
+use std::sync::atomic::AtomicBool;
+
 use crate::io::IoError;
 
 /// Why a task failed; the message names the file, tensor or key.
@@ -14,6 +16,8 @@ pub enum JobError {
     Io(#[from] IoError),
     #[error("tensor `{tensor}`: {reason}")]
     Tensor { tensor: String, reason: String },
+    #[error("{0}")]
+    Train(String),
     #[error("invalid task: {0}")]
     InvalidTask(String),
 }
@@ -21,14 +25,31 @@ pub enum JobError {
 /// Reports progress in [0, 1].
 pub type Progress<'a> = &'a (dyn Fn(f64) + Send + Sync);
 
+/// Takes metric lines (JSON objects, DESIGN.md "Outputs") to stream to the coordinator.
+pub type MetricsSink<'a> = &'a (dyn Fn(String) + Send + Sync);
+
 /// Runs one task to completion.
-pub async fn run_task(task: &Task, progress: Progress<'_>) -> Result<TaskResult, JobError> {
+pub async fn run_task(
+    task: &Task,
+    progress: Progress<'_>,
+    metrics: MetricsSink<'_>,
+    cancel: &AtomicBool,
+) -> Result<TaskResult, JobError> {
     let result = match &task.work {
         Some(task::Work::MergeShard(shard)) if shard.write => {
             task_result::Result::MergeShard(merge_shard::run_write(shard, progress).await?)
         }
         Some(task::Work::MergeShard(shard)) => {
             task_result::Result::MergeStats(merge_shard::run_stats(shard, progress).await?)
+        }
+        Some(task::Work::Train(train)) => {
+            // Training computes on this thread for minutes; let the runtime move its other
+            // tasks (heartbeats, progress reports) to the remaining threads.
+            let run = crate::train::run(train, task.attempt, progress, metrics, cancel);
+            let result =
+                tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(run))
+                    .map_err(|e| JobError::Train(e.to_string()))?;
+            task_result::Result::Train(result)
         }
         None => {
             return Err(JobError::InvalidTask(format!(

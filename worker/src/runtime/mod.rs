@@ -205,18 +205,26 @@ impl Session {
         let _enter = span.enter();
         tracing::info!("started");
         let progress = Arc::new(AtomicU64::new(0f64.to_bits()));
+        let metrics = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        // Set before every abort: long computations (training) poll it between steps, since
+        // aborting a task only takes effect at an await point.
+        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let delay = opts.fault_task_delay;
         let mut handle = {
             let progress = progress.clone();
+            let metrics = metrics.clone();
+            let cancel = cancel.clone();
             let task = task.clone();
             tokio::spawn(async move {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
                 let report = move |f: f64| progress.store(f.to_bits(), Ordering::Relaxed);
-                run_task(&task, &report).await
+                let sink = move |line: String| metrics.lock().expect("metrics lock").push(line);
+                run_task(&task, &report, &sink, &cancel).await
             })
         };
+        let take_metrics = || std::mem::take(&mut *metrics.lock().expect("metrics lock"));
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut shutting_down = false;
         let deadline = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
@@ -226,7 +234,7 @@ impl Session {
                 joined = &mut handle => break Some(joined),
                 _ = tick.tick() => {
                     let fraction = f64::from_bits(progress.load(Ordering::Relaxed));
-                    let report = report_task_request::Report::Progress(TaskProgress { fraction, message: String::new() });
+                    let report = report_task_request::Report::Progress(TaskProgress { fraction, message: String::new(), metrics: take_metrics() });
                     if let Ok(false) = self.report(&task, report).await {
                         tracing::warn!("progress rejected; dropping the task");
                         break None;
@@ -235,7 +243,8 @@ impl Session {
                 _ = hb_rx.changed() => {
                     let state = hb_rx.borrow().clone();
                     if state.lost {
-                        handle.abort();
+                        cancel.store(true, Ordering::Relaxed);
+                    handle.abort();
                         return Some(SessionEnd::Lost);
                     }
                     if state.cancel.iter().any(|c| c.task_id == task.task_id && c.attempt == task.attempt) {
@@ -250,6 +259,7 @@ impl Session {
                 }
                 _ = &mut deadline, if shutting_down => {
                     tracing::info!("grace period over; handing the task back");
+                    cancel.store(true, Ordering::Relaxed);
                     handle.abort();
                     let returned = vec![TaskRef { task_id: task.task_id.clone(), attempt: task.attempt }];
                     let _ = self.client.deregister(DeregisterRequest { worker_id: self.worker_id.clone(), returned }).await;
@@ -258,9 +268,21 @@ impl Session {
             }
         };
         let Some(joined) = outcome else {
+            cancel.store(true, Ordering::Relaxed);
             handle.abort();
             return None;
         };
+        // Metric lines logged since the last tick go out before the result.
+        let last_metrics = take_metrics();
+        if !last_metrics.is_empty() {
+            let fraction = f64::from_bits(progress.load(Ordering::Relaxed));
+            let report = report_task_request::Report::Progress(TaskProgress {
+                fraction,
+                message: String::new(),
+                metrics: last_metrics,
+            });
+            let _ = self.report(&task, report).await;
+        }
         let report = match joined {
             Ok(Ok(result)) => {
                 tracing::info!("succeeded");

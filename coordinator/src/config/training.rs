@@ -1,0 +1,126 @@
+//! Tables shared by the training kinds (`sft`, `selfplay`): `[optimizer]`, `[sampling]` and
+//! model sources (a path, a URL, `stage:<name>` or `"tiny"`: a tiny Llama built in code for the
+//! job's task vocabulary, seeded by the job seed).
+
+use mirrorplay_proto::v1::{
+    model_source, Decay, ModelSource, OptimizerSpec, SamplingSpec, TinyModel,
+};
+use toml::Value;
+
+use super::reader::Tbl;
+use super::{ConfigError, Resolver};
+
+/// Built-in tasks (`task = ...`).
+pub const TASKS: &[&str] = &["goodhart_digits"];
+/// Goodhart-Digits: at most 16 symbols, then EOS.
+pub const DEFAULT_MAX_NEW_TOKENS: u64 = 17;
+
+/// A model key: `"tiny"` (for `task`), or a path, URL or `stage:<name>`.
+pub(super) fn model(
+    t: &Tbl,
+    key: &str,
+    task: Option<&str>,
+    resolver: &Resolver,
+) -> Result<ModelSource, ConfigError> {
+    let raw = t.req_str(key)?;
+    let source = if raw == "tiny" {
+        let task =
+            task.ok_or_else(|| t.error(key, "`tiny` needs `task` (the vocabulary it uses)"))?;
+        model_source::Source::Tiny(TinyModel {
+            task: task.to_string(),
+            hidden_size: 64,
+            num_layers: 2,
+            num_heads: 4,
+            num_kv_heads: 2,
+            intermediate_size: 128,
+        })
+    } else {
+        let url = resolver.model(t, key, &raw)?;
+        t.record(key, Value::String(url.clone()));
+        model_source::Source::Url(url)
+    };
+    Ok(ModelSource {
+        source: Some(source),
+    })
+}
+
+/// A positive integer with a default, at most `max`.
+pub(super) fn count(t: &Tbl, key: &str, default: u64, max: u64) -> Result<u64, ConfigError> {
+    let v = t.u64_or(key, default)?;
+    if v == 0 || v > max {
+        return Err(t.error(key, format!("must be in [1, {max}], found {v}")));
+    }
+    Ok(v)
+}
+
+/// `[optimizer]`: lr, warmup_steps, decay, beta1, beta2, eps, weight_decay, max_grad_norm.
+pub(super) fn optimizer(parent: &Tbl, default_lr: f64) -> Result<OptimizerSpec, ConfigError> {
+    let t = parent.opt_table("optimizer")?;
+    let empty;
+    let t = match t {
+        Some(t) => t,
+        None => {
+            empty = parent.empty_child("optimizer");
+            empty
+        }
+    };
+    let lr = t.f64_in("lr", default_lr, 0.0, 1.0)?;
+    if lr <= 0.0 {
+        return Err(t.error("lr", format!("must be > 0, found {lr}")));
+    }
+    let warmup_steps = t.u64_or("warmup_steps", 0)?;
+    let decay = match t
+        .choice("decay", &["constant", "linear", "cosine"], Some("constant"))?
+        .as_str()
+    {
+        "linear" => Decay::Linear,
+        "cosine" => Decay::Cosine,
+        _ => Decay::Constant,
+    };
+    let beta1 = t.f64_in("beta1", 0.9, 0.0, 0.999_999)?;
+    let beta2 = t.f64_in("beta2", 0.999, 0.0, 0.999_999_999)?;
+    let eps = t.f64_in("eps", 1e-8, 0.0, 1.0)?;
+    let weight_decay = t.f64_in("weight_decay", 0.0, 0.0, 1.0)?;
+    let max_grad_norm = t.f64_in("max_grad_norm", 1.0, 0.0, f64::MAX)?;
+    parent.record_table("optimizer", t.finish()?);
+    let mut spec = OptimizerSpec {
+        lr,
+        warmup_steps,
+        decay: 0,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        max_grad_norm,
+    };
+    spec.set_decay(decay);
+    Ok(spec)
+}
+
+/// `[sampling]`: max_new_tokens, temperature, top_k, top_p (ALGORITHMS.md §1; defaults T = 1,
+/// no top-k, no top-p).
+pub(super) fn sampling(parent: &Tbl) -> Result<SamplingSpec, ConfigError> {
+    let t = parent.opt_table("sampling")?;
+    let empty;
+    let t = match t {
+        Some(t) => t,
+        None => {
+            empty = parent.empty_child("sampling");
+            empty
+        }
+    };
+    let max_new_tokens = count(&t, "max_new_tokens", DEFAULT_MAX_NEW_TOKENS, 4096)?;
+    let temperature = t.f64_in("temperature", 1.0, 0.0, 100.0)?;
+    let top_k = t.u64_or("top_k", 0)?;
+    let top_p = t.f64_in("top_p", 1.0, 0.0, 1.0)?;
+    if top_p <= 0.0 {
+        return Err(t.error("top_p", "must be in (0, 1]"));
+    }
+    parent.record_table("sampling", t.finish()?);
+    Ok(SamplingSpec {
+        max_new_tokens: max_new_tokens as u32,
+        temperature,
+        top_k: top_k as u32,
+        top_p,
+    })
+}

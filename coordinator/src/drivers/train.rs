@@ -1,0 +1,80 @@
+//! The training driver (`sft`, `selfplay`): one task, a gang of `group_size` 1 today (data
+//! parallelism raises it; the worker's step already all-reduces through a collective). When it
+//! ends, the driver logs the final evaluation and where the model and metrics are.
+
+use mirrorplay_proto::v1::{task, task_result, train_task, TaskResult, TrainTask};
+
+use super::{DriverError, Log, NewTask, Step};
+
+pub struct TrainDriver {
+    task: TrainTask,
+    kind: &'static str,
+}
+
+impl TrainDriver {
+    pub fn new(spec: train_task::Spec, output: String, seed: u64) -> Self {
+        let kind = match spec {
+            train_task::Spec::Sft(_) => "sft",
+            train_task::Spec::Selfplay(_) => "selfplay",
+        };
+        TrainDriver {
+            task: TrainTask {
+                output,
+                seed,
+                spec: Some(spec),
+            },
+            kind,
+        }
+    }
+
+    pub fn inputs(&self) -> Vec<(String, u64, Option<String>)> {
+        vec![]
+    }
+
+    pub async fn plan(&mut self, log: &dyn Log) -> Result<Vec<NewTask>, DriverError> {
+        let steps = match &self.task.spec {
+            Some(train_task::Spec::Sft(s)) => s.steps,
+            Some(train_task::Spec::Selfplay(s)) => s.steps,
+            None => 0,
+        };
+        log.info(format!(
+            "{} training: {steps} steps, writing under {}",
+            self.kind, self.task.output
+        ));
+        Ok(vec![NewTask {
+            key: "train".into(),
+            work: task::Work::Train(self.task.clone()),
+            group_size: 1,
+        }])
+    }
+
+    pub async fn on_result(
+        &mut self,
+        _key: &str,
+        result: TaskResult,
+        log: &dyn Log,
+    ) -> Result<Step, DriverError> {
+        let Some(task_result::Result::Train(r)) = result.result else {
+            return Err(DriverError::Invalid(
+                "a training task returned no training result".into(),
+            ));
+        };
+        let mut summary = format!(
+            "{} finished {} steps in {:.1} s",
+            self.kind, r.steps, r.wall_s
+        );
+        if r.eval_win_rate.is_finite() {
+            summary.push_str(&format!(
+                "; held-out win rate vs the reference {:.3}",
+                r.eval_win_rate
+            ));
+        }
+        if r.eval_gold.is_finite() {
+            summary.push_str(&format!("; held-out mean gold {:.3}", r.eval_gold));
+        }
+        log.info(summary);
+        log.info(format!("model: {}", r.model_url));
+        log.info(format!("metrics: {}", r.metrics_url));
+        Ok(Step::Done)
+    }
+}

@@ -1,0 +1,136 @@
+//! Training jobs (`sft`, `selfplay`): the worker side of a `TrainTask`. Each loop reads top to
+//! bottom like the algorithm (sample → preferences → score → loss → backward → all-reduce →
+//! clip → AdamW → metrics); the pieces it wires live one concern per file here and in `model`,
+//! `sample`, `objectives`, `optim`, `collective` and `tasks`.
+//!
+//! The spec arrives fully resolved (the coordinator applies every default); nothing here
+//! invents a hyper-parameter. Must not talk to the coordinator (the runtime does).
+
+pub mod data;
+pub mod eval;
+pub mod metrics;
+pub mod models;
+pub mod preference;
+pub mod rollout;
+pub mod selfplay;
+pub mod sft;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::Device;
+use mirrorplay_proto::v1::{train_task, OptimizerSpec, TrainResult, TrainTask};
+
+use crate::collective::Local;
+use crate::jobs::{MetricsSink, Progress};
+use crate::optim::{AdamWConfig, Decay, Schedule};
+
+/// Why a training task failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Io(#[from] crate::io::IoError),
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    #[error(transparent)]
+    Optim(#[from] crate::optim::OptimError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Task(#[from] crate::tasks::TaskError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What every loop needs besides its spec: where to write, the seed, the attempt (for metric
+/// lines), how to report progress and metrics, and the device.
+pub struct Ctx<'a> {
+    pub output: String,
+    pub seed: u64,
+    pub attempt: u32,
+    pub progress: Progress<'a>,
+    pub metrics: MetricsSink<'a>,
+    /// Set when the runtime gives the task up (cancel, shutdown); checked once per step.
+    pub cancel: &'a AtomicBool,
+    pub device: Device,
+}
+
+impl Ctx<'_> {
+    /// An error once the task was given up.
+    pub fn check_cancelled(&self) -> Result<(), TrainError> {
+        if self.cancel.load(Ordering::Relaxed) {
+            Err(TrainError::Invalid(
+                "the task was given up by the worker runtime".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Runs a training task to completion on one rank (world size 1: a [`Local`] collective).
+pub async fn run(
+    task: &TrainTask,
+    attempt: u32,
+    progress: Progress<'_>,
+    metrics: MetricsSink<'_>,
+    cancel: &AtomicBool,
+) -> Result<TrainResult, TrainError> {
+    let ctx = Ctx {
+        cancel,
+        output: task.output.trim_end_matches('/').to_string(),
+        seed: task.seed,
+        attempt,
+        progress,
+        metrics,
+        device: Device::Cpu,
+    };
+    let mut collective = Local;
+    match &task.spec {
+        Some(train_task::Spec::Sft(spec)) => sft::run(&ctx, spec, &mut collective).await,
+        Some(train_task::Spec::Selfplay(spec)) => selfplay::run(&ctx, spec, &mut collective).await,
+        None => Err(TrainError::Invalid(
+            "the training task carries no spec".into(),
+        )),
+    }
+}
+
+/// AdamW and its schedule from the resolved spec; clipping is done by the loop itself
+/// (all-reduce → clip → AdamW), so the optimizer's own clipping is off.
+pub fn optimizer(
+    spec: Option<&OptimizerSpec>,
+    steps: u64,
+) -> Result<(AdamWConfig, Schedule), TrainError> {
+    let o = spec.ok_or_else(|| TrainError::Invalid("no [optimizer] in the spec".into()))?;
+    let decay = match o.decay() {
+        mirrorplay_proto::v1::Decay::Constant => Decay::Constant,
+        mirrorplay_proto::v1::Decay::Linear => Decay::Linear,
+        mirrorplay_proto::v1::Decay::Cosine => Decay::Cosine,
+        mirrorplay_proto::v1::Decay::Unspecified => {
+            return Err(TrainError::Invalid("optimizer decay is unspecified".into()))
+        }
+    };
+    Ok((
+        AdamWConfig {
+            beta1: o.beta1,
+            beta2: o.beta2,
+            eps: o.eps,
+            weight_decay: o.weight_decay,
+            max_grad_norm: None,
+        },
+        Schedule {
+            lr: o.lr,
+            warmup_steps: o.warmup_steps,
+            total_steps: steps,
+            decay,
+        },
+    ))
+}
+
+/// Rows `[start, end)` of a global batch of `n` that rank `rank` of `world` takes.
+pub fn shard(n: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
+    let per = n.div_ceil(world);
+    (rank * per).min(n)..((rank + 1) * per).min(n)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,139 @@
+//! The SFT loop (ALGORITHMS.md §3 "SFT", used to make reference policies). One optimizer step:
+//! take this rank's slice of the step's examples → per micro-batch score the completions under
+//! π (graph), mean token cross-entropy, backward, accumulate → all-reduce (one call on the
+//! collective) → clip → AdamW → metrics (loss, grad_norm, lr, tokens_per_s; every `eval_every`
+//! steps eval/gold of policy samples on the task's held-out prompts).
+
+use std::time::Instant;
+
+use mirrorplay_proto::v1::{SftSpec, TrainResult};
+
+use super::eval::{Eval, EvalSet};
+use super::metrics::{MetricsLog, Split};
+use super::{data::Examples, models, optimizer, shard, Ctx, TrainError};
+use crate::collective::Collective;
+use crate::objectives::sft_loss;
+use crate::optim::{AdamW, GradAccumulator};
+use crate::sample::score_completions;
+
+pub async fn run(
+    ctx: &Ctx<'_>,
+    spec: &SftSpec,
+    collective: &mut dyn Collective,
+) -> Result<TrainResult, TrainError> {
+    let started = Instant::now();
+    let missing = |what: &str| TrainError::Invalid(format!("no {what} in the spec"));
+    let policy = models::load(
+        spec.init.as_ref().ok_or_else(|| missing("init"))?,
+        true,
+        ctx.seed,
+        &ctx.device,
+    )
+    .await?;
+    let eos = policy.model.config().eos_token_ids.first().copied();
+    let examples = Examples::load(
+        spec.data.as_ref().ok_or_else(|| missing("data"))?,
+        ctx.seed,
+        policy.tokenizer.as_ref(),
+        eos,
+    )
+    .await?;
+    let params = policy
+        .model
+        .vars()
+        .ok_or_else(|| TrainError::Invalid("the policy is not trainable".into()))?
+        .clone();
+    let (adamw, schedule) = optimizer(spec.optimizer.as_ref(), spec.steps)?;
+    let max_grad_norm = spec.optimizer.as_ref().map_or(0.0, |o| o.max_grad_norm);
+    let mut opt = AdamW::new(&params, adamw, schedule)?;
+    let mut metrics = MetricsLog::new(&ctx.output, ctx.attempt, ctx.metrics)?;
+    let eval_set = match (&spec.eval_task[..], spec.sampling) {
+        ("", _) | (_, None) => None,
+        (_, Some(sampling)) => Some(EvalSet::new(
+            ctx.seed,
+            spec.eval_prompts as usize,
+            &sampling,
+            None,
+        )?),
+    };
+    let mut last_eval: Option<Eval> = None;
+
+    let batch = spec.batch_size as u64;
+    let micro = (spec.batch_size / spec.grad_accum.max(1)).max(1) as usize;
+    let rows = shard(batch as usize, collective.rank(), collective.world_size());
+    for step in 0..spec.steps {
+        ctx.check_cancelled()?;
+        let t0 = Instant::now();
+        // This rank's examples of the step's global batch.
+        let (prompts, completions): (Vec<Vec<u32>>, Vec<Vec<u32>>) = rows
+            .clone()
+            .map(|g| examples.get(step, batch, g as u64))
+            .unzip();
+        let b = prompts.len();
+
+        // Score, loss and backward per micro-batch.
+        let mut accumulated = GradAccumulator::new();
+        let mut loss_sum = 0.0;
+        for start in (0..b).step_by(micro) {
+            let n = micro.min(b - start);
+            let scored = score_completions(
+                &policy.model,
+                &prompts[start..start + n],
+                &completions[start..start + n],
+            )?;
+            let loss = sft_loss(&scored.logprobs, &scored.mask)?;
+            accumulated.add(&params, &loss.backward()?)?;
+            loss_sum += loss.to_scalar::<f32>()? as f64;
+        }
+        let num_micro = accumulated.count().max(1) as f64;
+        let mut grads = accumulated.finish()?;
+
+        // All-reduce, clip, AdamW.
+        collective.all_reduce_mean(&mut grads)?;
+        let grad_norm = if max_grad_norm > 0.0 {
+            grads.clip(max_grad_norm)?
+        } else {
+            grads.global_norm()?
+        };
+        let lr = opt.next_lr();
+        opt.step(&params, &grads)?;
+
+        // Metrics.
+        let step_done = step + 1;
+        let num_tokens: usize = completions.iter().map(Vec::len).sum();
+        metrics.log(
+            step_done,
+            Split::Train,
+            &[
+                ("loss", loss_sum / num_micro),
+                ("grad_norm", grad_norm),
+                ("lr", lr),
+                (
+                    "tokens_per_s",
+                    num_tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+                ),
+            ],
+        );
+        if let Some(set) = &eval_set {
+            if step_done % spec.eval_every.max(1) == 0 || step_done == spec.steps {
+                let e = set.run(&policy.model.detached()?, step_done)?;
+                metrics.log(step_done, Split::Eval, &[("eval/gold", e.gold)]);
+                last_eval = Some(e);
+            }
+        }
+        (ctx.progress)(step_done as f64 / spec.steps.max(1) as f64);
+        metrics.maybe_flush().await?;
+    }
+
+    let model_url = format!("{}/model", ctx.output);
+    policy.save(&model_url).await?;
+    metrics.flush().await?;
+    Ok(TrainResult {
+        steps: spec.steps,
+        model_url,
+        metrics_url: metrics.url().to_string(),
+        eval_gold: last_eval.map_or(f64::NAN, |e| e.gold),
+        eval_win_rate: f64::NAN,
+        wall_s: started.elapsed().as_secs_f64(),
+    })
+}

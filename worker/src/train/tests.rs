@@ -1,0 +1,191 @@
+//! The training loops in-process on tiny models: metric schema, bitwise reproducibility with a
+//! fixed seed, and a golden file of the first self-play steps (torchtitan's rule: a change that
+//! should not affect numerics gives bitwise-identical losses). Regenerate the golden file with
+//! `MIRRORPLAY_BLESS=1 cargo test -p mirrorplay-worker golden` after a deliberate change.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
+
+use mirrorplay_proto::v1::{
+    data_source, model_source, train_task, DataSource, Decay, ModelSource, OptimizerSpec,
+    PreferenceSpec, SamplingSpec, SelfplayAlgorithm, SelfplaySpec, SftSpec, TinyModel, TrainTask,
+};
+use serde_json::Value;
+
+fn tiny() -> ModelSource {
+    ModelSource {
+        source: Some(model_source::Source::Tiny(TinyModel {
+            task: "goodhart_digits".into(),
+            hidden_size: 32,
+            num_layers: 1,
+            num_heads: 2,
+            num_kv_heads: 1,
+            intermediate_size: 64,
+        })),
+    }
+}
+
+fn optimizer() -> OptimizerSpec {
+    let mut o = OptimizerSpec {
+        lr: 3e-3,
+        warmup_steps: 0,
+        decay: 0,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        max_grad_norm: 1.0,
+    };
+    o.set_decay(Decay::Constant);
+    o
+}
+
+fn sampling() -> SamplingSpec {
+    SamplingSpec {
+        max_new_tokens: 17,
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+    }
+}
+
+fn selfplay() -> train_task::Spec {
+    let mut s = SelfplaySpec {
+        algorithm: 0,
+        kl_coef: 0.05,
+        mixture_coef: 0.125,
+        policy: Some(tiny()),
+        reference: Some(tiny()),
+        sampling: Some(sampling()),
+        batch_prompts: 8,
+        grad_accum: 2,
+        steps: 3,
+        optimizer: Some(optimizer()),
+        eval_every: 2,
+        eval_prompts: 8,
+        nash_kl_grad: 0,
+        labels: 0,
+        sft_coef: 0.0,
+        prompts: Some(DataSource {
+            source: Some(data_source::Source::Task("goodhart_digits".into())),
+        }),
+        task: "goodhart_digits".into(),
+        preference: Some(PreferenceSpec {
+            source: "gold".into(),
+            temperature: 1.0,
+        }),
+    };
+    s.set_algorithm(SelfplayAlgorithm::IpoMd);
+    train_task::Spec::Selfplay(s)
+}
+
+fn sft() -> train_task::Spec {
+    train_task::Spec::Sft(SftSpec {
+        init: Some(tiny()),
+        data: Some(DataSource {
+            source: Some(data_source::Source::Task("goodhart_digits".into())),
+        }),
+        eval_task: "goodhart_digits".into(),
+        batch_size: 8,
+        grad_accum: 1,
+        steps: 3,
+        optimizer: Some(optimizer()),
+        eval_every: 3,
+        eval_prompts: 8,
+        sampling: Some(sampling()),
+    })
+}
+
+/// Runs a task; returns the streamed lines and the written ones, without `time` and
+/// `tokens_per_s` (wall-clock dependent).
+fn run(spec: train_task::Spec) -> (Vec<Value>, Vec<Value>) {
+    let dir = tempfile::tempdir().unwrap();
+    let output = crate::io::store::absolute_url(dir.path().to_str().unwrap(), dir.path()).unwrap();
+    let task = TrainTask {
+        output,
+        seed: 7,
+        spec: Some(spec),
+    };
+    let lines = Mutex::new(Vec::new());
+    let sink = |l: String| lines.lock().unwrap().push(l);
+    let cancel = AtomicBool::new(false);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = rt
+        .block_on(super::run(&task, 1, &|_| {}, &sink, &cancel))
+        .unwrap();
+    assert_eq!(result.steps, 3);
+    assert!(dir.path().join("model/model.safetensors").exists());
+    let clean = |l: &str| {
+        let mut v: Value = serde_json::from_str(l).unwrap();
+        let o = v.as_object_mut().unwrap();
+        assert!(o.remove("time").unwrap().is_f64());
+        o.remove("tokens_per_s");
+        v
+    };
+    let streamed: Vec<Value> = lines
+        .into_inner()
+        .unwrap()
+        .iter()
+        .map(|l| clean(l))
+        .collect();
+    let part = std::fs::read_to_string(dir.path().join("metrics/part-000000.jsonl")).unwrap();
+    let written: Vec<Value> = part.lines().map(clean).collect();
+    (streamed, written)
+}
+
+#[test]
+fn selfplay_lines_have_the_schema_and_are_bitwise_reproducible() {
+    let (streamed, written) = run(selfplay());
+    assert_eq!(
+        streamed, written,
+        "the part holds exactly the streamed lines"
+    );
+    let train: Vec<&Value> = streamed.iter().filter(|v| v["split"] == "train").collect();
+    let eval: Vec<&Value> = streamed.iter().filter(|v| v["split"] == "eval").collect();
+    assert_eq!(train.len(), 3);
+    for v in &train {
+        for k in ["loss", "kl/k1", "kl/k3", "pref/mean", "grad_norm", "lr"] {
+            assert!(v[k].is_f64(), "{k} in {v}");
+        }
+        assert_eq!(v["attempt"], 1);
+    }
+    // Before training (step 0), at eval_every and at the end.
+    let eval_steps: Vec<u64> = eval.iter().map(|v| v["step"].as_u64().unwrap()).collect();
+    assert_eq!(eval_steps, vec![0, 2, 3]);
+    assert!(eval
+        .iter()
+        .all(|v| v["eval/win_rate"].is_f64() && v["eval/gold"].is_f64()));
+    assert_eq!(
+        run(selfplay()).0,
+        streamed,
+        "same seed, same lines, bit for bit"
+    );
+
+    let golden = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/golden/selfplay-ipo-md.jsonl"
+    );
+    let text: String = streamed.iter().map(|v| format!("{v}\n")).collect();
+    if std::env::var_os("MIRRORPLAY_BLESS").is_some() {
+        std::fs::create_dir_all(std::path::Path::new(golden).parent().unwrap()).unwrap();
+        std::fs::write(golden, &text).unwrap();
+    }
+    let want = std::fs::read_to_string(golden).expect("golden file (MIRRORPLAY_BLESS=1 writes it)");
+    assert_eq!(text, want, "metrics differ from the golden file {golden}");
+}
+
+#[test]
+fn sft_lines_have_the_schema_and_no_self_play_keys() {
+    let (streamed, _) = run(sft());
+    let train: Vec<&Value> = streamed.iter().filter(|v| v["split"] == "train").collect();
+    assert_eq!(train.len(), 3);
+    assert!(train
+        .iter()
+        .all(|v| v["loss"].is_f64() && v.get("pref/mean").is_none()));
+    let eval: Vec<&Value> = streamed.iter().filter(|v| v["split"] == "eval").collect();
+    assert_eq!(eval.len(), 1);
+    assert!(eval[0]["eval/gold"].is_f64() && eval[0].get("eval/win_rate").is_none());
+}
