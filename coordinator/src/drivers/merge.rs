@@ -271,7 +271,7 @@ impl MergeDriver {
                 self.finish(log).await?;
                 Ok(Step::Done)
             }
-            None => Err(DriverError::Invalid(format!(
+            _ => Err(DriverError::Invalid(format!(
                 "task `{key}` returned no merge result"
             ))),
         }
