@@ -1,9 +1,9 @@
 //! One round of a merge over one output shard's tensors. Element ranges of the base and every
-//! model are streamed with ranged reads (no mmap; at most `chunk_elements` per input in memory,
-//! the next range read while the current one is computed). A statistics round returns the
-//! counts the coordinator's driver asked for (`merge::passes`); the write round combines each
-//! range in f32, encodes it in the output dtype and appends it to the streaming safetensors
-//! writer, so the file appears only when complete.
+//! model are streamed with ranged reads (no mmap; a few ranges of at most `chunk_elements` per
+//! input in memory, later ranges read and combined while earlier ones are written). A
+//! statistics round returns the counts the coordinator's driver asked for (`merge::passes`);
+//! the write round combines each range in f32, encodes it in the output dtype and appends it to
+//! the streaming safetensors writer, so the file appears only when complete.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -150,7 +150,7 @@ fn source_dtype(tensor: &str, src: &TensorSource) -> Result<Dtype, JobError> {
     })
 }
 
-type PendingChunk = tokio::task::JoinHandle<Result<ChunkData, JobError>>;
+type PendingRead = tokio::task::JoinHandle<Result<ChunkData, JobError>>;
 
 /// Starts reading one element range of a tensor from every input.
 fn start_read(
@@ -158,7 +158,7 @@ fn start_read(
     tensor: &MergeTensor,
     start: u64,
     end: u64,
-) -> Result<PendingChunk, JobError> {
+) -> Result<PendingRead, JobError> {
     let missing = || JobError::Tensor {
         tensor: tensor.name.clone(),
         reason: "no base source".into(),
@@ -200,8 +200,13 @@ fn ranges(tensors: &[MergeTensor], chunk_elements: u64) -> Vec<(usize, u64, u64)
         .collect()
 }
 
-/// Streams the ranges of `tensors` (reads overlapped with compute) through `f`, which runs on
-/// the blocking pool with the chunk and returns what the caller keeps.
+/// Chunks read and computed at once: the next ranges are read and combined (on the blocking
+/// pool, so on every core) while earlier results are written. Bounds memory to about this many
+/// chunks' inputs and outputs (~100 MiB each for three f32 models at 16 MiB ranges).
+const CHUNKS_IN_FLIGHT: usize = 3;
+
+/// Streams the ranges of `tensors` through `f` (run on the blocking pool with the chunk) and
+/// hands each result to `sink` in range order.
 async fn for_each_chunk<T: Send + 'static>(
     tensors: &[MergeTensor],
     chunk_elements: u64,
@@ -212,26 +217,32 @@ async fn for_each_chunk<T: Send + 'static>(
     let ranges = ranges(tensors, chunk_elements);
     let total: u64 = ranges.iter().map(|(_, s, e)| e - s).sum::<u64>().max(1);
     let mut files = Files::default();
-    let mut pending: Option<PendingChunk> = match ranges.first() {
-        Some(&(i, s, e)) => Some(start_read(&mut files, &tensors[i], s, e)?),
-        None => None,
-    };
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut next = 0;
     let mut done = 0u64;
-    for (k, &(i, start, end)) in ranges.iter().enumerate() {
-        let read = pending.take().expect("a read is pending for every range");
-        let data = read
-            .await
-            .map_err(|e| JobError::InvalidTask(format!("read task failed: {e}")))??;
-        if let Some(&(ni, ns, ne)) = ranges.get(k + 1) {
-            pending = Some(start_read(&mut files, &tensors[ni], ns, ne)?);
+    while next < ranges.len() || !in_flight.is_empty() {
+        while in_flight.len() < CHUNKS_IN_FLIGHT && next < ranges.len() {
+            let (i, start, end) = ranges[next];
+            let read = start_read(&mut files, &tensors[i], start, end)?;
+            let tensor = tensors[i].clone();
+            let f = f.clone();
+            let work = tokio::spawn(async move {
+                let data = read
+                    .await
+                    .map_err(|e| JobError::InvalidTask(format!("read task failed: {e}")))??;
+                tokio::task::spawn_blocking(move || f(&tensor, start, &data))
+                    .await
+                    .map_err(|e| JobError::InvalidTask(format!("compute task failed: {e}")))?
+            });
+            in_flight.push_back((i, end - start, work));
+            next += 1;
         }
-        let tensor = tensors[i].clone();
-        let f = f.clone();
-        let value = tokio::task::spawn_blocking(move || f(&tensor, start, &data))
+        let (i, elements, work) = in_flight.pop_front().expect("a chunk is in flight");
+        let value = work
             .await
-            .map_err(|e| JobError::InvalidTask(format!("compute task failed: {e}")))??;
+            .map_err(|e| JobError::InvalidTask(format!("chunk task failed: {e}")))??;
         sink(i, value).await?;
-        done += end - start;
+        done += elements;
         progress(done as f64 / total as f64);
     }
     Ok(())
