@@ -126,6 +126,27 @@ pub fn optimizer(
     ))
 }
 
+/// The end of every training step: all-reduce the gradients (one call on the collective),
+/// clip them to `max_grad_norm` (0 = off), and take the AdamW step. Returns (grad_norm before
+/// clipping, the learning rate used).
+pub fn reduce_clip_step(
+    collective: &mut dyn crate::collective::Collective,
+    mut grads: crate::optim::Gradients,
+    max_grad_norm: f64,
+    opt: &mut crate::optim::AdamW,
+    params: &crate::optim::Params,
+) -> Result<(f64, f64), TrainError> {
+    collective.all_reduce_mean(&mut grads)?;
+    let grad_norm = if max_grad_norm > 0.0 {
+        grads.clip(max_grad_norm)?
+    } else {
+        grads.global_norm()?
+    };
+    let lr = opt.next_lr();
+    opt.step(params, &grads)?;
+    Ok((grad_norm, lr))
+}
+
 /// Rows `[start, end)` of a global batch of `n` that rank `rank` of `world` takes.
 pub fn shard(n: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
     let per = n.div_ceil(world);

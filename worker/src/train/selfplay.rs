@@ -212,17 +212,11 @@ pub async fn run(
                 Algorithm::IpoMd => {}
             }
         }
-        let mut grads = accumulated.finish()?;
+        let grads = accumulated.finish()?;
 
         // 5. All-reduce, clip, AdamW.
-        collective.all_reduce_mean(&mut grads)?;
-        let grad_norm = if max_grad_norm > 0.0 {
-            grads.clip(max_grad_norm)?
-        } else {
-            grads.global_norm()?
-        };
-        let lr = opt.next_lr();
-        opt.step(&params, &grads)?;
+        let (grad_norm, lr) =
+            super::reduce_clip_step(collective, grads, max_grad_norm, &mut opt, &params)?;
 
         // 6. Metrics. KL is estimated on samples of π; IPO-MD's are mixture samples, so it
         // draws one extra policy sample per prompt for the metric alone.

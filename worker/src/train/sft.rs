@@ -86,17 +86,11 @@ pub async fn run(
             loss_sum += loss.to_scalar::<f32>()? as f64;
         }
         let num_micro = accumulated.count().max(1) as f64;
-        let mut grads = accumulated.finish()?;
+        let grads = accumulated.finish()?;
 
         // All-reduce, clip, AdamW.
-        collective.all_reduce_mean(&mut grads)?;
-        let grad_norm = if max_grad_norm > 0.0 {
-            grads.clip(max_grad_norm)?
-        } else {
-            grads.global_norm()?
-        };
-        let lr = opt.next_lr();
-        opt.step(&params, &grads)?;
+        let (grad_norm, lr) =
+            super::reduce_clip_step(collective, grads, max_grad_norm, &mut opt, &params)?;
 
         // Metrics.
         let step_done = step + 1;
