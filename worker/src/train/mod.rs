@@ -55,6 +55,29 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// The end of every training job: the final model to `OUTPUT/model/`, the last metrics part,
+    /// and the result reported to the coordinator.
+    pub async fn finish(
+        &self,
+        policy: &models::Loaded,
+        metrics: &mut metrics::MetricsLog<'_>,
+        steps: u64,
+        eval: (f64, f64),
+        started: std::time::Instant,
+    ) -> Result<TrainResult, TrainError> {
+        let model_url = format!("{}/model", self.output);
+        policy.save(&model_url).await?;
+        metrics.flush().await?;
+        Ok(TrainResult {
+            steps,
+            model_url,
+            metrics_url: metrics.url().to_string(),
+            eval_gold: eval.0,
+            eval_win_rate: eval.1,
+            wall_s: started.elapsed().as_secs_f64(),
+        })
+    }
+
     /// An error once the task was given up.
     pub fn check_cancelled(&self) -> Result<(), TrainError> {
         if self.cancel.load(Ordering::Relaxed) {

@@ -255,17 +255,9 @@ pub async fn run(
         metrics.maybe_flush().await?;
     }
 
-    let model_url = format!("{}/model", ctx.output);
-    policy.save(&model_url).await?;
-    metrics.flush().await?;
-    Ok(TrainResult {
-        steps: spec.steps,
-        model_url,
-        metrics_url: metrics.url().to_string(),
-        eval_gold: last_eval.gold,
-        eval_win_rate: last_eval.win_rate.unwrap_or(f64::NAN),
-        wall_s: started.elapsed().as_secs_f64(),
-    })
+    let eval = (last_eval.gold, last_eval.win_rate.unwrap_or(f64::NAN));
+    ctx.finish(&policy, &mut metrics, spec.steps, eval, started)
+        .await
 }
 
 fn log_eval(metrics: &mut MetricsLog, step: u64, e: &super::eval::Eval) {

@@ -119,15 +119,7 @@ pub async fn run(
         metrics.maybe_flush().await?;
     }
 
-    let model_url = format!("{}/model", ctx.output);
-    policy.save(&model_url).await?;
-    metrics.flush().await?;
-    Ok(TrainResult {
-        steps: spec.steps,
-        model_url,
-        metrics_url: metrics.url().to_string(),
-        eval_gold: last_eval.map_or(f64::NAN, |e| e.gold),
-        eval_win_rate: f64::NAN,
-        wall_s: started.elapsed().as_secs_f64(),
-    })
+    let eval = (last_eval.map_or(f64::NAN, |e| e.gold), f64::NAN);
+    ctx.finish(&policy, &mut metrics, spec.steps, eval, started)
+        .await
 }
