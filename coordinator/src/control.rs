@@ -386,8 +386,7 @@ impl ControlPlane {
         let job = {
             let mut s = handle.snapshot.lock().expect("snapshot lock");
             f(&mut s);
-            let (queued, running, running_progress) = self.scheduler.job_counts(&handle.id);
-            let _ = queued;
+            let (_queued, running, running_progress) = self.scheduler.job_counts(&handle.id);
             let total = s.tasks_total.max(1) as f64;
             let fraction = if s.job.state() == JobState::Succeeded {
                 1.0

@@ -218,9 +218,9 @@ impl MergeDriver {
             .strip_prefix('r')
             .and_then(|k| k.split_once("-shard-"))
             .and_then(|(r, s)| Some((r.parse::<u32>().ok()?, s.parse::<usize>().ok()?)));
-        let (round, shard) = match parsed {
+        let shard = match parsed {
             Some((r, s)) if r == self.round && s >= 1 && self.outstanding.contains(&(s - 1)) => {
-                (r, s - 1)
+                s - 1
             }
             _ => {
                 return Err(DriverError::Invalid(format!(
@@ -229,7 +229,6 @@ impl MergeDriver {
                 )))
             }
         };
-        let _ = round;
         self.outstanding.remove(&shard);
         match result.result {
             Some(task_result::Result::MergeStats(stats)) => {
