@@ -34,7 +34,7 @@ pub struct CoordinatorArg {
 
 #[derive(Args, Debug, Clone)]
 pub struct ConfigArgs {
-    /// Job config (TOML).
+    /// Job config: TOML, or a mergekit YAML file (`.yml`/`.yaml`) for the methods both share.
     pub config: PathBuf,
     /// Override a config key, e.g. --set merge.lambda=0.5 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -107,6 +107,11 @@ pub enum Command {
         #[arg(long)]
         state: Option<String>,
     },
+    /// Convert another tool's config into mirrorplay TOML (printed on stdout).
+    Convert {
+        #[command(subcommand)]
+        from: ConvertFrom,
+    },
     /// Write the example models (base, task-a, task-b, task-c) into DIR.
     ExampleModels {
         dir: PathBuf,
@@ -119,5 +124,14 @@ pub enum Command {
         /// dtype of the random models: F32, F16 or BF16.
         #[arg(long, default_value = "F32")]
         random_dtype: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConvertFrom {
+    /// A mergekit YAML config (task_arithmetic, ties, dare_linear, dare_ties).
+    Mergekit {
+        /// The mergekit YAML file.
+        file: PathBuf,
     },
 }

@@ -94,6 +94,21 @@ async fn run(cli: Cli) -> Result<Exit> {
             eprintln!("{}: ok", config.config.display());
             Ok(Exit::Ok)
         }
+        Command::Convert {
+            from: cli::ConvertFrom::Mergekit { file },
+        } => {
+            let display = file.display().to_string();
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| Exit::Config(format!("{display}: cannot read the config: {e}")))?;
+            let stem = file
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_else(|| "merge".into());
+            let toml = config::mergekit::to_toml(&display, &text, &stem)
+                .map_err(|e| Exit::Config(e.to_string()))?;
+            print!("{toml}");
+            Ok(Exit::Ok)
+        }
         Command::Local {
             config,
             workers,

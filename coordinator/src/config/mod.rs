@@ -3,6 +3,7 @@
 //! and the dotted key, and is raised before anything runs or is written.
 
 mod merge;
+pub mod mergekit;
 mod reader;
 mod selfplay;
 mod sft;
@@ -110,6 +111,15 @@ pub fn load(path: &Path, sets: &[String], cwd: &Path) -> Result<Loaded, ConfigEr
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| "job".into());
+    if mergekit::is_mergekit_yaml(path) {
+        let converted = mergekit::to_toml(&file, &text, &default_name)?;
+        // Errors past conversion concern the converted TOML: name its keys, not its lines.
+        return parse(&file, &converted, sets, cwd, &default_name).map_err(|e| ConfigError {
+            file: format!("{file} (as converted by `mirrorplay convert mergekit {file}`)"),
+            line: None,
+            ..e
+        });
+    }
     parse(&file, &text, sets, cwd, &default_name)
 }
 

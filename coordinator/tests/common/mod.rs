@@ -50,10 +50,19 @@ pub fn run(args: &[&str]) -> Output {
 }
 
 pub fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    run_in_env(&repo_root(), args, env)
+}
+
+/// Runs `mirrorplay ARGS` in `dir` (relative paths in configs resolve against it).
+pub fn run_in(dir: &Path, args: &[&str]) -> Output {
+    run_in_env(dir, args, &[])
+}
+
+fn run_in_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let worker = worker_bin();
     let mut cmd = Command::new(mirrorplay());
     cmd.args(args)
-        .current_dir(repo_root())
+        .current_dir(dir)
         .env("MIRRORPLAY_WORKER_BIN", worker);
     for (k, v) in env {
         cmd.env(k, v);
