@@ -3,7 +3,7 @@
 //! job's task vocabulary, seeded by the job seed).
 
 use mirrorplay_proto::v1::{
-    model_source, Decay, ModelSource, OptimizerSpec, SamplingSpec, TinyModel,
+    model_source, ComputeDtype, Decay, ModelSource, OptimizerSpec, SamplingSpec, TinyModel,
 };
 use toml::Value;
 
@@ -42,6 +42,21 @@ pub(super) fn model(
     Ok(ModelSource {
         source: Some(source),
     })
+}
+
+/// `compute_dtype`: "f32" (default) | "bf16" | "f16". Master weights and optimizer state stay
+/// f32 whatever this says; bf16/f16 are meant for CUDA (on CPU they run, slowly).
+pub(super) fn compute_dtype(t: &Tbl) -> Result<ComputeDtype, ConfigError> {
+    Ok(
+        match t
+            .choice("compute_dtype", &["f32", "bf16", "f16"], Some("f32"))?
+            .as_str()
+        {
+            "bf16" => ComputeDtype::Bf16,
+            "f16" => ComputeDtype::F16,
+            _ => ComputeDtype::F32,
+        },
+    )
 }
 
 /// A positive integer with a default, at most `max`.

@@ -26,6 +26,10 @@ struct Args {
     /// Seconds a shutdown (SIGTERM) waits for the running task before handing it back.
     #[arg(long, default_value_t = 30.0)]
     grace_secs: f64,
+    /// Where training computes: `cpu`, `cuda:N` (needs the `cuda` feature), or `auto`
+    /// (cuda:0 when this binary has CUDA and a GPU is present, else cpu).
+    #[arg(long, env = "MIRRORPLAY_DEVICE", default_value = "auto")]
+    device: String,
     /// Log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -44,11 +48,14 @@ async fn main() -> Result<()> {
     let name = args
         .name
         .unwrap_or_else(|| format!("worker-{}", std::process::id()));
+    let device = parse_device(&args.device)?;
+    tracing::info!(device = ?device, "compute device");
     let opts = WorkerOptions {
         coordinator: args.coordinator,
         name,
         grace: Duration::from_secs_f64(args.grace_secs.max(0.0)),
         fault_task_delay: Duration::from_millis(delay_ms),
+        device,
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -58,4 +65,22 @@ async fn main() -> Result<()> {
     });
     runtime::run(opts, rx).await?;
     Ok(())
+}
+
+/// `cpu` | `cuda:N` | `auto`.
+fn parse_device(spec: &str) -> Result<candle_core::Device> {
+    use candle_core::Device;
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+        other => {
+            let ordinal = other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--device `{other}`: expected cpu, cuda:N or auto")
+                })?;
+            Device::new_cuda(ordinal).map_err(|e| anyhow::anyhow!("--device {other}: {e}"))
+        }
+    }
 }

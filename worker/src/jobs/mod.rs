@@ -31,6 +31,7 @@ pub type MetricsSink<'a> = &'a (dyn Fn(String) + Send + Sync);
 /// Runs one task to completion.
 pub async fn run_task(
     task: &Task,
+    device: &candle_core::Device,
     progress: Progress<'_>,
     metrics: MetricsSink<'_>,
     cancel: &AtomicBool,
@@ -45,7 +46,7 @@ pub async fn run_task(
         Some(task::Work::Train(train)) => {
             // Training computes on this thread for minutes; let the runtime move its other
             // tasks (heartbeats, progress reports) to the remaining threads.
-            let run = crate::train::run(train, task.attempt, progress, metrics, cancel);
+            let run = crate::train::run(train, task.attempt, device, progress, metrics, cancel);
             let result =
                 tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(run))
                     .map_err(|e| JobError::Train(e.to_string()))?;

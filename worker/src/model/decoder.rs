@@ -93,6 +93,15 @@ impl Model {
                 None,
             )
         };
+        Ok(Self::assemble(config, tensors, vars))
+    }
+
+    /// Wires checked tensors into layers; keeps them as given (graph included).
+    fn assemble(
+        config: ModelConfig,
+        tensors: BTreeMap<String, Tensor>,
+        vars: Option<BTreeMap<String, Var>>,
+    ) -> Self {
         let get = |name: &str| tensors[name].clone();
         let lin = |prefix: &str, bias: bool| Linear {
             weight: get(&format!("{prefix}.weight")),
@@ -119,7 +128,7 @@ impl Model {
             Head::CausalLm => get("lm_head.weight"),
             Head::SequenceClassification { .. } => get("score.weight"),
         };
-        Ok(Model {
+        Model {
             inv_freq: rope::inv_freq(&config),
             embed: get("model.embed_tokens.weight"),
             norm: get("model.norm.weight"),
@@ -128,7 +137,7 @@ impl Model {
             tensors,
             vars,
             config,
-        })
+        }
     }
 
     /// Checks names and shapes against the config; `source` names the weights in errors.
@@ -184,6 +193,14 @@ impl Model {
         self.embed.dtype()
     }
 
+    /// The dtype of logits, scores and log-probs: f32 for a half-precision model, else its own.
+    pub fn logits_dtype(&self) -> DType {
+        match self.dtype() {
+            DType::F16 | DType::BF16 => DType::F32,
+            d => d,
+        }
+    }
+
     /// All weights by HF name (sorted). For a trainable model these are the `Var`s' tensors.
     pub fn tensors(&self) -> &BTreeMap<String, Tensor> {
         &self.tensors
@@ -230,6 +247,28 @@ impl Model {
             .map(|(n, t)| Ok((n.clone(), t.detach().to_device(device)?.to_dtype(dtype)?)))
             .collect::<Result<_>>()?;
         Model::new(self.config.clone(), tensors, self.vars.is_some())
+    }
+
+    /// Mixed precision: the weights cast to `dtype` for one step's forward passes, still
+    /// attached to this model's f32 `Var`s, so backward delivers f32 gradients to the master
+    /// weights through the cast (Micikevicius et al. 2018, "Mixed Precision Training", §3.1;
+    /// bf16 needs no loss scaling). Casting is part of the graph, so make a new one after every
+    /// optimizer step. Logits and log-probs come out in f32 (see `lm_logits`). With `dtype`
+    /// equal to this model's, the weights are shared as they are.
+    pub fn for_compute(&self, dtype: DType) -> Result<Model> {
+        let tensors = self
+            .tensors
+            .iter()
+            .map(|(n, t)| {
+                let t = if t.dtype() == dtype {
+                    t.clone()
+                } else {
+                    t.to_dtype(dtype)?
+                };
+                Ok((n.clone(), t))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self::assemble(self.config.clone(), tensors, None))
     }
 
     /// Runs the decoder on `ids` (b rows of t tokens; `valid[r][i] == false` marks padding),
@@ -321,9 +360,11 @@ impl Model {
     }
 
     /// LM-head logits [.., vocab] of hidden states [.., hidden]. Errors for a classifier.
+    /// Half-precision (bf16/f16) models return f32 logits, so log-softmax, losses and
+    /// log-prob metrics are always computed in at least f32.
     pub fn lm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
         match self.config.head {
-            Head::CausalLm => Ok(ops::linear(hidden, &self.head, None)?),
+            Head::CausalLm => Ok(upcast(ops::linear(hidden, &self.head, None)?)?),
             Head::SequenceClassification { .. } => Err(ModelError::Input(
                 "lm_logits called on a sequence-classification model".into(),
             )),
@@ -357,7 +398,15 @@ impl Model {
         let pooled = hidden
             .reshape((b * t, hs))?
             .index_select(&Tensor::new(last, hidden.device())?, 0)?;
-        Ok(ops::linear(&pooled, &self.head, None)?)
+        Ok(upcast(ops::linear(&pooled, &self.head, None)?)?)
+    }
+}
+
+/// f16/bf16 → f32 (with backward); other dtypes unchanged.
+fn upcast(t: Tensor) -> candle_core::Result<Tensor> {
+    match t.dtype() {
+        DType::F16 | DType::BF16 => t.to_dtype(DType::F32),
+        _ => Ok(t),
     }
 }
 

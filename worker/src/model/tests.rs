@@ -250,3 +250,62 @@ fn frozen_copy_is_independent_of_training_updates() {
     sorted.sort();
     assert_eq!(names, sorted);
 }
+
+/// The gradient of every parameter, flattened in name order, as f64.
+fn flat_grads(model: &Model, loss: &Tensor) -> Vec<f64> {
+    let grads = loss.backward().unwrap();
+    let mut out = Vec::new();
+    for (name, var) in model.vars().unwrap() {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient reaches {name}"));
+        assert_eq!(g.dtype(), DType::F32, "{name}: master gradient dtype");
+        out.extend(
+            g.to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap(),
+        );
+    }
+    out
+}
+
+#[test]
+fn half_precision_compute_trains_f32_master_weights() {
+    // Mixed precision (`Model::for_compute`): bf16 and f16 forward passes over f32 Vars give
+    // f32 log-probs close to the f32 ones, and f32 gradients for every master weight that
+    // point the same way as the f32 gradients.
+    let all = all_kinds_config();
+    let model = Model::new(all.clone(), spread_tensors(&all, 6), true).unwrap();
+    let prompts = [vec![1, 4, 5], vec![1, 6]];
+    let completions = [vec![7, 8, 2], vec![9]];
+    let full = score_completions(&model, &prompts, &completions).unwrap();
+    let reference: Vec<f32> = full.logprobs.flatten_all().unwrap().to_vec1().unwrap();
+    let g32 = flat_grads(&model, &full.logprobs.sum_all().unwrap());
+    for (dtype, tol) in [(DType::BF16, 0.1f32), (DType::F16, 0.01)] {
+        let compute = model.for_compute(dtype).unwrap();
+        assert_eq!(compute.dtype(), dtype);
+        let scored = score_completions(&compute, &prompts, &completions).unwrap();
+        assert_eq!(scored.logprobs.dtype(), DType::F32, "{dtype:?}: log-probs");
+        let got: Vec<f32> = scored.logprobs.flatten_all().unwrap().to_vec1().unwrap();
+        let worst = got
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < tol, "{dtype:?}: log-probs off by {worst}");
+        assert!(
+            got.iter().zip(&reference).any(|(a, b)| a != b),
+            "{dtype:?} computed in f32?"
+        );
+        let g = flat_grads(&model, &scored.logprobs.sum_all().unwrap());
+        let dot: f64 = g.iter().zip(&g32).map(|(a, b)| a * b).sum();
+        let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let cosine = dot / (norm(&g) * norm(&g32));
+        assert!(cosine > 0.99, "{dtype:?}: gradient cosine {cosine}");
+    }
+    // The f32 master weights themselves are untouched by the cast.
+    assert!(model.tensors().values().all(|t| t.dtype() == DType::F32));
+}

@@ -28,6 +28,8 @@ pub struct WorkerOptions {
     /// How long a shutdown waits for the running task before handing it back.
     pub grace: Duration,
     pub fault_task_delay: Duration,
+    /// Where training tasks compute (merges stream on the CPU whatever this is).
+    pub device: candle_core::Device,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -210,6 +212,7 @@ impl Session {
         // aborting a task only takes effect at an await point.
         let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let delay = opts.fault_task_delay;
+        let device = opts.device.clone();
         let mut handle = {
             let progress = progress.clone();
             let metrics = metrics.clone();
@@ -221,7 +224,7 @@ impl Session {
                 }
                 let report = move |f: f64| progress.store(f.to_bits(), Ordering::Relaxed);
                 let sink = move |line: String| metrics.lock().expect("metrics lock").push(line);
-                run_task(&task, &report, &sink, &cancel).await
+                run_task(&task, &device, &report, &sink, &cancel).await
             })
         };
         let take_metrics = || std::mem::take(&mut *metrics.lock().expect("metrics lock"));

@@ -40,7 +40,7 @@ pub fn score_completions(
     if let Some(r) = prompts.iter().position(Vec::is_empty) {
         return Err(ModelError::Input(format!("prompt {r} is empty")));
     }
-    let (dev, dtype) = (model.device().clone(), model.dtype());
+    let (dev, dtype) = (model.device().clone(), model.logits_dtype());
     let l = completions.iter().map(Vec::len).max().unwrap_or(0);
     let mask_rows: Vec<Vec<bool>> = completions
         .iter()

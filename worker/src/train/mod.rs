@@ -94,6 +94,7 @@ impl Ctx<'_> {
 pub async fn run(
     task: &TrainTask,
     attempt: u32,
+    device: &Device,
     progress: Progress<'_>,
     metrics: MetricsSink<'_>,
     cancel: &AtomicBool,
@@ -105,7 +106,7 @@ pub async fn run(
         attempt,
         progress,
         metrics,
-        device: Device::Cpu,
+        device: device.clone(),
     };
     let mut collective = Local;
     match &task.spec {
@@ -114,6 +115,16 @@ pub async fn run(
         None => Err(TrainError::Invalid(
             "the training task carries no spec".into(),
         )),
+    }
+}
+
+/// The dtype a job's forward/backward passes run in (`compute_dtype`; unspecified = f32).
+pub fn compute_dtype(d: mirrorplay_proto::v1::ComputeDtype) -> candle_core::DType {
+    use mirrorplay_proto::v1::ComputeDtype;
+    match d {
+        ComputeDtype::Bf16 => candle_core::DType::BF16,
+        ComputeDtype::F16 => candle_core::DType::F16,
+        ComputeDtype::F32 | ComputeDtype::Unspecified => candle_core::DType::F32,
     }
 }
 

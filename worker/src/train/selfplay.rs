@@ -78,7 +78,8 @@ pub async fn run(
         &ctx.device,
     )
     .await?;
-    let reference = models::load(
+    let dtype = super::compute_dtype(spec.compute_dtype());
+    let mut reference = models::load(
         spec.reference
             .as_ref()
             .ok_or_else(|| missing("reference"))?,
@@ -87,6 +88,8 @@ pub async fn run(
         &ctx.device,
     )
     .await?;
+    // Mixed precision: the frozen reference simply lives in the compute dtype.
+    reference.model = reference.model.to(dtype, &ctx.device)?;
     for m in [&policy, &reference] {
         if m.model.config().vocab_size != gd::VOCAB_SIZE {
             return Err(TrainError::Invalid(format!(
@@ -123,7 +126,7 @@ pub async fn run(
         &sampling,
         Some(&reference.model),
     )?;
-    let mut last_eval = eval_set.run(&policy.model.detached()?, 0)?;
+    let mut last_eval = eval_set.run(&policy.model.detached()?.for_compute(dtype)?, 0)?;
     log_eval(&mut metrics, 0, &last_eval);
 
     let batch = spec.batch_prompts as u64;
@@ -142,7 +145,7 @@ pub async fn run(
         let b = prompt_ids.len();
 
         // 2. Samples (no graph: the sampler is a detached view of the current weights).
-        let sampler = policy.model.detached()?;
+        let sampler = policy.model.detached()?.for_compute(dtype)?;
         let config = rollout::task_config(&sampling, ctx.seed, step);
         let mixture = Source::Mixture {
             policy: &sampler,
@@ -177,6 +180,8 @@ pub async fn run(
         let pref = gold_preferences(&gold_y, &golds(&task_prompts, &y_prime)?, temperature);
 
         // 4. Score, loss and backward per micro-batch.
+        // The step's forward weights: cast from the f32 master weights, graph attached.
+        let compute = policy.model.for_compute(dtype)?;
         let mut accumulated = GradAccumulator::new();
         let mut loss_sum = 0.0;
         let mut kl_rows: Vec<Completions> = vec![];
@@ -192,7 +197,7 @@ pub async fn run(
                 .chain(&prompt_ids[start..start + n])
                 .cloned()
                 .collect();
-            let scored = rollout::score(&policy.model, &reference.model, &prompts2, &both)?;
+            let scored = rollout::score(&compute, &reference.model, &prompts2, &both)?;
             let pair = PairBatch {
                 y: rollout::rows(&scored, 0, n)?,
                 y_prime: rollout::rows(&scored, n, n)?,
@@ -248,7 +253,7 @@ pub async fn run(
             ],
         );
         if step_done % spec.eval_every.max(1) == 0 || step_done == spec.steps {
-            last_eval = eval_set.run(&policy.model.detached()?, step_done)?;
+            last_eval = eval_set.run(&policy.model.detached()?.for_compute(dtype)?, step_done)?;
             log_eval(&mut metrics, step_done, &last_eval);
         }
         (ctx.progress)(step_done as f64 / spec.steps.max(1) as f64);

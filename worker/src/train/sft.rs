@@ -30,6 +30,7 @@ pub async fn run(
         &ctx.device,
     )
     .await?;
+    let dtype = super::compute_dtype(spec.compute_dtype());
     let eos = policy.model.config().eos_token_ids.first().copied();
     let examples = Examples::load(
         spec.data.as_ref().ok_or_else(|| missing("data"))?,
@@ -72,12 +73,14 @@ pub async fn run(
         let b = prompts.len();
 
         // Score, loss and backward per micro-batch.
+        // The step's forward weights: cast from the f32 master weights, graph attached.
+        let compute = policy.model.for_compute(dtype)?;
         let mut accumulated = GradAccumulator::new();
         let mut loss_sum = 0.0;
         for start in (0..b).step_by(micro) {
             let n = micro.min(b - start);
             let scored = score_completions(
-                &policy.model,
+                &compute,
                 &prompts[start..start + n],
                 &completions[start..start + n],
             )?;
@@ -110,7 +113,7 @@ pub async fn run(
         );
         if let Some(set) = &eval_set {
             if step_done % spec.eval_every.max(1) == 0 || step_done == spec.steps {
-                let e = set.run(&policy.model.detached()?, step_done)?;
+                let e = set.run(&policy.model.detached()?.for_compute(dtype)?, step_done)?;
                 metrics.log(step_done, Split::Eval, &[("eval/gold", e.gold)]);
                 last_eval = Some(e);
             }
