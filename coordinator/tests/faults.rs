@@ -184,3 +184,62 @@ fn a_worker_killed_mid_task_has_its_task_reissued_and_the_job_succeeds() {
     );
     assert_merged(&out);
 }
+
+#[test]
+fn a_worker_sigtermed_mid_training_hands_the_task_back_and_the_job_completes_elsewhere() {
+    // Training polls the runtime's cancel flag between steps: a SIGTERM (grace 0) in the middle
+    // of an SFT run ends the attempt at the next step boundary, the task is handed back, and a
+    // second worker trains it from the start as attempt 2 (no checkpoints yet).
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let _coordinator = spawn_coordinator(tmp.path(), &url);
+    wait_until("the coordinator", Duration::from_secs(20), || {
+        run(&["status", "--coordinator", &url]).status.success()
+    });
+    let config = tmp.path().join("sft.toml");
+    let out = tmp.path().join("out");
+    std::fs::write(
+        &config,
+        format!(
+            "[job]\nkind = \"sft\"\noutput = \"{}\"\nseed = 3\n[sft]\ninit = \"tiny\"\ntask = \"goodhart_digits\"\nbatch_size = 8\nsteps = 400\neval_every = 400\neval_prompts = 8\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    let mut leaver = spawn_worker(&url, "leaver", None);
+    let submitted = run(&["submit", config.to_str().unwrap(), "--coordinator", &url]);
+    assert!(submitted.status.success(), "{}", stderr(&submitted));
+    let job = String::from_utf8(submitted.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    wait_until("training to be under way", Duration::from_secs(60), || {
+        let o = run(&["status", &job, "--json", "--coordinator", &url]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        v["progress"]["fraction"].as_f64().unwrap_or(0.0) > 0.02
+    });
+    unsafe { libc::kill(leaver.0.id() as i32, libc::SIGTERM) };
+    let status = leaver.0.wait().unwrap();
+    assert!(status.success(), "the worker exits cleanly: {status:?}");
+    let _finisher = spawn_worker(&url, "finisher", None);
+    let watched = run(&["watch", &job, "--coordinator", &url]);
+    let log = stderr(&watched);
+    assert!(watched.status.success(), "{log}");
+    assert!(
+        log.contains("worker `leaver` left") && log.contains("re-issued as attempt 2"),
+        "{log}"
+    );
+    assert!(out.join("model/model.safetensors").exists());
+    // Attempt 2 wrote a complete metrics stream (steps 1..=400 under attempt 2).
+    let mut steps = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(out.join("metrics")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            if v["attempt"] == 2 && v["split"] == "train" {
+                steps.insert(v["step"].as_u64().unwrap());
+            }
+        }
+    }
+    assert_eq!(steps, (1..=400).collect());
+}
