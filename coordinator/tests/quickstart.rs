@@ -62,9 +62,9 @@ fn shortened_quickstart_raises_the_held_out_win_rate_above_one_half() {
         "--set",
         "stage.0.sft.eval_prompts=64",
         "--set",
-        "stage.1.selfplay.steps=40",
+        "stage.1.selfplay.steps=80",
         "--set",
-        "stage.1.selfplay.eval_every=20",
+        "stage.1.selfplay.eval_every=40",
         "--set",
         "stage.1.selfplay.eval_prompts=256",
     ]);
@@ -108,17 +108,18 @@ fn shortened_quickstart_raises_the_held_out_win_rate_above_one_half() {
             .as_f64()
             .unwrap()
     };
-    let (start, end) = (win(0), win(40));
+    let (start, end) = (win(0), win(80));
     eprintln!(
-        "held-out win rate: step 0 {start:.3}, step 20 {:.3}, step 40 {end:.3}",
-        win(20)
+        "held-out win rate: step 0 {start:.3}, step 40 {:.3}, step 80 {end:.3}",
+        win(40)
     );
     assert!(
         (start - 0.5).abs() < 0.1,
         "before training the policy is the reference: {start}"
     );
+    // Measured here: 0.453 → 0.682 (τ = 0.01; the full 250 steps reach 0.99, RESULTS.md).
     assert!(
-        end >= 0.58 && end - start >= 0.1,
-        "win rate after 40 steps: {start} → {end}"
+        end >= 0.6 && end - start >= 0.15,
+        "win rate after 80 steps: {start} → {end}"
     );
 }
