@@ -25,8 +25,10 @@ use serde_json::json;
 use super::shard_plan::{plan_shards, Shard};
 use super::{DriverError, Log, NewTask, Step};
 
-/// Elements per streamed range: 16 MiB of f32.
-pub const CHUNK_ELEMENTS: u64 = 4 * 1024 * 1024;
+/// Elements per streamed range: 8 MiB of f32 per input. With 3 chunks in flight, each holding
+/// every input's range raw and decoded plus the method's temporaries, a PCB worker on 3 × 2 GiB
+/// models was seen at 0.9 GiB RSS with 16 MiB ranges; measured peaks in BENCHMARKS.md.
+pub const CHUNK_ELEMENTS: u64 = 2 * 1024 * 1024;
 /// Overrides `CHUNK_ELEMENTS` (tests use tiny chunks so that units cross chunk boundaries).
 pub const CHUNK_ELEMENTS_ENV: &str = "MIRRORPLAY_MERGE_CHUNK_ELEMENTS";
 

@@ -202,7 +202,8 @@ fn ranges(tensors: &[MergeTensor], chunk_elements: u64) -> Vec<(usize, u64, u64)
 
 /// Chunks read and computed at once: the next ranges are read and combined (on the blocking
 /// pool, so on every core) while earlier results are written. Bounds memory to about this many
-/// chunks' inputs and outputs (~100 MiB each for three f32 models at 16 MiB ranges).
+/// chunks' inputs and outputs (~50–100 MiB each for three f32 models at the driver's 8 MiB
+/// ranges, raw and decoded).
 const CHUNKS_IN_FLIGHT: usize = 3;
 
 /// Streams the ranges of `tensors` through `f` (run on the blocking pool with the chunk) and

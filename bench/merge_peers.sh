@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Benchmark against peers at equal size (ISSUE: model merging): on a Llama-shaped f32 base and
+# three fine-tunes of PEER_SIZE_MIB each (bench/make_llama_models.py),
+#   - PCB global (keep 0.1, clip 0.0001): the authors' algorithm in PyTorch (bench/pcb_torch.py)
+#     vs `mirrorplay local` with 1 and 2 workers; the two outputs are compared (max |diff|);
+#   - TIES (density 0.3, weights 1, normalize): mergekit (`mergekit-yaml`) vs mirrorplay running
+#     the very same mergekit YAML file, outputs compared.
+# Warm page cache for every tool (inputs read once before timing), so this compares compute and
+# write paths; peak RSS of each process from /usr/bin/time -v (for mirrorplay: the largest
+# worker, through a wrapper passed as --worker-bin).
+#
+# Needs: a release build, a Python venv with torch + mergekit + numpy + safetensors
+# (PEER_VENV, default /work/venv-mergekit: `python3 -m venv V && V/bin/pip install mergekit`).
+# Usage: cargo build --release && bench/merge_peers.sh      (PEER_SIZE_MIB=256 DIR=/tmp/mp-peers)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+SIZE=${PEER_SIZE_MIB:-256}
+DIR=${DIR:-/tmp/mp-peers}
+VENV=${PEER_VENV:-/work/venv-mergekit}
+BIN=$ROOT/${BIN:-target/release}
+PY="$VENV/bin/python"
+M="$DIR/models"
+mkdir -p "$DIR"
+if [ "$(cat "$M/.size" 2>/dev/null)" != "$SIZE" ]; then
+  rm -rf "$M"; "$PY" bench/make_llama_models.py "$M" "$SIZE" 3; echo "$SIZE" > "$M/.size"
+fi
+cat "$M"/*/model.safetensors > /dev/null   # warm
+
+# mirrorplay workers under /usr/bin/time -v, one report per process.
+# (time(1) dies on SIGTERM without passing it on: forward it to the worker, then wait for
+# time to write its report.)
+cat > "$DIR/worker-timed.sh" <<W
+#!/usr/bin/env bash
+/usr/bin/time -v -o "$DIR/rss/worker-\$\$.txt" "$BIN/mirrorplay-worker" "\$@" &
+timer=\$!
+trap 'pkill -TERM -P \$timer' TERM INT
+wait \$timer || true
+wait \$timer || true
+W
+chmod +x "$DIR/worker-timed.sh"
+rss_kib() { grep "Maximum resident" "$1" | awk '{print $NF}'; }
+# run NAME CMD...: seconds and peak RSS (MiB) of CMD; for mirrorplay, of its largest worker.
+run() {
+  local name=$1; shift
+  rm -rf "$DIR/rss"; mkdir -p "$DIR/rss"
+  local t0 t1; t0=$(date +%s.%N)
+  /usr/bin/time -v -o "$DIR/rss/main.txt" "$@" > "$DIR/$name.log" 2>&1 || { echo "$name failed:"; tail -20 "$DIR/$name.log"; exit 1; }
+  t1=$(date +%s.%N)
+  local worst=0 f k
+  for f in "$DIR"/rss/*.txt; do k=$(rss_kib "$f"); [ "$k" -gt "$worst" ] && worst=$k; done
+  printf '%-40s %8.2f s %8d MiB\n' "$name" "$(echo "$t1 - $t0" | bc)" "$((worst / 1024))"
+}
+
+cat > "$DIR/pcb.toml" <<T
+[job]
+kind = "merge"
+output = "$DIR/out-pcb"
+overwrite = true
+[merge]
+method = "pcb"
+base = "$M/base"
+models = ["$M/m1", "$M/m2", "$M/m3"]
+keep_ratio = 0.1
+clip_ratio = 0.0001
+lambda = 1.0
+scope = "global"
+T
+cat > "$DIR/ties.yml" <<Y
+merge_method: ties
+base_model: $M/base
+models:
+  - model: $M/m1
+    parameters: {density: 0.3, weight: 1.0}
+  - model: $M/m2
+    parameters: {density: 0.3, weight: 1.0}
+  - model: $M/m3
+    parameters: {density: 0.3, weight: 1.0}
+parameters:
+  normalize: true
+dtype: float32
+Y
+
+echo "3 x $SIZE MiB f32 Llama-shaped models (+ base); $(nproc) cores, $(free -g | awk '/Mem/{print $2}') GiB RAM; torch $("$PY" -c 'import torch; print(torch.__version__)'), mergekit $("$PY" -c 'from importlib.metadata import version; print(version("mergekit"))')"
+printf '%-40s %10s %12s\n' "what" "wall" "peak RSS"
+run "PCB global, authors' PyTorch" "$PY" bench/pcb_torch.py "$M/base" "$DIR/out-pcb-torch" "$M/m1" "$M/m2" "$M/m3" --keep 0.1 --clip 0.0001
+for w in 1 2; do
+  run "PCB global, mirrorplay ($w worker)" "$BIN/mirrorplay" local "$DIR/pcb.toml" --workers "$w" --worker-bin "$DIR/worker-timed.sh" --set "job.output=$DIR/out-pcb-w$w"
+done
+run "TIES, mergekit-yaml" env PATH="$VENV/bin:$PATH" mergekit-yaml "$DIR/ties.yml" "$DIR/out-ties-mergekit" --no-copy-tokenizer
+for w in 1 2; do
+  run "TIES, mirrorplay ($w worker, same YAML)" "$BIN/mirrorplay" local "$DIR/ties.yml" --workers "$w" --worker-bin "$DIR/worker-timed.sh" --set "job.output=$DIR/out-ties-w$w"
+done
+"$PY" - "$DIR" <<'P'
+import glob, os, sys
+import numpy as np
+from safetensors.numpy import load_file
+d = sys.argv[1]
+def load(p):
+    out = {}
+    for f in sorted(glob.glob(os.path.join(p, "*.safetensors"))):
+        out.update(load_file(f))
+    return out
+for a, b in [("out-pcb-torch", "out-pcb-w1/model"), ("out-ties-mergekit", "out-ties-w1/model")]:
+    x, y = load(os.path.join(d, a)), load(os.path.join(d, b))
+    assert sorted(x) == sorted(y), (a, b)
+    print(f"max |{a} - {b}| = {max(float(np.abs(x[k] - y[k]).max()) for k in x):.3g}")
+P
