@@ -44,9 +44,10 @@ fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// Starts `mirrorplay serve` on `url` (1 s leases) and waits until it answers.
 fn spawn_coordinator(dir: &std::path::Path, url: &str) -> Killed {
     let listen = url.trim_start_matches("http://").to_string();
-    Killed(
+    let coordinator = Killed(
         Command::new(mirrorplay())
             .args([
                 "serve",
@@ -61,7 +62,34 @@ fn spawn_coordinator(dir: &std::path::Path, url: &str) -> Killed {
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
-    )
+    );
+    wait_until("the coordinator", Duration::from_secs(20), || {
+        run(&["status", "--coordinator", url]).status.success()
+    });
+    coordinator
+}
+
+/// SIGTERMs a worker (started with --grace-secs 0) and checks that it exits cleanly.
+fn sigterm(worker: &mut Killed) {
+    unsafe { libc::kill(worker.0.id() as i32, libc::SIGTERM) };
+    let status = worker.0.wait().unwrap();
+    assert!(
+        status.success(),
+        "the worker exits cleanly on SIGTERM: {status:?}"
+    );
+}
+
+/// Follows `job` to its end; asserts it succeeded after re-issuing a task that `event` took
+/// away (e.g. "worker `leaver` left"). Returns the watch log.
+fn watch_reissued(url: &str, job: &str, event: &str) -> String {
+    let watched = run(&["watch", job, "--coordinator", url]);
+    let log = stderr(&watched);
+    assert!(watched.status.success(), "{log}");
+    assert!(
+        log.contains(event) && log.contains("re-issued as attempt 2"),
+        "{log}"
+    );
+    log
 }
 
 fn submit(url: &str, out: &std::path::Path) -> String {
@@ -106,27 +134,13 @@ fn a_sigtermed_worker_hands_its_task_back_and_a_worker_started_first_connects_la
     let mut leaver = spawn_worker(&url, "leaver", Some(600_000));
     std::thread::sleep(Duration::from_millis(500));
     let _coordinator = spawn_coordinator(tmp.path(), &url);
-    wait_until("the coordinator", Duration::from_secs(20), || {
-        run(&["status", "--coordinator", &url]).status.success()
-    });
     let out = tmp.path().join("out");
     let job = submit(&url, &out);
     wait_for_running_task(&url, &job);
     // SIGTERM with --grace-secs 0: the task goes back to the queue at once.
-    unsafe { libc::kill(leaver.0.id() as i32, libc::SIGTERM) };
-    let status = leaver.0.wait().unwrap();
-    assert!(
-        status.success(),
-        "the worker exits cleanly on SIGTERM: {status:?}"
-    );
+    sigterm(&mut leaver);
     let _finisher = spawn_worker(&url, "finisher", None);
-    let watched = run(&["watch", &job, "--coordinator", &url]);
-    let log = stderr(&watched);
-    assert!(watched.status.success(), "{log}");
-    assert!(
-        log.contains("worker `leaver` left") && log.contains("re-issued as attempt 2"),
-        "{log}"
-    );
+    watch_reissued(&url, &job, "worker `leaver` left");
     assert_merged(&out);
 }
 
@@ -135,9 +149,6 @@ fn the_coordinator_serves_grpc_health() {
     let tmp = tempfile::tempdir().unwrap();
     let url = format!("http://127.0.0.1:{}", free_port());
     let _coordinator = spawn_coordinator(tmp.path(), &url);
-    wait_until("the coordinator", Duration::from_secs(20), || {
-        run(&["status", "--coordinator", &url]).status.success()
-    });
     let rt = tokio::runtime::Runtime::new().unwrap();
     let status = rt.block_on(async {
         let channel = tonic::transport::Endpoint::from_shared(url.clone())
@@ -162,9 +173,6 @@ fn a_worker_killed_mid_task_has_its_task_reissued_and_the_job_succeeds() {
     let tmp = tempfile::tempdir().unwrap();
     let url = format!("http://127.0.0.1:{}", free_port());
     let _coordinator = spawn_coordinator(tmp.path(), &url);
-    wait_until("the coordinator", Duration::from_secs(20), || {
-        run(&["status", "--coordinator", &url]).status.success()
-    });
 
     // The victim takes a task and then stalls (fault-injection knob) until it is killed.
     let mut victim = spawn_worker(&url, "victim", Some(600_000));
@@ -175,13 +183,7 @@ fn a_worker_killed_mid_task_has_its_task_reissued_and_the_job_succeeds() {
     victim.0.wait().unwrap();
 
     let _rescuer = spawn_worker(&url, "rescuer", None);
-    let watched = run(&["watch", &job, "--coordinator", &url]);
-    let log = stderr(&watched);
-    assert!(watched.status.success(), "{log}");
-    assert!(
-        log.contains("worker `victim` lost its lease") && log.contains("re-issued as attempt 2"),
-        "{log}"
-    );
+    watch_reissued(&url, &job, "worker `victim` lost its lease");
     assert_merged(&out);
 }
 
@@ -193,9 +195,6 @@ fn a_worker_sigtermed_mid_training_hands_the_task_back_and_the_job_completes_els
     let tmp = tempfile::tempdir().unwrap();
     let url = format!("http://127.0.0.1:{}", free_port());
     let _coordinator = spawn_coordinator(tmp.path(), &url);
-    wait_until("the coordinator", Duration::from_secs(20), || {
-        run(&["status", "--coordinator", &url]).status.success()
-    });
     let config = tmp.path().join("sft.toml");
     let out = tmp.path().join("out");
     std::fs::write(
@@ -218,17 +217,9 @@ fn a_worker_sigtermed_mid_training_hands_the_task_back_and_the_job_completes_els
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
         v["progress"]["fraction"].as_f64().unwrap_or(0.0) > 0.02
     });
-    unsafe { libc::kill(leaver.0.id() as i32, libc::SIGTERM) };
-    let status = leaver.0.wait().unwrap();
-    assert!(status.success(), "the worker exits cleanly: {status:?}");
+    sigterm(&mut leaver);
     let _finisher = spawn_worker(&url, "finisher", None);
-    let watched = run(&["watch", &job, "--coordinator", &url]);
-    let log = stderr(&watched);
-    assert!(watched.status.success(), "{log}");
-    assert!(
-        log.contains("worker `leaver` left") && log.contains("re-issued as attempt 2"),
-        "{log}"
-    );
+    watch_reissued(&url, &job, "worker `leaver` left");
     assert!(out.join("model/model.safetensors").exists());
     // Attempt 2 wrote a complete metrics stream (steps 1..=400 under attempt 2).
     let mut steps = std::collections::BTreeSet::new();

@@ -138,7 +138,7 @@ fn a_model_missing_a_base_tensor_fails_the_job_naming_both() {
     let base = read_model(&examples().join("base"));
     let (shape, values) = &base["model.norm.weight"];
     let mut header = serde_json::json!({"model.norm.weight": {"dtype": "F32", "shape": shape, "data_offsets": [0, values.len() * 4]}}).to_string();
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(' ');
     }
     let mut bytes = (header.len() as u64).to_le_bytes().to_vec();

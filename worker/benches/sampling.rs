@@ -11,20 +11,15 @@
 
 use std::time::Duration;
 
+mod common;
+
 use candle_core::Device;
+use common::{smollm2_135m_shape, workload};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mirrorplay_worker::model::{init_random, ModelConfig};
-use mirrorplay_worker::sample::{
-    generate, generate_mixture, GenerateConfig, RowKey, SamplingParams,
-};
+use mirrorplay_worker::sample::{generate, generate_mixture};
 
 const NEW_TOKENS: usize = 64;
-
-fn smollm2_135m_shape() -> ModelConfig {
-    let mut c = ModelConfig::tiny_with(49152, 576, 30, 9, 3, 1536);
-    c.max_position_embeddings = 8192;
-    c
-}
 
 fn bench(c: &mut Criterion) {
     for (label, config, samples) in [
@@ -39,24 +34,7 @@ fn bench(c: &mut Criterion) {
             .warm_up_time(Duration::from_secs(1))
             .measurement_time(Duration::from_secs(5));
         for batch in [1usize, 8] {
-            let prompts: Vec<Vec<u32>> = (0..batch)
-                .map(|r| (0..16).map(|i| 3 + ((r * 7 + i * 5) % 20) as u32).collect())
-                .collect();
-            let keys: Vec<RowKey> = (0..batch as u64)
-                .map(|i| RowKey {
-                    prompt: i,
-                    sample: 0,
-                })
-                .collect();
-            let gen = GenerateConfig {
-                max_new_tokens: NEW_TOKENS,
-                params: SamplingParams::default(),
-                eos_token_ids: vec![],
-                min_new_tokens: 0,
-                forbidden_token_ids: vec![],
-                seed: 0,
-                step: 0,
-            };
+            let (prompts, keys, gen) = workload(batch, NEW_TOKENS);
             group.throughput(Throughput::Elements((batch * NEW_TOKENS) as u64));
             group.bench_function(format!("b{batch}/plain"), |b| {
                 b.iter(|| generate(&policy, &prompts, &keys, &gen).unwrap())

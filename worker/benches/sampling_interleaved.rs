@@ -8,13 +8,14 @@
 //!
 //! Env: REPS (default 20 tiny / 2 SmolLM2-shaped), NEW_TOKENS (64 tiny / 32 SmolLM2-shaped).
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
+use common::{smollm2_135m_shape, workload};
 use mirrorplay_worker::model::{init_random, ModelConfig};
-use mirrorplay_worker::sample::{
-    generate, generate_mixture, GenerateConfig, RowKey, SamplingParams,
-};
+use mirrorplay_worker::sample::{generate, generate_mixture};
 
 fn env_or(key: &str, default: usize) -> usize {
     std::env::var(key)
@@ -28,8 +29,6 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let mut smol = ModelConfig::tiny_with(49152, 576, 30, 9, 3, 1536);
-    smol.max_position_embeddings = 8192;
     println!("| model | batch × new tokens × reps | plain tokens/s | mixture tokens/s | mixture/plain time |");
     println!("|---|---|---|---|---|");
     for (label, config, reps, new_tokens) in [
@@ -41,7 +40,7 @@ fn main() {
         ),
         (
             "smollm2-135m-shape",
-            smol,
+            smollm2_135m_shape(),
             env_or("REPS", 2),
             env_or("NEW_TOKENS", 32),
         ),
@@ -52,24 +51,7 @@ fn main() {
         let policy = init_random(&config, 1, false, &Device::Cpu).unwrap();
         let reference = init_random(&config, 2, false, &Device::Cpu).unwrap();
         for batch in [1usize, 8] {
-            let prompts: Vec<Vec<u32>> = (0..batch)
-                .map(|r| (0..16).map(|i| 3 + ((r * 7 + i * 5) % 20) as u32).collect())
-                .collect();
-            let keys: Vec<RowKey> = (0..batch as u64)
-                .map(|i| RowKey {
-                    prompt: i,
-                    sample: 0,
-                })
-                .collect();
-            let gen = GenerateConfig {
-                max_new_tokens: new_tokens,
-                params: SamplingParams::default(),
-                eos_token_ids: vec![],
-                min_new_tokens: 0,
-                forbidden_token_ids: vec![],
-                seed: 0,
-                step: 0,
-            };
+            let (prompts, keys, gen) = workload(batch, new_tokens);
             // One untimed round of each (allocations, caches), then alternate.
             generate(&policy, &prompts, &keys, &gen).unwrap();
             generate_mixture(&policy, &reference, 0.125, &prompts, &keys, &gen).unwrap();

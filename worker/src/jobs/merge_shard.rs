@@ -206,6 +206,9 @@ fn ranges(tensors: &[MergeTensor], chunk_elements: u64) -> Vec<(usize, u64, u64)
 /// ranges, raw and decoded).
 const CHUNKS_IN_FLIGHT: usize = 3;
 
+/// What a sweep computes from one chunk (tensor, first element, the inputs' ranges).
+type ChunkFn<T> = Arc<dyn Fn(&MergeTensor, u64, &ChunkData) -> Result<T, JobError> + Send + Sync>;
+
 /// Streams the ranges of `tensors` through `f` (run on the blocking pool with the chunk) and
 /// hands each result to `sink` in range order.
 async fn for_each_chunk<T: Send + 'static>(
@@ -213,7 +216,7 @@ async fn for_each_chunk<T: Send + 'static>(
     chunk_elements: u64,
     progress: Progress<'_>,
     mut sink: impl FnMut(usize, T) -> futures::future::BoxFuture<'static, Result<(), JobError>>,
-    f: Arc<dyn Fn(&MergeTensor, u64, &ChunkData) -> Result<T, JobError> + Send + Sync>,
+    f: ChunkFn<T>,
 ) -> Result<(), JobError> {
     let ranges = ranges(tensors, chunk_elements);
     let total: u64 = ranges.iter().map(|(_, s, e)| e - s).sum::<u64>().max(1);

@@ -1,0 +1,36 @@
+//! The sampling benches' shared workload: model shapes and a batch of 16-token prompts with
+//! per-row keys and an unfiltered T = 1 config (no EOS stop).
+
+use mirrorplay_worker::model::ModelConfig;
+use mirrorplay_worker::sample::{GenerateConfig, RowKey, SamplingParams};
+
+/// A random model shaped like SmolLM2-135M (hidden 576, 30 layers, 9 heads / 3 KV heads, MLP
+/// 1536, vocab 49152, tied).
+pub fn smollm2_135m_shape() -> ModelConfig {
+    let mut c = ModelConfig::tiny_with(49152, 576, 30, 9, 3, 1536);
+    c.max_position_embeddings = 8192;
+    c
+}
+
+/// `batch` prompts of 16 tokens, their row keys, and a config drawing `new_tokens` tokens.
+pub fn workload(batch: usize, new_tokens: usize) -> (Vec<Vec<u32>>, Vec<RowKey>, GenerateConfig) {
+    let prompts = (0..batch)
+        .map(|r| (0..16).map(|i| 3 + ((r * 7 + i * 5) % 20) as u32).collect())
+        .collect();
+    let keys = (0..batch as u64)
+        .map(|i| RowKey {
+            prompt: i,
+            sample: 0,
+        })
+        .collect();
+    let gen = GenerateConfig {
+        max_new_tokens: new_tokens,
+        params: SamplingParams::default(),
+        eos_token_ids: vec![],
+        min_new_tokens: 0,
+        forbidden_token_ids: vec![],
+        seed: 0,
+        step: 0,
+    };
+    (prompts, keys, gen)
+}
