@@ -89,7 +89,7 @@ for w in 1 2; do
 done
 run "TIES, mergekit-yaml" env PATH="$VENV/bin:$PATH" mergekit-yaml "$DIR/ties.yml" "$DIR/out-ties-mergekit" --no-copy-tokenizer
 for w in 1 2; do
-  run "TIES, mirrorplay ($w worker, same YAML)" "$BIN/mirrorplay" local "$DIR/ties.yml" --workers "$w" --worker-bin "$DIR/worker-timed.sh" --set "job.output=$DIR/out-ties-w$w"
+  run "TIES, mirrorplay ($w worker, same YAML)" "$BIN/mirrorplay" local "$DIR/ties.yml" --workers "$w" --worker-bin "$DIR/worker-timed.sh" --set "job.output=$DIR/out-ties-w$w" --set job.overwrite=true
 done
 "$PY" - "$DIR" <<'P'
 import glob, os, sys

@@ -21,7 +21,7 @@
 //! rounds: [`pcb_local`] computes the same order statistics in memory.
 
 use super::radix::{select_in_memory, NanAt};
-use super::{clamp, sign, trunc_index, Chunk, Inter, Pcb, Result};
+use super::{clamp, sign, tanh, trunc_index, Chunk, Inter, Pcb, Result};
 
 /// The ascending ranks of lo and hi in a unit of `d` elements: int(d·c) and int(d·(1−c) − 1),
 /// f64 evaluated in that order and truncated (ALGORITHMS.md §5; the authors' `clamp(x,
@@ -161,7 +161,7 @@ impl Element {
                 let s: f32 = self.tau.iter().sum();
                 for i in 0..n {
                     let intra = (nf * (self.x[i] * self.x[i])).exp();
-                    self.beta[i] = intra * (self.tau[i] * s).tanh();
+                    self.beta[i] = intra * tanh(self.tau[i] * s);
                 }
             }
             Inter::Pairwise => {
@@ -169,7 +169,7 @@ impl Element {
                     let nu_i = sign(self.tau[i]) * self.x[i];
                     let mut inter = 0.0f32;
                     for j in 0..n {
-                        inter += (nu_i * (sign(self.tau[j]) * self.x[j])).tanh();
+                        inter += tanh(nu_i * (sign(self.tau[j]) * self.x[j]));
                     }
                     let intra = (nf * (self.x[i] * self.x[i])).exp();
                     self.beta[i] = intra * inter;
