@@ -40,17 +40,8 @@ lambda = 1.0
 scope = "global"
 max_shard_size = "1GiB"
 T
-# (time(1) dies on SIGTERM without passing it on: forward it to the worker, then wait for
-# time to write its report.)
-cat > "$DIR/worker-timed.sh" <<W
-#!/usr/bin/env bash
-/usr/bin/time -v -o "$DIR/rss/worker-\$\$.txt" "$BIN/mirrorplay-worker" "\$@" &
-timer=\$!
-trap 'pkill -TERM -P \$timer' TERM INT
-wait \$timer || true
-wait \$timer || true
-W
-chmod +x "$DIR/worker-timed.sh"
+# Workers run under /usr/bin/time -v (bench/timed-worker.sh), one report per process.
+export RSS_DIR="$DIR/rss" WORKER_BIN="$BIN/mirrorplay-worker"
 drop_cache() { sync; python3 bench/drop_cache.py "${INPUTS[@]}" "$DIR"/out/model/* "$DIR/floor.bin" 2>/dev/null || true; }
 now() { date +%s.%N; }
 
@@ -65,7 +56,7 @@ status=0
 for w in $WORKERS; do
   rm -rf "$DIR/rss"; mkdir -p "$DIR/rss"
   drop_cache; t0=$(now)
-  "$BIN/mirrorplay" local "$DIR/pcb.toml" --workers "$w" --worker-bin "$DIR/worker-timed.sh" > "$DIR/pcb-w$w.log" 2>&1 || { tail -20 "$DIR/pcb-w$w.log"; exit 1; }
+  "$BIN/mirrorplay" local "$DIR/pcb.toml" --workers "$w" --worker-bin "$ROOT/bench/timed-worker.sh" > "$DIR/pcb-w$w.log" 2>&1 || { tail -20 "$DIR/pcb-w$w.log"; exit 1; }
   sync; t1=$(now)
   s=$(echo "$t1 - $t0" | bc)
   rss=$(for f in "$DIR"/rss/*.txt; do [ -f "$f" ] && grep "Maximum resident" "$f" | awk '{print int($NF/1024)}'; done | sort -n | tr '\n' ' ')

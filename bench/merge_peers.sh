@@ -27,18 +27,8 @@ if [ "$(cat "$M/.size" 2>/dev/null)" != "$SIZE" ]; then
 fi
 cat "$M"/*/model.safetensors > /dev/null   # warm
 
-# mirrorplay workers under /usr/bin/time -v, one report per process.
-# (time(1) dies on SIGTERM without passing it on: forward it to the worker, then wait for
-# time to write its report.)
-cat > "$DIR/worker-timed.sh" <<W
-#!/usr/bin/env bash
-/usr/bin/time -v -o "$DIR/rss/worker-\$\$.txt" "$BIN/mirrorplay-worker" "\$@" &
-timer=\$!
-trap 'pkill -TERM -P \$timer' TERM INT
-wait \$timer || true
-wait \$timer || true
-W
-chmod +x "$DIR/worker-timed.sh"
+# Workers run under /usr/bin/time -v (bench/timed-worker.sh), one report per process.
+export RSS_DIR="$DIR/rss" WORKER_BIN="$BIN/mirrorplay-worker"
 rss_kib() { grep "Maximum resident" "$1" | awk '{print $NF}'; }
 # run NAME CMD...: seconds and peak RSS (MiB) of CMD; for mirrorplay, of its largest worker.
 run() {
@@ -85,11 +75,11 @@ echo "3 x $SIZE MiB f32 Llama-shaped models (+ base); $(nproc) cores, $(free -g 
 printf '%-40s %10s %12s\n' "what" "wall" "peak RSS"
 run "PCB global, authors' PyTorch" "$PY" bench/pcb_torch.py "$M/base" "$DIR/out-pcb-torch" "$M/m1" "$M/m2" "$M/m3" --keep 0.1 --clip 0.0001
 for w in 1 2; do
-  run "PCB global, mirrorplay ($w worker)" "$BIN/mirrorplay" local "$DIR/pcb.toml" --workers "$w" --worker-bin "$DIR/worker-timed.sh" --set "job.output=$DIR/out-pcb-w$w"
+  run "PCB global, mirrorplay ($w worker)" "$BIN/mirrorplay" local "$DIR/pcb.toml" --workers "$w" --worker-bin "$ROOT/bench/timed-worker.sh" --set "job.output=$DIR/out-pcb-w$w"
 done
 run "TIES, mergekit-yaml" env PATH="$VENV/bin:$PATH" mergekit-yaml "$DIR/ties.yml" "$DIR/out-ties-mergekit" --no-copy-tokenizer
 for w in 1 2; do
-  run "TIES, mirrorplay ($w worker, same YAML)" "$BIN/mirrorplay" local "$DIR/ties.yml" --workers "$w" --worker-bin "$DIR/worker-timed.sh" --set "job.output=$DIR/out-ties-w$w" --set job.overwrite=true
+  run "TIES, mirrorplay ($w worker, same YAML)" "$BIN/mirrorplay" local "$DIR/ties.yml" --workers "$w" --worker-bin "$ROOT/bench/timed-worker.sh" --set "job.output=$DIR/out-ties-w$w" --set job.overwrite=true
 done
 "$PY" - "$DIR" <<'P'
 import glob, os, sys

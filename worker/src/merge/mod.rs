@@ -170,6 +170,20 @@ pub struct Chunk<'a> {
     pub models: &'a [&'a [f32]],
 }
 
+#[cfg(test)]
+impl<'a> Chunk<'a> {
+    /// A whole test tensor `t` as one chunk (tensor index 0, first element 0).
+    pub(crate) fn whole(base: &'a [f32], models: &'a [&'a [f32]]) -> Self {
+        Chunk {
+            tensor: "t",
+            tensor_index: 0,
+            start: 0,
+            base,
+            models,
+        }
+    }
+}
+
 impl Chunk<'_> {
     pub fn len(&self) -> usize {
         self.base.len()
@@ -227,6 +241,7 @@ pub fn sign(x: f32) -> f32 {
 /// (it is ranked, and PCB's ramp is continuous at its threshold), and the merge stays within
 /// the 1e-6 parity of the numpy reference, which uses numpy's own tanh.
 #[inline]
+#[allow(clippy::excessive_precision)] // Cephes' coefficients as published
 pub fn tanh(x: f32) -> f32 {
     let a = x.abs();
     if a < 0.625 {

@@ -281,13 +281,7 @@ mod tests {
         let base = [0.0f32; 4];
         let (a, b) = ([1.0f32, -2.0, 0.0, 4.0], [2.0f32, 2.0, 1.0, 0.0]);
         let models: [&[f32]; 2] = [&a, &b];
-        let chunk = Chunk {
-            tensor: "t",
-            tensor_index: 0,
-            start: 0,
-            base: &base,
-            models: &models,
-        };
+        let chunk = Chunk::whole(&base, &models);
         let mut out = [0.0f32; 4];
         let kept = pcb_local(&params(0.5, Inter::SumRaw), &chunk, &mut out).unwrap();
         // Task a: |τ| = 1,2,0,4 → lo 0, hi 4, x = .25,.5,0,1. s = τ_a + τ_b = 3, 0, 1, 4.
@@ -307,13 +301,7 @@ mod tests {
         // All-zero task vectors (hi = lo), and d ≤ 1/r (t = M): every S is 0, θ = base.
         let base = [0.5f32, -1.0, 2.0];
         let models: [&[f32]; 2] = [&base, &base];
-        let chunk = Chunk {
-            tensor: "t",
-            tensor_index: 0,
-            start: 0,
-            base: &base,
-            models: &models,
-        };
+        let chunk = Chunk::whole(&base, &models);
         let mut out = [0.0f32; 3];
         let logs = crate::merge::capture_logs(|| {
             assert_eq!(

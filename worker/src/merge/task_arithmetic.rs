@@ -23,13 +23,7 @@ mod tests {
         let base = [1.0f32, -2.0];
         let (a, b) = ([2.0f32, -2.0], [0.0f32, 0.0]);
         let models: [&[f32]; 2] = [&a, &b];
-        let chunk = Chunk {
-            tensor: "t",
-            tensor_index: 0,
-            start: 0,
-            base: &base,
-            models: &models,
-        };
+        let chunk = Chunk::whole(&base, &models);
         let mut out = [0.0; 2];
         task_arithmetic_chunk(
             &TaskArithmetic {

@@ -213,13 +213,7 @@ mod tests {
         let base = [0.0f32; 5];
         let m = [1.0f32, -3.0, 3.0, 2.0, 3.0];
         let models: [&[f32]; 1] = [&m];
-        let chunk = Chunk {
-            tensor: "t",
-            tensor_index: 0,
-            start: 0,
-            base: &base,
-            models: &models,
-        };
+        let chunk = Chunk::whole(&base, &models);
         let p = |density| Ties {
             scope: Scope::PerTensor,
             density: vec![density],

@@ -230,7 +230,8 @@ impl Model {
             .iter()
             .map(|(n, t)| (n.clone(), t.detach()))
             .collect();
-        Model::new(self.config.clone(), tensors, false)
+        // Same names and shapes as this (already checked) model: no re-check per step.
+        Ok(Self::assemble(self.config.clone(), tensors, None))
     }
 
     /// A trainable copy (fresh `Var`s) of this model.
