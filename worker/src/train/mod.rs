@@ -55,6 +55,18 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// Loads the spec's model `what` (policy, reference, init) on this task's device, seeded
+    /// by the job seed when it is built in code; an absent source is an invalid spec.
+    pub async fn load_model(
+        &self,
+        source: Option<&mirrorplay_proto::v1::ModelSource>,
+        what: &str,
+        trainable: bool,
+    ) -> Result<models::Loaded, TrainError> {
+        let source = source.ok_or_else(|| TrainError::Invalid(format!("no {what} in the spec")))?;
+        models::load(source, trainable, self.seed, &self.device).await
+    }
+
     /// The end of every training job: the final model to `OUTPUT/model/`, the last metrics part,
     /// and the result reported to the coordinator.
     pub async fn finish(

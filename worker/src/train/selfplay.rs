@@ -20,7 +20,7 @@ use super::eval::EvalSet;
 use super::metrics::{MetricsLog, Split};
 use super::preference::{gold_preferences, golds};
 use super::rollout::{self, Source, SAMPLE_KL, SAMPLE_Y, SAMPLE_Y_PRIME};
-use super::{data::Prompts, models, optimizer, shard, Ctx, TrainError};
+use super::{data::Prompts, optimizer, shard, Ctx, TrainError};
 use crate::collective::Collective;
 use crate::objectives::{
     k1, k3, masked_mean, Algorithm, Completions, Labels, NashKlGrad, Objective, PairBatch,
@@ -71,23 +71,11 @@ pub async fn run(
         .sampling
         .ok_or_else(|| TrainError::Invalid("no [sampling] in the spec".into()))?;
     let missing = |what: &str| TrainError::Invalid(format!("no {what} in the spec"));
-    let policy = models::load(
-        spec.policy.as_ref().ok_or_else(|| missing("policy"))?,
-        true,
-        ctx.seed,
-        &ctx.device,
-    )
-    .await?;
+    let policy = ctx.load_model(spec.policy.as_ref(), "policy", true).await?;
     let dtype = super::compute_dtype(spec.compute_dtype());
-    let mut reference = models::load(
-        spec.reference
-            .as_ref()
-            .ok_or_else(|| missing("reference"))?,
-        false,
-        ctx.seed,
-        &ctx.device,
-    )
-    .await?;
+    let mut reference = ctx
+        .load_model(spec.reference.as_ref(), "reference", false)
+        .await?;
     // Mixed precision: the frozen reference simply lives in the compute dtype.
     reference.model = reference.model.to(dtype, &ctx.device)?;
     for m in [&policy, &reference] {

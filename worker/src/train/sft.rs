@@ -10,7 +10,7 @@ use mirrorplay_proto::v1::{SftSpec, TrainResult};
 
 use super::eval::{Eval, EvalSet};
 use super::metrics::{MetricsLog, Split};
-use super::{data::Examples, models, optimizer, shard, Ctx, TrainError};
+use super::{data::Examples, optimizer, shard, Ctx, TrainError};
 use crate::collective::Collective;
 use crate::objectives::sft_loss;
 use crate::optim::{AdamW, GradAccumulator};
@@ -23,13 +23,7 @@ pub async fn run(
 ) -> Result<TrainResult, TrainError> {
     let started = Instant::now();
     let missing = |what: &str| TrainError::Invalid(format!("no {what} in the spec"));
-    let policy = models::load(
-        spec.init.as_ref().ok_or_else(|| missing("init"))?,
-        true,
-        ctx.seed,
-        &ctx.device,
-    )
-    .await?;
+    let policy = ctx.load_model(spec.init.as_ref(), "init", true).await?;
     let dtype = super::compute_dtype(spec.compute_dtype());
     let eos = policy.model.config().eos_token_ids.first().copied();
     let examples = Examples::load(
