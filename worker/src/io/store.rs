@@ -121,6 +121,12 @@ impl Location {
         &self.url
     }
 
+    /// The filesystem path of a `file://` location; `None` for other stores.
+    pub fn local_path(&self) -> Option<std::path::PathBuf> {
+        let url = Url::parse(&self.url).ok()?;
+        (url.scheme() == "file").then(|| url.to_file_path().ok())?
+    }
+
     /// The last path segment ("" for a store root).
     pub fn file_name(&self) -> &str {
         self.path.filename().unwrap_or("")

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use object_store::WriteMultipart;
 use sha2::{Digest, Sha256};
 
@@ -52,7 +53,7 @@ impl SafetensorsWriter {
             total: 0,
         };
         let header = encode_header(&writer.layout, metadata);
-        writer.append_raw(&header).await?;
+        writer.append(Bytes::from(header)).await?;
         writer.skip_empty_tensors();
         Ok(writer)
     }
@@ -63,7 +64,13 @@ impl SafetensorsWriter {
     }
 
     /// Appends bytes of the tensors in layout order; may span tensor boundaries.
-    pub async fn write(&mut self, mut bytes: &[u8]) -> Result<()> {
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.write_owned(Bytes::copy_from_slice(bytes)).await
+    }
+
+    /// [`SafetensorsWriter::write`] for bytes the caller hands over: they are uploaded without
+    /// another copy.
+    pub async fn write_owned(&mut self, mut bytes: Bytes) -> Result<()> {
         while !bytes.is_empty() {
             let Some(tensor) = self.layout.get(self.current) else {
                 return Err(self.error(format!(
@@ -74,10 +81,8 @@ impl SafetensorsWriter {
             let tensor_len = tensor.byte_len();
             let room = tensor_len - self.written_in_current;
             let take = room.min(bytes.len() as u64) as usize;
-            let (head, rest) = bytes.split_at(take);
-            self.append_raw(head).await?;
+            self.append(bytes.split_to(take)).await?;
             self.written_in_current += take as u64;
-            bytes = rest;
             if self.written_in_current == tensor_len {
                 self.current += 1;
                 self.written_in_current = 0;
@@ -129,7 +134,7 @@ impl SafetensorsWriter {
         }
     }
 
-    async fn append_raw(&mut self, bytes: &[u8]) -> Result<()> {
+    async fn append(&mut self, bytes: Bytes) -> Result<()> {
         let url = self.url.clone();
         let Some(upload) = self.upload.as_mut() else {
             return Err(IoError::BadSafetensors {
@@ -141,9 +146,9 @@ impl SafetensorsWriter {
             .wait_for_capacity(MAX_PARTS_IN_FLIGHT)
             .await
             .map_err(|e| IoError::store(&url, e))?;
-        upload.write(bytes);
-        self.hasher.update(bytes);
+        self.hasher.update(&bytes);
         self.total += bytes.len() as u64;
+        upload.put(bytes);
         Ok(())
     }
 

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::future::try_join_all;
 use mirrorplay_proto::v1::{
     merge_spec, DareRescale, Dtype as ProtoDtype, MergeScope, MergeShardResult, MergeShardTask,
@@ -112,6 +113,31 @@ struct ChunkData {
     models: Vec<Vec<f32>>,
 }
 
+impl ChunkData {
+    fn into_buffers(self) -> impl Iterator<Item = Vec<f32>> {
+        std::iter::once(self.base).chain(self.models)
+    }
+}
+
+/// Decoded-range buffers of chunks already computed, reused by later reads: a sweep then
+/// allocates (and page-faults in) only the buffers of the chunks in flight, not one per range.
+#[derive(Clone, Default)]
+struct BufferPool(Arc<std::sync::Mutex<Vec<Vec<f32>>>>);
+
+impl BufferPool {
+    fn take(&self) -> Vec<f32> {
+        self.0
+            .lock()
+            .expect("buffer pool lock")
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn give_back(&self, buffers: impl Iterator<Item = Vec<f32>>) {
+        self.0.lock().expect("buffer pool lock").extend(buffers);
+    }
+}
+
 /// Opens each distinct URL once.
 #[derive(Default)]
 struct Files(HashMap<String, Location>);
@@ -127,19 +153,39 @@ impl Files {
     }
 }
 
+/// Reads elements `start..end` of the tensor at byte `offset` of `loc` into `out` (a reused
+/// buffer; its contents are replaced). f32 data in a local file is read with positioned reads
+/// straight into `out`; everything else goes through the object store and is decoded.
 async fn read_range(
     loc: Location,
     src_dtype: Dtype,
     offset: u64,
     start: u64,
     end: u64,
+    mut out: Vec<f32>,
 ) -> Result<Vec<f32>, JobError> {
     let size = src_dtype.size() as u64;
-    let bytes = loc
-        .read_range(offset + start * size..offset + end * size)
-        .await?;
-    let mut out = Vec::with_capacity((end - start) as usize);
-    decode_f32(src_dtype, &bytes, &mut out);
+    let bytes = offset + start * size..offset + end * size;
+    if src_dtype == Dtype::F32 && cfg!(target_endian = "little") {
+        if let Some(path) = loc.local_path() {
+            return tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                out.resize((end - start) as usize, 0.0);
+                std::fs::File::open(&path)
+                    .and_then(|f| f.read_exact_at(bytemuck::cast_slice_mut(&mut out), bytes.start))
+                    .map_err(|e| crate::io::IoError::Fs {
+                        path: format!("{} (bytes {}..{})", path.display(), bytes.start, bytes.end),
+                        source: e,
+                    })?;
+                Ok(out)
+            })
+            .await
+            .map_err(|e| JobError::InvalidTask(format!("read task failed: {e}")))?;
+        }
+    }
+    let raw = loc.read_range(bytes).await?;
+    out.clear();
+    decode_f32(src_dtype, &raw, &mut out);
     Ok(out)
 }
 
@@ -155,6 +201,7 @@ type PendingRead = tokio::task::JoinHandle<Result<ChunkData, JobError>>;
 /// Starts reading one element range of a tensor from every input.
 fn start_read(
     files: &mut Files,
+    pool: &BufferPool,
     tensor: &MergeTensor,
     start: u64,
     end: u64,
@@ -174,13 +221,13 @@ fn start_read(
         .iter()
         .map(|m| Ok((files.get(&m.url)?, source_dtype(&tensor.name, m)?, m.offset)))
         .collect::<Result<Vec<_>, JobError>>()?;
+    let base_buffer = pool.take();
+    let model_buffers: Vec<Vec<f32>> = models.iter().map(|_| pool.take()).collect();
     Ok(tokio::spawn(async move {
-        let base_read = read_range(base.0, base.1, base.2, start, end);
-        let model_reads = try_join_all(
-            models
-                .into_iter()
-                .map(|(loc, dtype, offset)| read_range(loc, dtype, offset, start, end)),
-        );
+        let base_read = read_range(base.0, base.1, base.2, start, end, base_buffer);
+        let model_reads = try_join_all(models.into_iter().zip(model_buffers).map(
+            |((loc, dtype, offset), buffer)| read_range(loc, dtype, offset, start, end, buffer),
+        ));
         let (base, models) = futures::try_join!(base_read, model_reads)?;
         Ok(ChunkData { base, models })
     }))
@@ -221,22 +268,26 @@ async fn for_each_chunk<T: Send + 'static>(
     let ranges = ranges(tensors, chunk_elements);
     let total: u64 = ranges.iter().map(|(_, s, e)| e - s).sum::<u64>().max(1);
     let mut files = Files::default();
+    let pool = BufferPool::default();
     let mut in_flight = std::collections::VecDeque::new();
     let mut next = 0;
     let mut done = 0u64;
     while next < ranges.len() || !in_flight.is_empty() {
         while in_flight.len() < CHUNKS_IN_FLIGHT && next < ranges.len() {
             let (i, start, end) = ranges[next];
-            let read = start_read(&mut files, &tensors[i], start, end)?;
+            let read = start_read(&mut files, &pool, &tensors[i], start, end)?;
             let tensor = tensors[i].clone();
-            let f = f.clone();
+            let (f, pool) = (f.clone(), pool.clone());
             let work = tokio::spawn(async move {
                 let data = read
                     .await
                     .map_err(|e| JobError::InvalidTask(format!("read task failed: {e}")))??;
-                tokio::task::spawn_blocking(move || f(&tensor, start, &data))
-                    .await
-                    .map_err(|e| JobError::InvalidTask(format!("compute task failed: {e}")))?
+                let (value, data) =
+                    tokio::task::spawn_blocking(move || (f(&tensor, start, &data), data))
+                        .await
+                        .map_err(|e| JobError::InvalidTask(format!("compute task failed: {e}")))?;
+                pool.give_back(data.into_buffers());
+                value
             });
             in_flight.push_back((i, end - start, work));
             next += 1;
@@ -429,7 +480,7 @@ pub async fn run_write(
     let writer = SafetensorsWriter::create(&out_loc, layout.clone(), &pt_metadata()).await?;
     let writer = Arc::new(tokio::sync::Mutex::new(writer));
     let compute = Arc::new(
-        move |tensor: &MergeTensor, start: u64, data: &ChunkData| -> Result<Vec<u8>, JobError> {
+        move |tensor: &MergeTensor, start: u64, data: &ChunkData| -> Result<Bytes, JobError> {
             let dtype = dtype_from_proto(tensor.dtype).expect("checked in the layout");
             let mut out = vec![0f32; data.base.len()];
             if tensor.models.is_empty() {
@@ -452,16 +503,14 @@ pub async fn run_write(
                     passes::write_chunk(&method, f, index, &c, &mut out).map_err(merge_error)?;
                 }
             }
-            let mut bytes = Vec::with_capacity(out.len() * dtype.size());
-            encode_f32(dtype, &out, &mut bytes);
-            Ok(bytes)
+            Ok(encode_output(dtype, out))
         },
     );
     let sink = {
         let writer = writer.clone();
-        move |_i: usize, bytes: Vec<u8>| {
+        move |_i: usize, bytes: Bytes| {
             let writer = writer.clone();
-            Box::pin(async move { Ok(writer.lock().await.write(&bytes).await?) })
+            Box::pin(async move { Ok(writer.lock().await.write_owned(bytes).await?) })
                 as futures::future::BoxFuture<'static, Result<(), JobError>>
         }
     };
@@ -478,6 +527,24 @@ pub async fn run_write(
         bytes_written: summary.bytes,
         sha256: summary.sha256,
     })
+}
+
+/// A chunk's output as the bytes of the output dtype. f32 on a little-endian machine is its own
+/// encoding: the buffer is handed over as it is.
+fn encode_output(dtype: Dtype, out: Vec<f32>) -> Bytes {
+    /// f32 values viewed as their little-endian bytes.
+    struct F32Le(Vec<f32>);
+    impl AsRef<[u8]> for F32Le {
+        fn as_ref(&self) -> &[u8] {
+            bytemuck::cast_slice(&self.0)
+        }
+    }
+    if dtype == Dtype::F32 && cfg!(target_endian = "little") {
+        return Bytes::from_owner(F32Le(out));
+    }
+    let mut bytes = Vec::with_capacity(out.len() * dtype.size());
+    encode_f32(dtype, &out, &mut bytes);
+    Bytes::from(bytes)
 }
 
 /// The number of chunks of a tensor (0 for an empty one).

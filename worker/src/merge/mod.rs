@@ -26,6 +26,7 @@ pub mod reference;
 pub mod task_arithmetic;
 pub mod ties;
 pub mod validate;
+pub mod vmath;
 pub mod wire;
 
 #[cfg(test)]
@@ -201,8 +202,15 @@ impl Chunk<'_> {
 
     /// Checks lengths and that no input holds a NaN (the error names the tensor and the input).
     /// The entry points ([`passes`]' worker functions and the methods' `*_local`) call it once
-    /// per chunk; the methods' chunk functions assume it was called.
+    /// per chunk, or [`Chunk::check_lengths`] and then [`Chunk::check_nan`] block by block
+    /// while each block is in cache; the methods' chunk functions assume it was done.
     pub fn check(&self) -> Result<()> {
+        self.check_lengths()?;
+        self.check_nan(0, self.len())
+    }
+
+    /// Checks that every model's range has the base's length.
+    pub fn check_lengths(&self) -> Result<()> {
         for (i, m) in self.models.iter().enumerate() {
             if m.len() != self.base.len() {
                 return Err(MergeError::Tensor {
@@ -215,16 +223,24 @@ impl Chunk<'_> {
                 });
             }
         }
-        validate::check_no_nan(self.tensor, "the base", self.base)?;
+        Ok(())
+    }
+
+    /// Checks that no input holds a NaN in elements `start..start + len` (lengths checked).
+    pub fn check_nan(&self, start: usize, len: usize) -> Result<()> {
+        let range = start..start + len;
+        validate::check_no_nan(self.tensor, "the base", &self.base[range.clone()])?;
         for (i, m) in self.models.iter().enumerate() {
-            validate::check_no_nan(self.tensor, &format!("model {i}"), m)?;
+            if validate::first_nan(&m[range.clone()]).is_some() {
+                validate::check_no_nan(self.tensor, &format!("model {i}"), &m[range.clone()])?;
+            }
         }
         Ok(())
     }
 }
 
 /// sign(x) ∈ {−1, 0, +1} as torch/numpy define it (f32::signum gives +1 for +0.0).
-#[inline]
+#[inline(always)]
 pub fn sign(x: f32) -> f32 {
     if x > 0.0 {
         1.0
@@ -235,35 +251,9 @@ pub fn sign(x: f32) -> f32 {
     }
 }
 
-/// tanh in f32 without libm (Cephes `tanhf`, S. L. Moshier 1992): an odd minimax polynomial
-/// for |x| < 0.625, else 1 − 2/(e^{2|x|} + 1); relative error about 1e-7 (1–2 ulp). glibc's
-/// tanhf goes through expm1f and took ~40 % of a PCB merge; β only needs ulp-level accuracy
-/// (it is ranked, and PCB's ramp is continuous at its threshold), and the merge stays within
-/// the 1e-6 parity of the numpy reference, which uses numpy's own tanh.
-#[inline]
-#[allow(clippy::excessive_precision)] // Cephes' coefficients as published
-pub fn tanh(x: f32) -> f32 {
-    let a = x.abs();
-    if a < 0.625 {
-        let z = x * x;
-        let p = (((-5.704_988_7e-3f32 * z + 2.063_908_9e-2) * z - 5.373_971_6e-2) * z
-            + 1.333_144_2e-1)
-            * z
-            - 3.333_328_2e-1;
-        p * z * x + x
-    } else {
-        let y = 1.0 - 2.0 / ((2.0 * a).exp() + 1.0);
-        if x < 0.0 {
-            -y
-        } else {
-            y
-        }
-    }
-}
-
 /// clamp(x, lo, hi) := min(max(x, lo), hi) (ALGORITHMS.md §5; hi wins when lo > hi, where
 /// Rust's f32::clamp would panic).
-#[inline]
+#[inline(always)]
 pub fn clamp(x: f32, lo: f32, hi: f32) -> f32 {
     x.max(lo).min(hi)
 }
@@ -298,28 +288,4 @@ pub(crate) fn capture_logs(f: impl FnOnce()) -> String {
     tracing::subscriber::with_default(subscriber, f);
     let bytes = buf.0.lock().unwrap().clone();
     String::from_utf8(bytes).unwrap()
-}
-
-#[cfg(test)]
-mod tanh_tests {
-    /// The polynomial tanh against f64 tanh over every magnitude PCB meets (tiny products of
-    /// task-vector entries up to saturation): within 2 ulp-ish relative error (3e-7).
-    #[test]
-    fn tanh_is_accurate_to_a_few_ulp() {
-        let mut worst = 0f64;
-        let mut x = 1e-12f32;
-        while x < 30.0 {
-            for v in [x, -x] {
-                let want = (v as f64).tanh();
-                let got = super::tanh(v) as f64;
-                worst = worst.max(((got - want) / want).abs());
-            }
-            x *= 1.001;
-        }
-        eprintln!("worst relative error {worst:e}");
-        assert!(worst < 3e-7, "worst relative error {worst}");
-        assert_eq!(super::tanh(0.0), 0.0);
-        assert_eq!(super::tanh(100.0), 1.0);
-        assert_eq!(super::tanh(-100.0), -1.0);
-    }
 }

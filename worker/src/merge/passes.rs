@@ -438,7 +438,7 @@ pub fn count_chunk(
     chunk: &Chunk,
     counts: &mut [Option<Counts>],
 ) -> Result<()> {
-    chunk.check()?;
+    chunk.check_lengths()?;
     let Sweep::Count { values, rounds } = sweep else {
         return Err(MergeError::Counts(format!(
             "count_chunk called for sweep {sweep:?}"
@@ -451,32 +451,41 @@ pub fn count_chunk(
             rounds.len()
         )));
     }
-    let mut bufs = vec![vec![0.0f32; chunk.len()]; rounds.len()];
-    match (values, method) {
-        (Values::AbsTau, _) => {
-            for (i, b) in bufs
-                .iter_mut()
-                .enumerate()
-                .filter(|(i, _)| rounds[*i].is_some())
-            {
-                pcb::abs_tau(chunk, i, b);
-            }
-        }
-        (Values::PcbScores(clips), Method::Pcb(p)) => pcb::scores(p, clips, chunk, &mut bufs),
+    let pcb = match (values, method) {
+        (Values::AbsTau, _) => None,
+        (Values::PcbScores(clips), Method::Pcb(p)) => Some((p, clips)),
         _ => {
             return Err(MergeError::Counts(format!(
                 "{} has no sweep {values:?}",
                 method.name()
             )))
         }
-    }
-    for (i, (c, b)) in counts.iter_mut().zip(&bufs).enumerate() {
-        if let Some(c) = c {
-            c.add_slice(b).map_err(|NanAt(e)| MergeError::Nan {
+    };
+    // Block by block, so the values counted never take more than a block per task.
+    let mut block = pcb::Block::new(rounds.len());
+    let mut abs = vec![0.0f32; pcb::BLOCK];
+    for start in (0..chunk.len()).step_by(pcb::BLOCK) {
+        let len = pcb::BLOCK.min(chunk.len() - start);
+        chunk.check_nan(start, len)?;
+        if let Some((p, clips)) = pcb {
+            block.compute(p.inter, clips, chunk, start, len);
+        }
+        for (i, c) in counts.iter_mut().enumerate() {
+            let Some(c) = c else { continue };
+            let values = match pcb {
+                Some(_) => block.beta(i),
+                None => {
+                    let abs = &mut abs[..len];
+                    let range = start..start + len;
+                    pcb::abs_diff(&chunk.models[i][range.clone()], &chunk.base[range], abs);
+                    abs
+                }
+            };
+            c.add_slice(values).map_err(|NanAt(e)| MergeError::Nan {
                 tensor: chunk.tensor.to_string(),
                 input: format!(
                     "a statistic of model {i} at element {} (inf in an input?)",
-                    chunk.start + e as u64
+                    chunk.start + (start + e) as u64
                 ),
             })?;
         }
@@ -524,6 +533,11 @@ pub fn write_chunk(
     chunk: &Chunk,
     out: &mut [f32],
 ) -> Result<Vec<u64>> {
+    if let (Method::Pcb(p), Finals::Pcb { clips, ramps }) = (method, finals) {
+        // Checks NaN block by block itself.
+        chunk.check_lengths()?;
+        return pcb::pcb_chunk(p, clips, ramps, chunk, out);
+    }
     chunk.check()?;
     Ok(match (method, finals) {
         (Method::TaskArithmetic(p), Finals::TaskArithmetic) => {
@@ -550,9 +564,6 @@ pub fn write_chunk(
                 chunk,
                 out,
             )
-        }
-        (Method::Pcb(p), Finals::Pcb { clips, ramps }) => {
-            pcb::pcb_chunk(p, clips, ramps, chunk, out)
         }
         _ => {
             return Err(MergeError::Counts(format!(

@@ -21,7 +21,8 @@
 //! rounds: [`pcb_local`] computes the same order statistics in memory.
 
 use super::radix::{select_in_memory, NanAt};
-use super::{clamp, sign, tanh, trunc_index, Chunk, Inter, Pcb, Result};
+use super::vmath::{exp, tanh, tanh_poly, TANH_POLY_BELOW};
+use super::{clamp, sign, trunc_index, Chunk, Inter, Pcb, Result};
 
 /// The ascending ranks of lo and hi in a unit of `d` elements: int(d·c) and int(d·(1−c) − 1),
 /// f64 evaluated in that order and truncated (ALGORITHMS.md §5; the authors' `clamp(x,
@@ -71,7 +72,7 @@ impl Clip {
     }
 
     /// x = (A − lo)/(hi − lo) for A = clamp(|τ|, lo, hi); 0 when hi = lo.
-    #[inline]
+    #[inline(always)]
     fn normalised(&self, a: f32) -> f32 {
         if self.hi == self.lo {
             0.0
@@ -108,7 +109,7 @@ impl Ramp {
     }
 
     /// S = (max(β, t) − t)/(M − t); 0 when M = t.
-    #[inline]
+    #[inline(always)]
     fn score(&self, beta: f32) -> f32 {
         if self.m == self.t {
             0.0
@@ -120,74 +121,258 @@ impl Ramp {
 
 /// Pass 1 values: |τ_i| over the chunk.
 pub fn abs_tau(chunk: &Chunk, i: usize, out: &mut [f32]) {
-    for ((o, m), b) in out.iter_mut().zip(chunk.models[i]).zip(chunk.base) {
-        *o = (m - b).abs();
+    abs_diff(chunk.models[i], chunk.base, out);
+}
+
+crate::simd_fn! {
+    /// out = |m − b| elementwise.
+    pub fn abs_diff(m: &[f32], b: &[f32], out: &mut [f32]) {
+        for ((o, m), b) in out.iter_mut().zip(m).zip(b) {
+            *o = (m - b).abs();
+        }
     }
 }
 
-/// Per-element work space (one slot per task).
-struct Element {
+/// Elements per block of the vectorised kernels: a block's work space (four arrays per task)
+/// stays in L1/L2 while every task's loops run over it.
+pub const BLOCK: usize = 512;
+
+/// τ_i, C_i, x_i and β_i of every task over one block of a chunk (task-major arrays of
+/// [`BLOCK`]), computed loop by loop (columnwise) so each loop vectorises. Each element gets the
+/// f32 operations of the module's formula in the same order as an element-by-element loop
+/// (sums over tasks in model order), so the values do not depend on the block size.
+pub struct Block {
+    n: usize,
+    len: usize,
     tau: Vec<f32>,
-    x: Vec<f32>,
     c: Vec<f32>,
+    x: Vec<f32>,
     beta: Vec<f32>,
+    /// Σ_j τ_j (sum_raw) or the inter term being summed (pairwise).
+    acc: Vec<f32>,
 }
 
-impl Element {
-    fn new(n: usize) -> Self {
-        Element {
-            tau: vec![0.0; n],
-            x: vec![0.0; n],
-            c: vec![0.0; n],
-            beta: vec![0.0; n],
+impl Block {
+    pub fn new(n: usize) -> Block {
+        Block {
+            n,
+            len: 0,
+            tau: vec![0.0; n * BLOCK],
+            c: vec![0.0; n * BLOCK],
+            x: vec![0.0; n * BLOCK],
+            beta: vec![0.0; n * BLOCK],
+            acc: vec![0.0; BLOCK],
         }
     }
 
-    /// τ_i, x_i, C_i and β_i of element e for every task (the f32 operations in the order of
-    /// the module's formula, sums over tasks in model order).
-    #[inline]
-    fn compute(&mut self, inter: Inter, clips: &[Clip], chunk: &Chunk, e: usize) {
-        let n = clips.len();
+    fn slot(v: &[f32], i: usize, len: usize) -> &[f32] {
+        &v[i * BLOCK..i * BLOCK + len]
+    }
+
+    fn slot_mut(v: &mut [f32], i: usize, len: usize) -> &mut [f32] {
+        &mut v[i * BLOCK..i * BLOCK + len]
+    }
+
+    /// β_i over the block last computed.
+    pub fn beta(&self, i: usize) -> &[f32] {
+        Self::slot(&self.beta, i, self.len)
+    }
+
+    /// Computes the block of `len ≤ BLOCK` elements of `chunk` starting at `start`.
+    pub fn compute(
+        &mut self,
+        inter: Inter,
+        clips: &[Clip],
+        chunk: &Chunk,
+        start: usize,
+        len: usize,
+    ) {
+        assert!(len <= BLOCK && clips.len() == self.n);
+        self.len = len;
+        let base = &chunk.base[start..start + len];
         for (i, clip) in clips.iter().enumerate() {
-            let t = chunk.tau(i, e);
-            let a = clamp(t.abs(), clip.lo, clip.hi);
-            self.tau[i] = t;
-            self.c[i] = sign(t) * a;
-            self.x[i] = clip.normalised(a);
+            clip_task(
+                &chunk.models[i][start..start + len],
+                base,
+                *clip,
+                Self::slot_mut(&mut self.tau, i, len),
+                Self::slot_mut(&mut self.c, i, len),
+                Self::slot_mut(&mut self.x, i, len),
+            );
         }
-        let nf = n as f32;
+        let nf = self.n as f32;
+        let acc = &mut self.acc[..len];
         match inter {
             Inter::SumRaw => {
-                let s: f32 = self.tau.iter().sum();
-                for i in 0..n {
-                    let intra = (nf * (self.x[i] * self.x[i])).exp();
-                    self.beta[i] = intra * tanh(self.tau[i] * s);
+                acc.fill(-0.0); // the neutral element of f32 addition (and of Rust's f32 sum)
+                for i in 0..self.n {
+                    add_into(acc, Self::slot(&self.tau, i, len));
+                }
+                for i in 0..self.n {
+                    beta_sum_raw(
+                        Self::slot(&self.x, i, len),
+                        Self::slot(&self.tau, i, len),
+                        acc,
+                        nf,
+                        Self::slot_mut(&mut self.beta, i, len),
+                    );
                 }
             }
             Inter::Pairwise => {
-                for i in 0..n {
-                    let nu_i = sign(self.tau[i]) * self.x[i];
-                    let mut inter = 0.0f32;
-                    for j in 0..n {
-                        inter += tanh(nu_i * (sign(self.tau[j]) * self.x[j]));
+                // ν_i = sign(τ_i)·x_i, kept in `tau`'s place (τ is not needed after C and x).
+                for i in 0..self.n {
+                    let (tau, x) = (
+                        Self::slot_mut(&mut self.tau, i, len),
+                        Self::slot(&self.x, i, len),
+                    );
+                    signed(tau, x);
+                }
+                for i in 0..self.n {
+                    acc.fill(0.0);
+                    for j in 0..self.n {
+                        add_tanh_product(
+                            Self::slot(&self.tau, i, len),
+                            Self::slot(&self.tau, j, len),
+                            acc,
+                        );
                     }
-                    let intra = (nf * (self.x[i] * self.x[i])).exp();
-                    self.beta[i] = intra * inter;
+                    beta_pairwise(
+                        Self::slot(&self.x, i, len),
+                        acc,
+                        nf,
+                        Self::slot_mut(&mut self.beta, i, len),
+                    );
                 }
             }
+        }
+    }
+
+    /// Adds this block's share of the write sweep to `num`, `den` (zeroed by the caller) for
+    /// every task; returns the entries kept per task.
+    fn weigh(&self, lambdas: &[f32], ramps: &[Ramp], num: &mut [f32], den: &mut [f32]) -> Vec<u64> {
+        (0..self.n)
+            .map(|i| {
+                add_scored(
+                    Self::slot(&self.beta, i, self.len),
+                    Self::slot(&self.c, i, self.len),
+                    ramps[i],
+                    lambdas[i],
+                    num,
+                    den,
+                )
+            })
+            .collect()
+    }
+}
+
+crate::simd_fn! {
+    /// τ = m − b, A = clamp(|τ|, lo, hi), C = sign(τ)·A, x = (A − lo)/(hi − lo) (0 when hi = lo).
+    fn clip_task(m: &[f32], b: &[f32], clip: Clip, tau: &mut [f32], c: &mut [f32], x: &mut [f32]) {
+        let out = tau.iter_mut().zip(c.iter_mut()).zip(x.iter_mut());
+        for (((tau, c), x), (m, b)) in out.zip(m.iter().zip(b)) {
+            let t = m - b;
+            let a = clamp(t.abs(), clip.lo, clip.hi);
+            *tau = t;
+            *c = sign(t) * a;
+            *x = clip.normalised(a);
+        }
+    }
+}
+
+crate::simd_fn! {
+    /// acc += v elementwise.
+    fn add_into(acc: &mut [f32], v: &[f32]) {
+        for (a, v) in acc.iter_mut().zip(v) {
+            *a += v;
+        }
+    }
+}
+
+crate::simd_fn! {
+    /// v = sign(v)·x elementwise.
+    fn signed(v: &mut [f32], x: &[f32]) {
+        for (v, x) in v.iter_mut().zip(x) {
+            *v = sign(*v) * x;
+        }
+    }
+}
+
+crate::simd_fn! {
+    /// β = exp(n·x²)·tanh(τ·s): Du et al. 2024 §3, intra-balancing exp(n·x²) times the authors'
+    /// `PCB_merge` inter-balancing tanh(τ_i ⊙ Σ_j τ_j).
+    fn beta_sum_raw(x: &[f32], tau: &[f32], s: &[f32], n: f32, beta: &mut [f32]) {
+        // Task-vector entries are small, so τ·s is almost always in tanh's polynomial range:
+        // then the polynomial alone gives the same values without tanh's exponential.
+        let poly = tau
+            .iter()
+            .zip(s)
+            .fold(true, |poly, (t, s)| poly & ((t * s).abs() < TANH_POLY_BELOW));
+        let betas = beta.iter_mut().zip(x).zip(tau).zip(s);
+        if poly {
+            for (((b, x), t), s) in betas {
+                *b = exp(n * (x * x)) * tanh_poly(t * s);
+            }
+        } else {
+            for (((b, x), t), s) in betas {
+                *b = exp(n * (x * x)) * tanh(t * s);
+            }
+        }
+    }
+}
+
+crate::simd_fn! {
+    /// acc += tanh(ν_i·ν_j) elementwise (one term of the pairwise inter-balancing sum).
+    fn add_tanh_product(nu_i: &[f32], nu_j: &[f32], acc: &mut [f32]) {
+        for ((a, u), v) in acc.iter_mut().zip(nu_i).zip(nu_j) {
+            *a += tanh(u * v);
+        }
+    }
+}
+
+crate::simd_fn! {
+    /// β = exp(n·x²)·Σ_j tanh(ν_i ⊙ ν_j): Du et al. 2024 §3 with the authors' vision code's
+    /// pairwise inter-balancing.
+    fn beta_pairwise(x: &[f32], inter: &[f32], n: f32, beta: &mut [f32]) {
+        for ((b, x), inter) in beta.iter_mut().zip(x).zip(inter) {
+            *b = exp(n * (x * x)) * inter;
+        }
+    }
+}
+
+crate::simd_fn! {
+    /// S = (max(β, t) − t)/(M − t) (0 when M = t), then num += λ_i·S·C and den += S; returns
+    /// how many S > 0.
+    fn add_scored(beta: &[f32], c: &[f32], ramp: Ramp, lambda: f32, num: &mut [f32], den: &mut [f32]) -> u64 {
+        let mut kept = 0u32;
+        let acc = num.iter_mut().zip(den.iter_mut());
+        for ((num, den), (b, c)) in acc.zip(beta.iter().zip(c)) {
+            let s = ramp.score(*b);
+            kept += (s > 0.0) as u32;
+            *num += lambda * s * c;
+            *den += s;
+        }
+        kept as u64
+    }
+}
+
+crate::simd_fn! {
+    /// θ = θ_base + λ·num / max(den, 1e-12).
+    fn finish(base: &[f32], num: &[f32], den: &[f32], lambda: f32, out: &mut [f32]) {
+        for (((o, b), n), d) in out.iter_mut().zip(base).zip(num).zip(den) {
+            *o = b + lambda * (n / d.max(1e-12));
         }
     }
 }
 
 /// Pass 2 values: β_i = intra_i·inter_i for every task over the chunk (`out[i]` has the
-/// chunk's length). Du et al. 2024 §3, intra-balancing exp(n·x²) and inter-balancing tanh; the
-/// authors' `self_pcb_act * cross_pcb_act` (sum_raw) or their vision code's pairwise sum.
+/// chunk's length), block by block.
 pub fn scores(p: &Pcb, clips: &[Clip], chunk: &Chunk, out: &mut [Vec<f32>]) {
-    let mut el = Element::new(clips.len());
-    for e in 0..chunk.len() {
-        el.compute(p.inter, clips, chunk, e);
-        for (o, &b) in out.iter_mut().zip(&el.beta) {
-            o[e] = b;
+    let mut block = Block::new(clips.len());
+    for start in (0..chunk.len()).step_by(BLOCK) {
+        let len = BLOCK.min(chunk.len() - start);
+        block.compute(p.inter, clips, chunk, start, len);
+        for (i, o) in out.iter_mut().enumerate() {
+            o[start..start + len].copy_from_slice(block.beta(i));
         }
     }
 }
@@ -195,29 +380,40 @@ pub fn scores(p: &Pcb, clips: &[Clip], chunk: &Chunk, out: &mut [Vec<f32>]) {
 /// The write sweep: θ = θ_base + λ·Σ_i λ_i·S_i·C_i / max(Σ_i S_i, 1e-12), S_i the soft ramp
 /// (Du et al. 2024 §3, drop and rescale; the authors' `scale = normalize(clamp(task_pcb, 1 - r,
 /// 0))` and `sum(tvs * scale) / clamp(sum(scale), min=1e-12)` on the clipped task vectors).
-/// Returns, per task, the entries kept (S_i > 0).
+/// Returns, per task, the entries kept (S_i > 0). Checks each block for NaN (lengths checked).
 pub fn pcb_chunk(
     p: &Pcb,
     clips: &[Clip],
     ramps: &[Ramp],
     chunk: &Chunk,
     out: &mut [f32],
-) -> Vec<u64> {
+) -> Result<Vec<u64>> {
     let n = clips.len();
     let mut kept = vec![0u64; n];
-    let mut el = Element::new(n);
-    for (e, o) in out.iter_mut().enumerate() {
-        el.compute(p.inter, clips, chunk, e);
-        let (mut num, mut den) = (0.0f32, 0.0f32);
-        for i in 0..n {
-            let s = ramps[i].score(el.beta[i]);
-            kept[i] += (s > 0.0) as u64;
-            num += p.lambdas[i] * s * el.c[i];
-            den += s;
+    let mut block = Block::new(n);
+    let (mut num, mut den) = ([0f32; BLOCK], [0f32; BLOCK]);
+    for start in (0..chunk.len()).step_by(BLOCK) {
+        let len = BLOCK.min(chunk.len() - start);
+        chunk.check_nan(start, len)?;
+        block.compute(p.inter, clips, chunk, start, len);
+        let (num, den) = (&mut num[..len], &mut den[..len]);
+        num.fill(0.0);
+        den.fill(0.0);
+        for (k, b) in kept
+            .iter_mut()
+            .zip(block.weigh(&p.lambdas, ramps, num, den))
+        {
+            *k += b;
         }
-        *o = chunk.base[e] + p.lambda * (num / den.max(1e-12));
+        finish(
+            &chunk.base[start..start + len],
+            num,
+            den,
+            p.lambda,
+            &mut out[start..start + len],
+        );
     }
-    kept
+    Ok(kept)
 }
 
 /// A whole unit held as one chunk: both statistics passes in memory, then [`pcb_chunk`]. Gives
@@ -244,7 +440,7 @@ pub fn pcb_local(p: &Pcb, chunk: &Chunk, out: &mut [f32]) -> Result<Vec<u64>> {
         let (s, max) = select_in_memory(v, &[keep_rank(d, p.keep_ratio)]).map_err(nan(i))?;
         ramps.push(Ramp::new(unit, i, d, p.keep_ratio, s[0].value, max));
     }
-    Ok(pcb_chunk(p, &clips, &ramps, chunk, out))
+    pcb_chunk(p, &clips, &ramps, chunk, out)
 }
 
 #[cfg(test)]

@@ -16,13 +16,23 @@ pub const BUCKETS: usize = 1 << 16;
 /// The order-preserving key of `x`: for non-NaN a, b, `a < b` implies `key(a) < key(b)`.
 /// Non-negatives get their sign bit set, negatives have all bits flipped (so −0.0 sorts just
 /// below +0.0, which only matters to the key, not to the value).
-#[inline]
+#[inline(always)]
 pub fn key(x: f32) -> u32 {
     let bits = x.to_bits();
-    if bits & 0x8000_0000 == 0 {
-        bits | 0x8000_0000
-    } else {
-        !bits
+    // Sign bit clear: set it. Sign bit set: flip every bit. (Branch-free, so loops vectorise.)
+    let flip = ((bits as i32 >> 31) as u32) | 0x8000_0000;
+    bits ^ flip
+}
+
+crate::simd_fn! {
+    /// keys[i] = key(xs[i]); returns the largest key (0 for an empty slice).
+    fn keys_and_max(xs: &[f32], keys: &mut [u32]) -> u32 {
+        let mut max = 0u32;
+        for (k, &x) in keys.iter_mut().zip(xs) {
+            *k = key(x);
+            max = max.max(*k);
+        }
+        max
     }
 }
 
@@ -80,7 +90,15 @@ impl Histogram {
 
     #[inline]
     pub fn add(&mut self, bucket: u16) {
-        self.counts[bucket as usize] += 1;
+        self.counts_mut()[bucket as usize] += 1;
+    }
+
+    /// The counts as a fixed-size array, so that indexing by a u16 needs no bounds check.
+    #[inline]
+    fn counts_mut(&mut self) -> &mut [u64; BUCKETS] {
+        (&mut self.counts[..])
+            .try_into()
+            .expect("a histogram has BUCKETS counts")
     }
 
     pub fn count(&self, bucket: u16) -> u64 {
@@ -267,30 +285,32 @@ impl Counts {
     /// Counts every value of `xs`; a NaN stops counting and is reported by index (the caller
     /// names the tensor).
     pub fn add_slice(&mut self, xs: &[f32]) -> std::result::Result<(), NanAt> {
-        match &self.round {
-            Round::High => {
-                let h = &mut self.hists[0];
-                let mut max = self.max_key;
-                for (i, &x) in xs.iter().enumerate() {
-                    if x.is_nan() {
-                        return Err(NanAt(i));
+        if let Some(i) = super::validate::first_nan(xs) {
+            return Err(NanAt(i));
+        }
+        // Keys are computed a block at a time by a vectorised loop; the counting loop that
+        // follows is scalar (a histogram scatter) but does nothing else.
+        const KEYS: usize = 1024;
+        let mut keys = [0u32; KEYS];
+        for block in xs.chunks(KEYS) {
+            let keys = &mut keys[..block.len()];
+            let max = keys_and_max(block, keys);
+            match &self.round {
+                Round::High => {
+                    self.max_key = Some(self.max_key.map_or(max, |m| m.max(max)));
+                    let counts = self.hists[0].counts_mut();
+                    for &k in keys.iter() {
+                        counts[(k >> 16) as usize] += 1;
                     }
-                    let k = key(x);
-                    h.add((k >> 16) as u16);
-                    max = Some(max.map_or(k, |m| m.max(k)));
                 }
-                self.max_key = max;
-            }
-            Round::Low(buckets) => {
-                for (i, &x) in xs.iter().enumerate() {
-                    if x.is_nan() {
-                        return Err(NanAt(i));
-                    }
-                    let k = key(x);
-                    let high = (k >> 16) as u16;
-                    // At most a handful of buckets (one per wanted rank): a linear scan is fastest.
-                    if let Some(j) = buckets.iter().position(|&b| b == high) {
-                        self.hists[j].add(k as u16);
+                Round::Low(buckets) => {
+                    for &k in keys.iter() {
+                        let high = (k >> 16) as u16;
+                        // At most a handful of buckets (one per wanted rank): a linear scan is
+                        // fastest, and almost every key matches none of them.
+                        if let Some(j) = buckets.iter().position(|&b| b == high) {
+                            self.hists[j].add(k as u16);
+                        }
                     }
                 }
             }

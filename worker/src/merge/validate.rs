@@ -32,17 +32,31 @@ pub fn check_range(name: &str, value: f64, lo: (f64, bool), hi: (f64, bool)) -> 
 
 /// A NaN anywhere in `values` is an error naming the tensor and the input (`"model 1"`).
 pub fn check_no_nan(tensor: &str, input: &str, values: &[f32]) -> Result<()> {
-    // Branch-free blocks vectorise; `any` alone would test one value at a time.
-    if values
-        .chunks(4096)
-        .any(|block| block.iter().fold(false, |nan, x| nan | x.is_nan()))
-    {
+    if first_nan(values).is_some() {
         return Err(MergeError::Nan {
             tensor: tensor.to_string(),
             input: input.to_string(),
         });
     }
     Ok(())
+}
+
+/// The index of the first NaN in `values`, if any.
+pub fn first_nan(values: &[f32]) -> Option<usize> {
+    // Branch-free blocks vectorise; `position` alone would test one value at a time.
+    const BLOCK: usize = 4096;
+    let block = values.chunks(BLOCK).position(any_nan)?;
+    let start = block * BLOCK;
+    values[start..]
+        .iter()
+        .position(|x| x.is_nan())
+        .map(|i| start + i)
+}
+
+crate::simd_fn! {
+    fn any_nan(values: &[f32]) -> bool {
+        values.iter().fold(false, |nan, x| nan | x.is_nan())
+    }
 }
 
 fn check_len<T>(name: &str, values: &[T], num_models: usize) -> Result<()> {
