@@ -13,9 +13,12 @@
 //! 1. rounds `High`, `Low` of a [`Selection`](super::radix::Selection) per task over |τ_i| at
 //!    the two [`clip_ranks`] → one [`Clip`] per task (values: [`abs_tau`]);
 //! 2. rounds `High`, `Low` of a selection per task over β_i at [`keep_rank`], with the maximum
-//!    tracked in round `High` → one [`Ramp`] per task (values: [`scores`], needs every task's
-//!    `Clip`);
+//!    tracked in round `High` → one [`Ramp`] per task (values: [`Block::compute`], needs every
+//!    task's `Clip`);
 //! 3. the write sweep, [`pcb_chunk`] (needs every task's `Clip` and `Ramp`).
+//!
+//! Every sweep computes a chunk in blocks of [`BLOCK`] elements, one vectorised loop per step
+//! of the formula ([`Block`]); exp and tanh are [`super::vmath`]'s branch-free versions.
 //!
 //! A unit held as one chunk (a tensor no larger than the chunk size, per-tensor scope) skips the
 //! rounds: [`pcb_local`] computes the same order statistics in memory.
