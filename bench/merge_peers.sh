@@ -5,9 +5,10 @@
 #     vs `mirrorplay local` with 1 and 2 workers; the two outputs are compared (max |diff|);
 #   - TIES (density 0.3, weights 1, normalize): mergekit (`mergekit-yaml`) vs mirrorplay running
 #     the very same mergekit YAML file, outputs compared.
-# Warm page cache for every tool (inputs read once before timing), so this compares compute and
-# write paths; peak RSS of each process from /usr/bin/time -v (for mirrorplay: the largest
-# worker, through a wrapper passed as --worker-bin).
+# Warm page cache for every tool (inputs read again before each timed run, since PyTorch at
+# 512 MiB takes 15 GiB and evicts them), so this compares compute and write paths; peak RSS
+# of each process from /usr/bin/time -v (for mirrorplay: the largest worker, through a wrapper
+# passed as --worker-bin). 512 MiB is the largest size PyTorch's PCB fits in 23 GiB.
 #
 # Needs: a release build, a Python venv with torch + mergekit + numpy + safetensors
 # (PEER_VENV, default /work/venv-mergekit: `python3 -m venv V && V/bin/pip install mergekit`).
@@ -34,6 +35,7 @@ rss_kib() { grep "Maximum resident" "$1" | awk '{print $NF}'; }
 run() {
   local name=$1; shift
   rm -rf "$DIR/rss"; mkdir -p "$DIR/rss"
+  cat "$M"/*/model.safetensors > /dev/null   # re-warm: a peer's memory use can evict the inputs
   local t0 t1; t0=$(date +%s.%N)
   /usr/bin/time -v -o "$DIR/rss/main.txt" "$@" > "$DIR/$name.log" 2>&1 || { echo "$name failed:"; tail -20 "$DIR/$name.log"; exit 1; }
   t1=$(date +%s.%N)

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use common::*;
 use mirrorplay_worker::merge::{self, Method};
@@ -179,4 +179,75 @@ fn dare_linear_l1_and_dare_ties() {
         "method = \"dare_ties\"\ndensity = [0.4, 0.6]\nseed = 11\nnormalize = true",
         ties,
     );
+}
+
+/// f16 and bf16 inputs (read through the object store and decoded; f32 in a local file takes a
+/// direct positioned-read path instead) merge like the in-memory reference on the decoded
+/// values, and the output keeps the inputs' dtype: PCB global over random models, 2 workers.
+#[test]
+fn half_precision_inputs_merge_like_the_reference_and_keep_their_dtype() {
+    let method = Method::Pcb(merge::Pcb {
+        scope: merge::Scope::Global,
+        keep_ratio: 0.2,
+        clip_ratio: 0.01,
+        inter: merge::Inter::SumRaw,
+        lambda: 1.0,
+        lambdas: vec![1.0; 3],
+    });
+    for dtype in ["BF16", "F16"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let models = tmp.path().join("models");
+        let o = run(&[
+            "example-models",
+            models.to_str().unwrap(),
+            "--random-size",
+            "64KiB",
+            "--random-dtype",
+            dtype,
+        ]);
+        assert!(o.status.success(), "{dtype}: {}", stderr(&o));
+        let config = tmp.path().join("pcb.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[job]\nkind = \"merge\"\noutput = \"{out}\"\n[merge]\nmethod = \"pcb\"\nbase = \"{m}/base\"\nmodels = [\"{m}/m1\", \"{m}/m2\", \"{m}/m3\"]\nkeep_ratio = 0.2\nclip_ratio = 0.01\n",
+                out = tmp.path().join("out").display(),
+                m = models.display()
+            ),
+        )
+        .unwrap();
+        let o = run_env(
+            &["local", config.to_str().unwrap(), "--workers", "2"],
+            &[("MIRRORPLAY_MERGE_CHUNK_ELEMENTS", "1000")],
+        );
+        assert!(o.status.success(), "{dtype}: {}", stderr(&o));
+        let out = tmp.path().join("out/model");
+        assert_eq!(dtypes_of(&out), BTreeSet::from([dtype.to_string()]));
+
+        let input = |name: &str| flat(&read_model(&models.join(name)));
+        let inputs = vec![input("m1"), input("m2"), input("m3")];
+        let want = merge::merge_in_memory_chunked(&method, &input("base"), &inputs, 1000).unwrap();
+        let round = |x: f32| match dtype {
+            "BF16" => half::bf16::from_f32(x).to_f32(),
+            _ => half::f16::from_f32(x).to_f32(),
+        };
+        let got = flat(&read_model(&out));
+        assert_eq!(got.len(), want.tensors.len());
+        for (tensor, values) in &want.tensors {
+            assert_eq!(got[tensor].len(), values.len());
+            for (i, (g, w)) in got[tensor].iter().zip(values).enumerate() {
+                assert_eq!(
+                    g.to_bits(),
+                    round(*w).to_bits(),
+                    "{dtype} {tensor}[{i}]: got {g}, reference {w}"
+                );
+            }
+        }
+        // The merge moved the base (PCB kept some entries of every model).
+        assert!(
+            want.kept.values().flatten().all(|&k| k > 0),
+            "{:?}",
+            want.kept
+        );
+    }
 }

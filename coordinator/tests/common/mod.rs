@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -117,12 +117,42 @@ pub fn read_model(path: &Path) -> BTreeMap<String, (Vec<u64>, Vec<f32>)> {
                 .map(|d| d.as_u64().unwrap() as usize)
                 .collect();
             let data = &bytes[8 + n + offsets[0]..8 + n + offsets[1]];
-            assert_eq!(entry["dtype"], "F32", "test reader handles F32 only");
-            let values = data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect();
+            let values = match entry["dtype"].as_str().unwrap() {
+                "F32" => data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+                "F16" => data
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                "BF16" => data
+                    .chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                other => panic!("test reader handles F32, F16 and BF16, not {other}"),
+            };
             out.insert(name.clone(), (shape, values));
+        }
+    }
+    out
+}
+
+/// The dtypes of the tensors in every `.safetensors` file under `dir`.
+pub fn dtypes_of(dir: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "safetensors") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        for (name, e) in header.as_object().unwrap() {
+            if name != "__metadata__" {
+                out.insert(e["dtype"].as_str().unwrap().to_string());
+            }
         }
     }
     out

@@ -112,6 +112,12 @@ impl Ramp {
     }
 
     /// S = (max(β, t) − t)/(M − t); 0 when M = t.
+    ///
+    /// S is continuous in β, but the merged value Σ_i λ_i·S_i·C_i / max(Σ_i S_i, 1e-12) is not
+    /// where every S_j but one is 0: an element whose β_i is one ulp above t_i gets all of C_i,
+    /// one ulp lower gets the base. Implementations whose exp/tanh differ by an ulp can disagree
+    /// there by a whole task-vector entry (seen once in 130.6 M elements against PyTorch,
+    /// BENCHMARKS.md); the parity fixtures are small enough not to contain such an element.
     #[inline(always)]
     fn score(&self, beta: f32) -> f32 {
         if self.m == self.t {
