@@ -551,3 +551,49 @@ fn encode_output(dtype: Dtype, out: Vec<f32>) -> Bytes {
 pub fn num_chunks(numel: u64, chunk_elements: u64) -> u64 {
     numel.div_ceil(chunk_elements)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both read paths (positioned reads of local f32, the object store + decode otherwise)
+    /// return the same values into a reused buffer, and a range past the end of a local file
+    /// is an error naming the file and the byte range.
+    #[tokio::test]
+    async fn ranged_reads_agree_and_a_short_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let values: Vec<f32> = (0..10).map(|i| i as f32 * 0.5 - 1.0).collect();
+        let mut bytes = vec![0xAAu8; 3]; // tensor data at an unaligned offset
+        encode_f32(Dtype::F32, &values, &mut bytes);
+        let path = dir.path().join("t.bin");
+        std::fs::write(&path, &bytes).unwrap();
+        let local = Location::parse(path.to_str().unwrap()).unwrap();
+        assert!(local.local_path().is_some());
+
+        let buffer = vec![7.0f32; 100]; // a reused buffer, longer than the range
+        let got = read_range(local.clone(), Dtype::F32, 3, 2, 6, buffer)
+            .await
+            .unwrap();
+        assert_eq!(got, values[2..6]);
+
+        // The same range as bf16 goes through the object store and decodes.
+        let mut half = Vec::new();
+        encode_f32(Dtype::BF16, &values, &mut half);
+        let half_path = dir.path().join("h.bin");
+        std::fs::write(&half_path, &half).unwrap();
+        let half_loc = Location::parse(half_path.to_str().unwrap()).unwrap();
+        let got = read_range(half_loc, Dtype::BF16, 0, 2, 6, got)
+            .await
+            .unwrap();
+        assert_eq!(got, values[2..6]); // exactly representable in bf16
+
+        let err = read_range(local, Dtype::F32, 3, 8, 12, Vec::new())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("t.bin") && err.contains("bytes 35..51"),
+            "{err}"
+        );
+    }
+}
