@@ -166,7 +166,8 @@ async fn read_range(
 ) -> Result<Vec<f32>, JobError> {
     let size = src_dtype.size() as u64;
     let bytes = offset + start * size..offset + end * size;
-    if src_dtype == Dtype::F32 && cfg!(target_endian = "little") {
+    #[cfg(all(unix, target_endian = "little"))]
+    if src_dtype == Dtype::F32 {
         if let Some(path) = loc.local_path() {
             return tokio::task::spawn_blocking(move || {
                 use std::os::unix::fs::FileExt;
