@@ -18,40 +18,62 @@ fn flat(model: &BTreeMap<String, (Vec<u64>, Vec<f32>)>) -> merge::Tensors {
         .collect()
 }
 
+/// Writes a merge config `dir/NAME.toml` of `[job]` output `dir/out` plus the `[merge]` keys.
+fn write_merge_config(dir: &std::path::Path, name: &str, merge_toml: &str) -> std::path::PathBuf {
+    let config = dir.join(format!("{name}.toml"));
+    let out = dir.join("out");
+    let job = format!(
+        "[job]\nkind = \"merge\"\noutput = \"{}\"\nseed = 7\n",
+        out.display()
+    );
+    std::fs::write(&config, format!("{job}[merge]\n{merge_toml}\n")).unwrap();
+    config
+}
+
+/// `mirrorplay local CONFIG --workers N` writing to `out`, with `chunk_elements`-element
+/// ranges; panics with `label` and the stderr on failure.
+fn run_local_merge(
+    config: &std::path::Path,
+    workers: &str,
+    out: &std::path::Path,
+    chunk_elements: &str,
+    label: &str,
+) {
+    let o = run_env(
+        &[
+            "local",
+            config.to_str().unwrap(),
+            "--workers",
+            workers,
+            "--set",
+            &format!("job.output={}", out.display()),
+        ],
+        &[("MIRRORPLAY_MERGE_CHUNK_ELEMENTS", chunk_elements)],
+    );
+    assert!(
+        o.status.success(),
+        "{label} with {workers} workers: {}",
+        stderr(&o)
+    );
+}
+
 /// Runs `method_toml` (the [merge] keys after base/models) with 1 and 3 workers and compares
 /// with the reference.
 fn check(name: &str, method_toml: &str, method: Method) {
     let tmp = tempfile::tempdir().unwrap();
     let ex = repo_root().join("examples");
-    let config = tmp.path().join(format!("{name}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "[job]\nkind = \"merge\"\noutput = \"{out}\"\nseed = 7\n[merge]\nbase = \"{ex}/base\"\nmodels = [\"{ex}/task-a\", \"{ex}/task-b\"]\nmax_shard_size = \"24KB\"\n{method_toml}\n",
-            out = tmp.path().join("out").display(),
+    let config = write_merge_config(
+        tmp.path(),
+        name,
+        &format!(
+            "base = \"{ex}/base\"\nmodels = [\"{ex}/task-a\", \"{ex}/task-b\"]\nmax_shard_size = \"24KB\"\n{method_toml}",
             ex = ex.display()
         ),
-    )
-    .unwrap();
+    );
     let mut outputs = Vec::new();
     for workers in ["1", "3"] {
         let out = tmp.path().join(format!("w{workers}"));
-        let o = run_env(
-            &[
-                "local",
-                config.to_str().unwrap(),
-                "--workers",
-                workers,
-                "--set",
-                &format!("job.output={}", out.display()),
-            ],
-            &[("MIRRORPLAY_MERGE_CHUNK_ELEMENTS", "300")],
-        );
-        assert!(
-            o.status.success(),
-            "{name} with {workers} workers: {}",
-            stderr(&o)
-        );
+        run_local_merge(&config, workers, &out, "300", name);
         outputs.push((files_of(&out.join("model")), read_model(&out.join("model"))));
     }
     assert!(
@@ -206,21 +228,15 @@ fn half_precision_inputs_merge_like_the_reference_and_keep_their_dtype() {
             dtype,
         ]);
         assert!(o.status.success(), "{dtype}: {}", stderr(&o));
-        let config = tmp.path().join("pcb.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[job]\nkind = \"merge\"\noutput = \"{out}\"\n[merge]\nmethod = \"pcb\"\nbase = \"{m}/base\"\nmodels = [\"{m}/m1\", \"{m}/m2\", \"{m}/m3\"]\nkeep_ratio = 0.2\nclip_ratio = 0.01\n",
-                out = tmp.path().join("out").display(),
+        let config = write_merge_config(
+            tmp.path(),
+            "pcb",
+            &format!(
+                "method = \"pcb\"\nbase = \"{m}/base\"\nmodels = [\"{m}/m1\", \"{m}/m2\", \"{m}/m3\"]\nkeep_ratio = 0.2\nclip_ratio = 0.01",
                 m = models.display()
             ),
-        )
-        .unwrap();
-        let o = run_env(
-            &["local", config.to_str().unwrap(), "--workers", "2"],
-            &[("MIRRORPLAY_MERGE_CHUNK_ELEMENTS", "1000")],
         );
-        assert!(o.status.success(), "{dtype}: {}", stderr(&o));
+        run_local_merge(&config, "2", &tmp.path().join("out"), "1000", dtype);
         let out = tmp.path().join("out/model");
         assert_eq!(dtypes_of(&out), BTreeSet::from([dtype.to_string()]));
 

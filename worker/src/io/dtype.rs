@@ -92,6 +92,24 @@ pub fn decode_f32(dtype: Dtype, bytes: &[u8], out: &mut Vec<f32>) {
     }
 }
 
+/// `values` encoded as `dtype` (a float type), taking the buffer: f32 on a little-endian
+/// machine is its own encoding, so the buffer is handed over as it is, without a copy.
+pub fn encode_f32_owned(dtype: Dtype, values: Vec<f32>) -> bytes::Bytes {
+    /// f32 values viewed as their little-endian bytes.
+    struct F32Le(Vec<f32>);
+    impl AsRef<[u8]> for F32Le {
+        fn as_ref(&self) -> &[u8] {
+            bytemuck::cast_slice(&self.0)
+        }
+    }
+    if dtype == Dtype::F32 && cfg!(target_endian = "little") {
+        return bytes::Bytes::from_owner(F32Le(values));
+    }
+    let mut out = Vec::with_capacity(values.len() * dtype.size());
+    encode_f32(dtype, &values, &mut out);
+    bytes::Bytes::from(out)
+}
+
 /// Appends `values` encoded as `dtype` (a float type; round to nearest even) to `out`.
 pub fn encode_f32(dtype: Dtype, values: &[f32], out: &mut Vec<u8>) {
     out.reserve(values.len() * dtype.size());

@@ -16,7 +16,7 @@ use mirrorplay_proto::v1::{
 };
 
 use super::{JobError, Progress};
-use crate::io::dtype::{decode_f32, encode_f32, Dtype};
+use crate::io::dtype::{encode_f32_owned, Dtype};
 use crate::io::safetensors::{pt_metadata, TensorLayout};
 use crate::io::store::Location;
 use crate::io::writer::SafetensorsWriter;
@@ -154,40 +154,18 @@ impl Files {
 }
 
 /// Reads elements `start..end` of the tensor at byte `offset` of `loc` into `out` (a reused
-/// buffer; its contents are replaced). f32 data in a local file is read with positioned reads
-/// straight into `out`; everything else goes through the object store and is decoded.
+/// buffer; its contents are replaced).
 async fn read_range(
     loc: Location,
     src_dtype: Dtype,
     offset: u64,
     start: u64,
     end: u64,
-    mut out: Vec<f32>,
+    out: Vec<f32>,
 ) -> Result<Vec<f32>, JobError> {
     let size = src_dtype.size() as u64;
     let bytes = offset + start * size..offset + end * size;
-    #[cfg(all(unix, target_endian = "little"))]
-    if src_dtype == Dtype::F32 {
-        if let Some(path) = loc.local_path() {
-            return tokio::task::spawn_blocking(move || {
-                use std::os::unix::fs::FileExt;
-                out.resize((end - start) as usize, 0.0);
-                std::fs::File::open(&path)
-                    .and_then(|f| f.read_exact_at(bytemuck::cast_slice_mut(&mut out), bytes.start))
-                    .map_err(|e| crate::io::IoError::Fs {
-                        path: format!("{} (bytes {}..{})", path.display(), bytes.start, bytes.end),
-                        source: e,
-                    })?;
-                Ok(out)
-            })
-            .await
-            .map_err(|e| JobError::InvalidTask(format!("read task failed: {e}")))?;
-        }
-    }
-    let raw = loc.read_range(bytes).await?;
-    out.clear();
-    decode_f32(src_dtype, &raw, &mut out);
-    Ok(out)
+    Ok(loc.read_range_f32(bytes, src_dtype, out).await?)
 }
 
 fn source_dtype(tensor: &str, src: &TensorSource) -> Result<Dtype, JobError> {
@@ -504,7 +482,7 @@ pub async fn run_write(
                     passes::write_chunk(&method, f, index, &c, &mut out).map_err(merge_error)?;
                 }
             }
-            Ok(encode_output(dtype, out))
+            Ok(encode_f32_owned(dtype, out))
         },
     );
     let sink = {
@@ -530,71 +508,7 @@ pub async fn run_write(
     })
 }
 
-/// A chunk's output as the bytes of the output dtype. f32 on a little-endian machine is its own
-/// encoding: the buffer is handed over as it is.
-fn encode_output(dtype: Dtype, out: Vec<f32>) -> Bytes {
-    /// f32 values viewed as their little-endian bytes.
-    struct F32Le(Vec<f32>);
-    impl AsRef<[u8]> for F32Le {
-        fn as_ref(&self) -> &[u8] {
-            bytemuck::cast_slice(&self.0)
-        }
-    }
-    if dtype == Dtype::F32 && cfg!(target_endian = "little") {
-        return Bytes::from_owner(F32Le(out));
-    }
-    let mut bytes = Vec::with_capacity(out.len() * dtype.size());
-    encode_f32(dtype, &out, &mut bytes);
-    Bytes::from(bytes)
-}
-
 /// The number of chunks of a tensor (0 for an empty one).
 pub fn num_chunks(numel: u64, chunk_elements: u64) -> u64 {
     numel.div_ceil(chunk_elements)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Both read paths (positioned reads of local f32, the object store + decode otherwise)
-    /// return the same values into a reused buffer, and a range past the end of a local file
-    /// is an error naming the file and the byte range.
-    #[tokio::test]
-    async fn ranged_reads_agree_and_a_short_file_is_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let values: Vec<f32> = (0..10).map(|i| i as f32 * 0.5 - 1.0).collect();
-        let mut bytes = vec![0xAAu8; 3]; // tensor data at an unaligned offset
-        encode_f32(Dtype::F32, &values, &mut bytes);
-        let path = dir.path().join("t.bin");
-        std::fs::write(&path, &bytes).unwrap();
-        let local = Location::parse(path.to_str().unwrap()).unwrap();
-        assert!(local.local_path().is_some());
-
-        let buffer = vec![7.0f32; 100]; // a reused buffer, longer than the range
-        let got = read_range(local.clone(), Dtype::F32, 3, 2, 6, buffer)
-            .await
-            .unwrap();
-        assert_eq!(got, values[2..6]);
-
-        // The same range as bf16 goes through the object store and decodes.
-        let mut half = Vec::new();
-        encode_f32(Dtype::BF16, &values, &mut half);
-        let half_path = dir.path().join("h.bin");
-        std::fs::write(&half_path, &half).unwrap();
-        let half_loc = Location::parse(half_path.to_str().unwrap()).unwrap();
-        let got = read_range(half_loc, Dtype::BF16, 0, 2, 6, got)
-            .await
-            .unwrap();
-        assert_eq!(got, values[2..6]); // exactly representable in bf16
-
-        let err = read_range(local, Dtype::F32, 3, 8, 12, Vec::new())
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("t.bin") && err.contains("bytes 35..51"),
-            "{err}"
-        );
-    }
 }

@@ -451,9 +451,11 @@ pub fn count_chunk(
             rounds.len()
         )));
     }
-    let pcb = match (values, method) {
+    let mut pcb = match (values, method) {
         (Values::AbsTau, _) => None,
-        (Values::PcbScores(clips), Method::Pcb(p)) => Some((p, clips)),
+        (Values::PcbScores(clips), Method::Pcb(p)) => {
+            Some((p, clips, pcb::Block::new(clips.len())))
+        }
         _ => {
             return Err(MergeError::Counts(format!(
                 "{} has no sweep {values:?}",
@@ -462,22 +464,21 @@ pub fn count_chunk(
         }
     };
     // Block by block, so the values counted never take more than a block per task.
-    let mut block = pcb::Block::new(rounds.len());
     let mut abs = vec![0.0f32; pcb::BLOCK];
     for start in (0..chunk.len()).step_by(pcb::BLOCK) {
         let len = pcb::BLOCK.min(chunk.len() - start);
         chunk.check_nan(start, len)?;
-        if let Some((p, clips)) = pcb {
+        if let Some((p, clips, block)) = &mut pcb {
             block.compute(p.inter, clips, chunk, start, len);
         }
         for (i, c) in counts.iter_mut().enumerate() {
             let Some(c) = c else { continue };
-            let values = match pcb {
-                Some(_) => block.beta(i),
+            let values = match &pcb {
+                Some((_, _, block)) => block.beta(i),
                 None => {
                     let abs = &mut abs[..len];
                     let range = start..start + len;
-                    pcb::abs_diff(&chunk.models[i][range.clone()], &chunk.base[range], abs);
+                    pcb::abs_tau(&chunk.models[i][range.clone()], &chunk.base[range], abs);
                     abs
                 }
             };

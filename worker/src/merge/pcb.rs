@@ -128,14 +128,9 @@ impl Ramp {
     }
 }
 
-/// Pass 1 values: |τ_i| over the chunk.
-pub fn abs_tau(chunk: &Chunk, i: usize, out: &mut [f32]) {
-    abs_diff(chunk.models[i], chunk.base, out);
-}
-
 crate::simd_fn! {
-    /// out = |m − b| elementwise.
-    pub fn abs_diff(m: &[f32], b: &[f32], out: &mut [f32]) {
+    /// Pass 1 values: |τ_i| = |m − b| elementwise (a model's range and the base's).
+    pub fn abs_tau(m: &[f32], b: &[f32], out: &mut [f32]) {
         for ((o, m), b) in out.iter_mut().zip(m).zip(b) {
             *o = (m - b).abs();
         }
@@ -257,20 +252,25 @@ impl Block {
     }
 
     /// Adds this block's share of the write sweep to `num`, `den` (zeroed by the caller) for
-    /// every task; returns the entries kept per task.
-    fn weigh(&self, lambdas: &[f32], ramps: &[Ramp], num: &mut [f32], den: &mut [f32]) -> Vec<u64> {
-        (0..self.n)
-            .map(|i| {
-                add_scored(
-                    Self::slot(&self.beta, i, self.len),
-                    Self::slot(&self.c, i, self.len),
-                    ramps[i],
-                    lambdas[i],
-                    num,
-                    den,
-                )
-            })
-            .collect()
+    /// every task, and the entries it keeps to `kept`.
+    fn weigh(
+        &self,
+        lambdas: &[f32],
+        ramps: &[Ramp],
+        num: &mut [f32],
+        den: &mut [f32],
+        kept: &mut [u64],
+    ) {
+        for (i, kept) in kept.iter_mut().enumerate() {
+            *kept += add_scored(
+                Self::slot(&self.beta, i, self.len),
+                Self::slot(&self.c, i, self.len),
+                ramps[i],
+                lambdas[i],
+                num,
+                den,
+            );
+        }
     }
 }
 
@@ -408,12 +408,7 @@ pub fn pcb_chunk(
         let (num, den) = (&mut num[..len], &mut den[..len]);
         num.fill(0.0);
         den.fill(0.0);
-        for (k, b) in kept
-            .iter_mut()
-            .zip(block.weigh(&p.lambdas, ramps, num, den))
-        {
-            *k += b;
-        }
+        block.weigh(&p.lambdas, ramps, num, den, &mut kept);
         finish(
             &chunk.base[start..start + len],
             num,
@@ -439,7 +434,7 @@ pub fn pcb_local(p: &Pcb, chunk: &Chunk, out: &mut [f32]) -> Result<Vec<u64>> {
     let mut values = vec![vec![0.0f32; chunk.len()]; n];
     let mut clips = Vec::with_capacity(n);
     for (i, v) in values.iter_mut().enumerate() {
-        abs_tau(chunk, i, v);
+        abs_tau(chunk.models[i], chunk.base, v);
         let (s, _) = select_in_memory(v, &clip_ranks(d, p.clip_ratio)).map_err(nan(i))?;
         clips.push(Clip::new(unit, i, s[0].value, s[1].value));
     }

@@ -31,7 +31,7 @@ pub fn check_range(name: &str, value: f64, lo: (f64, bool), hi: (f64, bool)) -> 
 }
 
 /// A NaN anywhere in `values` is an error naming the tensor and the input (`"model 1"`).
-pub fn check_no_nan(tensor: &str, input: &str, values: &[f32]) -> Result<()> {
+pub fn check_no_nan(tensor: &str, input: impl std::fmt::Display, values: &[f32]) -> Result<()> {
     if first_nan(values).is_some() {
         return Err(MergeError::Nan {
             tensor: tensor.to_string(),

@@ -18,7 +18,7 @@ use super::config::{token_ids, ModelConfig};
 use super::decoder::Model;
 use super::error::{ModelError, Result};
 use super::tokenizer::Tokenizer;
-use crate::io::dtype::{decode_f32, encode_f32};
+use crate::io::dtype::encode_f32;
 use crate::io::hf::{open_model, read_json, SINGLE_FILE};
 use crate::io::safetensors::{pt_metadata, TensorLayout};
 use crate::io::writer::SafetensorsWriter;
@@ -102,9 +102,9 @@ impl Pretrained {
                         found: info.dtype.to_string(),
                     });
                 }
-                let bytes = loc.read_range(info.start..info.start + info.len).await?;
-                let mut values = Vec::with_capacity(info.numel() as usize);
-                decode_f32(info.dtype, &bytes, &mut values);
+                let values = loc
+                    .read_range_f32(info.start..info.start + info.len, info.dtype, Vec::new())
+                    .await?;
                 let t = Tensor::from_vec(values, shape, &device)?;
                 Ok::<_, ModelError>((name, t))
             }

@@ -9,7 +9,7 @@ use candle_core::{DType, Tensor};
 use super::grads::Gradients;
 use super::schedule::Schedule;
 use super::{OptimError, Params, Result};
-use crate::io::dtype::{decode_f32, encode_f32, Dtype};
+use crate::io::dtype::{encode_f32, Dtype};
 use crate::io::safetensors::{pt_metadata, read_header, TensorLayout};
 use crate::io::writer::{write_safetensors, WriteSummary};
 use crate::io::Location;
@@ -224,9 +224,9 @@ impl AdamW {
                         info.dtype, info.shape
                     )));
                 }
-                let bytes = loc.read_range(info.start..info.start + info.len).await?;
-                let mut values = Vec::with_capacity(info.numel() as usize);
-                decode_f32(Dtype::F32, &bytes, &mut values);
+                let values = loc
+                    .read_range_f32(info.start..info.start + info.len, Dtype::F32, Vec::new())
+                    .await?;
                 moments.insert(
                     name.clone(),
                     Tensor::from_vec(values, var.shape(), var.device())?,
