@@ -37,6 +37,8 @@ pub enum TrainError {
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
     Task(#[from] crate::tasks::TaskError),
+    #[error(transparent)]
+    Collective(#[from] crate::collective::CollectiveError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -182,7 +184,7 @@ pub fn reduce_clip_step(
     opt: &mut crate::optim::AdamW,
     params: &crate::optim::Params,
 ) -> Result<(f64, f64), TrainError> {
-    collective.all_reduce_mean(&mut grads)?;
+    collective.all_reduce_sum(grads.tensors_mut())?;
     let grad_norm = if max_grad_norm > 0.0 {
         grads.clip(max_grad_norm)?
     } else {

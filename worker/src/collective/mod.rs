@@ -1,0 +1,75 @@
+//! Collectives across the ranks of a training gang (DESIGN.md "Runtime model"): the sums that
+//! make W data-parallel ranks compute the gradient of one global batch, the broadcast that
+//! starts them bit-identical, and a barrier.
+//!
+//! Implementations: [`Local`] (world size 1), [`tcp_ring::TcpRing`] (CPUs, a ring over TCP)
+//! and, with the `nccl` feature, `nccl::Nccl` (GPUs). Every call on a multi-rank collective
+//! has a timeout and honours a cancel flag, so a rank whose peer died fails its task instead
+//! of hanging. Every rank must make the same calls with tensors of the same names, shapes and
+//! dtypes (maps iterate in name order, so buckets line up on every rank).
+//!
+//! Must not know about models, losses, optimizers or the coordinator.
+
+pub mod local;
+pub mod tcp_ring;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use candle_core::Tensor;
+
+pub use local::Local;
+
+/// Why a collective call failed. Every variant means the gang is broken for this attempt: the
+/// task fails, and the coordinator re-forms the gang.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectiveError {
+    #[error("rank {rank}: {op} timed out after {timeout:?} (peer rank {peer} sent or took nothing)")]
+    Timeout {
+        rank: usize,
+        peer: usize,
+        op: &'static str,
+        timeout: Duration,
+    },
+    #[error("rank {rank}: link to rank {peer} failed during {op}: {source}")]
+    Peer {
+        rank: usize,
+        peer: usize,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("rank {rank}: {op} cancelled (the gang was ended)")]
+    Cancelled { rank: usize, op: &'static str },
+    /// The ranks disagree (tensor names, shapes, dtypes, group tag): a bug or a stale peer.
+    #[error("rank {rank}: {reason}")]
+    Mismatch { rank: usize, reason: String },
+    #[error("rendezvous: {0}")]
+    Rendezvous(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// A group of `world_size` ranks that reduce together.
+pub trait Collective: Send {
+    fn rank(&self) -> usize;
+    fn world_size(&self) -> usize;
+
+    /// Replaces every tensor by its sum over the ranks, in place. Tensors are f32, visited in
+    /// name order and flattened into buckets; afterwards every rank holds the same bits.
+    fn all_reduce_sum(
+        &mut self,
+        tensors: &mut BTreeMap<String, Tensor>,
+    ) -> Result<(), CollectiveError>;
+
+    /// Sums a short vector of scalars (counts, metric sums) over the ranks; every rank gets
+    /// the same bits (summed in rank order).
+    fn all_reduce_sum_f64(&mut self, values: &mut [f64]) -> Result<(), CollectiveError>;
+
+    /// Replaces every tensor by rank 0's (same names, shapes and dtypes on every rank).
+    fn broadcast(&mut self, tensors: &mut BTreeMap<String, Tensor>)
+        -> Result<(), CollectiveError>;
+
+    /// Returns once every rank has called it.
+    fn barrier(&mut self) -> Result<(), CollectiveError>;
+}
