@@ -69,6 +69,10 @@ pub fn job_json(job: &Job) -> serde_json::Value {
         "output": job.spec.as_ref().map(|s| s.output.clone()),
         "progress": {"fraction": p.fraction, "tasks_done": p.tasks_done, "tasks_total": p.tasks_total,
                      "tasks_running": p.tasks_running, "stage": p.stage},
+        "gangs": p.gangs.iter().map(|g| serde_json::json!({
+            "task_id": g.task_id, "attempt": g.attempt, "world_size": g.world_size,
+            "workers": g.workers, "waiting": g.waiting, "last_restart": g.last_restart,
+        })).collect::<Vec<_>>(),
         "created_at": job.created_at,
         "updated_at": job.updated_at,
     })
@@ -88,10 +92,33 @@ fn job_line(job: &Job) -> String {
     if !p.stage.is_empty() {
         line.push_str(&format!("\tstage {}", p.stage));
     }
+    for g in &p.gangs {
+        line.push_str(&format!("\t{}", gang_text(g)));
+    }
     if !job.error.is_empty() {
         line.push_str(&format!("\terror: {}", job.error));
     }
     line
+}
+
+/// A gang as one phrase: its ranks (rank → worker) or what it waits for, its epoch and why the
+/// last one ended.
+fn gang_text(g: &mirrorplay_proto::v1::GangStatus) -> String {
+    let mut text = if g.workers.is_empty() {
+        format!("gang (epoch {}): {}", g.attempt, g.waiting)
+    } else {
+        let ranks: Vec<String> = g
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(r, w)| format!("{r}→{w}"))
+            .collect();
+        format!("gang (epoch {}): {}", g.attempt, ranks.join(" "))
+    };
+    if !g.last_restart.is_empty() {
+        text.push_str(&format!("; restarted: {}", g.last_restart));
+    }
+    text
 }
 
 pub async fn status(
@@ -183,8 +210,13 @@ pub async fn watch(
             } else {
                 format!(" stage {}", p.stage)
             };
+            let gangs: String = p
+                .gangs
+                .iter()
+                .map(|g| format!(" {}", gang_text(g)))
+                .collect();
             bar.set_message(format!(
-                "{} {}/{} tasks{stage}",
+                "{} {}/{} tasks{stage}{gangs}",
                 state_name(job.state()),
                 p.tasks_done,
                 p.tasks_total

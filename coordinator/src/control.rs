@@ -14,7 +14,7 @@ use mirrorplay_worker::io::Location;
 use tokio::sync::broadcast;
 
 use crate::drivers::{Driver, Log, NewTask, Step};
-use crate::scheduler::{Lost, Rejected, Scheduler};
+use crate::scheduler::{Failed, Finished, Joined, Lost, Member, Rejected, Scheduler};
 use crate::state::StateStore;
 
 /// Log lines kept per job (the tail served by GetLogs and WatchJob).
@@ -30,6 +30,8 @@ pub enum ControlError {
     FailedPrecondition(String),
     #[error("{0}")]
     Internal(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
 }
 
 /// What clients see of a job, readable without waiting for its driver.
@@ -73,6 +75,15 @@ impl JobHandle {
 
     fn job(&self) -> Job {
         self.snapshot.lock().expect("snapshot lock").job.clone()
+    }
+
+    /// The job with its gangs as the scheduler sees them now.
+    fn live_job(&self, scheduler: &Scheduler) -> Job {
+        let mut job = self.job();
+        if !is_terminal(job.state()) {
+            job.progress.get_or_insert_default().gangs = scheduler.gang_status(&self.id);
+        }
+        job
     }
 
     fn state(&self) -> JobState {
@@ -142,26 +153,32 @@ impl ControlPlane {
                 for worker in this.scheduler.expired_workers() {
                     let name = this.scheduler.worker_name(&worker).unwrap_or_default();
                     tracing::warn!(worker = %worker, "lease expired");
-                    let lost = this.scheduler.remove_worker(&worker);
-                    this.handle_lost(lost, &format!("worker `{name}` lost its lease"))
-                        .await;
+                    let lost = this.scheduler.remove_worker(&worker, "lost its lease");
+                    this.handle_lost(lost).await;
+                    tracing::debug!(worker = %name, "removed");
                 }
             }
         })
     }
 
-    async fn handle_lost(&self, lost: Vec<Lost>, why: &str) {
+    async fn handle_lost(&self, lost: Vec<Lost>) {
         for l in lost {
             match l {
                 Lost::Requeued {
                     job_id,
                     task_id,
                     attempt,
-                    ..
+                    reason,
                 } => {
                     if let Some(h) = self.handle(&job_id) {
+                        let restart = match kind_name(&h.job().spec.unwrap_or_default()) {
+                            "sft" | "selfplay" => {
+                                "; training restarts from step 0 (no checkpoints yet)"
+                            }
+                            _ => "",
+                        };
                         JobLog(&h).warn(format!(
-                            "{why}; task {task_id} re-issued as attempt {attempt}"
+                            "{reason}; task {task_id} re-issued as attempt {attempt}{restart}"
                         ));
                     }
                 }
@@ -363,15 +380,30 @@ impl ControlPlane {
 
     fn enqueue(&self, handle: &JobHandle, spec: &JobSpec, tasks: Vec<NewTask>) {
         let n = tasks.len() as u64;
-        let tasks: Vec<Task> = tasks
+        // group_size 0: every worker registered now.
+        let registered = self.scheduler.worker_count().max(1) as u32;
+        let tasks: Vec<(Task, u32)> = tasks
             .into_iter()
-            .map(|t| Task {
-                task_id: format!("{}/{}", handle.id, t.key),
-                job_id: handle.id.clone(),
-                attempt: 1,
-                group_size: t.group_size,
-                rank: 0,
-                work: Some(t.work),
+            .map(|t| {
+                let group_size = match t.group_size {
+                    0 => registered,
+                    w => w,
+                };
+                if group_size > 1 {
+                    JobLog(handle).info(format!(
+                        "task {} runs on a gang of {group_size} ranks",
+                        t.key
+                    ));
+                }
+                let task = Task {
+                    task_id: format!("{}/{}", handle.id, t.key),
+                    job_id: handle.id.clone(),
+                    attempt: 1,
+                    group_size,
+                    rank: 0,
+                    work: Some(t.work),
+                };
+                (task, t.min_group_size.min(group_size))
             })
             .collect();
         self.update(handle, |s| s.tasks_total += n);
@@ -405,6 +437,7 @@ impl ControlPlane {
                 tasks_running: running,
                 fraction,
                 stage,
+                gangs: self.scheduler.gang_status(&handle.id),
             });
             s.job.updated_at = crate::now();
             s.job.clone()
@@ -497,7 +530,10 @@ impl ControlPlane {
         attempt: u32,
         result: TaskResult,
     ) -> Result<(), Rejected> {
-        let task = self.scheduler.finish(worker_id, task_id, attempt)?;
+        let task = match self.scheduler.finish(worker_id, task_id, attempt)? {
+            Finished::Task(task) => *task,
+            Finished::Rank => return Ok(()),
+        };
         let Some(handle) = self.handle(&task.job_id) else {
             return Ok(());
         };
@@ -539,8 +575,18 @@ impl ControlPlane {
         task_id: &str,
         attempt: u32,
         message: String,
+        gang_broken: bool,
     ) -> Result<(), Rejected> {
-        let task = self.scheduler.finish(worker_id, task_id, attempt)?;
+        let task = match self
+            .scheduler
+            .fail(worker_id, task_id, attempt, gang_broken, &message)?
+        {
+            Failed::Task(task) => *task,
+            Failed::Gang(lost) => {
+                self.handle_lost(vec![lost]).await;
+                return Ok(());
+            }
+        };
         if let Some(handle) = self.handle(&task.job_id) {
             let worker = self
                 .scheduler
@@ -556,11 +602,46 @@ impl ControlPlane {
     }
 
     pub async fn deregister(&self, worker_id: &str, returned: &[TaskRef]) {
-        let name = self.scheduler.worker_name(worker_id).unwrap_or_default();
-        let lost = self.scheduler.remove_worker(worker_id);
+        let lost = self.scheduler.remove_worker(worker_id, "left");
         if !returned.is_empty() || !lost.is_empty() {
-            self.handle_lost(lost, &format!("worker `{name}` left"))
-                .await;
+            self.handle_lost(lost).await;
+        }
+    }
+
+    /// Rendezvous of a gang rank: records its endpoint and waits until every rank of the
+    /// epoch has joined (or `wait` passes, or the epoch ends).
+    pub async fn join_group(
+        &self,
+        worker_id: &str,
+        task_id: &str,
+        attempt: u32,
+        rank: u32,
+        endpoint: Vec<u8>,
+        wait: Duration,
+    ) -> Result<(u32, Vec<Member>), ControlError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let refused = |why: Rejected| {
+            ControlError::FailedPrecondition(format!(
+                "task {task_id} attempt {attempt} rank {rank}: not a member of the current gang ({why:?})"
+            ))
+        };
+        let mut endpoint = Some(endpoint);
+        loop {
+            let notified = self.scheduler.gang_notifier().notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let joined = self
+                .scheduler
+                .join_group(worker_id, task_id, attempt, rank, endpoint.take())
+                .map_err(refused)?;
+            if let Joined::Complete { epoch, members } = joined {
+                return Ok((epoch, members));
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(ControlError::DeadlineExceeded(format!(
+                    "task {task_id} attempt {attempt}: the gang did not assemble within {wait:?}"
+                )));
+            }
         }
     }
 
@@ -568,7 +649,7 @@ impl ControlPlane {
 
     pub fn get(&self, job_id: &str) -> Result<Job, ControlError> {
         self.handle(job_id)
-            .map(|h| h.job())
+            .map(|h| h.live_job(&self.scheduler))
             .ok_or_else(|| ControlError::NotFound(format!("no job `{job_id}`")))
     }
 
@@ -577,7 +658,7 @@ impl ControlPlane {
             .lock()
             .expect("jobs lock")
             .values()
-            .map(|h| h.job())
+            .map(|h| h.live_job(&self.scheduler))
             .collect()
     }
 

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use mirrorplay_proto::v1::JobSpec;
+use mirrorplay_proto::v1::{job_spec, JobSpec};
 
 use crate::control::ControlPlane;
 use crate::exit::Exit;
@@ -48,6 +48,16 @@ pub fn find_worker_bin(explicit: Option<PathBuf>) -> Result<PathBuf> {
         )
 }
 
+/// Compute threads per worker: the machine's cores shared among the workers (at least one),
+/// unless `RAYON_NUM_THREADS` is set, which every worker then uses.
+fn threads_per_worker(workers: u32) -> String {
+    if let Ok(t) = std::env::var("RAYON_NUM_THREADS") {
+        return t;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / workers.max(1) as usize).max(1).to_string()
+}
+
 struct Workers {
     children: Vec<tokio::process::Child>,
 }
@@ -55,6 +65,7 @@ struct Workers {
 impl Workers {
     fn spawn(bin: &Path, n: u32, coordinator: &str, log_dir: &Path) -> Result<Workers> {
         let mut children = Vec::new();
+        let threads = threads_per_worker(n);
         for i in 0..n {
             let log = std::fs::File::create(log_dir.join(format!("worker-{i}.log")))?;
             let child = tokio::process::Command::new(bin)
@@ -66,6 +77,7 @@ impl Workers {
                     "--grace-secs",
                     "5",
                 ])
+                .env("RAYON_NUM_THREADS", &threads)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(log))
@@ -96,7 +108,29 @@ impl Workers {
     }
 }
 
+/// The largest data-parallel world size any training task of `spec` asks for.
+fn max_world_size(spec: &JobSpec) -> u32 {
+    match &spec.kind {
+        Some(job_spec::Kind::Sft(s)) => s.parallel.map_or(1, |p| p.world_size),
+        Some(job_spec::Kind::Selfplay(s)) => s.parallel.map_or(1, |p| p.world_size),
+        Some(job_spec::Kind::Pipeline(p)) => p
+            .stages
+            .iter()
+            .filter_map(|s| s.job.as_ref())
+            .map(max_world_size)
+            .max()
+            .unwrap_or(1),
+        _ => 1,
+    }
+}
+
 pub async fn run(spec: JobSpec, config_toml: String, opts: LocalOptions) -> Result<Exit> {
+    let world = max_world_size(&spec);
+    if world > opts.workers {
+        return Ok(Exit::Config(format!(
+            "world_size = {world} needs at least {world} workers; run with --workers {world}"
+        )));
+    }
     let bin = find_worker_bin(opts.worker_bin)?;
     let temp = tempfile::Builder::new()
         .prefix("mirrorplay-local-")
@@ -117,13 +151,27 @@ pub async fn run(spec: JobSpec, config_toml: String, opts: LocalOptions) -> Resu
     let server = tokio::spawn(serve);
     let url = format!("http://{bound}");
     eprintln!(
-        "local cluster: coordinator {url}, {} worker(s), logs in {}",
+        "local cluster: coordinator {url}, {} worker(s) of {} thread(s), logs in {}",
         opts.workers,
+        threads_per_worker(opts.workers),
         temp.path().display()
     );
     let workers = Workers::spawn(&bin, opts.workers, &url, temp.path())?;
 
     let outcome = async {
+        // Every worker registers before the job goes in, so that `world_size = 0` (every
+        // registered worker) means all of them and a gang never waits for a late starter.
+        let started = tokio::time::Instant::now();
+        while control.scheduler.worker_count() < opts.workers as usize {
+            if started.elapsed() > Duration::from_secs(120) {
+                anyhow::bail!(
+                    "only {} of {} workers registered within 120 s (see their logs)",
+                    control.scheduler.worker_count(),
+                    opts.workers
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let mut c = client::connect(&url).await?;
         let job_id = client::submit(&mut c, spec, config_toml).await?;
         eprintln!("submitted job {job_id}");

@@ -18,6 +18,8 @@ use crate::scheduler::Rejected;
 
 /// Longest a PollTask call is held open.
 const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
+/// Longest a JoinGroup call waits for the rest of its gang.
+const MAX_JOIN_WAIT: Duration = Duration::from_secs(300);
 
 pub struct Service {
     control: Arc<ControlPlane>,
@@ -29,6 +31,7 @@ fn status(e: ControlError) -> Status {
         ControlError::InvalidArgument(m) => Status::invalid_argument(m),
         ControlError::FailedPrecondition(m) => Status::failed_precondition(m),
         ControlError::Internal(m) => Status::internal(m),
+        ControlError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
     }
 }
 
@@ -144,7 +147,7 @@ impl Coordinator for Service {
             }
             Some(report_task_request::Report::Failure(message)) => {
                 self.control
-                    .task_failed(&r.worker_id, &r.task_id, r.attempt, message)
+                    .task_failed(&r.worker_id, &r.task_id, r.attempt, message, r.gang_broken)
                     .await
             }
             None => return Err(Status::invalid_argument("report is empty")),
@@ -154,11 +157,35 @@ impl Coordinator for Service {
 
     async fn join_group(
         &self,
-        _: Request<JoinGroupRequest>,
+        request: Request<JoinGroupRequest>,
     ) -> Result<Response<JoinGroupResponse>, Status> {
-        Err(Status::unimplemented(
-            "JoinGroup arrives with data-parallel training",
-        ))
+        let r = request.into_inner();
+        let wait = Duration::from_millis(r.wait_ms).min(MAX_JOIN_WAIT);
+        let (epoch, members) = self
+            .control
+            .join_group(
+                &r.worker_id,
+                &r.task_id,
+                r.attempt,
+                r.rank,
+                r.endpoint,
+                wait,
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(JoinGroupResponse {
+            world_size: members.len() as u32,
+            epoch,
+            members: members
+                .into_iter()
+                .map(|m| GroupMember {
+                    rank: m.rank,
+                    worker_id: m.worker_id,
+                    worker_name: m.worker_name,
+                    endpoint: m.endpoint,
+                })
+                .collect(),
+        }))
     }
 
     async fn commit_checkpoint(

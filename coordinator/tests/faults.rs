@@ -3,71 +3,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::cluster::*;
 use common::*;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn_worker(url: &str, name: &str, delay_ms: Option<u64>) -> Killed {
-    let mut cmd = Command::new(worker_bin());
-    cmd.args(["--coordinator", url, "--name", name, "--grace-secs", "0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    if let Some(ms) = delay_ms {
-        cmd.env("MIRRORPLAY_FAULT_TASK_DELAY_MS", ms.to_string());
-    }
-    Killed(cmd.spawn().unwrap())
-}
-
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Starts `mirrorplay serve` on `url` (1 s leases) and waits until it answers.
-fn spawn_coordinator(dir: &std::path::Path, url: &str) -> Killed {
-    let listen = url.trim_start_matches("http://").to_string();
-    let coordinator = Killed(
-        Command::new(mirrorplay())
-            .args([
-                "serve",
-                "--listen",
-                &listen,
-                "--state",
-                dir.join("state").to_str().unwrap(),
-                "--lease-ms",
-                "1000",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_until("the coordinator", Duration::from_secs(20), || {
-        run(&["status", "--coordinator", url]).status.success()
-    });
-    coordinator
-}
 
 /// SIGTERMs a worker (started with --grace-secs 0) and checks that it exits cleanly.
 fn sigterm(worker: &mut Killed) {
@@ -93,24 +32,11 @@ fn watch_reissued(url: &str, job: &str, event: &str) -> String {
 }
 
 fn submit(url: &str, out: &std::path::Path) -> String {
-    let submitted = run(&[
-        "submit",
-        "configs/merge-task-arithmetic.toml",
-        "--coordinator",
+    submit_config(
         url,
-        "--set",
-        &format!("job.output={}", out.display()),
-    ]);
-    assert!(submitted.status.success(), "{}", stderr(&submitted));
-    let job = String::from_utf8(submitted.stdout)
-        .unwrap()
-        .trim()
-        .to_string();
-    assert!(
-        !job.is_empty() && !job.contains('\n'),
-        "submit prints only the job id: {job:?}"
-    );
-    job
+        &repo_root().join("configs/merge-task-arithmetic.toml"),
+        &[format!("job.output={}", out.display())],
+    )
 }
 
 fn wait_for_running_task(url: &str, job: &str) {

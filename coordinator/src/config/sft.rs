@@ -2,14 +2,15 @@
 //! Keys: `init` ("tiny" | path | URL | `stage:<name>`), `task` (a built-in task: its base
 //! sampler is the data when `data` is absent, its held-out prompts give `eval/gold`), `data`
 //! (JSONL path or URL: `{prompt, completion}` or `{messages}`), `batch_size`, `grad_accum`,
-//! `steps`, `[optimizer]` (lr default 1e-3), `compute_dtype`, `eval_every`, `eval_prompts`, `[sampling]` (for
-//! evaluation samples).
+//! `steps`, `[optimizer]` (lr default 1e-3), `compute_dtype`, `eval_every`, `eval_prompts`,
+//! `[sampling]` (for evaluation samples), and the data parallelism keys `world_size`,
+//! `min_world_size`, `collective_timeout_s` (`training::parallel`).
 
 use mirrorplay_proto::v1::{data_source, DataSource, SftSpec};
 use toml::Value;
 
 use super::reader::Tbl;
-use super::training::{compute_dtype, count, model, optimizer, sampling, TASKS};
+use super::training::{compute_dtype, count, model, optimizer, parallel, sampling, TASKS};
 use super::{ConfigError, Resolver};
 
 pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<SftSpec, ConfigError> {
@@ -45,6 +46,7 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<SftSpec, ConfigError>
     let eval_prompts = count(t, "eval_prompts", 256, 1 << 20)?;
     let sampling = sampling(t)?;
     let compute_dtype = compute_dtype(t)?;
+    let parallel = parallel(t)?;
     let mut spec = SftSpec {
         init: Some(init),
         data: Some(DataSource { source: Some(data) }),
@@ -57,6 +59,7 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<SftSpec, ConfigError>
         eval_prompts: eval_prompts as u32,
         sampling: Some(sampling),
         compute_dtype: 0,
+        parallel: Some(parallel),
     };
     spec.set_compute_dtype(compute_dtype);
     Ok(spec)

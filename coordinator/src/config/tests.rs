@@ -131,3 +131,60 @@ models = ["/m/b"]
         "{err}"
     );
 }
+
+const SFT: &str = r#"
+[job]
+kind = "sft"
+output = "out"
+
+[sft]
+init = "tiny"
+task = "goodhart_digits"
+"#;
+
+#[test]
+fn world_size_defaults_to_one_and_is_checked() {
+    let loaded = parse("t.toml", SFT, &[], Path::new("/r"), "t").unwrap();
+    let Some(job_spec::Kind::Sft(sft)) = &loaded.spec.kind else {
+        panic!("not sft")
+    };
+    let p = sft.parallel.unwrap();
+    assert_eq!(
+        (p.world_size, p.min_world_size, p.collective_timeout_ms),
+        (1, 1, 120_000)
+    );
+    // validate prints the resolved value.
+    let resolved: toml::Table = toml::from_str(&loaded.resolved_toml).unwrap();
+    assert_eq!(resolved["sft"]["world_size"].as_integer(), Some(1));
+
+    let sets = vec!["sft.world_size=3".to_string()];
+    let spec = parse("t.toml", SFT, &sets, Path::new("/r"), "t")
+        .unwrap()
+        .spec;
+    let Some(job_spec::Kind::Sft(sft)) = &spec.kind else {
+        panic!("not sft")
+    };
+    assert_eq!(
+        sft.parallel.unwrap().min_world_size,
+        3,
+        "defaults to world_size"
+    );
+
+    let sets = vec![
+        "sft.world_size=2".to_string(),
+        "sft.min_world_size=3".to_string(),
+    ];
+    let err = parse("t.toml", SFT, &sets, Path::new("/r"), "t")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("sft.min_world_size") && err.contains("[1, world_size = 2]"),
+        "{err}"
+    );
+
+    let sets = vec!["sft.collective_timeout_s=0".to_string()];
+    let err = parse("t.toml", SFT, &sets, Path::new("/r"), "t")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("collective_timeout_s"), "{err}");
+}

@@ -3,7 +3,8 @@
 //! job's task vocabulary, seeded by the job seed).
 
 use mirrorplay_proto::v1::{
-    model_source, ComputeDtype, Decay, ModelSource, OptimizerSpec, SamplingSpec, TinyModel,
+    model_source, ComputeDtype, DataParallelSpec, Decay, ModelSource, OptimizerSpec, SamplingSpec,
+    TinyModel,
 };
 use toml::Value;
 
@@ -137,5 +138,38 @@ pub(super) fn sampling(parent: &Tbl) -> Result<SamplingSpec, ConfigError> {
         temperature,
         top_k: top_k as u32,
         top_p,
+    })
+}
+
+/// Data parallelism: `world_size` (default 1; 0 = every worker registered when the job
+/// starts), `min_world_size` (default world_size: the fewest ranks a gang re-formed after a
+/// loss starts with) and `collective_timeout_s` (default 120: a collective call that makes no
+/// progress this long fails the rank's task, and the gang is re-formed).
+pub(super) fn parallel(t: &Tbl) -> Result<DataParallelSpec, ConfigError> {
+    let world_size = t.u64_or("world_size", 1)?;
+    if world_size > 4096 {
+        return Err(t.error(
+            "world_size",
+            format!("must be in [0, 4096], found {world_size}"),
+        ));
+    }
+    let min_world_size = t.u64_or("min_world_size", world_size)?;
+    if world_size > 0 && (min_world_size == 0 || min_world_size > world_size) {
+        return Err(t.error(
+            "min_world_size",
+            format!("must be in [1, world_size = {world_size}], found {min_world_size}"),
+        ));
+    }
+    let timeout_s = t.f64_in("collective_timeout_s", 120.0, 0.0, 86_400.0)?;
+    if timeout_s < 0.1 {
+        return Err(t.error(
+            "collective_timeout_s",
+            format!("must be at least 0.1, found {timeout_s}"),
+        ));
+    }
+    Ok(DataParallelSpec {
+        world_size: world_size as u32,
+        min_world_size: min_world_size as u32,
+        collective_timeout_ms: (timeout_s * 1000.0).round() as u64,
     })
 }

@@ -193,6 +193,7 @@ impl MergeDriver {
             tasks.push(NewTask {
                 key: format!("r{}-shard-{:05}", self.round, k + 1),
                 group_size: 1,
+                min_group_size: 0,
                 work: task::Work::MergeShard(MergeShardTask {
                     spec: Some(self.spec.clone()),
                     file_url: dir.join(&shard.file_name).url().to_string(),

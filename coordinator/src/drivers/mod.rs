@@ -17,7 +17,11 @@ use mirrorplay_worker::io::IoError;
 pub struct NewTask {
     pub key: String,
     pub work: task::Work,
+    /// 1 = an independent task; W > 1 = a gang of W ranks; 0 = a gang of every worker
+    /// registered when the task is queued.
     pub group_size: u32,
+    /// A gang re-formed after a loss starts with at least this many ranks (0 = group_size).
+    pub min_group_size: u32,
 }
 
 /// What a driver wants after a result.

@@ -1,6 +1,6 @@
-//! The training driver (`sft`, `selfplay`): one task, a gang of `group_size` 1 today (data
-//! parallelism raises it; the worker's step already all-reduces through a collective). When it
-//! ends, the driver logs the final evaluation and where the model and metrics are.
+//! The training driver (`sft`, `selfplay`): one task run by a gang of `parallel.world_size`
+//! ranks (data parallelism; 0 = every registered worker, resolved when the task is queued).
+//! When it ends, the driver logs the final evaluation and where the model and metrics are.
 
 use mirrorplay_proto::v1::{task, task_result, train_task, TaskResult, TrainTask};
 
@@ -32,19 +32,25 @@ impl TrainDriver {
     }
 
     pub async fn plan(&mut self, log: &dyn Log) -> Result<Vec<NewTask>, DriverError> {
-        let steps = match &self.task.spec {
-            Some(train_task::Spec::Sft(s)) => s.steps,
-            Some(train_task::Spec::Selfplay(s)) => s.steps,
-            None => 0,
+        let (steps, parallel) = match &self.task.spec {
+            Some(train_task::Spec::Sft(s)) => (s.steps, s.parallel.unwrap_or_default()),
+            Some(train_task::Spec::Selfplay(s)) => (s.steps, s.parallel.unwrap_or_default()),
+            None => (0, Default::default()),
+        };
+        let world = match parallel.world_size {
+            0 => "every registered worker".to_string(),
+            1 => "1 rank".to_string(),
+            w => format!("{w} ranks"),
         };
         log.info(format!(
-            "{} training: {steps} steps, writing under {}",
+            "{} training: {steps} steps on {world}, writing under {}",
             self.kind, self.task.output
         ));
         Ok(vec![NewTask {
             key: "train".into(),
             work: task::Work::Train(self.task.clone()),
-            group_size: 1,
+            group_size: parallel.world_size,
+            min_group_size: parallel.min_world_size,
         }])
     }
 

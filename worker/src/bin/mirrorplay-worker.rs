@@ -30,6 +30,10 @@ struct Args {
     /// (cuda:0 when this binary has CUDA and a GPU is present, else cpu).
     #[arg(long, env = "MIRRORPLAY_DEVICE", default_value = "auto")]
     device: String,
+    /// The address other ranks of a training gang reach this worker on (its ring listener
+    /// binds there). Default: this machine's source address of the route to the coordinator.
+    #[arg(long, env = "MIRRORPLAY_RING_HOST")]
+    ring_host: Option<std::net::IpAddr>,
     /// Log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -56,6 +60,7 @@ async fn main() -> Result<()> {
         grace: Duration::from_secs_f64(args.grace_secs.max(0.0)),
         fault_task_delay: Duration::from_millis(delay_ms),
         device,
+        ring_ip: args.ring_host,
     };
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

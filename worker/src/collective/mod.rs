@@ -24,7 +24,9 @@ pub use local::Local;
 /// task fails, and the coordinator re-forms the gang.
 #[derive(Debug, thiserror::Error)]
 pub enum CollectiveError {
-    #[error("rank {rank}: {op} timed out after {timeout:?} (peer rank {peer} sent or took nothing)")]
+    #[error(
+        "rank {rank}: {op} timed out after {timeout:?} (peer rank {peer} sent or took nothing)"
+    )]
     Timeout {
         rank: usize,
         peer: usize,
@@ -67,8 +69,7 @@ pub trait Collective: Send {
     fn all_reduce_sum_f64(&mut self, values: &mut [f64]) -> Result<(), CollectiveError>;
 
     /// Replaces every tensor by rank 0's (same names, shapes and dtypes on every rank).
-    fn broadcast(&mut self, tensors: &mut BTreeMap<String, Tensor>)
-        -> Result<(), CollectiveError>;
+    fn broadcast(&mut self, tensors: &mut BTreeMap<String, Tensor>) -> Result<(), CollectiveError>;
 
     /// Returns once every rank has called it.
     fn barrier(&mut self) -> Result<(), CollectiveError>;

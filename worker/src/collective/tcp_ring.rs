@@ -61,3 +61,30 @@ impl RingListener {
 pub struct TcpRing {
     _private: (),
 }
+
+impl super::Collective for TcpRing {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        1
+    }
+    fn all_reduce_sum(
+        &mut self,
+        _: &mut std::collections::BTreeMap<String, candle_core::Tensor>,
+    ) -> Result<(), CollectiveError> {
+        Err(CollectiveError::Rendezvous("not implemented".into()))
+    }
+    fn all_reduce_sum_f64(&mut self, _: &mut [f64]) -> Result<(), CollectiveError> {
+        Err(CollectiveError::Rendezvous("not implemented".into()))
+    }
+    fn broadcast(
+        &mut self,
+        _: &mut std::collections::BTreeMap<String, candle_core::Tensor>,
+    ) -> Result<(), CollectiveError> {
+        Err(CollectiveError::Rendezvous("not implemented".into()))
+    }
+    fn barrier(&mut self) -> Result<(), CollectiveError> {
+        Err(CollectiveError::Rendezvous("not implemented".into()))
+    }
+}

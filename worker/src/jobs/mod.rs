@@ -18,6 +18,10 @@ pub enum JobError {
     Tensor { tensor: String, reason: String },
     #[error("{0}")]
     Train(String),
+    /// The gang broke (a peer died, stalled or left; the rendezvous failed): the coordinator
+    /// re-forms it rather than failing the job.
+    #[error("gang broken: {0}")]
+    Gang(String),
     #[error("invalid task: {0}")]
     InvalidTask(String),
 }
@@ -28,13 +32,22 @@ pub type Progress<'a> = &'a (dyn Fn(f64) + Send + Sync);
 /// Takes metric lines (JSON objects, DESIGN.md "Outputs") to stream to the coordinator.
 pub type MetricsSink<'a> = &'a (dyn Fn(String) + Send + Sync);
 
-/// Runs one task to completion.
+impl JobError {
+    /// True when the failure is the gang's, not the task's.
+    pub fn is_gang_broken(&self) -> bool {
+        matches!(self, JobError::Gang(_))
+    }
+}
+
+/// Runs one task to completion; a training task runs as one rank of `collective` (a gang's
+/// collective, formed by the runtime's rendezvous, or `Local`).
 pub async fn run_task(
     task: &Task,
     device: &candle_core::Device,
     progress: Progress<'_>,
     metrics: MetricsSink<'_>,
     cancel: &AtomicBool,
+    collective: &mut dyn crate::collective::Collective,
 ) -> Result<TaskResult, JobError> {
     let result = match &task.work {
         Some(task::Work::MergeShard(shard)) if shard.write => {
@@ -46,10 +59,21 @@ pub async fn run_task(
         Some(task::Work::Train(train)) => {
             // Training computes on this thread for minutes; let the runtime move its other
             // tasks (heartbeats, progress reports) to the remaining threads.
-            let run = crate::train::run(train, task.attempt, device, progress, metrics, cancel);
+            let run = crate::train::run(
+                train,
+                task.attempt,
+                device,
+                progress,
+                metrics,
+                cancel,
+                collective,
+            );
             let result =
                 tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(run))
-                    .map_err(|e| JobError::Train(e.to_string()))?;
+                    .map_err(|e| match e {
+                        crate::train::TrainError::Collective(e) => JobError::Gang(e.to_string()),
+                        e => JobError::Train(e.to_string()),
+                    })?;
             task_result::Result::Train(result)
         }
         None => {

@@ -75,8 +75,12 @@ impl Gradients {
     }
 }
 
-/// Gradient accumulation over micro-batches: the mean of their gradients, so that equal-sized
-/// micro-batches of a batch-mean loss give the gradient of the whole batch.
+/// Gradient accumulation over micro-batches (and, through the collective, over ranks): the
+/// plain sum of their gradients. Each micro-batch's loss is a mean over its own rows or tokens,
+/// so the loops scale it by its share of the *global* batch (rows/B, tokens/N) before
+/// `backward`; the sum over micro-batches and ranks is then exactly the gradient of the global
+/// batch's mean loss, whatever the micro-batch sizes and the world size (docs: data
+/// parallelism in the README's training section).
 #[derive(Debug, Default)]
 pub struct GradAccumulator {
     sum: Option<Gradients>,
@@ -108,15 +112,18 @@ impl GradAccumulator {
         self.count
     }
 
-    /// The mean gradient; an error when nothing was added.
-    pub fn finish(self) -> Result<Gradients> {
-        let mut grads = self.sum.ok_or_else(|| OptimError::Param {
-            name: "*".into(),
-            reason: "no micro-batch gradients were accumulated".into(),
-        })?;
-        if self.count > 1 {
-            grads.scale(1.0 / self.count as f64)?;
+    /// The summed gradients; zeros for every parameter when nothing was added (a rank whose
+    /// slice of the global batch is empty still takes part in the all-reduce).
+    pub fn finish(self, params: &Params) -> Result<Gradients> {
+        match self.sum {
+            Some(grads) => Ok(grads),
+            None => {
+                let mut zeros = BTreeMap::new();
+                for (name, var) in params {
+                    zeros.insert(name.clone(), var.as_tensor().zeros_like()?);
+                }
+                Ok(Gradients(zeros))
+            }
         }
-        Ok(grads)
     }
 }

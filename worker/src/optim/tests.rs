@@ -265,9 +265,10 @@ async fn load_rejects_a_state_for_other_parameters() {
     );
 }
 
-/// y = w·x summed: micro-batch means of a batch-mean loss average to the full batch's gradient.
+/// y = w·x summed: micro-batch means of a batch-mean loss, each scaled by its share of the batch,
+/// sum to the full batch's gradient.
 #[test]
-fn accumulation_averages_micro_batches() {
+fn accumulation_of_scaled_micro_batches_gives_the_full_batch_gradient() {
     let dev = Device::Cpu;
     let w = Var::from_tensor(&Tensor::new(&[0.5f64, -1.0, 2.0], &dev).unwrap()).unwrap();
     let params: Params = BTreeMap::from([("w".to_string(), w.clone())]);
@@ -292,12 +293,14 @@ fn accumulation_averages_micro_batches() {
             .unwrap()
     };
     let full = Gradients::from_store(&params, &loss(&x).backward().unwrap()).unwrap();
+    // Uneven micro-batches (1 and 3 rows), each loss scaled by its share of the batch.
     let mut acc = GradAccumulator::new();
-    for half in [x.narrow(0, 0, 2).unwrap(), x.narrow(0, 2, 2).unwrap()] {
-        acc.add(&params, &loss(&half).backward().unwrap()).unwrap();
+    for (start, n) in [(0, 1), (1, 3)] {
+        let share = (loss(&x.narrow(0, start, n).unwrap()) * (n as f64 / 4.0)).unwrap();
+        acc.add(&params, &share.backward().unwrap()).unwrap();
     }
     assert_eq!(acc.count(), 2);
-    let mean = acc.finish().unwrap();
+    let mean = acc.finish(&params).unwrap();
     let (a, b) = (
         full.tensors()["w"].to_vec1::<f64>().unwrap(),
         mean.tensors()["w"].to_vec1::<f64>().unwrap(),
@@ -305,7 +308,12 @@ fn accumulation_averages_micro_batches() {
     for (a, b) in a.iter().zip(&b) {
         assert!((a - b).abs() < 1e-12, "{a} vs {b}");
     }
-    assert!(GradAccumulator::new().finish().is_err());
+    let zeros = GradAccumulator::new().finish(&params).unwrap();
+    assert_eq!(
+        zeros.tensors()["w"].to_vec1::<f64>().unwrap(),
+        vec![0.0; 3],
+        "a rank with no rows contributes zeros"
+    );
 }
 
 #[test]
@@ -410,10 +418,11 @@ fn a_training_loop_on_sft_reduces_the_loss() {
     for _ in 0..30 {
         let mut acc = GradAccumulator::new();
         for half in [0..2, 2..4] {
-            acc.add(&params, &loss_of(half).backward().unwrap())
-                .unwrap();
+            // Equal halves with as many tokens each: each is half of the batch's mean.
+            let share = (loss_of(half) * 0.5).unwrap();
+            acc.add(&params, &share.backward().unwrap()).unwrap();
         }
-        opt.step(&params, &acc.finish().unwrap()).unwrap();
+        opt.step(&params, &acc.finish(&params).unwrap()).unwrap();
     }
     let last = loss_of(0..4).to_scalar::<f32>().unwrap();
     assert!((initial - 6f32.ln()).abs() < 1e-6);

@@ -15,7 +15,10 @@ use mirrorplay_proto::v1::{
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::jobs::run_task;
+use crate::collective::{Collective, Local};
+use crate::jobs::{run_task, JobError};
+
+mod gang;
 
 /// Fault-injection knob for tests: sleep this long after receiving each task, before working.
 pub const FAULT_TASK_DELAY_ENV: &str = "MIRRORPLAY_FAULT_TASK_DELAY_MS";
@@ -30,6 +33,9 @@ pub struct WorkerOptions {
     pub fault_task_delay: Duration,
     /// Where training tasks compute (merges stream on the CPU whatever this is).
     pub device: candle_core::Device,
+    /// The address other ranks of a gang reach this worker's ring listener on (None: the
+    /// source address of the route to the coordinator).
+    pub ring_ip: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +64,11 @@ pub async fn run(
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
     let channel = endpoint.connect_lazy();
+    let ring_ip = match opts.ring_ip {
+        Some(ip) => ip,
+        None => gang::ring_ip_for(&opts.coordinator).await,
+    };
+    tracing::info!(%ring_ip, "gang ring address");
     let mut backoff = Backoff::new();
     loop {
         if *shutdown.borrow() {
@@ -68,7 +79,7 @@ pub async fn run(
             name: opts.name.clone(),
             slots: 1,
             version: env!("CARGO_PKG_VERSION").into(),
-            device: "cpu".into(),
+            device: device_name(&opts.device),
         };
         let registered = match client.register(request).await {
             Ok(r) => r.into_inner(),
@@ -85,6 +96,7 @@ pub async fn run(
         tracing::info!(worker_id = %registered.worker_id, lease_ms = registered.lease_ms, "registered");
         let session = Session {
             client,
+            ring_ip,
             worker_id: registered.worker_id,
             heartbeat: Duration::from_millis(registered.heartbeat_ms.max(50)),
             lease: Duration::from_millis(registered.lease_ms.max(100)),
@@ -112,8 +124,18 @@ impl Backoff {
     }
 }
 
+/// "cpu" or "cuda:N", as registered with the coordinator.
+fn device_name(device: &candle_core::Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
 struct Session {
     client: CoordinatorClient<Channel>,
+    ring_ip: std::net::IpAddr,
     worker_id: String,
     heartbeat: Duration,
     lease: Duration,
@@ -218,13 +240,37 @@ impl Session {
             let metrics = metrics.clone();
             let cancel = cancel.clone();
             let task = task.clone();
+            let client = self.client.clone();
+            let worker_id = self.worker_id.clone();
+            let ring_ip = self.ring_ip;
             tokio::spawn(async move {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
+                let mut collective: Box<dyn Collective> = if task.group_size > 1 {
+                    let timeout = match &task.work {
+                        Some(mirrorplay_proto::v1::task::Work::Train(t)) => {
+                            crate::train::parallel(t).collective_timeout_ms
+                        }
+                        _ => 120_000,
+                    };
+                    let ctx = gang::GangContext {
+                        client,
+                        worker_id: &worker_id,
+                        task: &task,
+                        ring_ip,
+                        timeout: Duration::from_millis(timeout.max(100)),
+                        cancel: cancel.clone(),
+                    };
+                    gang::join(ctx, &device)
+                        .await
+                        .map_err(|e| JobError::Gang(e.to_string()))?
+                } else {
+                    Box::new(Local)
+                };
                 let report = move |f: f64| progress.store(f.to_bits(), Ordering::Relaxed);
                 let sink = move |line: String| metrics.lock().expect("metrics lock").push(line);
-                run_task(&task, &device, &report, &sink, &cancel).await
+                run_task(&task, &device, &report, &sink, &cancel, collective.as_mut()).await
             })
         };
         let take_metrics = || std::mem::take(&mut *metrics.lock().expect("metrics lock"));
@@ -286,6 +332,7 @@ impl Session {
             });
             let _ = self.report(&task, report).await;
         }
+        let mut gang_broken = false;
         let report = match joined {
             Ok(Ok(result)) => {
                 tracing::info!("succeeded");
@@ -293,6 +340,7 @@ impl Session {
             }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "failed");
+                gang_broken = e.is_gang_broken();
                 report_task_request::Report::Failure(e.to_string())
             }
             Err(e) => report_task_request::Report::Failure(format!("task panicked: {e}")),
@@ -300,7 +348,7 @@ impl Session {
         // The final report is retried until the lease would have run out.
         let give_up = tokio::time::Instant::now() + self.lease * 3;
         loop {
-            match self.report(&task, report.clone()).await {
+            match self.report_final(&task, report.clone(), gang_broken).await {
                 Ok(accepted) => {
                     if !accepted {
                         tracing::warn!("result rejected (stale attempt)");
@@ -322,11 +370,22 @@ impl Session {
         task: &Task,
         report: report_task_request::Report,
     ) -> Result<bool, tonic::Status> {
+        self.report_final(task, report, false).await
+    }
+
+    /// A report; `gang_broken` marks a failure that is the gang's, not the task's.
+    async fn report_final(
+        &mut self,
+        task: &Task,
+        report: report_task_request::Report,
+        gang_broken: bool,
+    ) -> Result<bool, tonic::Status> {
         let request = ReportTaskRequest {
             worker_id: self.worker_id.clone(),
             task_id: task.task_id.clone(),
             attempt: task.attempt,
             report: Some(report),
+            gang_broken,
         };
         Ok(self
             .client

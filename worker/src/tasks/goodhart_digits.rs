@@ -306,11 +306,15 @@ pub fn win_rate(pairs: &[(Gold, Gold)]) -> Option<f64> {
     if pairs.is_empty() {
         return None;
     }
-    let score: u64 = pairs
+    Some(win_score(pairs) as f64 / (2 * pairs.len()) as f64)
+}
+
+/// The win rate's numerator in half-wins: 2 per win, 1 per tie (sums exactly across shards).
+pub fn win_score(pairs: &[(Gold, Gold)]) -> u64 {
+    pairs
         .iter()
         .map(|(p, r)| 2 * u64::from(p > r) + u64::from(p == r))
-        .sum();
-    Some(score as f64 / (2 * pairs.len()) as f64)
+        .sum()
 }
 
 #[cfg(test)]

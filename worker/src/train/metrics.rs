@@ -24,6 +24,9 @@ pub enum Split {
 pub struct MetricsLog<'a> {
     dir: Location,
     attempt: u32,
+    /// False on ranks other than 0: lines are computed (every rank takes part in the
+    /// reductions) but neither streamed nor written.
+    writes: bool,
     sink: MetricsSink<'a>,
     pending: Vec<String>,
     next_part: u32,
@@ -31,11 +34,17 @@ pub struct MetricsLog<'a> {
 }
 
 impl<'a> MetricsLog<'a> {
-    /// Metrics under `output`/metrics/.
-    pub fn new(output: &str, attempt: u32, sink: MetricsSink<'a>) -> Result<Self, TrainError> {
+    /// Metrics under `output`/metrics/; `writes` = false keeps them to itself.
+    pub fn new(
+        output: &str,
+        attempt: u32,
+        sink: MetricsSink<'a>,
+        writes: bool,
+    ) -> Result<Self, TrainError> {
         Ok(MetricsLog {
             dir: Location::parse(&format!("{output}/metrics"))?,
             attempt,
+            writes,
             sink,
             pending: vec![],
             next_part: 0,
@@ -49,6 +58,9 @@ impl<'a> MetricsLog<'a> {
 
     /// Logs one line of `values` (key, value) for `step`.
     pub fn log(&mut self, step: u64, split: Split, values: &[(&str, f64)]) {
+        if !self.writes {
+            return;
+        }
         let line = line(step, now(), split, self.attempt, values);
         (self.sink)(line.clone());
         self.pending.push(line);

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::Device;
 use mirrorplay_proto::v1::{train_task, OptimizerSpec, TrainResult, TrainTask};
 
-use crate::collective::Local;
+use crate::collective::Collective;
 use crate::jobs::{MetricsSink, Progress};
 use crate::optim::{AdamWConfig, Decay, Schedule};
 
@@ -49,6 +49,8 @@ pub struct Ctx<'a> {
     pub output: String,
     pub seed: u64,
     pub attempt: u32,
+    /// Rank 0 of the gang: the one rank that writes metrics, the model and the result.
+    pub writer: bool,
     pub progress: Progress<'a>,
     pub metrics: MetricsSink<'a>,
     /// Set when the runtime gives the task up (cancel, shutdown); checked once per step.
@@ -69,8 +71,13 @@ impl Ctx<'_> {
         models::load(source, trainable, self.seed, &self.device).await
     }
 
+    /// The metrics log of this rank (only the writer's lines go anywhere).
+    pub fn metrics_log(&self) -> Result<metrics::MetricsLog<'_>, TrainError> {
+        metrics::MetricsLog::new(&self.output, self.attempt, self.metrics, self.writer)
+    }
+
     /// The end of every training job: the final model to `OUTPUT/model/`, the last metrics part,
-    /// and the result reported to the coordinator.
+    /// and the result reported to the coordinator (rank 0 writes; the others only report).
     pub async fn finish(
         &self,
         policy: &models::Loaded,
@@ -80,7 +87,9 @@ impl Ctx<'_> {
         started: std::time::Instant,
     ) -> Result<TrainResult, TrainError> {
         let model_url = format!("{}/model", self.output);
-        policy.save(&model_url).await?;
+        if self.writer {
+            policy.save(&model_url).await?;
+        }
         metrics.flush().await?;
         Ok(TrainResult {
             steps,
@@ -104,7 +113,8 @@ impl Ctx<'_> {
     }
 }
 
-/// Runs a training task to completion on one rank (world size 1: a [`Local`] collective).
+/// Runs a training task to completion as one rank of `collective` (world size 1: a
+/// [`crate::collective::Local`]).
 pub async fn run(
     task: &TrainTask,
     attempt: u32,
@@ -112,20 +122,26 @@ pub async fn run(
     progress: Progress<'_>,
     metrics: MetricsSink<'_>,
     cancel: &AtomicBool,
+    collective: &mut dyn Collective,
 ) -> Result<TrainResult, TrainError> {
     let ctx = Ctx {
         cancel,
         output: task.output.trim_end_matches('/').to_string(),
         seed: task.seed,
         attempt,
+        writer: collective.rank() == 0,
         progress,
         metrics,
         device: device.clone(),
     };
-    let mut collective = Local;
+    tracing::info!(
+        rank = collective.rank(),
+        world_size = collective.world_size(),
+        "training starts at step 0"
+    );
     match &task.spec {
-        Some(train_task::Spec::Sft(spec)) => sft::run(&ctx, spec, &mut collective).await,
-        Some(train_task::Spec::Selfplay(spec)) => selfplay::run(&ctx, spec, &mut collective).await,
+        Some(train_task::Spec::Sft(spec)) => sft::run(&ctx, spec, collective).await,
+        Some(train_task::Spec::Selfplay(spec)) => selfplay::run(&ctx, spec, collective).await,
         None => Err(TrainError::Invalid(
             "the training task carries no spec".into(),
         )),
@@ -174,8 +190,9 @@ pub fn optimizer(
     ))
 }
 
-/// The end of every training step: all-reduce the gradients (one call on the collective),
-/// clip them to `max_grad_norm` (0 = off), and take the AdamW step. Returns (grad_norm before
+/// The end of every training step: sum the gradients over the ranks (each rank's are already
+/// scaled by its share of the global batch, so the sum is the global batch's gradient), clip
+/// them to `max_grad_norm` (0 = off), and take the AdamW step. Returns (grad_norm before
 /// clipping, the learning rate used).
 pub fn reduce_clip_step(
     collective: &mut dyn crate::collective::Collective,
@@ -193,6 +210,39 @@ pub fn reduce_clip_step(
     let lr = opt.next_lr();
     opt.step(params, &grads)?;
     Ok((grad_norm, lr))
+}
+
+/// The data-parallel settings of a training task (world size 1 when absent).
+pub fn parallel(task: &TrainTask) -> mirrorplay_proto::v1::DataParallelSpec {
+    let p = match &task.spec {
+        Some(train_task::Spec::Sft(s)) => s.parallel,
+        Some(train_task::Spec::Selfplay(s)) => s.parallel,
+        None => None,
+    };
+    p.unwrap_or(mirrorplay_proto::v1::DataParallelSpec {
+        world_size: 1,
+        min_world_size: 1,
+        collective_timeout_ms: 120_000,
+    })
+}
+
+/// Makes every rank start from rank 0's weights, bit for bit.
+pub fn broadcast_params(
+    collective: &mut dyn Collective,
+    params: &crate::optim::Params,
+) -> Result<(), TrainError> {
+    if collective.world_size() == 1 {
+        return Ok(());
+    }
+    let mut tensors: std::collections::BTreeMap<String, candle_core::Tensor> = params
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
+        .collect();
+    collective.broadcast(&mut tensors)?;
+    for (name, var) in params {
+        var.set(&tensors[name])?;
+    }
+    Ok(())
 }
 
 /// Rows `[start, end)` of a global batch of `n` that rank `rank` of `world` takes.

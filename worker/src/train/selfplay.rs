@@ -2,12 +2,15 @@
 //!
 //! 1. take this rank's slice of the step's global prompt batch (a function of (seed, step));
 //! 2. sample y, y′ — from sg π (online IPO, DPO, SLiC), the mixture sg π_mix^β (IPO-MD), or
-//!    y ~ π and y′ ~ sg π_mix^β (Nash-MD-PG);
+//!    y ~ π and y′ ~ sg π_mix^β (Nash-MD-PG) — keyed by global prompt index, so samples do
+//!    not depend on the world size;
 //! 3. preferences p = P(y ≻ y′) from the gold judge;
-//! 4. per micro-batch: score y, y′ under π (graph) and μ, loss, backward, accumulate;
-//! 5. all-reduce the gradients (one call on the collective), clip, AdamW;
-//! 6. metrics: loss, kl/k1, kl/k3 (on samples of π), pref/mean, grad_norm, lr, tokens_per_s;
-//!    every `eval_every` steps eval/gold and eval/win_rate against the reference.
+//! 4. per micro-batch: score y, y′ under π (graph) and μ, the batch-mean loss scaled by the
+//!    micro-batch's share of the global batch, backward, accumulate;
+//! 5. all-reduce (sum) the gradients, clip, AdamW: the step of the global batch's mean loss;
+//! 6. metrics summed over the ranks: loss, kl/k1, kl/k3 (on samples of π), pref/mean,
+//!    grad_norm, lr, tokens_per_s; every `eval_every` steps eval/gold and eval/win_rate against
+//!    the reference on held-out prompts split across the ranks.
 
 use std::time::Instant;
 
@@ -106,24 +109,28 @@ pub async fn run(
         .clone();
     let (adamw, schedule) = optimizer(spec.optimizer.as_ref(), spec.steps)?;
     let max_grad_norm = spec.optimizer.as_ref().map_or(0.0, |o| o.max_grad_norm);
+    super::broadcast_params(collective, &params)?;
     let mut opt = AdamW::new(&params, adamw, schedule)?;
-    let mut metrics = MetricsLog::new(&ctx.output, ctx.attempt, ctx.metrics)?;
+    let mut metrics = ctx.metrics_log()?;
     let eval_set = EvalSet::new(
         ctx.seed,
         spec.eval_prompts as usize,
         &sampling,
         Some(&reference.model),
+        collective,
     )?;
-    let mut last_eval = eval_set.run(&policy.model.detached()?.for_compute(dtype)?, 0)?;
+    let mut last_eval =
+        eval_set.run(&policy.model.detached()?.for_compute(dtype)?, 0, collective)?;
     log_eval(&mut metrics, 0, &last_eval);
 
     let batch = spec.batch_prompts as u64;
-    let micro = (spec.batch_prompts / spec.grad_accum.max(1)) as usize;
     let rows = shard(batch as usize, collective.rank(), collective.world_size());
+    // grad_accum splits this rank's rows.
+    let micro = rows.len().div_ceil(spec.grad_accum.max(1) as usize).max(1);
     for step in 0..spec.steps {
         ctx.check_cancelled()?;
         let t0 = Instant::now();
-        // 1. This rank's prompts of the step's global batch.
+        // 1. This rank's prompts of the step's global batch (keyed by global index).
         let global: Vec<u64> = rows.clone().map(|g| step * batch + g as u64).collect();
         let task_prompts: Vec<gd::Prompt> = rows
             .clone()
@@ -132,116 +139,129 @@ pub async fn run(
         let prompt_ids: Vec<Vec<u32>> = task_prompts.iter().map(|p| p.tokens().to_vec()).collect();
         let b = prompt_ids.len();
 
-        // 2. Samples (no graph: the sampler is a detached view of the current weights).
-        let sampler = policy.model.detached()?.for_compute(dtype)?;
-        let config = rollout::task_config(&sampling, ctx.seed, step);
-        let mixture = Source::Mixture {
-            policy: &sampler,
-            reference: &reference.model,
-            mixture_coef: spec.mixture_coef,
-        };
-        let twice: Vec<Vec<u32>> = prompt_ids.iter().chain(&prompt_ids).cloned().collect();
-        let both_keys: Vec<_> = rollout::keys(global.iter().copied(), SAMPLE_Y)
-            .into_iter()
-            .chain(rollout::keys(global.iter().copied(), SAMPLE_Y_PRIME))
-            .collect();
-        let (y, y_prime) = match objective.algorithm {
-            Algorithm::OnlineIpo | Algorithm::OnlineDpo | Algorithm::Slic => split(
-                rollout::sample(Source::Policy(&sampler), &twice, &both_keys, &config)?,
-                b,
-            ),
-            Algorithm::IpoMd => split(rollout::sample(mixture, &twice, &both_keys, &config)?, b),
-            Algorithm::NashMd => (
-                rollout::sample(
-                    Source::Policy(&sampler),
-                    &prompt_ids,
-                    &both_keys[..b],
-                    &config,
-                )?,
-                rollout::sample(mixture, &prompt_ids, &both_keys[b..], &config)?,
-            ),
-        };
-        let mut num_tokens = rollout::num_tokens(&y) + rollout::num_tokens(&y_prime);
-
-        // 3. Preferences from the gold judge.
-        let gold_y = golds(&task_prompts, &y)?;
-        let pref = gold_preferences(&gold_y, &golds(&task_prompts, &y_prime)?, temperature);
-
-        // 4. Score, loss and backward per micro-batch.
-        // The step's forward weights: cast from the f32 master weights, graph attached.
+        // Sums over this rank's rows, reduced across ranks before they are logged.
+        let mut sums = StepSums::default();
+        // The step's forward weights: cast from the f32 master weights, graph attached; the
+        // sampler is a detached view of the same weights.
         let compute = policy.model.for_compute(dtype)?;
+        let sampler = policy.model.detached()?.for_compute(dtype)?;
         let mut accumulated = GradAccumulator::new();
-        let mut loss_sum = 0.0;
-        let mut kl_rows: Vec<Completions> = vec![];
-        for start in (0..b).step_by(micro.max(1)) {
-            let n = micro.min(b - start);
-            let both: Vec<Vec<u32>> = y[start..start + n]
-                .iter()
-                .chain(&y_prime[start..start + n])
-                .cloned()
-                .collect();
-            let prompts2: Vec<Vec<u32>> = prompt_ids[start..start + n]
-                .iter()
-                .chain(&prompt_ids[start..start + n])
-                .cloned()
-                .collect();
-            let scored = rollout::score(&compute, &reference.model, &prompts2, &both)?;
-            let pair = PairBatch {
-                y: rollout::rows(&scored, 0, n)?,
-                y_prime: rollout::rows(&scored, n, n)?,
-                pref: Tensor::from_iter(
-                    pref[start..start + n].iter().map(|&p| p as f32),
-                    &ctx.device,
-                )?,
+        if b > 0 {
+            // 2. Samples (no graph).
+            let config = rollout::task_config(&sampling, ctx.seed, step);
+            let mixture = Source::Mixture {
+                policy: &sampler,
+                reference: &reference.model,
+                mixture_coef: spec.mixture_coef,
             };
-            let loss = objective.loss(&pair)?;
-            accumulated.add(&params, &loss.backward()?)?;
-            loss_sum += loss.to_scalar::<f32>()? as f64;
-            match objective.algorithm {
-                Algorithm::OnlineIpo | Algorithm::OnlineDpo | Algorithm::Slic => {
-                    kl_rows.push(detached(&scored)?)
+            let twice: Vec<Vec<u32>> = prompt_ids.iter().chain(&prompt_ids).cloned().collect();
+            let both_keys: Vec<_> = rollout::keys(global.iter().copied(), SAMPLE_Y)
+                .into_iter()
+                .chain(rollout::keys(global.iter().copied(), SAMPLE_Y_PRIME))
+                .collect();
+            let (y, y_prime) = match objective.algorithm {
+                Algorithm::OnlineIpo | Algorithm::OnlineDpo | Algorithm::Slic => split(
+                    rollout::sample(Source::Policy(&sampler), &twice, &both_keys, &config)?,
+                    b,
+                ),
+                Algorithm::IpoMd => {
+                    split(rollout::sample(mixture, &twice, &both_keys, &config)?, b)
                 }
-                Algorithm::NashMd => kl_rows.push(detached(&pair.y)?),
-                Algorithm::IpoMd => {}
+                Algorithm::NashMd => (
+                    rollout::sample(
+                        Source::Policy(&sampler),
+                        &prompt_ids,
+                        &both_keys[..b],
+                        &config,
+                    )?,
+                    rollout::sample(mixture, &prompt_ids, &both_keys[b..], &config)?,
+                ),
+            };
+            sums.tokens += (rollout::num_tokens(&y) + rollout::num_tokens(&y_prime)) as f64;
+
+            // 3. Preferences from the gold judge.
+            let gold_y = golds(&task_prompts, &y)?;
+            let pref = gold_preferences(&gold_y, &golds(&task_prompts, &y_prime)?, temperature);
+            sums.pref += pref.iter().sum::<f64>();
+
+            // 4. Score, loss and backward per micro-batch; each micro-batch's mean loss is
+            // scaled by its share of the global batch, so the sum over micro-batches and ranks
+            // is the gradient of the global batch's mean loss.
+            let mut kl_rows: Vec<Completions> = vec![];
+            for start in (0..b).step_by(micro) {
+                let n = micro.min(b - start);
+                let both: Vec<Vec<u32>> = y[start..start + n]
+                    .iter()
+                    .chain(&y_prime[start..start + n])
+                    .cloned()
+                    .collect();
+                let prompts2: Vec<Vec<u32>> = prompt_ids[start..start + n]
+                    .iter()
+                    .chain(&prompt_ids[start..start + n])
+                    .cloned()
+                    .collect();
+                let scored = rollout::score(&compute, &reference.model, &prompts2, &both)?;
+                let pair = PairBatch {
+                    y: rollout::rows(&scored, 0, n)?,
+                    y_prime: rollout::rows(&scored, n, n)?,
+                    pref: Tensor::from_iter(
+                        pref[start..start + n].iter().map(|&p| p as f32),
+                        &ctx.device,
+                    )?,
+                };
+                let loss = objective.loss(&pair)?;
+                let share = (&loss * (n as f64 / batch as f64))?;
+                accumulated.add(&params, &share.backward()?)?;
+                sums.loss += loss.to_scalar::<f32>()? as f64 * n as f64;
+                match objective.algorithm {
+                    Algorithm::OnlineIpo | Algorithm::OnlineDpo | Algorithm::Slic => {
+                        kl_rows.push(detached(&scored)?)
+                    }
+                    Algorithm::NashMd => kl_rows.push(detached(&pair.y)?),
+                    Algorithm::IpoMd => {}
+                }
             }
+            // KL is estimated on samples of π; IPO-MD's are mixture samples, so it draws one
+            // extra policy sample per prompt for the metric alone.
+            if objective.algorithm == Algorithm::IpoMd {
+                let keys = rollout::keys(global.iter().copied(), SAMPLE_KL);
+                let extra = rollout::sample(Source::Policy(&sampler), &prompt_ids, &keys, &config)?;
+                sums.tokens += rollout::num_tokens(&extra) as f64;
+                kl_rows.push(rollout::score(
+                    &sampler,
+                    &reference.model,
+                    &prompt_ids,
+                    &extra,
+                )?);
+            }
+            sums.add_kl(&kl_rows)?;
         }
-        let grads = accumulated.finish()?;
+        let grads = accumulated.finish(&params)?;
 
         // 5. All-reduce, clip, AdamW.
         let (grad_norm, lr) =
             super::reduce_clip_step(collective, grads, max_grad_norm, &mut opt, &params)?;
 
-        // 6. Metrics. KL is estimated on samples of π; IPO-MD's are mixture samples, so it
-        // draws one extra policy sample per prompt for the metric alone.
-        if objective.algorithm == Algorithm::IpoMd {
-            let keys = rollout::keys(global.iter().copied(), SAMPLE_KL);
-            let extra = rollout::sample(Source::Policy(&sampler), &prompt_ids, &keys, &config)?;
-            num_tokens += rollout::num_tokens(&extra);
-            kl_rows.push(rollout::score(
-                &sampler,
-                &reference.model,
-                &prompt_ids,
-                &extra,
-            )?);
-        }
-        let (kl1, kl3) = kl_means(&kl_rows)?;
+        // 6. Metrics, reduced over the ranks (row- and token-weighted).
+        let totals = sums.reduce(collective)?;
         let step_done = step + 1;
         let secs = t0.elapsed().as_secs_f64();
         metrics.log(
             step_done,
             Split::Train,
             &[
-                ("loss", loss_sum / accumulated_count(b, micro) as f64),
-                ("kl/k1", kl1),
-                ("kl/k3", kl3),
-                ("pref/mean", pref.iter().sum::<f64>() / b.max(1) as f64),
+                ("loss", totals.loss / batch as f64),
+                ("kl/k1", totals.k1 / totals.sequences.max(1.0)),
+                ("kl/k3", totals.k3 / totals.kl_tokens.max(1.0)),
+                ("pref/mean", totals.pref / batch as f64),
                 ("grad_norm", grad_norm),
                 ("lr", lr),
-                ("tokens_per_s", num_tokens as f64 / secs.max(1e-9)),
+                ("tokens_per_s", totals.tokens / secs.max(1e-9)),
             ],
         );
         if step_done % spec.eval_every.max(1) == 0 || step_done == spec.steps {
-            last_eval = eval_set.run(&policy.model.detached()?.for_compute(dtype)?, step_done)?;
+            let view = policy.model.detached()?.for_compute(dtype)?;
+            last_eval = eval_set.run(&view, step_done, collective)?;
             log_eval(&mut metrics, step_done, &last_eval);
         }
         (ctx.progress)(step_done as f64 / spec.steps.max(1) as f64);
@@ -266,10 +286,6 @@ fn split(mut both: Vec<Vec<u32>>, b: usize) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
     (both, second)
 }
 
-fn accumulated_count(b: usize, micro: usize) -> usize {
-    b.div_ceil(micro.max(1))
-}
-
 fn detached(c: &Completions) -> Result<Completions, TrainError> {
     Ok(Completions {
         policy: c.policy.detach(),
@@ -278,15 +294,57 @@ fn detached(c: &Completions) -> Result<Completions, TrainError> {
     })
 }
 
-/// Batch means of k1 (per sequence) and k3 (per token) over samples of π.
-fn kl_means(rows: &[Completions]) -> Result<(f64, f64), TrainError> {
-    let (mut k1_sum, mut n_seq, mut k3_sum, mut n_tok) = (0.0, 0usize, 0.0, 0.0);
-    for c in rows {
-        k1_sum += k1(c)?.sum_all()?.to_scalar::<f32>()? as f64;
-        n_seq += c.mask.dim(0)?;
-        let tokens = c.mask.sum_all()?.to_scalar::<f32>()? as f64;
-        k3_sum += masked_mean(&k3(c)?, &c.mask)?.to_scalar::<f32>()? as f64 * tokens;
-        n_tok += tokens;
+/// One rank's sums of a step's metrics; [`StepSums::reduce`] adds them over the ranks.
+#[derive(Debug, Default, Clone, Copy)]
+struct StepSums {
+    /// Σ over micro-batches of (mean loss × rows).
+    loss: f64,
+    /// Σ k1 over sequences sampled from π, and their count.
+    k1: f64,
+    sequences: f64,
+    /// Σ k3 over the tokens of those sequences, and their count.
+    k3: f64,
+    kl_tokens: f64,
+    /// Σ p.
+    pref: f64,
+    /// Tokens sampled this step.
+    tokens: f64,
+}
+
+impl StepSums {
+    /// Adds k1 (per sequence) and k3 (per token) over completions sampled from π.
+    fn add_kl(&mut self, rows: &[Completions]) -> Result<(), TrainError> {
+        for c in rows {
+            self.k1 += k1(c)?.sum_all()?.to_scalar::<f32>()? as f64;
+            self.sequences += c.mask.dim(0)? as f64;
+            let tokens = c.mask.sum_all()?.to_scalar::<f32>()? as f64;
+            self.k3 += masked_mean(&k3(c)?, &c.mask)?.to_scalar::<f32>()? as f64 * tokens;
+            self.kl_tokens += tokens;
+        }
+        Ok(())
     }
-    Ok((k1_sum / n_seq.max(1) as f64, k3_sum / n_tok.max(1.0)))
+
+    /// The sums over every rank (the same bits on each).
+    fn reduce(self, collective: &mut dyn Collective) -> Result<StepSums, TrainError> {
+        let mut v = [
+            self.loss,
+            self.k1,
+            self.sequences,
+            self.k3,
+            self.kl_tokens,
+            self.pref,
+            self.tokens,
+        ];
+        collective.all_reduce_sum_f64(&mut v)?;
+        let [loss, k1, sequences, k3, kl_tokens, pref, tokens] = v;
+        Ok(StepSums {
+            loss,
+            k1,
+            sequences,
+            k3,
+            kl_tokens,
+            pref,
+            tokens,
+        })
+    }
 }

@@ -1,15 +1,17 @@
 //! The SFT loop (ALGORITHMS.md §3 "SFT", used to make reference policies). One optimizer step:
-//! take this rank's slice of the step's examples → per micro-batch score the completions under
-//! π (graph), mean token cross-entropy, backward, accumulate → all-reduce (one call on the
-//! collective) → clip → AdamW → metrics (loss, grad_norm, lr, tokens_per_s; every `eval_every`
-//! steps eval/gold of policy samples on the task's held-out prompts).
+//! take this rank's slice of the step's examples → count the global batch's completion tokens
+//! (a scalar all-reduce) → per micro-batch score the completions under π (graph), mean token
+//! cross-entropy scaled by the micro-batch's share of the global tokens, backward, accumulate →
+//! all-reduce the gradients → clip → AdamW → metrics reduced over the ranks (loss, grad_norm,
+//! lr, tokens_per_s; every `eval_every` steps eval/gold of policy samples on the task's
+//! held-out prompts, split across the ranks).
 
 use std::time::Instant;
 
 use mirrorplay_proto::v1::{SftSpec, TrainResult};
 
 use super::eval::{Eval, EvalSet};
-use super::metrics::{MetricsLog, Split};
+use super::metrics::Split;
 use super::{data::Examples, optimizer, shard, Ctx, TrainError};
 use crate::collective::Collective;
 use crate::objectives::sft_loss;
@@ -40,8 +42,9 @@ pub async fn run(
         .clone();
     let (adamw, schedule) = optimizer(spec.optimizer.as_ref(), spec.steps)?;
     let max_grad_norm = spec.optimizer.as_ref().map_or(0.0, |o| o.max_grad_norm);
+    super::broadcast_params(collective, &params)?;
     let mut opt = AdamW::new(&params, adamw, schedule)?;
-    let mut metrics = MetricsLog::new(&ctx.output, ctx.attempt, ctx.metrics)?;
+    let mut metrics = ctx.metrics_log()?;
     let eval_set = match (&spec.eval_task[..], spec.sampling) {
         ("", _) | (_, None) => None,
         (_, Some(sampling)) => Some(EvalSet::new(
@@ -49,13 +52,15 @@ pub async fn run(
             spec.eval_prompts as usize,
             &sampling,
             None,
+            collective,
         )?),
     };
     let mut last_eval: Option<Eval> = None;
 
     let batch = spec.batch_size as u64;
-    let micro = (spec.batch_size / spec.grad_accum.max(1)).max(1) as usize;
     let rows = shard(batch as usize, collective.rank(), collective.world_size());
+    // grad_accum splits this rank's rows.
+    let micro = rows.len().div_ceil(spec.grad_accum.max(1) as usize).max(1);
     for step in 0..spec.steps {
         ctx.check_cancelled()?;
         let t0 = Instant::now();
@@ -65,8 +70,14 @@ pub async fn run(
             .map(|g| examples.get(step, batch, g as u64))
             .unzip();
         let b = prompts.len();
+        // The loss is a mean over the global batch's completion tokens: count them first.
+        let local_tokens: usize = completions.iter().map(Vec::len).sum();
+        let mut global_tokens = [local_tokens as f64];
+        collective.all_reduce_sum_f64(&mut global_tokens)?;
+        let global_tokens = global_tokens[0].max(1.0);
 
-        // Score, loss and backward per micro-batch.
+        // Score, loss and backward per micro-batch, each micro-batch's token-mean loss scaled
+        // by its share of the global batch's tokens.
         // The step's forward weights: cast from the f32 master weights, graph attached.
         let compute = policy.model.for_compute(dtype)?;
         let mut accumulated = GradAccumulator::new();
@@ -78,36 +89,39 @@ pub async fn run(
                 &prompts[start..start + n],
                 &completions[start..start + n],
             )?;
+            let tokens: usize = completions[start..start + n].iter().map(Vec::len).sum();
             let loss = sft_loss(&scored.logprobs, &scored.mask)?;
-            accumulated.add(&params, &loss.backward()?)?;
-            loss_sum += loss.to_scalar::<f32>()? as f64;
+            let share = (&loss * (tokens as f64 / global_tokens))?;
+            accumulated.add(&params, &share.backward()?)?;
+            loss_sum += loss.to_scalar::<f32>()? as f64 * tokens as f64;
         }
-        let num_micro = accumulated.count().max(1) as f64;
-        let grads = accumulated.finish()?;
+        let grads = accumulated.finish(&params)?;
 
         // All-reduce, clip, AdamW.
         let (grad_norm, lr) =
             super::reduce_clip_step(collective, grads, max_grad_norm, &mut opt, &params)?;
 
-        // Metrics.
+        // Metrics, reduced over the ranks.
+        let mut loss_total = [loss_sum];
+        collective.all_reduce_sum_f64(&mut loss_total)?;
         let step_done = step + 1;
-        let num_tokens: usize = completions.iter().map(Vec::len).sum();
         metrics.log(
             step_done,
             Split::Train,
             &[
-                ("loss", loss_sum / num_micro),
+                ("loss", loss_total[0] / global_tokens),
                 ("grad_norm", grad_norm),
                 ("lr", lr),
                 (
                     "tokens_per_s",
-                    num_tokens as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+                    global_tokens / t0.elapsed().as_secs_f64().max(1e-9),
                 ),
             ],
         );
         if let Some(set) = &eval_set {
             if step_done % spec.eval_every.max(1) == 0 || step_done == spec.steps {
-                let e = set.run(&policy.model.detached()?.for_compute(dtype)?, step_done)?;
+                let view = policy.model.detached()?.for_compute(dtype)?;
+                let e = set.run(&view, step_done, collective)?;
                 metrics.log(step_done, Split::Eval, &[("eval/gold", e.gold)]);
                 last_eval = Some(e);
             }

@@ -75,6 +75,7 @@ fn selfplay() -> train_task::Spec {
             source: "gold".into(),
             temperature: 1.0,
         }),
+        parallel: None,
     };
     s.set_algorithm(SelfplayAlgorithm::IpoMd);
     train_task::Spec::Selfplay(s)
@@ -95,6 +96,7 @@ fn sft() -> train_task::Spec {
         eval_prompts: 8,
         sampling: Some(sampling()),
         compute_dtype: mirrorplay_proto::v1::ComputeDtype::F32 as i32,
+        parallel: None,
     })
 }
 
@@ -123,6 +125,7 @@ fn run(spec: train_task::Spec) -> (Vec<Value>, Vec<Value>) {
             &|_| {},
             &sink,
             &cancel,
+            &mut crate::collective::Local,
         ))
         .unwrap();
     assert_eq!(result.steps, 3);

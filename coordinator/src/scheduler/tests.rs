@@ -1,0 +1,245 @@
+use super::*;
+
+fn task(job: &str, id: &str) -> Task {
+    Task {
+        task_id: id.into(),
+        job_id: job.into(),
+        group_size: 1,
+        ..Default::default()
+    }
+}
+
+fn gang(job: &str, id: &str, size: u32) -> Task {
+    Task {
+        group_size: size,
+        ..task(job, id)
+    }
+}
+
+/// Polls with every worker until each holds its rank of the gang; tasks in the workers' order.
+fn form(s: &Scheduler, workers: &[&String]) -> Vec<Task> {
+    let mut got: Vec<Option<Task>> = vec![None; workers.len()];
+    for _ in 0..3 {
+        for (i, w) in workers.iter().enumerate() {
+            if got[i].is_none() {
+                got[i] = s.assign(w);
+            }
+        }
+    }
+    got.into_iter().map(|t| t.expect("a rank")).collect()
+}
+
+fn refs(t: &Task) -> Vec<TaskRef> {
+    vec![TaskRef {
+        task_id: t.task_id.clone(),
+        attempt: t.attempt,
+    }]
+}
+
+#[test]
+fn lease_loss_requeues_with_a_new_attempt_and_fences_the_old_one() {
+    let s = Scheduler::new(Duration::from_millis(10));
+    let a = s.register("a", 1);
+    let b = s.register("b", 1);
+    s.enqueue(vec![(task("j", "t1"), 0), (task("j", "t2"), 0)], 0);
+    let t1 = s.assign(&a).unwrap();
+    assert_eq!((t1.task_id.as_str(), t1.attempt), ("t1", 1));
+    assert!(s.assign(&a).is_none(), "one slot");
+    std::thread::sleep(Duration::from_millis(20));
+    s.heartbeat(&b, &[]).unwrap();
+    assert_eq!(s.expired_workers(), vec![a.clone()]);
+    let lost = s.remove_worker(&a, "lost its lease");
+    assert_eq!(
+        lost,
+        vec![Lost::Requeued {
+            job_id: "j".into(),
+            task_id: "t1".into(),
+            attempt: 2,
+            reason: "worker `a` lost its lease".into()
+        }]
+    );
+    let again = s.assign(&b).unwrap();
+    assert_eq!((again.task_id.as_str(), again.attempt), ("t1", 2));
+    assert_eq!(
+        s.finish(&a, "t1", 1),
+        Err(Rejected::StaleAttempt { current: 2 })
+    );
+    assert!(matches!(s.finish(&b, "t1", 2), Ok(Finished::Task(t)) if t.task_id == "t1"));
+    assert_eq!(s.finish(&b, "t1", 2), Err(Rejected::UnknownTask));
+    assert!(s.heartbeat(&a, &[]).is_none(), "a is forgotten");
+}
+
+#[test]
+fn heartbeat_cancels_tasks_that_are_no_longer_yours_and_job_limits_hold() {
+    let s = Scheduler::new(Duration::from_secs(10));
+    let a = s.register("a", 1);
+    let b = s.register("b", 1);
+    s.enqueue(vec![(task("j", "t1"), 0), (task("j", "t2"), 0)], 1);
+    let t1 = s.assign(&a).unwrap();
+    assert!(s.assign(&b).is_none(), "job limited to one worker");
+    s.drop_job("j");
+    let cancel = s.heartbeat(&a, &refs(&t1)).unwrap();
+    assert_eq!(cancel.len(), 1);
+    assert_eq!(s.job_counts("j"), (0, 0, 0.0));
+}
+
+#[test]
+fn a_gang_is_assigned_all_or_nothing_to_polling_workers_with_ranks_in_registration_order() {
+    let s = Scheduler::new(Duration::from_secs(10));
+    let a = s.register("a", 1);
+    let b = s.register("b", 1);
+    let c = s.register("c", 1);
+    s.enqueue(vec![(gang("j", "g", 3), 0)], 0);
+    // Only a and b have polled: no partial gang.
+    assert!(s.assign(&a).is_none());
+    assert!(s.assign(&b).is_none());
+    let status = s.gang_status("j");
+    assert_eq!(status[0].waiting, "waiting for 3 workers, 2 free");
+    assert!(status[0].workers.is_empty());
+    // c polls: the gang forms around it; a and b find their ranks at their next poll.
+    let tc = s.assign(&c).unwrap();
+    let ta = s.assign(&a).unwrap();
+    let tb = s.assign(&b).unwrap();
+    assert_eq!(
+        [ta.rank, tb.rank, tc.rank],
+        [0, 1, 2],
+        "ranks follow registration order"
+    );
+    for t in [&ta, &tb, &tc] {
+        assert_eq!((t.group_size, t.attempt, t.task_id.as_str()), (3, 1, "g"));
+    }
+    let status = s.gang_status("j");
+    assert_eq!(status[0].workers, vec!["a", "b", "c"]);
+    assert_eq!(status[0].waiting, "");
+    // Every member is busy: nothing else is handed out.
+    s.enqueue(vec![(task("k", "other"), 0)], 0);
+    assert!(s.assign(&a).is_none());
+}
+
+#[test]
+fn the_rendezvous_completes_when_every_rank_joined_and_refuses_other_epochs_and_ranks() {
+    let s = Scheduler::new(Duration::from_secs(10));
+    let a = s.register("a", 1);
+    let b = s.register("b", 1);
+    s.enqueue(vec![(gang("j", "g", 2), 0)], 0);
+    assert!(s.assign(&a).is_none());
+    let tb = s.assign(&b).unwrap();
+    let ta = s.assign(&a).unwrap();
+    assert_eq!((ta.rank, tb.rank), (0, 1));
+    assert_eq!(
+        s.join_group(&a, "g", 1, 1, Some(b"x".to_vec())),
+        Err(Rejected::NotAssignee),
+        "a is rank 0, not 1"
+    );
+    assert_eq!(
+        s.join_group(&a, "g", 7, 0, Some(b"x".to_vec())),
+        Err(Rejected::StaleAttempt { current: 1 })
+    );
+    assert_eq!(
+        s.join_group(&a, "g", 1, 0, Some(b"addr-a".to_vec())),
+        Ok(Joined::Waiting)
+    );
+    let Ok(Joined::Complete { epoch, members }) =
+        s.join_group(&b, "g", 1, 1, Some(b"addr-b".to_vec()))
+    else {
+        panic!("the gang should be complete")
+    };
+    assert_eq!(epoch, 1);
+    let seen: Vec<(u32, &str, &[u8])> = members
+        .iter()
+        .map(|m| (m.rank, m.worker_name.as_str(), m.endpoint.as_slice()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![(0, "a", &b"addr-a"[..]), (1, "b", &b"addr-b"[..])]
+    );
+}
+
+#[test]
+fn losing_a_member_ends_the_epoch_for_all_and_the_gang_re_forms_at_min_size() {
+    let s = Scheduler::new(Duration::from_secs(10));
+    let a = s.register("a", 1);
+    let b = s.register("b", 1);
+    let c = s.register("c", 1);
+    s.enqueue(vec![(gang("j", "g", 3), 2)], 0);
+    s.assign(&a);
+    s.assign(&b);
+    let tc = s.assign(&c).unwrap();
+    let ta = s.assign(&a).unwrap();
+    s.assign(&b).unwrap();
+    let lost = s.remove_worker(&c, "lost its lease");
+    assert_eq!(
+        lost,
+        vec![Lost::Requeued {
+            job_id: "j".into(),
+            task_id: "g".into(),
+            attempt: 2,
+            reason: "worker `c` lost its lease".into()
+        }]
+    );
+    // The survivors are told to stop the old epoch.
+    assert_eq!(s.heartbeat(&a, &refs(&ta)).unwrap(), refs(&ta));
+    assert_eq!(
+        s.join_group(&a, "g", 1, 0, Some(vec![])),
+        Err(Rejected::StaleAttempt { current: 2 })
+    );
+    drop(tc);
+    // min_group_size = 2: the two survivors re-form it as epoch 2.
+    let ta2 = s.assign(&a).unwrap();
+    let tb2 = s.assign(&b).unwrap();
+    assert_eq!(
+        (ta2.attempt, ta2.group_size, ta2.rank, tb2.rank),
+        (2, 2, 0, 1)
+    );
+    let status = s.gang_status("j");
+    assert_eq!(status[0].attempt, 2);
+    assert_eq!(status[0].last_restart, "worker `c` lost its lease");
+}
+
+#[test]
+fn a_gang_broken_failure_requeues_but_a_task_failure_is_final_and_rank_zero_completes() {
+    let s = Scheduler::new(Duration::from_secs(10));
+    let a = s.register("a", 1);
+    let b = s.register("b", 1);
+    s.enqueue(vec![(gang("j", "g", 2), 0)], 0);
+    form(&s, &[&a, &b]);
+    let failed = s.fail(&b, "g", 1, true, "peer closed the ring").unwrap();
+    assert!(matches!(
+        failed,
+        Failed::Gang(Lost::Requeued { attempt: 2, .. })
+    ));
+    // A second survivor's report of the same epoch is stale.
+    assert_eq!(
+        s.fail(&a, "g", 1, true, "peer closed the ring"),
+        Err(Rejected::StaleAttempt { current: 2 })
+    );
+    form(&s, &[&a, &b]);
+    // Rank 1 finishing only frees its worker; rank 0's report completes the task.
+    assert_eq!(s.finish(&b, "g", 2), Ok(Finished::Rank));
+    assert_eq!(s.job_counts("j"), (0, 1, 0.0));
+    assert!(matches!(s.finish(&a, "g", 2), Ok(Finished::Task(_))));
+    assert_eq!(s.job_counts("j"), (0, 0, 0.0));
+    // A plain failure of a gang rank is final.
+    s.enqueue(vec![(gang("j", "h", 2), 0)], 0);
+    form(&s, &[&a, &b]);
+    assert!(matches!(
+        s.fail(&a, "h", 1, false, "bad data"),
+        Ok(Failed::Task(_))
+    ));
+}
+
+#[test]
+fn a_gang_gives_up_after_max_attempts() {
+    let s = Scheduler::new(Duration::from_secs(10));
+    let a = s.register("a", 1);
+    let b = s.register("b", 1);
+    s.enqueue(vec![(gang("j", "g", 2), 0)], 0);
+    let mut last = None;
+    for _ in 0..MAX_ATTEMPTS {
+        let tb = form(&s, &[&a, &b]).remove(1);
+        last = Some(s.fail(&b, "g", tb.attempt, true, "peer died").unwrap());
+    }
+    assert!(
+        matches!(last, Some(Failed::Gang(Lost::GaveUp { attempts, .. })) if attempts == MAX_ATTEMPTS)
+    );
+}

@@ -1,0 +1,111 @@
+//! A cluster of real processes for fault tests: `mirrorplay serve` on a loopback port with
+//! short leases, `mirrorplay-worker` processes, and waiting on what `status --json` says.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{mirrorplay, run, worker_bin};
+
+/// A child process killed (and reaped) when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        // A stopped process must be continued to die of SIGKILL promptly everywhere.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGCONT) };
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Killed {
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: sending a signal to a child process we own.
+        unsafe { libc::kill(self.0.id() as i32, signal) };
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn spawn_worker(url: &str, name: &str, delay_ms: Option<u64>) -> Killed {
+    let mut cmd = Command::new(worker_bin());
+    cmd.args(["--coordinator", url, "--name", name, "--grace-secs", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(ms) = delay_ms {
+        cmd.env("MIRRORPLAY_FAULT_TASK_DELAY_MS", ms.to_string());
+    }
+    Killed(cmd.spawn().unwrap())
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts `mirrorplay serve` on `url` (1 s leases) and waits until it answers.
+pub fn spawn_coordinator(dir: &Path, url: &str) -> Killed {
+    let listen = url.trim_start_matches("http://").to_string();
+    let coordinator = Killed(
+        Command::new(mirrorplay())
+            .args([
+                "serve",
+                "--listen",
+                &listen,
+                "--state",
+                dir.join("state").to_str().unwrap(),
+                "--lease-ms",
+                "1000",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the coordinator", Duration::from_secs(20), || {
+        run(&["status", "--coordinator", url]).status.success()
+    });
+    coordinator
+}
+
+/// `status JOB --json` as JSON (Null when it cannot be read).
+pub fn status_json(url: &str, job: &str) -> serde_json::Value {
+    let o = run(&["status", job, "--json", "--coordinator", url]);
+    serde_json::from_slice(&o.stdout).unwrap_or_default()
+}
+
+/// Submits `config` (with `--set` overrides) and returns the job id.
+pub fn submit_config(url: &str, config: &Path, sets: &[String]) -> String {
+    let mut args = vec![
+        "submit".to_string(),
+        config.display().to_string(),
+        "--coordinator".into(),
+        url.into(),
+    ];
+    for s in sets {
+        args.push("--set".into());
+        args.push(s.clone());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let submitted = run(&args);
+    assert!(submitted.status.success(), "{}", super::stderr(&submitted));
+    let job = String::from_utf8(submitted.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(
+        !job.is_empty() && !job.contains('\n'),
+        "submit prints only the job id: {job:?}"
+    );
+    job
+}
