@@ -25,7 +25,7 @@ impl Retention {
         committed[..newest_kept]
             .iter()
             .copied()
-            .filter(|&s| !(self.keep_every > 0 && s % self.keep_every == 0))
+            .filter(|&s| !(self.keep_every > 0 && s.is_multiple_of(self.keep_every)))
             .collect()
     }
 }

@@ -86,8 +86,8 @@ impl Checkpointer {
 
     /// Whether step `step` (steps done) is a checkpoint step not already saved.
     pub fn is_due(&self, step: u64) -> bool {
-        let scheduled =
-            step == self.opts.total_steps || (self.opts.every > 0 && step % self.opts.every == 0);
+        let scheduled = step == self.opts.total_steps
+            || (self.opts.every > 0 && step.is_multiple_of(self.opts.every));
         scheduled && self.last_started != Some(step) && step > 0
     }
 
