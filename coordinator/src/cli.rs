@@ -125,6 +125,21 @@ pub enum Command {
         #[arg(long, default_value = "F32")]
         random_dtype: String,
     },
+    /// Write a plain Hugging Face model directory from a verified checkpoint step directory.
+    Export {
+        /// The checkpoint: OUTPUT/checkpoints/step-NNNNNN (path or URL).
+        #[arg(long)]
+        checkpoint: String,
+        /// The output directory (path or URL).
+        #[arg(long)]
+        out: String,
+        /// f32, bf16 or f16 (default: the dtype the model was trained from).
+        #[arg(long)]
+        dtype: Option<String>,
+        /// Largest weight file, e.g. 5GB.
+        #[arg(long, default_value = "5GB")]
+        max_shard_size: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

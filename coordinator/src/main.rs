@@ -6,6 +6,7 @@ mod config;
 mod control;
 mod drivers;
 mod exit;
+mod export;
 mod local;
 mod scheduler;
 mod server;
@@ -160,6 +161,25 @@ async fn run(cli: Cli) -> Result<Exit> {
                 }
             }
             eprintln!("wrote models under {}", dir.display());
+            Ok(Exit::Ok)
+        }
+        Command::Export {
+            checkpoint,
+            out,
+            dtype,
+            max_shard_size,
+        } => {
+            let dtype = match dtype {
+                None => None,
+                Some(d) => Some(export::parse_dtype(&d).ok_or_else(|| {
+                    Exit::Config(format!("--dtype `{d}`: expected f32, bf16 or f16"))
+                })?),
+            };
+            let max = config::parse_size(&max_shard_size).ok_or_else(|| {
+                Exit::Config(format!("--max-shard-size `{max_shard_size}` is not a size"))
+            })?;
+            let files = export::run(&checkpoint, &out, dtype, max).await?;
+            eprintln!("exported {} files to {out}", files.len());
             Ok(Exit::Ok)
         }
     }

@@ -2,6 +2,7 @@
 //! merging) plus the worker runtime that talks to the coordinator. The coordinator links it for
 //! planning (safetensors headers) and local commands (`example-models`, `validate`).
 
+pub mod checkpoint;
 pub mod collective;
 pub mod io;
 pub mod jobs;

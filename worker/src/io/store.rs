@@ -118,8 +118,24 @@ impl Location {
         })
     }
 
+    /// A location in a store built in code (tests wrap stores, e.g. to inject failures):
+    /// `path` inside `store`, shown as `url`.
+    pub fn from_store(store: Arc<dyn ObjectStore>, path: &str, url: &str) -> Self {
+        Location {
+            store,
+            path: StorePath::from(path.trim_matches('/')),
+            url: url.trim_end_matches('/').to_string(),
+        }
+    }
+
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The store's own description (e.g. `AmazonS3(bucket)`), for logs and tests; it never
+    /// holds credentials.
+    pub fn store_name(&self) -> String {
+        self.store.to_string()
     }
 
     /// The filesystem path of a `file://` location; `None` for other stores.
@@ -312,6 +328,58 @@ impl Location {
             .collect();
         out.sort();
         Ok(out)
+    }
+
+    /// Size and SHA-256 (hex) of the object, streamed: memory stays bounded whatever its size.
+    pub async fn sha256(&self) -> Result<(u64, String)> {
+        use sha2::{Digest, Sha256};
+        let got = self.store.get_opts(&self.path, Default::default()).await;
+        let mut stream = got.map_err(|e| IoError::store(&self.url, e))?.into_stream();
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = stream
+            .try_next()
+            .await
+            .map_err(|e| IoError::store(&self.url, e))?
+        {
+            size += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        Ok((size, hex::encode(hasher.finalize())))
+    }
+
+    /// Makes a `file://` object (or directory) durable with `fsync`; other stores make an
+    /// object durable when its put completes, so this does nothing for them. A missing local
+    /// file is not an error (nothing to make durable).
+    pub async fn sync_local(&self) -> Result<()> {
+        let Some(path) = self.local_path() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || match std::fs::File::open(&path) {
+            Ok(f) => f.sync_all().map_err(|e| IoError::Fs {
+                path: path.display().to_string(),
+                source: e,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(IoError::Fs {
+                path: path.display().to_string(),
+                source: e,
+            }),
+        })
+        .await
+        .map_err(|e| IoError::Fs {
+            path: self.url.clone(),
+            source: std::io::Error::other(format!("fsync task failed: {e}")),
+        })?
+    }
+
+    /// Deletes every object below this prefix; returns how many there were.
+    pub async fn delete_all(&self) -> Result<usize> {
+        let listed = self.list().await?;
+        for (rel, _) in &listed {
+            self.join(rel).delete().await?;
+        }
+        Ok(listed.len())
     }
 
     /// Starts a multipart upload; the object appears atomically when it is completed.

@@ -193,6 +193,11 @@ impl Pretrained {
     }
 }
 
+/// The `config.json` bytes [`save_model`] writes for `config` (pretty JSON, float32 dtype).
+pub fn config_file(config: &ModelConfig) -> Bytes {
+    Bytes::from(pretty(&config.to_json()))
+}
+
 fn pretty(v: &Value) -> Vec<u8> {
     let mut s = serde_json::to_string_pretty(v).expect("JSON value");
     s.push('\n');
@@ -216,10 +221,7 @@ pub async fn save_model(
         });
         (dir.join(name), bytes)
     };
-    let mut writes = vec![put(
-        "config.json",
-        Bytes::from(pretty(&model.config().to_json())),
-    )];
+    let mut writes = vec![put("config.json", config_file(model.config()))];
     for (name, bytes) in aux_files {
         writes.push(put(name, bytes.clone()));
     }

@@ -154,29 +154,46 @@ impl AdamW {
         Ok(StepStats { lr, grad_norm })
     }
 
+    /// The state tensors as [`AdamW::save`] names and orders them: `exp_avg/<name>` then
+    /// `exp_avg_sq/<name>` (F32, name order). Moments are replaced, never mutated in place, by
+    /// each step, so these clones are a consistent snapshot (the checkpointer relies on it).
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        [(M_PREFIX, &self.exp_avg), (V_PREFIX, &self.exp_avg_sq)]
+            .into_iter()
+            .flat_map(|(prefix, moments)| {
+                moments
+                    .iter()
+                    .map(move |(name, t)| (format!("{prefix}{name}"), t.clone()))
+            })
+            .collect()
+    }
+
+    /// The file metadata [`AdamW::save`] writes: `format: pt` and the step.
+    pub fn state_metadata(&self) -> BTreeMap<String, String> {
+        let mut metadata = pt_metadata();
+        metadata.insert(STEP_KEY.into(), self.step.to_string());
+        metadata
+    }
+
     /// Writes the whole state to a safetensors file: `exp_avg/<name>` and `exp_avg_sq/<name>`
     /// (F32, name order) and `step` in the metadata (with `format: pt`).
     pub async fn save(&self, loc: &Location) -> Result<WriteSummary> {
         let mut tensors = Vec::with_capacity(2 * self.exp_avg.len());
-        for (prefix, moments) in [(M_PREFIX, &self.exp_avg), (V_PREFIX, &self.exp_avg_sq)] {
-            for (name, t) in moments {
-                let values = t.flatten_all()?.to_vec1::<f32>()?;
-                let mut bytes = Vec::new();
-                encode_f32(Dtype::F32, &values, &mut bytes);
-                let shape = t.dims().iter().map(|&d| d as u64).collect();
-                tensors.push((
-                    TensorLayout {
-                        name: format!("{prefix}{name}"),
-                        dtype: Dtype::F32,
-                        shape,
-                    },
-                    bytes,
-                ));
-            }
+        for (name, t) in self.state_tensors() {
+            let values = t.flatten_all()?.to_vec1::<f32>()?;
+            let mut bytes = Vec::new();
+            encode_f32(Dtype::F32, &values, &mut bytes);
+            let shape = t.dims().iter().map(|&d| d as u64).collect();
+            tensors.push((
+                TensorLayout {
+                    name,
+                    dtype: Dtype::F32,
+                    shape,
+                },
+                bytes,
+            ));
         }
-        let mut metadata = pt_metadata();
-        metadata.insert(STEP_KEY.into(), self.step.to_string());
-        Ok(write_safetensors(loc, &tensors, &metadata).await?)
+        Ok(write_safetensors(loc, &tensors, &self.state_metadata()).await?)
     }
 
     /// Restores a state written by [`AdamW::save`] for exactly these parameters (names and
