@@ -85,6 +85,13 @@ pub enum Command {
         #[command(flatten)]
         coordinator: CoordinatorArg,
     },
+    /// Re-run a failed or cancelled job; training continues from its newest verified
+    /// checkpoint.
+    Resume {
+        job: String,
+        #[command(flatten)]
+        coordinator: CoordinatorArg,
+    },
     /// Check a config without running anything; prints the resolved config.
     Validate {
         #[command(flatten)]

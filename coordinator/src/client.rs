@@ -6,8 +6,8 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use mirrorplay_proto::v1::coordinator_client::CoordinatorClient;
 use mirrorplay_proto::v1::{
-    CancelJobRequest, GetJobRequest, Job, JobSpec, JobState, ListJobsRequest, SubmitJobRequest,
-    WatchJobRequest,
+    CancelJobRequest, GetJobRequest, Job, JobSpec, JobState, ListJobsRequest, ResumeJobRequest,
+    SubmitJobRequest, WatchJobRequest,
 };
 use tonic::transport::Channel;
 
@@ -68,7 +68,8 @@ pub fn job_json(job: &Job) -> serde_json::Value {
         "error": if job.error.is_empty() { None } else { Some(&job.error) },
         "output": job.spec.as_ref().map(|s| s.output.clone()),
         "progress": {"fraction": p.fraction, "tasks_done": p.tasks_done, "tasks_total": p.tasks_total,
-                     "tasks_running": p.tasks_running, "stage": p.stage},
+                     "tasks_running": p.tasks_running, "stage": p.stage,
+                     "checkpoint_step": p.checkpoint_step},
         "gangs": p.gangs.iter().map(|g| serde_json::json!({
             "task_id": g.task_id, "attempt": g.attempt, "world_size": g.world_size,
             "workers": g.workers, "waiting": g.waiting, "last_restart": g.last_restart,
@@ -94,6 +95,9 @@ fn job_line(job: &Job) -> String {
     }
     for g in &p.gangs {
         line.push_str(&format!("\t{}", gang_text(g)));
+    }
+    if p.checkpoint_step > 0 {
+        line.push_str(&format!("\tcheckpoint step {}", p.checkpoint_step));
     }
     if !job.error.is_empty() {
         line.push_str(&format!("\terror: {}", job.error));
@@ -147,6 +151,21 @@ pub async fn status(
             println!("{}", job_line(j));
         }
     }
+    Ok(())
+}
+
+pub async fn resume(client: &mut CoordinatorClient<Channel>, job: String) -> Result<()> {
+    let j = client
+        .resume_job(ResumeJobRequest { job_id: job })
+        .await
+        .map_err(|s| match s.code() {
+            tonic::Code::FailedPrecondition | tonic::Code::NotFound => {
+                anyhow::Error::new(Exit::Config(s.message().to_string()))
+            }
+            _ => anyhow::anyhow!("{}", s.message()),
+        })?
+        .into_inner();
+    println!("{}", job_line(&j));
     Ok(())
 }
 

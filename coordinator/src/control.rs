@@ -3,7 +3,7 @@
 //! about tonic.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +44,9 @@ struct Snapshot {
 
 pub struct JobHandle {
     id: String,
+    /// Attempt numbers of this run of the job start above this (it grows by MAX_ATTEMPTS with
+    /// each `resume`, so metrics parts of different runs never share an attempt).
+    attempt_base: AtomicU32,
     config_toml: String,
     snapshot: Mutex<Snapshot>,
     driver: tokio::sync::Mutex<Option<Driver>>,
@@ -171,11 +174,18 @@ impl ControlPlane {
                     reason,
                 } => {
                     if let Some(h) = self.handle(&job_id) {
-                        let restart = match kind_name(&h.job().spec.unwrap_or_default()) {
-                            "sft" | "selfplay" => {
-                                "; training restarts from step 0 (no checkpoints yet)"
+                        let job = h.job();
+                        let committed = job.progress.as_ref().map_or(0, |p| p.checkpoint_step);
+                        let restart = match (kind_name(&job.spec.unwrap_or_default()), committed)
+                        {
+                            ("sft" | "selfplay", 0) => {
+                                "; training resumes from its newest verified checkpoint (none committed yet: from step 0)"
+                                    .to_string()
                             }
-                            _ => "",
+                            ("sft" | "selfplay", step) => format!(
+                                "; training resumes from its newest verified checkpoint (last committed: step {step})"
+                            ),
+                            _ => String::new(),
                         };
                         JobLog(&h).warn(format!(
                             "{reason}; task {task_id} re-issued as attempt {attempt}{restart}"
@@ -267,6 +277,7 @@ impl ControlPlane {
         let (events, _) = broadcast::channel(1024);
         let handle = Arc::new(JobHandle {
             id: id.clone(),
+            attempt_base: AtomicU32::new(0),
             config_toml,
             snapshot: Mutex::new(Snapshot {
                 job,
@@ -398,7 +409,7 @@ impl ControlPlane {
                 let task = Task {
                     task_id: format!("{}/{}", handle.id, t.key),
                     job_id: handle.id.clone(),
-                    attempt: 1,
+                    attempt: handle.attempt_base.load(Ordering::Relaxed) + 1,
                     group_size,
                     rank: 0,
                     work: Some(t.work),
@@ -425,11 +436,11 @@ impl ControlPlane {
             } else {
                 (s.tasks_done as f64 + running_progress) / total
             };
-            let stage = s
+            let (stage, checkpoint_step) = s
                 .job
                 .progress
                 .as_ref()
-                .map(|p| p.stage.clone())
+                .map(|p| (p.stage.clone(), p.checkpoint_step))
                 .unwrap_or_default();
             s.job.progress = Some(JobProgress {
                 tasks_total: s.tasks_total,
@@ -438,6 +449,7 @@ impl ControlPlane {
                 fraction,
                 stage,
                 gangs: self.scheduler.gang_status(&handle.id),
+                checkpoint_step,
             });
             s.job.updated_at = crate::now();
             s.job.clone()
@@ -608,6 +620,26 @@ impl ControlPlane {
         }
     }
 
+    /// A training task committed the checkpoint of `step`: the job remembers it (`status`,
+    /// the restart message) and logs it.
+    pub async fn checkpoint_committed(
+        &self,
+        worker_id: &str,
+        task_id: &str,
+        attempt: u32,
+        step: u64,
+    ) -> Result<(), Rejected> {
+        let job_id = self.scheduler.job_of(worker_id, task_id, attempt)?;
+        if let Some(h) = self.handle(&job_id) {
+            JobLog(&h).info(format!("checkpoint of step {step} committed"));
+            self.update(&h, |s| {
+                s.job.progress.get_or_insert_default().checkpoint_step = step;
+            });
+            self.persist(&h).await;
+        }
+        Ok(())
+    }
+
     /// Rendezvous of a gang rank: records its endpoint and waits until every rank of the
     /// epoch has joined (or `wait` passes, or the epoch ends).
     pub async fn join_group(
@@ -681,6 +713,40 @@ impl ControlPlane {
             self.persist(&h).await;
             self.write_final_provenance(&h, "cancelled").await;
         }
+        Ok(h.job())
+    }
+
+    /// Runs a failed or cancelled job again from its plan; each training task continues from
+    /// its newest verified checkpoint (the workers find it), so only the work since is redone.
+    pub async fn resume(self: &Arc<Self>, job_id: &str) -> Result<Job, ControlError> {
+        let h = self
+            .handle(job_id)
+            .ok_or_else(|| ControlError::NotFound(format!("no job `{job_id}`")))?;
+        let state = h.state();
+        if !matches!(state, JobState::Failed | JobState::Cancelled) {
+            return Err(ControlError::FailedPrecondition(format!(
+                "job `{job_id}` is {}; only a failed or cancelled job can be resumed",
+                state
+                    .as_str_name()
+                    .trim_start_matches("JOB_STATE_")
+                    .to_lowercase()
+            )));
+        }
+        h.attempt_base
+            .fetch_add(crate::scheduler::MAX_ATTEMPTS, Ordering::Relaxed);
+        self.scheduler.drop_job(job_id);
+        self.update(&h, |s| {
+            s.job.state = JobState::Queued as i32;
+            s.job.error.clear();
+            s.tasks_done = 0;
+            s.tasks_total = 0;
+        });
+        JobLog(&h)
+            .info("resumed: training continues from its newest verified checkpoint".to_string());
+        self.persist(&h).await;
+        let this = self.clone();
+        let handle = h.clone();
+        tokio::spawn(async move { this.start(handle).await });
         Ok(h.job())
     }
 

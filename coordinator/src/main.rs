@@ -89,6 +89,11 @@ async fn run(cli: Cli) -> Result<Exit> {
             client::cancel(&mut c, job).await?;
             Ok(Exit::Ok)
         }
+        Command::Resume { job, coordinator } => {
+            let mut c = client::connect(&coordinator.coordinator).await?;
+            client::resume(&mut c, job).await?;
+            Ok(Exit::Ok)
+        }
         Command::Validate { config } => {
             let loaded = load_config(&config)?;
             print!("{}", loaded.resolved_toml);

@@ -190,11 +190,19 @@ impl Coordinator for Service {
 
     async fn commit_checkpoint(
         &self,
-        _: Request<CommitCheckpointRequest>,
+        request: Request<CommitCheckpointRequest>,
     ) -> Result<Response<CommitCheckpointResponse>, Status> {
-        Err(Status::unimplemented(
-            "CommitCheckpoint arrives with checkpointed training",
-        ))
+        let r = request.into_inner();
+        self.control
+            .checkpoint_committed(&r.worker_id, &r.task_id, r.attempt, r.step)
+            .await
+            .map_err(|why| {
+                Status::failed_precondition(format!(
+                    "task {} attempt {}: not current ({why:?})",
+                    r.task_id, r.attempt
+                ))
+            })?;
+        Ok(Response::new(CommitCheckpointResponse {}))
     }
 
     async fn submit_job(
@@ -239,10 +247,15 @@ impl Coordinator for Service {
             .map_err(status)
     }
 
-    async fn resume_job(&self, _: Request<ResumeJobRequest>) -> Result<Response<Job>, Status> {
-        Err(Status::unimplemented(
-            "ResumeJob arrives with durable state across restarts",
-        ))
+    async fn resume_job(
+        &self,
+        request: Request<ResumeJobRequest>,
+    ) -> Result<Response<Job>, Status> {
+        self.control
+            .resume(&request.into_inner().job_id)
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     type WatchJobStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;

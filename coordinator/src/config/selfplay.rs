@@ -4,8 +4,9 @@
 //! `[sampling]`, `batch_prompts`, `grad_accum`, `steps`, `[optimizer]`, `eval_every`,
 //! `eval_prompts`, `nash_kl_grad`, `labels`, `sft_coef`, `task` (the built-in task whose gold
 //! judge and held-out prompts are used), `prompts` (JSONL path or URL; default: the task's train
-//! prompts), `[preference]` (`source = "gold"`, `temperature`), `compute_dtype`, and the data
-//! parallelism keys `world_size`, `min_world_size`, `collective_timeout_s` (`training::parallel`).
+//! prompts), `[preference]` (`source = "gold"`, `temperature`), `compute_dtype`, the data
+//! parallelism keys `world_size`, `min_world_size`, `collective_timeout_s` (`training::parallel`)
+//! and the checkpoint keys `checkpoint_every`, `keep_last`, `keep_every` (`training::checkpoint`).
 //! Defaults follow ALGORITHMS.md §3: τ = 1 for IPO / IPO-MD, 0.008 for Nash-MD-PG, 0.1 for DPO
 //! and SLiC; β = 0.125; lr 1e-4 (Nash-MD-PG 3e-5).
 
@@ -15,7 +16,9 @@ use mirrorplay_proto::v1::{
 use toml::Value;
 
 use super::reader::Tbl;
-use super::training::{compute_dtype, count, model, optimizer, parallel, sampling, TASKS};
+use super::training::{
+    checkpoint, compute_dtype, count, model, optimizer, parallel, sampling, TASKS,
+};
 use super::{ConfigError, Resolver};
 
 pub const ALGORITHMS: &[&str] = &["online_ipo", "ipo_md", "nash_md", "online_dpo", "slic"];
@@ -104,6 +107,7 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<SelfplaySpec, ConfigE
     };
     let compute_dtype = compute_dtype(t)?;
     let parallel = parallel(t)?;
+    let checkpoint = checkpoint(t)?;
     let mut spec = SelfplaySpec {
         algorithm: 0,
         kl_coef,
@@ -127,6 +131,7 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<SelfplaySpec, ConfigE
         preference: Some(preference),
         compute_dtype: 0,
         parallel: Some(parallel),
+        checkpoint: Some(checkpoint),
     };
     spec.set_compute_dtype(compute_dtype);
     spec.set_algorithm(algorithm);

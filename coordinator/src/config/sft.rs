@@ -4,13 +4,16 @@
 //! (JSONL path or URL: `{prompt, completion}` or `{messages}`), `batch_size`, `grad_accum`,
 //! `steps`, `[optimizer]` (lr default 1e-3), `compute_dtype`, `eval_every`, `eval_prompts`,
 //! `[sampling]` (for evaluation samples), and the data parallelism keys `world_size`,
-//! `min_world_size`, `collective_timeout_s` (`training::parallel`).
+//! `min_world_size`, `collective_timeout_s` (`training::parallel`), and the checkpoint keys
+//! `checkpoint_every`, `keep_last`, `keep_every` (`training::checkpoint`).
 
 use mirrorplay_proto::v1::{data_source, DataSource, SftSpec};
 use toml::Value;
 
 use super::reader::Tbl;
-use super::training::{compute_dtype, count, model, optimizer, parallel, sampling, TASKS};
+use super::training::{
+    checkpoint, compute_dtype, count, model, optimizer, parallel, sampling, TASKS,
+};
 use super::{ConfigError, Resolver};
 
 pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<SftSpec, ConfigError> {
@@ -47,6 +50,7 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<SftSpec, ConfigError>
     let sampling = sampling(t)?;
     let compute_dtype = compute_dtype(t)?;
     let parallel = parallel(t)?;
+    let checkpoint = checkpoint(t)?;
     let mut spec = SftSpec {
         init: Some(init),
         data: Some(DataSource { source: Some(data) }),
@@ -60,6 +64,7 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<SftSpec, ConfigError>
         sampling: Some(sampling),
         compute_dtype: 0,
         parallel: Some(parallel),
+        checkpoint: Some(checkpoint),
     };
     spec.set_compute_dtype(compute_dtype);
     Ok(spec)

@@ -3,8 +3,8 @@
 //! job's task vocabulary, seeded by the job seed).
 
 use mirrorplay_proto::v1::{
-    model_source, ComputeDtype, DataParallelSpec, Decay, ModelSource, OptimizerSpec, SamplingSpec,
-    TinyModel,
+    model_source, CheckpointSpec, ComputeDtype, DataParallelSpec, Decay, ModelSource,
+    OptimizerSpec, SamplingSpec, TinyModel,
 };
 use toml::Value;
 
@@ -171,5 +171,16 @@ pub(super) fn parallel(t: &Tbl) -> Result<DataParallelSpec, ConfigError> {
         world_size: world_size as u32,
         min_world_size: min_world_size as u32,
         collective_timeout_ms: (timeout_s * 1000.0).round() as u64,
+    })
+}
+
+/// Checkpoints (docs/checkpoints.md): `checkpoint_every` (default 0: only at the end; else also
+/// every N steps), `keep_last` (default 2; 0 = keep all), `keep_every` (default 0 = none: also
+/// keep every checkpoint whose step is a multiple of it).
+pub(super) fn checkpoint(t: &Tbl) -> Result<CheckpointSpec, ConfigError> {
+    Ok(CheckpointSpec {
+        every: t.u64_or("checkpoint_every", 0)?,
+        keep_last: t.u64_or("keep_last", 2)?,
+        keep_every: t.u64_or("keep_every", 0)?,
     })
 }

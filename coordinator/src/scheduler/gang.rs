@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use mirrorplay_proto::v1::{GangStatus, Task};
 
-use super::{release, Entry, Inner, Lost, Rejected, Scheduler, TaskState, MAX_ATTEMPTS};
+use super::{release, Entry, Inner, Lost, Rejected, Scheduler, TaskState};
 
 /// One rank of a gang as the rendezvous hands it out.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,7 +120,7 @@ pub(super) fn end(inner: &mut Inner, task_id: &str, reason: String) -> Option<Lo
     entry.last_restart = reason.clone();
     let job_id = entry.task.job_id.clone();
     let attempt = entry.task.attempt;
-    let lost = if attempt >= MAX_ATTEMPTS {
+    let lost = if entry.out_of_attempts() {
         Lost::GaveUp {
             job_id,
             task_id: task_id.to_string(),

@@ -60,11 +60,18 @@ struct Entry {
     done: BTreeSet<u32>,
     /// Why the previous epoch ended (empty for the first).
     last_restart: String,
+    /// The attempt the task was queued with (a resumed job starts above earlier runs).
+    first_attempt: u32,
 }
 
 impl Entry {
     fn is_gang(&self) -> bool {
         self.task.group_size > 1
+    }
+
+    /// True once the task has been tried MAX_ATTEMPTS times in this run of its job.
+    fn out_of_attempts(&self) -> bool {
+        self.task.attempt + 1 - self.first_attempt >= MAX_ATTEMPTS
     }
 
     fn runs_on(&self, worker_id: &str) -> bool {
@@ -203,7 +210,8 @@ impl Scheduler {
     pub fn enqueue(&self, tasks: Vec<(Task, u32)>, job_worker_limit: u32) {
         let mut inner = self.lock();
         for (mut task, min_group_size) in tasks {
-            task.attempt = 1;
+            task.attempt = task.attempt.max(1);
+            let first_attempt = task.attempt;
             task.group_size = task.group_size.max(1);
             let min_group_size = match min_group_size {
                 0 => task.group_size,
@@ -222,6 +230,7 @@ impl Scheduler {
                     endpoints: vec![],
                     done: BTreeSet::new(),
                     last_restart: String::new(),
+                    first_attempt,
                 },
             );
         }
@@ -312,6 +321,18 @@ impl Scheduler {
             return Err(Rejected::NotAssignee);
         }
         Ok(())
+    }
+
+    /// The job of a current task run by `worker_id` (a report from a stale attempt or another
+    /// worker is rejected).
+    pub fn job_of(&self, worker_id: &str, task_id: &str, attempt: u32) -> Result<String, Rejected> {
+        let inner = self.lock();
+        self.check_report(&inner, worker_id, task_id, attempt)?;
+        inner
+            .tasks
+            .get(task_id)
+            .map(|e| e.task.job_id.clone())
+            .ok_or(Rejected::UnknownTask)
     }
 
     pub fn progress(
@@ -428,7 +449,7 @@ impl Scheduler {
                 lost.extend(gang::end(&mut inner, &id, reason));
                 continue;
             }
-            if entry.task.attempt >= MAX_ATTEMPTS {
+            if entry.out_of_attempts() {
                 lost.push(Lost::GaveUp {
                     job_id: entry.task.job_id.clone(),
                     task_id: id.clone(),

@@ -32,6 +32,9 @@ pub type Progress<'a> = &'a (dyn Fn(f64) + Send + Sync);
 /// Takes metric lines (JSON objects, DESIGN.md "Outputs") to stream to the coordinator.
 pub type MetricsSink<'a> = &'a (dyn Fn(String) + Send + Sync);
 
+/// Takes the step of each committed checkpoint (the runtime reports it with CommitCheckpoint).
+pub type CommitSink<'a> = &'a (dyn Fn(u64) + Send + Sync);
+
 impl JobError {
     /// True when the failure is the gang's, not the task's.
     pub fn is_gang_broken(&self) -> bool {
@@ -44,11 +47,11 @@ impl JobError {
 pub async fn run_task(
     task: &Task,
     device: &candle_core::Device,
-    progress: Progress<'_>,
-    metrics: MetricsSink<'_>,
+    reports: (Progress<'_>, MetricsSink<'_>, CommitSink<'_>),
     cancel: &AtomicBool,
     collective: &mut dyn crate::collective::Collective,
 ) -> Result<TaskResult, JobError> {
+    let (progress, _, _) = reports;
     let result = match &task.work {
         Some(task::Work::MergeShard(shard)) if shard.write => {
             task_result::Result::MergeShard(merge_shard::run_write(shard, progress).await?)
@@ -61,10 +64,9 @@ pub async fn run_task(
             // tasks (heartbeats, progress reports) to the remaining threads.
             let run = crate::train::run(
                 train,
-                task.attempt,
+                (&task.job_id, task.attempt),
                 device,
-                progress,
-                metrics,
+                reports,
                 cancel,
                 collective,
             );

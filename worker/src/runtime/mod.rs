@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use mirrorplay_proto::v1::coordinator_client::CoordinatorClient;
 use mirrorplay_proto::v1::{
-    report_task_request, DeregisterRequest, HeartbeatRequest, PollTaskRequest, RegisterRequest,
-    ReportTaskRequest, Task, TaskProgress, TaskRef,
+    report_task_request, CommitCheckpointRequest, DeregisterRequest, HeartbeatRequest,
+    PollTaskRequest, RegisterRequest, ReportTaskRequest, Task, TaskProgress, TaskRef,
 };
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
@@ -19,6 +19,9 @@ use crate::collective::{Collective, Local};
 use crate::jobs::{run_task, JobError};
 
 mod gang;
+
+/// No checkpoint committed yet.
+const NO_COMMIT: u64 = u64::MAX;
 
 /// Fault-injection knob for tests: sleep this long after receiving each task, before working.
 pub const FAULT_TASK_DELAY_ENV: &str = "MIRRORPLAY_FAULT_TASK_DELAY_MS";
@@ -229,6 +232,9 @@ impl Session {
         let _enter = span.enter();
         tracing::info!("started");
         let progress = Arc::new(AtomicU64::new(0f64.to_bits()));
+        // The last committed checkpoint step (NO_COMMIT: none yet), forwarded on each tick.
+        let committed = Arc::new(AtomicU64::new(NO_COMMIT));
+        let mut reported_commit = NO_COMMIT;
         let metrics = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         // Set before every abort: long computations (training) poll it between steps, since
         // aborting a task only takes effect at an await point.
@@ -238,6 +244,7 @@ impl Session {
         let mut handle = {
             let progress = progress.clone();
             let metrics = metrics.clone();
+            let committed = committed.clone();
             let cancel = cancel.clone();
             let task = task.clone();
             let client = self.client.clone();
@@ -270,7 +277,15 @@ impl Session {
                 };
                 let report = move |f: f64| progress.store(f.to_bits(), Ordering::Relaxed);
                 let sink = move |line: String| metrics.lock().expect("metrics lock").push(line);
-                run_task(&task, &device, &report, &sink, &cancel, collective.as_mut()).await
+                let commits = move |step: u64| committed.store(step, Ordering::Relaxed);
+                run_task(
+                    &task,
+                    &device,
+                    (&report, &sink, &commits),
+                    &cancel,
+                    collective.as_mut(),
+                )
+                .await
             })
         };
         let take_metrics = || std::mem::take(&mut *metrics.lock().expect("metrics lock"));
@@ -282,6 +297,11 @@ impl Session {
             tokio::select! {
                 joined = &mut handle => break Some(joined),
                 _ = tick.tick() => {
+                    let step = committed.load(Ordering::Relaxed);
+                    if step != reported_commit {
+                        reported_commit = step;
+                        self.commit_checkpoint(&task, step).await;
+                    }
                     let fraction = f64::from_bits(progress.load(Ordering::Relaxed));
                     let report = report_task_request::Report::Progress(TaskProgress { fraction, message: String::new(), metrics: take_metrics() });
                     if let Ok(false) = self.report(&task, report).await {
@@ -321,7 +341,12 @@ impl Session {
             handle.abort();
             return None;
         };
-        // Metric lines logged since the last tick go out before the result.
+        // The last commit and the metric lines logged since the last tick go out before the
+        // result.
+        let step = committed.load(Ordering::Relaxed);
+        if step != reported_commit {
+            self.commit_checkpoint(&task, step).await;
+        }
         let last_metrics = take_metrics();
         if !last_metrics.is_empty() {
             let fraction = f64::from_bits(progress.load(Ordering::Relaxed));
@@ -363,6 +388,20 @@ impl Session {
             }
         }
         shutting_down.then_some(SessionEnd::Shutdown)
+    }
+
+    /// Tells the coordinator that the checkpoint of `step` is committed (best effort: the
+    /// checkpoint is in storage either way, and resume finds it there).
+    async fn commit_checkpoint(&mut self, task: &Task, step: u64) {
+        let request = CommitCheckpointRequest {
+            worker_id: self.worker_id.clone(),
+            task_id: task.task_id.clone(),
+            attempt: task.attempt,
+            step,
+        };
+        if let Err(status) = self.client.commit_checkpoint(request).await {
+            tracing::warn!(step, error = %status.message(), "cannot record the checkpoint");
+        }
     }
 
     async fn report(

@@ -1,8 +1,9 @@
 //! Metric lines (DESIGN.md "Outputs"): `{"step", "time", "split", "attempt", <flat keys>}`,
 //! non-finite values as `null`. Each line goes to the coordinator at once (through the task's
 //! metrics sink, then `TaskProgress.metrics` → `WatchJob`) and into `OUTPUT/metrics/`, where a
-//! new `part-NNNNNN.jsonl` is written at least every 30 s and at job end (object stores cannot
-//! append). Must not compute the values it logs.
+//! new `part-aAAA-NNNNNN.jsonl` is written at least every 30 s, at each checkpoint and at job
+//! end (object stores cannot append; parts are named per attempt, so a re-issued attempt never
+//! overwrites a lost one's). Must not compute the values it logs.
 
 use std::time::{Duration, Instant};
 
@@ -82,7 +83,7 @@ impl<'a> MetricsLog<'a> {
         }
         let mut text = self.pending.join("\n");
         text.push('\n');
-        let name = format!("part-{:06}.jsonl", self.next_part);
+        let name = crate::checkpoint::attempts::part_name(self.attempt, self.next_part);
         self.dir.join(&name).put(text.into_bytes()).await?;
         self.pending.clear();
         self.next_part += 1;

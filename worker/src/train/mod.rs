@@ -6,6 +6,7 @@
 //! The spec arrives fully resolved (the coordinator applies every default); nothing here
 //! invents a hyper-parameter. Must not talk to the coordinator (the runtime does).
 
+pub mod checkpointing;
 pub mod data;
 pub mod eval;
 pub mod metrics;
@@ -39,6 +40,8 @@ pub enum TrainError {
     Task(#[from] crate::tasks::TaskError),
     #[error(transparent)]
     Collective(#[from] crate::collective::CollectiveError),
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -49,8 +52,13 @@ pub struct Ctx<'a> {
     pub output: String,
     pub seed: u64,
     pub attempt: u32,
-    /// Rank 0 of the gang: the one rank that writes metrics, the model and the result.
+    /// Rank 0 of the gang: the one rank that writes metrics, checkpoints, the model and the
+    /// result.
     pub writer: bool,
+    /// The job's id (checkpoints belong to one job).
+    pub job_id: String,
+    /// Told the step of each committed checkpoint.
+    pub commits: crate::jobs::CommitSink<'a>,
     pub progress: Progress<'a>,
     pub metrics: MetricsSink<'a>,
     /// Set when the runtime gives the task up (cancel, shutdown); checked once per step.
@@ -117,19 +125,22 @@ impl Ctx<'_> {
 /// [`crate::collective::Local`]).
 pub async fn run(
     task: &TrainTask,
-    attempt: u32,
+    job: (&str, u32),
     device: &Device,
-    progress: Progress<'_>,
-    metrics: MetricsSink<'_>,
+    reports: (Progress<'_>, MetricsSink<'_>, crate::jobs::CommitSink<'_>),
     cancel: &AtomicBool,
     collective: &mut dyn Collective,
 ) -> Result<TrainResult, TrainError> {
+    let (job_id, attempt) = job;
+    let (progress, metrics, commits) = reports;
     let ctx = Ctx {
         cancel,
         output: task.output.trim_end_matches('/').to_string(),
         seed: task.seed,
         attempt,
         writer: collective.rank() == 0,
+        job_id: job_id.to_string(),
+        commits,
         progress,
         metrics,
         device: device.clone(),
@@ -137,7 +148,7 @@ pub async fn run(
     tracing::info!(
         rank = collective.rank(),
         world_size = collective.world_size(),
-        "training starts at step 0"
+        "training starts"
     );
     match &task.spec {
         Some(train_task::Spec::Sft(spec)) => sft::run(&ctx, spec, collective).await,

@@ -23,12 +23,12 @@ use super::eval::EvalSet;
 use super::metrics::{MetricsLog, Split};
 use super::preference::{gold_preferences, golds};
 use super::rollout::{self, Source, SAMPLE_KL, SAMPLE_Y, SAMPLE_Y_PRIME};
-use super::{data::Prompts, optimizer, shard, Ctx, TrainError};
+use super::{checkpointing, data::Prompts, optimizer, shard, Ctx, TrainError};
 use crate::collective::Collective;
 use crate::objectives::{
     k1, k3, masked_mean, Algorithm, Completions, Labels, NashKlGrad, Objective, PairBatch,
 };
-use crate::optim::{AdamW, GradAccumulator};
+use crate::optim::GradAccumulator;
 use crate::tasks::goodhart_digits as gd;
 
 /// The objective the spec names.
@@ -109,8 +109,17 @@ pub async fn run(
         .clone();
     let (adamw, schedule) = optimizer(spec.optimizer.as_ref(), spec.steps)?;
     let max_grad_norm = spec.optimizer.as_ref().map_or(0.0, |o| o.max_grad_norm);
+    let hash = checkpointing::run_hash(&ctx.job_id, spec);
+    let (first_step, mut opt) =
+        checkpointing::start(ctx, collective, &params, adamw, schedule, &hash).await?;
     super::broadcast_params(collective, &params)?;
-    let mut opt = AdamW::new(&params, adamw, schedule)?;
+    let mut checkpoints = checkpointing::Checkpoints::new(
+        ctx,
+        spec.checkpoint.as_ref(),
+        spec.steps,
+        &hash,
+        collective.world_size(),
+    )?;
     let mut metrics = ctx.metrics_log()?;
     let eval_set = EvalSet::new(
         ctx.seed,
@@ -119,15 +128,21 @@ pub async fn run(
         Some(&reference.model),
         collective,
     )?;
-    let mut last_eval =
-        eval_set.run(&policy.model.detached()?.for_compute(dtype)?, 0, collective)?;
-    log_eval(&mut metrics, 0, &last_eval);
+    // A resumed run logged its earlier evaluations before the checkpoint.
+    let mut last_eval = super::eval::Eval {
+        gold: f64::NAN,
+        win_rate: None,
+    };
+    if first_step == 0 {
+        last_eval = eval_set.run(&policy.model.detached()?.for_compute(dtype)?, 0, collective)?;
+        log_eval(&mut metrics, 0, &last_eval);
+    }
 
     let batch = spec.batch_prompts as u64;
     let rows = shard(batch as usize, collective.rank(), collective.world_size());
     // grad_accum splits this rank's rows.
     let micro = rows.len().div_ceil(spec.grad_accum.max(1) as usize).max(1);
-    for step in 0..spec.steps {
+    for step in first_step..spec.steps {
         ctx.check_cancelled()?;
         let t0 = Instant::now();
         // 1. This rank's prompts of the step's global batch (keyed by global index).
@@ -265,8 +280,12 @@ pub async fn run(
             log_eval(&mut metrics, step_done, &last_eval);
         }
         (ctx.progress)(step_done as f64 / spec.steps.max(1) as f64);
+        checkpoints
+            .after_step(ctx, step_done, &policy, &opt, &mut metrics)
+            .await?;
         metrics.maybe_flush().await?;
     }
+    checkpoints.finish(ctx).await?;
 
     let eval = (last_eval.gold, last_eval.win_rate.unwrap_or(f64::NAN));
     ctx.finish(&policy, &mut metrics, spec.steps, eval, started)

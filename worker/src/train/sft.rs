@@ -12,10 +12,10 @@ use mirrorplay_proto::v1::{SftSpec, TrainResult};
 
 use super::eval::{Eval, EvalSet};
 use super::metrics::Split;
-use super::{data::Examples, optimizer, shard, Ctx, TrainError};
+use super::{checkpointing, data::Examples, optimizer, shard, Ctx, TrainError};
 use crate::collective::Collective;
 use crate::objectives::sft_loss;
-use crate::optim::{AdamW, GradAccumulator};
+use crate::optim::GradAccumulator;
 use crate::sample::score_completions;
 
 pub async fn run(
@@ -42,8 +42,17 @@ pub async fn run(
         .clone();
     let (adamw, schedule) = optimizer(spec.optimizer.as_ref(), spec.steps)?;
     let max_grad_norm = spec.optimizer.as_ref().map_or(0.0, |o| o.max_grad_norm);
+    let hash = checkpointing::run_hash(&ctx.job_id, spec);
+    let (first_step, mut opt) =
+        checkpointing::start(ctx, collective, &params, adamw, schedule, &hash).await?;
     super::broadcast_params(collective, &params)?;
-    let mut opt = AdamW::new(&params, adamw, schedule)?;
+    let mut checkpoints = checkpointing::Checkpoints::new(
+        ctx,
+        spec.checkpoint.as_ref(),
+        spec.steps,
+        &hash,
+        collective.world_size(),
+    )?;
     let mut metrics = ctx.metrics_log()?;
     let eval_set = match (&spec.eval_task[..], spec.sampling) {
         ("", _) | (_, None) => None,
@@ -61,7 +70,7 @@ pub async fn run(
     let rows = shard(batch as usize, collective.rank(), collective.world_size());
     // grad_accum splits this rank's rows.
     let micro = rows.len().div_ceil(spec.grad_accum.max(1) as usize).max(1);
-    for step in 0..spec.steps {
+    for step in first_step..spec.steps {
         ctx.check_cancelled()?;
         let t0 = Instant::now();
         // This rank's examples of the step's global batch.
@@ -127,8 +136,12 @@ pub async fn run(
             }
         }
         (ctx.progress)(step_done as f64 / spec.steps.max(1) as f64);
+        checkpoints
+            .after_step(ctx, step_done, &policy, &opt, &mut metrics)
+            .await?;
         metrics.maybe_flush().await?;
     }
+    checkpoints.finish(ctx).await?;
 
     let eval = (last_eval.map_or(f64::NAN, |e| e.gold), f64::NAN);
     ctx.finish(&policy, &mut metrics, spec.steps, eval, started)

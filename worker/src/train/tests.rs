@@ -76,6 +76,7 @@ fn selfplay() -> train_task::Spec {
             temperature: 1.0,
         }),
         parallel: None,
+        checkpoint: None,
     };
     s.set_algorithm(SelfplayAlgorithm::IpoMd);
     train_task::Spec::Selfplay(s)
@@ -97,6 +98,7 @@ fn sft() -> train_task::Spec {
         sampling: Some(sampling()),
         compute_dtype: mirrorplay_proto::v1::ComputeDtype::F32 as i32,
         parallel: None,
+        checkpoint: None,
     })
 }
 
@@ -120,10 +122,9 @@ fn run(spec: train_task::Spec) -> (Vec<Value>, Vec<Value>) {
     let result = rt
         .block_on(super::run(
             &task,
-            1,
+            ("test-job", 1),
             &candle_core::Device::Cpu,
-            &|_| {},
-            &sink,
+            (&|_| {}, &sink, &|_| {}),
             &cancel,
             &mut crate::collective::Local,
         ))
