@@ -10,8 +10,15 @@
 //!
 //! Must not know about models, losses, optimizers or the coordinator.
 
+mod buckets;
 pub mod local;
+mod ring_connect;
+mod ring_link;
+mod ring_ops;
 pub mod tcp_ring;
+
+#[cfg(test)]
+mod ring_tests;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,12 +26,15 @@ use std::time::Duration;
 use candle_core::Tensor;
 
 pub use local::Local;
+pub use tcp_ring::{RingListener, RingOptions, TcpRing};
 
 /// Why a collective call failed. Every variant means the gang is broken for this attempt: the
 /// task fails, and the coordinator re-forms the gang.
 #[derive(Debug, thiserror::Error)]
 pub enum CollectiveError {
-    #[error("rank {rank}: {op} timed out after {timeout:?} (peer rank {peer} sent or took nothing)")]
+    #[error(
+        "rank {rank}: {op} timed out after {timeout:?} (peer rank {peer} sent or took nothing)"
+    )]
     Timeout {
         rank: usize,
         peer: usize,
@@ -67,8 +77,7 @@ pub trait Collective: Send {
     fn all_reduce_sum_f64(&mut self, values: &mut [f64]) -> Result<(), CollectiveError>;
 
     /// Replaces every tensor by rank 0's (same names, shapes and dtypes on every rank).
-    fn broadcast(&mut self, tensors: &mut BTreeMap<String, Tensor>)
-        -> Result<(), CollectiveError>;
+    fn broadcast(&mut self, tensors: &mut BTreeMap<String, Tensor>) -> Result<(), CollectiveError>;
 
     /// Returns once every rank has called it.
     fn barrier(&mut self) -> Result<(), CollectiveError>;
