@@ -12,6 +12,8 @@
 
 mod buckets;
 pub mod local;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 mod ring_connect;
 mod ring_link;
 mod ring_ops;
@@ -56,6 +58,13 @@ pub enum CollectiveError {
     Mismatch { rank: usize, reason: String },
     #[error("rendezvous: {0}")]
     Rendezvous(String),
+    /// The device library (NCCL, CUDA) reported an error.
+    #[error("rank {rank}: {op} failed in the device library: {reason}")]
+    Backend {
+        rank: usize,
+        op: &'static str,
+        reason: String,
+    },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -201,6 +201,11 @@ impl TcpRing {
         }
     }
 
+    /// Sets the receive-and-add piece size (default [`PIECE_BYTES`]; for tuning).
+    pub fn set_piece_bytes(&mut self, bytes: usize) {
+        self.scratch = vec![0.0; (bytes / 4).max(1)];
+    }
+
     /// Sums a flat f32 buffer over the ranks in place (the all-reduce of one bucket, without
     /// tensors; the benchmark's entry point).
     pub fn all_reduce_slice(&mut self, data: &mut [f32]) -> Result<(), CollectiveError> {
