@@ -29,7 +29,7 @@ use super::{Collective, CollectiveError};
 
 /// Received f32s are added in pieces of this many bytes (overlapping the adds with the
 /// network); tuned with `benches/ring_allreduce.rs`.
-pub const PIECE_BYTES: usize = 256 << 10;
+pub const PIECE_BYTES: usize = 64 << 10;
 /// A middle rank of a broadcast forwards in pieces of this many bytes.
 const BROADCAST_PIECE_BYTES: usize = 1 << 20;
 
