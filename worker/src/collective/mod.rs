@@ -10,8 +10,17 @@
 //!
 //! Must not know about models, losses, optimizers or the coordinator.
 
+mod buckets;
 pub mod local;
+#[cfg(feature = "nccl")]
+pub mod nccl;
+mod ring_connect;
+mod ring_link;
+mod ring_ops;
 pub mod tcp_ring;
+
+#[cfg(test)]
+mod ring_tests;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,6 +28,7 @@ use std::time::Duration;
 use candle_core::Tensor;
 
 pub use local::Local;
+pub use tcp_ring::{RingListener, RingOptions, TcpRing};
 
 /// Why a collective call failed. Every variant means the gang is broken for this attempt: the
 /// task fails, and the coordinator re-forms the gang.
@@ -48,6 +58,13 @@ pub enum CollectiveError {
     Mismatch { rank: usize, reason: String },
     #[error("rendezvous: {0}")]
     Rendezvous(String),
+    /// The device library (NCCL, CUDA) reported an error.
+    #[error("rank {rank}: {op} failed in the device library: {reason}")]
+    Backend {
+        rank: usize,
+        op: &'static str,
+        reason: String,
+    },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
