@@ -250,8 +250,11 @@ pub fn broadcast_params(
         .map(|(name, var)| (name.clone(), var.as_tensor().clone()))
         .collect();
     collective.broadcast(&mut tensors)?;
-    for (name, var) in params {
-        var.set(&tensors[name])?;
+    if collective.rank() != 0 {
+        for (name, var) in params {
+            // A fresh copy: the received tensor may share storage with the variable.
+            var.set(&tensors[name].copy()?)?;
+        }
     }
     Ok(())
 }
