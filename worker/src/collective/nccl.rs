@@ -26,12 +26,12 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use candle_core::backprop::BackpropOp;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaContext, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, NcclType, ReduceOp};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
+use candle_core::op::BackpropOp;
 use candle_core::{DType, Device, Storage, Tensor};
 
 use super::buckets::{fingerprint, plan};
