@@ -21,7 +21,7 @@ fn read_metrics(dir: &Path) -> BTreeMap<(String, u64), serde_json::Value> {
     for part in parts {
         let name = part.file_name().unwrap().to_str().unwrap().to_string();
         assert!(
-            name.starts_with("part-") && name.ends_with(".jsonl") && name.len() == 17,
+            name.starts_with("part-a") && name.ends_with(".jsonl") && name.len() == 22,
             "{name}"
         );
         for line in std::fs::read_to_string(&part).unwrap().lines() {

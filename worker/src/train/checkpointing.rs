@@ -11,7 +11,8 @@ use super::metrics::MetricsLog;
 use super::models::Loaded;
 use super::{Ctx, TrainError};
 use crate::checkpoint::{
-    checkpoints_root, find_latest, CheckpointOptions, Checkpointer, Retention,
+    checkpoints_root, find_latest, step_dir_name, CheckpointError, CheckpointOptions, Checkpointer,
+    Manifest, Retention, TrainState, STATE,
 };
 use crate::collective::Collective;
 use crate::io::Location;
@@ -76,6 +77,8 @@ pub async fn start(
 pub struct Checkpoints {
     writer: Option<Checkpointer>,
     reported: Option<u64>,
+    output: Location,
+    hash: String,
 }
 
 impl Checkpoints {
@@ -107,6 +110,8 @@ impl Checkpoints {
         Ok(Checkpoints {
             writer,
             reported: None,
+            output: Location::parse(&ctx.output)?,
+            hash: hash.to_string(),
         })
     }
 
@@ -123,12 +128,24 @@ impl Checkpoints {
         let Some(c) = self.writer.as_mut() else {
             return Ok(());
         };
-        if c.maybe_save(step, &policy.model, &policy.aux_files, opt)
-            .await?
+        let saved = match c
+            .maybe_save(step, &policy.model, &policy.aux_files, opt)
+            .await
         {
+            Ok(saved) => saved,
+            // The previous checkpoint's error: adopt it if it is benign, then save this step.
+            Err(e) => {
+                adopt(&self.output, &self.hash, e, ctx).await?;
+                c.maybe_save(step, &policy.model, &policy.aux_files, opt)
+                    .await?
+            }
+        };
+        if saved {
             metrics.flush().await?;
             if fault_kill_step() == Some(step) {
-                c.wait().await?;
+                if let Err(e) = c.wait().await {
+                    adopt(&self.output, &self.hash, e, ctx).await?;
+                }
                 self.report(ctx);
                 // Give the runtime's once-a-second report a chance to record the commit.
                 tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
@@ -144,9 +161,10 @@ impl Checkpoints {
     /// Waits for the last checkpoint and reports it.
     pub async fn finish(mut self, ctx: &Ctx<'_>) -> Result<(), TrainError> {
         if let Some(c) = self.writer.take() {
-            if let Some(step) = c.finish().await? {
-                self.reported = Some(step);
-                (ctx.commits)(step);
+            match c.finish().await {
+                Ok(Some(step)) => (ctx.commits)(step),
+                Ok(None) => {}
+                Err(e) => adopt(&self.output, &self.hash, e, ctx).await?,
             }
         }
         Ok(())
@@ -162,6 +180,39 @@ impl Checkpoints {
             }
         }
     }
+}
+
+/// A step that another writer committed first — an earlier attempt of this job that the
+/// coordinator already replaced, still finishing its last step — is kept when it verifies and
+/// belongs to this run (same job and config): it is that step's checkpoint, never overwritten.
+/// Any other error is returned.
+async fn adopt(
+    output: &Location,
+    hash: &str,
+    error: CheckpointError,
+    ctx: &Ctx<'_>,
+) -> Result<(), TrainError> {
+    let CheckpointError::AlreadyCommitted { step, .. } = &error else {
+        return Err(error.into());
+    };
+    let dir = checkpoints_root(output).join(&step_dir_name(*step));
+    let ours = match Manifest::read_verified(&dir, *step).await {
+        Ok(_) => {
+            let state = dir.join(STATE);
+            TrainState::parse(&state.read().await?, state.url())
+                .is_ok_and(|s| s.config_hash == hash)
+        }
+        Err(_) => false,
+    };
+    if !ours {
+        return Err(error.into());
+    }
+    tracing::warn!(
+        step,
+        "the checkpoint of this step was committed by an earlier attempt of this job; keeping it"
+    );
+    (ctx.commits)(*step);
+    Ok(())
 }
 
 fn fault_kill_step() -> Option<u64> {

@@ -144,7 +144,11 @@ fn run(spec: train_task::Spec) -> (Vec<Value>, Vec<Value>) {
         .iter()
         .map(|l| clean(l))
         .collect();
-    let part = std::fs::read_to_string(dir.path().join("metrics/part-000000.jsonl")).unwrap();
+    let part = std::fs::read_to_string(dir.path().join(format!(
+        "metrics/{}",
+        crate::checkpoint::attempts::part_name(1, 0)
+    )))
+    .unwrap();
     let written: Vec<Value> = part.lines().map(clean).collect();
     (streamed, written)
 }
