@@ -130,3 +130,84 @@ pub fn rows(c: &Completions, start: usize, len: usize) -> Result<Completions, Tr
 pub fn num_tokens(completions: &[Vec<u32>]) -> usize {
     completions.iter().map(Vec::len).sum()
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+    use mirrorplay_proto::v1::TinyModel;
+
+    use super::*;
+    use crate::model::init_random;
+    use crate::train::models::tiny_for_task;
+
+    /// The task's rules reach both seams: every sample ends with a drawn EOS within the limit,
+    /// forbidden ids never appear, and the forced EOS scores 0 under policy and reference.
+    #[test]
+    fn task_rules_force_eos_in_the_draw_and_in_the_scores() {
+        let tiny = TinyModel {
+            task: "goodhart_digits".into(),
+            hidden_size: 16,
+            num_layers: 1,
+            num_heads: 2,
+            num_kv_heads: 1,
+            intermediate_size: 32,
+        };
+        let (config, _) = tiny_for_task(&tiny).unwrap();
+        let policy = init_random(&config, 1, true, &Device::Cpu).unwrap();
+        let reference = init_random(&config, 2, false, &Device::Cpu).unwrap();
+        let sampling = SamplingSpec {
+            max_new_tokens: 4,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+        };
+        let config = task_config(&sampling, 5, 0);
+        let prompt = gd::Prompt {
+            targets: [1, 2, 3, 4],
+        };
+        let prompts = vec![prompt.tokens().to_vec(); 64];
+        let ys = sample(Source::Policy(&policy), &prompts, &keys(0..64, 0), &config).unwrap();
+        let scored = score(&policy, &reference, &prompts, &ys, &config.rules).unwrap();
+        let (p, r) = (
+            scored.policy.to_vec2::<f32>().unwrap(),
+            scored.reference.to_vec2::<f32>().unwrap(),
+        );
+        assert!(ys.iter().any(|y| y.len() == 4), "some rows reach the limit");
+        for (i, y) in ys.iter().enumerate() {
+            assert!(
+                (2..=4).contains(&y.len()) && y.last() == Some(&gd::EOS),
+                "{y:?}"
+            );
+            assert!(
+                y[..y.len() - 1].iter().all(|&t| t < gd::NUM_SYMBOLS),
+                "{y:?}"
+            );
+            if y.len() == 4 {
+                assert_eq!((p[i][3], r[i][3]), (0.0, 0.0), "forced EOS of {y:?}");
+            }
+        }
+        // a longer limit is capped at the task's 16 symbols + EOS
+        let long = SamplingSpec {
+            max_new_tokens: 40,
+            ..sampling
+        };
+        assert_eq!(task_rules(&long).max_new_tokens, gd::MAX_SYMBOLS + 1);
+    }
+
+    /// At the default limit the rules allow exactly the task's `allowed_tokens` at each
+    /// position.
+    #[test]
+    fn task_rules_are_the_tasks_allowed_tokens() {
+        let sampling = SamplingSpec {
+            max_new_tokens: 17,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+        };
+        let masks = task_rules(&sampling).masks(gd::VOCAB_SIZE).unwrap();
+        for t in 0..=gd::MAX_SYMBOLS {
+            let allowed: Vec<bool> = masks.at(t).iter().map(|f| !f).collect();
+            assert_eq!(allowed, gd::allowed_tokens(t), "position {t}");
+        }
+    }
+}
