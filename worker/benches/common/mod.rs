@@ -2,7 +2,7 @@
 //! per-row keys and an unfiltered T = 1 config (no EOS stop).
 
 use mirrorplay_worker::model::ModelConfig;
-use mirrorplay_worker::sample::{GenerateConfig, RowKey, SamplingParams};
+use mirrorplay_worker::sample::{GenerateConfig, RowKey, SamplingParams, TokenRules};
 
 /// A random model shaped like SmolLM2-135M (hidden 576, 30 layers, 9 heads / 3 KV heads, MLP
 /// 1536, vocab 49152, tied).
@@ -24,11 +24,14 @@ pub fn workload(batch: usize, new_tokens: usize) -> (Vec<Vec<u32>>, Vec<RowKey>,
         })
         .collect();
     let gen = GenerateConfig {
-        max_new_tokens: new_tokens,
         params: SamplingParams::default(),
-        eos_token_ids: vec![],
-        min_new_tokens: 0,
-        forbidden_token_ids: vec![],
+        rules: TokenRules {
+            eos_token_ids: vec![],
+            forbidden_token_ids: vec![],
+            min_new_tokens: 0,
+            max_new_tokens: new_tokens,
+            eos_at_limit: false,
+        },
         seed: 0,
         step: 0,
     };

@@ -1,6 +1,9 @@
 //! Batched, KV-cached generation from one model or from the geometric mixture of a policy and
 //! a reference (ALGORITHMS.md §1). Prompts are left-padded; each row stops at its first EOS
 //! (which is kept in its completion) or after `max_new_tokens`; finished rows leave the batch.
+//! The [`TokenRules`] are logit masks applied before the draw (so a length-forced EOS is drawn,
+//! with probability 1), and the recorded log-probs are under the same constrained distribution
+//! p_A at T = 1 (`rules` module doc), which is what [`super::score_constrained`] returns.
 //! The draw for token t of a row uses draw t of the counter-based stream keyed by
 //! (seed, step, global prompt index, sample index, `Purpose::Sample`), so a row's tokens do not
 //! depend on which rows share its batch, on rank or on world size.
@@ -11,6 +14,7 @@ use candle_core::{DType, Tensor};
 use super::filter::{
     apply_mask, draw, log_softmax_row, mix_logprobs, token_distribution, SamplingParams,
 };
+use super::rules::{constrained_logprobs, TokenRules};
 use crate::model::{KvCache, Model, ModelError, Result};
 use crate::rng::{Purpose, Stream, StreamKey};
 
@@ -25,14 +29,11 @@ pub struct RowKey {
 /// Generation settings (every field explicit: the coordinator applies defaults).
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerateConfig {
-    pub max_new_tokens: usize,
+    /// Temperature, top-k, top-p: how a token is drawn from the constrained distribution.
     pub params: SamplingParams,
-    /// A row finishes when it emits one of these.
-    pub eos_token_ids: Vec<u32>,
-    /// EOS ids are forbidden until a row has this many tokens (1 = "no EOS at step 1").
-    pub min_new_tokens: usize,
-    /// Never sampled.
-    pub forbidden_token_ids: Vec<u32>,
+    /// EOS ids, forbidden ids, min/max new tokens: the support of the distribution (the same
+    /// value must be given to [`super::score_constrained`]).
+    pub rules: TokenRules,
     /// Job seed and training step: the first two fields of every row's stream key.
     pub seed: u64,
     pub step: u64,
@@ -43,12 +44,13 @@ pub struct GenerateConfig {
 pub struct Generation {
     /// Completion tokens, cut after (and including) the first EOS.
     pub tokens: Vec<Vec<u32>>,
-    /// log π(y_t | x, y_<t) of the sampled tokens under the policy (the sampled model), at
-    /// T = 1 and without filters or masks (ALGORITHMS.md §1).
+    /// log π_A(y_t | x, y_<t) of the sampled tokens under the policy (the sampled model)
+    /// constrained by the rules, at T = 1 and without top-k/top-p (`rules` module doc).
     pub logprobs: Vec<Vec<f32>>,
     /// The same under the reference, for mixture sampling (None for plain sampling).
     pub ref_logprobs: Option<Vec<Vec<f32>>>,
-    /// Whether the row ended with an EOS (false: cut by `max_new_tokens`).
+    /// Whether the row ended with an EOS (false: cut by `max_new_tokens` without
+    /// `eos_at_limit`).
     pub finished: Vec<bool>,
 }
 
@@ -166,21 +168,10 @@ fn run(
         ref_logprobs: reference.map(|_| vec![Vec::new(); b]),
         finished: vec![false; b],
     };
-    if b == 0 || config.max_new_tokens == 0 {
+    let rules = &config.rules;
+    let masks = rules.masks(vocab)?;
+    if b == 0 || rules.max_new_tokens == 0 {
         return Ok(gen);
-    }
-    let mut always = vec![false; vocab];
-    let mut with_eos = vec![false; vocab];
-    for &id in &config.forbidden_token_ids {
-        if let Some(slot) = always.get_mut(id as usize) {
-            *slot = true;
-        }
-    }
-    with_eos.copy_from_slice(&always);
-    for &id in &config.eos_token_ids {
-        if let Some(slot) = with_eos.get_mut(id as usize) {
-            *slot = true;
-        }
     }
     // Sampling records no graph, even for a trainable policy.
     let policy = &policy.detached()?;
@@ -199,7 +190,7 @@ fn run(
     };
     // `active[i]` is the original row of batch row i.
     let mut active: Vec<usize> = (0..b).collect();
-    for t in 0..config.max_new_tokens {
+    for t in 0..rules.max_new_tokens {
         let mut next = Vec::with_capacity(active.len());
         let mut still = Vec::with_capacity(active.len());
         for (i, &row) in active.iter().enumerate() {
@@ -211,32 +202,27 @@ fn run(
                 (Some(beta), _, Some(lr)) if beta > 0.0 => mix_logprobs(&lp, lr, beta),
                 _ => logits[i].iter().map(|&x| x as f64).collect(),
             };
-            apply_mask(
-                &mut mixed,
-                if t < config.min_new_tokens {
-                    &with_eos
-                } else {
-                    &always
-                },
-            );
+            let forbidden = masks.at(t);
+            apply_mask(&mut mixed, forbidden);
             if mixed.iter().all(|x| *x == f64::NEG_INFINITY) {
                 return Err(ModelError::Input("every token is masked".into()));
             }
             let probs = token_distribution(&mixed, &config.params);
             let token = draw(&probs, uniform_at(config, keys[row], t)) as u32;
             gen.tokens[row].push(token);
-            gen.logprobs[row].push(lp[token as usize] as f32);
+            let constrained = |l: &[f64]| constrained_logprobs(l, forbidden)[token as usize] as f32;
+            gen.logprobs[row].push(constrained(&lp));
             if let (Some(all), Some(lr)) = (gen.ref_logprobs.as_mut(), lr) {
-                all[row].push(lr[token as usize] as f32);
+                all[row].push(constrained(&lr));
             }
-            if config.eos_token_ids.contains(&token) {
+            if rules.is_eos(token) {
                 gen.finished[row] = true;
             } else {
                 still.push(i);
                 next.push(token);
             }
         }
-        if still.is_empty() || t + 1 == config.max_new_tokens {
+        if still.is_empty() || t + 1 == rules.max_new_tokens {
             break;
         }
         cache.retain_rows(&still)?;

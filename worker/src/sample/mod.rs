@@ -1,6 +1,9 @@
 //! Sampling from models: batched KV-cached generation (plain or from the geometric mixture of
 //! policy and reference, ALGORITHMS.md §1) and the scoring pass that gives per-token log-probs
-//! of given completions (graph-connected for a trainable model).
+//! of given completions (graph-connected for a trainable model). A [`TokenRules`] value (forbidden
+//! ids, EOS timing, length limit) defines the support of what is sampled; generation masks
+//! with it and [`score_constrained`] renormalises with it, so both are under the same
+//! constrained distribution (`rules` module doc).
 //!
 //! All randomness comes from `crate::rng` streams keyed by (seed, step, global prompt index,
 //! sample index), never from rank, world size or batch composition. This module must not
@@ -8,11 +11,15 @@
 
 pub mod filter;
 pub mod generate;
+pub mod rules;
 pub mod score;
 
+#[cfg(test)]
+mod constrained_tests;
 #[cfg(test)]
 mod tests;
 
 pub use filter::{mixed_logits, token_distribution, SamplingParams};
 pub use generate::{generate, generate_mixture, GenerateConfig, Generation, RowKey};
-pub use score::{classify_completions, score_completions, Scored};
+pub use rules::{Masks, RulesError, Slot, TokenRules};
+pub use score::{classify_completions, score_completions, score_constrained, Scored};

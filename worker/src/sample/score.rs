@@ -1,11 +1,19 @@
 //! The scoring pass: per-token log-probs log π(y_t | x, y_<t) of given completions under a model
 //! (ALGORITHMS.md §0), batched: prompts left-padded, completions right-padded, one forward pass.
 //! With a trainable model the result stays connected to the graph, so a loss built on it
-//! backpropagates into the model's `Var`s. Log-probs are at T = 1, unfiltered. Must not sample.
+//! backpropagates into the model's `Var`s. Must not sample.
+//!
+//! Two distributions, both at T = 1 without top-k/top-p:
+//! - [`score_completions`]: the model's unconstrained next-token distribution π (SFT on data,
+//!   model numerics);
+//! - [`score_constrained`]: π_A, the same renormalised over the tokens a [`TokenRules`] allows
+//!   at each position (`rules` module doc), i.e. the distribution [`super::generate()`] samples
+//!   from under those rules; completions outside the rules' support are an error.
 
 use candle_core::Tensor;
 
 use super::generate::left_pad;
+use super::rules::{Masks, Slot, TokenRules};
 use crate::model::{gather_last, log_softmax, KvCache, Model, ModelError, Result};
 
 /// Per-token log-probs of a batch of completions.
@@ -24,11 +32,60 @@ impl Scored {
     }
 }
 
-/// Log-probs of `completions[r]` after `prompts[r]` under `model` (prompts must be non-empty).
+/// Log-probs of `completions[r]` after `prompts[r]` under `model` (prompts must be non-empty),
+/// unconstrained: log π(y_t | x, y_<t).
 pub fn score_completions(
     model: &Model,
     prompts: &[Vec<u32>],
     completions: &[Vec<u32>],
+) -> Result<Scored> {
+    score(model, prompts, completions, None)
+}
+
+/// Log-probs of `completions[r]` after `prompts[r]` under `model` constrained by `rules`:
+/// log π_A(y_t | x, y_<t) = logit(y_t) − logsumexp of the logits over the allowed set A_t
+/// (0 for a forced token). Each completion must lie in the rules' support
+/// ([`Masks::check`]), as every completion [`super::generate()`] draws under them does.
+pub fn score_constrained(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    completions: &[Vec<u32>],
+    rules: &TokenRules,
+) -> Result<Scored> {
+    let masks = rules.masks(model.config().vocab_size)?;
+    for (row, c) in completions.iter().enumerate() {
+        masks.check(row, c)?;
+    }
+    score(model, prompts, completions, Some(&masks))
+}
+
+/// The additive logit masks [b, l, vocab] of a scored batch: each completion position gets its
+/// slot's row of [`Masks::additive_table`], padding the unconstrained row.
+fn additive_masks(masks: &Masks, lengths: &[usize], l: usize, model: &Model) -> Result<Tensor> {
+    let vocab = model.config().vocab_size;
+    let dev = model.device();
+    let table = Tensor::from_vec(masks.additive_table(), (4, vocab), dev)?;
+    let slots: Vec<u32> = lengths
+        .iter()
+        .flat_map(|&len| {
+            (0..l).map(move |t| match t < len {
+                true => masks.rules().slot(t) as u32,
+                false => Slot::Free as u32,
+            })
+        })
+        .collect();
+    let idx = Tensor::from_vec(slots, lengths.len() * l, dev)?;
+    Ok(table
+        .index_select(&idx, 0)?
+        .reshape((lengths.len(), l, vocab))?
+        .to_dtype(model.logits_dtype())?)
+}
+
+fn score(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    completions: &[Vec<u32>],
+    masks: Option<&Masks>,
 ) -> Result<Scored> {
     let b = prompts.len();
     if completions.len() != b || b == 0 {
@@ -70,7 +127,11 @@ pub fn score_completions(
     }
     let hidden = model.forward_hidden(&ids, &valid, &mut KvCache::new())?;
     // Position p−1+i predicts completion token i.
-    let logits = model.lm_logits(&hidden.narrow(1, p - 1, l)?)?;
+    let mut logits = model.lm_logits(&hidden.narrow(1, p - 1, l)?)?;
+    if let Some(masks) = masks {
+        let lengths: Vec<usize> = completions.iter().map(Vec::len).collect();
+        logits = (logits + additive_masks(masks, &lengths, l, model)?)?;
+    }
     let logp = gather_last(&log_softmax(&logits)?, &targets)?;
     let logprobs = (logp * &mask)?;
     Ok(Scored { logprobs, mask })

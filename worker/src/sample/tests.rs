@@ -46,11 +46,14 @@ fn keys(n: usize) -> Vec<RowKey> {
 
 fn config(max_new_tokens: usize) -> GenerateConfig {
     GenerateConfig {
-        max_new_tokens,
         params: SamplingParams::default(),
-        eos_token_ids: vec![2],
-        min_new_tokens: 0,
-        forbidden_token_ids: vec![],
+        rules: TokenRules {
+            eos_token_ids: vec![2],
+            forbidden_token_ids: vec![],
+            min_new_tokens: 0,
+            max_new_tokens,
+            eos_at_limit: false,
+        },
         seed: 42,
         step: 3,
     }
@@ -208,11 +211,9 @@ fn rows_do_not_depend_on_batch_composition() {
 #[test]
 fn masks_stopping_and_greedy() {
     let policy = model(8);
-    let c = GenerateConfig {
-        min_new_tokens: 1,
-        forbidden_token_ids: vec![0, 1, 3],
-        ..config(6)
-    };
+    let mut c = config(6);
+    c.rules.min_new_tokens = 1;
+    c.rules.forbidden_token_ids = vec![0, 1, 3];
     let many: Vec<Vec<u32>> = (0..64).map(|i| vec![1, 4 + (i % 8) as u32]).collect();
     let gen = generate(&policy, &many, &keys(64), &c).unwrap();
     for (t, &fin) in gen.tokens.iter().zip(&gen.finished) {

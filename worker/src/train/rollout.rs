@@ -1,7 +1,16 @@
-//! Rollouts on Goodhart-Digits prompts: the task's sampling rules (ALGORITHMS.md §6: BOS, SEP
-//! and PAD never, EOS not first, at most 16 symbols), batched generation from the policy or the
-//! geometric mixture (§1), and the scoring pass that turns completions into per-token log-probs
-//! under the policy (graph-connected) and the reference (§0).
+//! Rollouts on Goodhart-Digits prompts: the task's token rules (BOS, SEP and PAD never, EOS not
+//! first, at most 16 symbols then EOS), batched generation from the policy or the geometric
+//! mixture (§1), and the scoring pass that turns completions into per-token log-probs under the
+//! policy (graph-connected) and the reference (§0).
+//!
+//! The rules are one [`TokenRules`] value ([`task_rules`], carried by the [`GenerateConfig`])
+//! that both [`sample`] and [`score`] apply, so every log-prob here is under the *constrained*
+//! distribution the samples are drawn from: π_A(y_t | x, y_<t) = π(y_t | …) renormalised over
+//! the tokens allowed at position t, at T = 1 without top-k/top-p (`sample::rules` module doc).
+//! The length limit forces EOS inside that distribution (log-prob 0), never by appending one.
+//! So log π_A(y) − log μ_A(y) on y ~ π_A (k1) estimates KL(π_A ‖ μ_A) ≥ 0 without bias, and
+//! the objectives' log-ratios compare the policy we actually sample with the reference under the
+//! same rules.
 
 use candle_core::Tensor;
 use mirrorplay_proto::v1::SamplingSpec;
@@ -10,7 +19,8 @@ use super::TrainError;
 use crate::model::Model;
 use crate::objectives::Completions;
 use crate::sample::{
-    generate, generate_mixture, score_completions, GenerateConfig, RowKey, SamplingParams,
+    generate, generate_mixture, score_constrained, GenerateConfig, RowKey, SamplingParams,
+    TokenRules,
 };
 use crate::tasks::goodhart_digits as gd;
 
@@ -22,18 +32,28 @@ pub const SAMPLE_KL: u64 = 2;
 pub const SAMPLE_EVAL_POLICY: u64 = 1000;
 pub const SAMPLE_EVAL_REFERENCE: u64 = 1001;
 
-/// The generation settings of step `step` under the task's rules.
+/// Goodhart-Digits' token rules: BOS, SEP and PAD never; EOS not first; at most
+/// min(`max_new_tokens`, 16 + 1) tokens, the last of them a forced EOS (so `max_new_tokens`
+/// counts the EOS, and the default 17 allows the task's 16 symbols).
+pub fn task_rules(sampling: &SamplingSpec) -> TokenRules {
+    TokenRules {
+        eos_token_ids: vec![gd::EOS],
+        forbidden_token_ids: vec![gd::BOS, gd::SEP, gd::PAD],
+        min_new_tokens: 1,
+        max_new_tokens: (sampling.max_new_tokens as usize).min(gd::MAX_SYMBOLS + 1),
+        eos_at_limit: true,
+    }
+}
+
+/// The generation settings of step `step` under the task's rules ([`task_rules`]).
 pub fn task_config(sampling: &SamplingSpec, seed: u64, step: u64) -> GenerateConfig {
     GenerateConfig {
-        max_new_tokens: sampling.max_new_tokens as usize,
         params: SamplingParams {
             temperature: sampling.temperature,
             top_k: sampling.top_k as usize,
             top_p: sampling.top_p,
         },
-        eos_token_ids: vec![gd::EOS],
-        min_new_tokens: 1,
-        forbidden_token_ids: vec![gd::BOS, gd::SEP, gd::PAD],
+        rules: task_rules(sampling),
         seed,
         step,
     }
@@ -51,8 +71,8 @@ pub enum Source<'m> {
     },
 }
 
-/// One completion per (prompt, key), cut to the task's rule: a row the length limit stopped
-/// keeps its first 16 symbols and gets its EOS.
+/// One completion per (prompt, key), drawn under `config.rules` (with the task's rules every
+/// completion ends with its EOS: the length limit forces it as part of the draw).
 pub fn sample(
     source: Source,
     prompts: &[Vec<u32>],
@@ -67,17 +87,7 @@ pub fn sample(
             mixture_coef,
         } => generate_mixture(policy, reference, mixture_coef, prompts, keys, config)?,
     };
-    Ok(generation
-        .tokens
-        .into_iter()
-        .map(|mut t| {
-            if t.last() != Some(&gd::EOS) {
-                t.truncate(gd::MAX_SYMBOLS);
-                t.push(gd::EOS);
-            }
-            t
-        })
-        .collect())
+    Ok(generation.tokens)
 }
 
 /// Stream keys of rows `rows` (global prompt indices) for sample index `sample`.
@@ -88,15 +98,17 @@ pub fn keys(rows: impl IntoIterator<Item = u64>, sample: u64) -> Vec<RowKey> {
 }
 
 /// Per-token log-probs of `completions` under `policy` (graph-connected when it is trainable)
-/// and `reference` (detached).
+/// and `reference` (detached), both constrained by `rules` — the rules the completions were
+/// sampled under (`config.rules` of [`sample`]): log π_A(y_t | …) and log μ_A(y_t | …).
 pub fn score(
     policy: &Model,
     reference: &Model,
     prompts: &[Vec<u32>],
     completions: &[Vec<u32>],
+    rules: &TokenRules,
 ) -> Result<Completions, TrainError> {
-    let p = score_completions(policy, prompts, completions)?;
-    let r = score_completions(reference, prompts, completions)?;
+    let p = score_constrained(policy, prompts, completions, rules)?;
+    let r = score_constrained(reference, prompts, completions, rules)?;
     Ok(Completions {
         policy: p.logprobs,
         reference: r.logprobs.detach(),
@@ -117,4 +129,85 @@ pub fn rows(c: &Completions, start: usize, len: usize) -> Result<Completions, Tr
 /// Number of completion tokens.
 pub fn num_tokens(completions: &[Vec<u32>]) -> usize {
     completions.iter().map(Vec::len).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+    use mirrorplay_proto::v1::TinyModel;
+
+    use super::*;
+    use crate::model::init_random;
+    use crate::train::models::tiny_for_task;
+
+    /// The task's rules reach both seams: every sample ends with a drawn EOS within the limit,
+    /// forbidden ids never appear, and the forced EOS scores 0 under policy and reference.
+    #[test]
+    fn task_rules_force_eos_in_the_draw_and_in_the_scores() {
+        let tiny = TinyModel {
+            task: "goodhart_digits".into(),
+            hidden_size: 16,
+            num_layers: 1,
+            num_heads: 2,
+            num_kv_heads: 1,
+            intermediate_size: 32,
+        };
+        let (config, _) = tiny_for_task(&tiny).unwrap();
+        let policy = init_random(&config, 1, true, &Device::Cpu).unwrap();
+        let reference = init_random(&config, 2, false, &Device::Cpu).unwrap();
+        let sampling = SamplingSpec {
+            max_new_tokens: 4,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+        };
+        let config = task_config(&sampling, 5, 0);
+        let prompt = gd::Prompt {
+            targets: [1, 2, 3, 4],
+        };
+        let prompts = vec![prompt.tokens().to_vec(); 64];
+        let ys = sample(Source::Policy(&policy), &prompts, &keys(0..64, 0), &config).unwrap();
+        let scored = score(&policy, &reference, &prompts, &ys, &config.rules).unwrap();
+        let (p, r) = (
+            scored.policy.to_vec2::<f32>().unwrap(),
+            scored.reference.to_vec2::<f32>().unwrap(),
+        );
+        assert!(ys.iter().any(|y| y.len() == 4), "some rows reach the limit");
+        for (i, y) in ys.iter().enumerate() {
+            assert!(
+                (2..=4).contains(&y.len()) && y.last() == Some(&gd::EOS),
+                "{y:?}"
+            );
+            assert!(
+                y[..y.len() - 1].iter().all(|&t| t < gd::NUM_SYMBOLS),
+                "{y:?}"
+            );
+            if y.len() == 4 {
+                assert_eq!((p[i][3], r[i][3]), (0.0, 0.0), "forced EOS of {y:?}");
+            }
+        }
+        // a longer limit is capped at the task's 16 symbols + EOS
+        let long = SamplingSpec {
+            max_new_tokens: 40,
+            ..sampling
+        };
+        assert_eq!(task_rules(&long).max_new_tokens, gd::MAX_SYMBOLS + 1);
+    }
+
+    /// At the default limit the rules allow exactly the task's `allowed_tokens` at each
+    /// position.
+    #[test]
+    fn task_rules_are_the_tasks_allowed_tokens() {
+        let sampling = SamplingSpec {
+            max_new_tokens: 17,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+        };
+        let masks = task_rules(&sampling).masks(gd::VOCAB_SIZE).unwrap();
+        for t in 0..=gd::MAX_SYMBOLS {
+            let allowed: Vec<bool> = masks.at(t).iter().map(|f| !f).collect();
+            assert_eq!(allowed, gd::allowed_tokens(t), "position {t}");
+        }
+    }
 }

@@ -215,7 +215,8 @@ pub async fn run(
                     .chain(&prompt_ids[start..start + n])
                     .cloned()
                     .collect();
-                let scored = rollout::score(&compute, &reference.model, &prompts2, &both)?;
+                let scored =
+                    rollout::score(&compute, &reference.model, &prompts2, &both, &config.rules)?;
                 let pair = PairBatch {
                     y: rollout::rows(&scored, 0, n)?,
                     y_prime: rollout::rows(&scored, n, n)?,
@@ -247,6 +248,7 @@ pub async fn run(
                     &reference.model,
                     &prompt_ids,
                     &extra,
+                    &config.rules,
                 )?);
             }
             sums.add_kl(&kl_rows)?;
