@@ -90,7 +90,8 @@ for kind in ("off", "on"):
           f" (means over {len(ups)})" if ups else "")
     print(f"checkpoints {kind:3}: step {statistics.mean(gaps)*1000:.0f} ms mean, "
           f"{statistics.median(gaps)*1000:.0f} ms median over {len(gaps)} steps{up}")
-ckpt_bytes = sum(len(open(f, "rb").read()) for f in glob.glob(f"{d}/on-1/checkpoints/step-*/*.safetensors")) / max(1, len(glob.glob(f"{d}/on-1/checkpoints/step-*")))
+kept = [g for g in glob.glob(f"{d}/on-1/checkpoints/step-*") if glob.glob(f"{g}/manifest.json")]
+ckpt_bytes = sum(len(open(f, "rb").read()) for g in kept for f in glob.glob(f"{g}/*.safetensors")) / max(1, len(kept))
 print(f"checkpoint size {ckpt_bytes/2**20:.0f} MiB (model + AdamW), every {every} steps")
 print(f"overhead: {(res['on'] / res['off'] - 1) * 100:+.1f} %")
 PY
