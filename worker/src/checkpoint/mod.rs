@@ -7,12 +7,14 @@
 //! One concern per file: the manifest ([`manifest`]), `state.json` ([`state`]), the synchronous
 //! host snapshot ([`snapshot`]), the background writer the training loop calls once per step
 //! ([`writer`]), resume discovery and loading ([`resume`]), retention ([`retention`]), and reading
-//! metrics across attempts ([`attempts`]).
+//! metrics across attempts ([`attempts`]), and a failure-injecting store for crash tests
+//! ([`fault`], `MIRRORPLAY_FAULT_STORE`).
 //!
 //! Must not talk to the coordinator (the runtime forwards commits, see
 //! [`writer::Checkpointer::committed`]), decide when to train, or touch `OUTPUT/model/`.
 
 pub mod attempts;
+pub mod fault;
 pub mod manifest;
 pub mod resume;
 pub mod retention;

@@ -3,21 +3,15 @@
 //! attempts, and a failure-injecting store (errors and stalls on puts, parts and completes).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use candle_core::{Device, Tensor};
-use futures::stream::BoxStream;
 use object_store::local::LocalFileSystem;
-use object_store::path::Path as StorePath;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
-};
 
 use super::attempts::{merge_attempts, part_name, MetricLine};
+use super::fault::{FaultCounter, FaultMode, FaultOp, FaultSpec, FaultStore};
 use super::*;
 use crate::model::{init_random, ModelConfig, Pretrained};
 use crate::optim::{AdamW, AdamWConfig, Decay, Gradients, Params, Schedule};
@@ -468,174 +462,32 @@ fn metrics_across_attempts_form_one_series() {
 
 // ---- failure injection ----
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    Put,
-    Part,
-    Complete,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fault {
-    Error,
-    Stall,
-}
-
-/// Wraps a store and fails (or hangs) the Nth operation of one kind once armed.
-#[derive(Debug)]
-struct FailingStore {
-    inner: Arc<dyn ObjectStore>,
-    op: Op,
-    fault: Fault,
-    /// Operations of kind `op` left before the fault; usize::MAX = disarmed.
-    countdown: Arc<AtomicUsize>,
-}
-
-impl std::fmt::Display for FailingStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "FailingStore({})", self.inner)
-    }
-}
-
-fn trip(countdown: &AtomicUsize) -> bool {
-    countdown
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
-            usize::MAX => None,
-            0 => Some(usize::MAX),
-            n => Some(n - 1),
-        })
-        .is_ok_and(|n| n == 0)
-}
-
-async fn fault(fault: Fault, what: &str) -> object_store::Error {
-    if fault == Fault::Stall {
-        futures::future::pending::<()>().await;
-    }
-    object_store::Error::Generic {
-        store: "FailingStore",
-        source: format!("injected failure on {what}").into(),
-    }
-}
-
-#[async_trait::async_trait]
-impl ObjectStore for FailingStore {
-    async fn put_opts(
-        &self,
-        location: &StorePath,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        if self.op == Op::Put && trip(&self.countdown) {
-            return Err(fault(self.fault, "put").await);
-        }
-        self.inner.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &StorePath,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        let inner = self.inner.put_multipart_opts(location, opts).await?;
-        Ok(Box::new(FailingUpload {
-            inner,
-            op: self.op,
-            fault: self.fault,
-            countdown: self.countdown.clone(),
-        }))
-    }
-
-    async fn get_opts(
-        &self,
-        location: &StorePath,
-        options: GetOptions,
-    ) -> object_store::Result<GetResult> {
-        self.inner.get_opts(location, options).await
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<StorePath>>,
-    ) -> BoxStream<'static, object_store::Result<StorePath>> {
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(
-        &self,
-        prefix: Option<&StorePath>,
-    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-
-    async fn list_with_delimiter(
-        &self,
-        prefix: Option<&StorePath>,
-    ) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(
-        &self,
-        from: &StorePath,
-        to: &StorePath,
-        options: CopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
-    }
-}
-
-#[derive(Debug)]
-struct FailingUpload {
-    inner: Box<dyn MultipartUpload>,
-    op: Op,
-    fault: Fault,
-    countdown: Arc<AtomicUsize>,
-}
-
-#[async_trait::async_trait]
-impl MultipartUpload for FailingUpload {
-    fn put_part(&mut self, data: PutPayload) -> UploadPart {
-        if self.op == Op::Part && trip(&self.countdown) {
-            let f = self.fault;
-            return Box::pin(async move { Err(fault(f, "part").await) });
-        }
-        self.inner.put_part(data)
-    }
-
-    async fn complete(&mut self) -> object_store::Result<PutResult> {
-        if self.op == Op::Complete && trip(&self.countdown) {
-            return Err(fault(self.fault, "complete").await);
-        }
-        self.inner.complete().await
-    }
-
-    async fn abort(&mut self) -> object_store::Result<()> {
-        self.inner.abort().await
-    }
-}
-
 /// For every kind of operation and fault: step 2 fails, nothing of it looks valid, and resume
 /// finds step 1.
 #[tokio::test]
 async fn injected_failures_never_leave_a_valid_looking_step() {
+    // nth is 1-based, counted from when the fault is armed (after step 1's checkpoint).
     let cases = [
-        (Op::Put, Fault::Error, 0),
-        (Op::Put, Fault::Error, 3), // the manifest (after 3 small files)
-        (Op::Put, Fault::Stall, 1),
-        (Op::Part, Fault::Error, 0),
-        (Op::Part, Fault::Stall, 0),
-        (Op::Complete, Fault::Error, 1),
-        (Op::Complete, Fault::Stall, 0),
+        (FaultOp::Put, FaultMode::Error, 1),
+        (FaultOp::Put, FaultMode::Error, 4), // the manifest (after 3 small files)
+        (FaultOp::Put, FaultMode::Stall, 2),
+        (FaultOp::Part, FaultMode::Error, 1),
+        (FaultOp::Part, FaultMode::Stall, 1),
+        (FaultOp::Complete, FaultMode::Error, 2),
+        (FaultOp::Complete, FaultMode::Stall, 1),
     ];
     for (op, kind, nth) in cases {
         let tmp = tempfile::tempdir().unwrap();
-        let countdown = Arc::new(AtomicUsize::new(usize::MAX));
-        let store = FailingStore {
-            inner: Arc::new(LocalFileSystem::new_with_prefix(tmp.path()).unwrap()),
-            op,
-            fault: kind,
-            countdown: countdown.clone(),
-        };
+        let counter = FaultCounter::new(0);
+        let store = FaultStore::new(
+            Arc::new(LocalFileSystem::new_with_prefix(tmp.path()).unwrap()),
+            FaultSpec {
+                op,
+                nth,
+                mode: kind,
+            },
+            counter.clone(),
+        );
         let output = Location::from_store(Arc::new(store), "out", "failing://test/out");
         let mut run = Run::new(6);
         let mut opts = options(
@@ -649,17 +501,17 @@ async fn injected_failures_never_leave_a_valid_looking_step() {
         opts.timeout = Some(Duration::from_millis(500));
         let mut ckpt = Checkpointer::new(&output, opts);
         train(&mut run, &mut ckpt, 1).await.unwrap();
-        countdown.store(nth, Ordering::SeqCst);
+        counter.arm(nth);
         let err = train(&mut run, &mut ckpt, 2).await.unwrap_err();
         let msg = err.to_string();
         match kind {
-            Fault::Error => assert!(msg.contains("injected failure"), "{op:?}: {msg}"),
-            Fault::Stall => assert!(
+            FaultMode::Error => assert!(msg.contains("injected failure"), "{op:?}: {msg}"),
+            _ => assert!(
                 matches!(err, CheckpointError::Timeout { step: 2, .. }),
                 "{op:?}: {msg}"
             ),
         }
-        countdown.store(usize::MAX, Ordering::SeqCst);
+        counter.disarm();
         let dir2 = checkpoints_root(&output).join("step-000002");
         assert!(
             Manifest::read(&dir2).await.unwrap().is_none(),
@@ -671,4 +523,50 @@ async fn injected_failures_never_leave_a_valid_looking_step() {
         // Retention never ran: step 1 survives a failed step 2 with keep_last = 1.
         point.manifest.verify(&point.dir).await.unwrap();
     }
+}
+
+/// A write that fails after another writer committed the same step (a stale attempt whose
+/// store stalled while a re-issued attempt checkpointed) leaves that commit alone: only
+/// retention deletes committed steps.
+#[tokio::test]
+async fn a_failed_write_never_deletes_another_writers_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stalling = FaultStore::new(
+        Arc::new(LocalFileSystem::new_with_prefix(tmp.path()).unwrap()),
+        FaultSpec {
+            op: FaultOp::Part,
+            nth: 1,
+            mode: FaultMode::Stall,
+        },
+        FaultCounter::new(1),
+    );
+    let stale_out = Location::from_store(Arc::new(stalling), "out", "failing://test/out");
+    let mut stale = Run::new(5);
+    stale.step();
+    let mut opts = options(1, 1, Retention::default());
+    opts.timeout = Some(Duration::from_millis(1500));
+    let mut stale_ckpt = Checkpointer::new(&stale_out, opts);
+    stale_ckpt
+        .save(1, &stale.model, &stale.aux, &stale.opt)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await; // stalled on its first part
+
+    let output = loc(&tmp.path().join("out"));
+    let mut fresh = Run::new(5);
+    fresh.step();
+    let mut ckpt = Checkpointer::new(&output, options(1, 1, Retention::default()));
+    ckpt.save(1, &fresh.model, &fresh.aux, &fresh.opt)
+        .await
+        .unwrap();
+    assert_eq!(ckpt.wait().await.unwrap().unwrap().step, 1);
+
+    let err = stale_ckpt.wait().await.unwrap_err();
+    assert!(
+        matches!(err, CheckpointError::Timeout { step: 1, .. }),
+        "{err}"
+    );
+    let point = latest_valid(&output).await.unwrap().unwrap();
+    assert_eq!(point.step, 1);
+    point.manifest.verify(&point.dir).await.unwrap();
 }

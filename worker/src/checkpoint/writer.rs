@@ -232,9 +232,15 @@ async fn write_with_timeout(
     };
     if let Err(e) = &result {
         tracing::warn!(step, dir = %dir, error = %e, "checkpoint failed; nothing was committed");
-        // Never delete what another writer committed; otherwise tidy up (best effort: a torn
-        // directory is also removed by the next resume).
-        if !matches!(e, CheckpointError::AlreadyCommitted { .. }) {
+        // Never delete what another writer committed (an earlier or later attempt of the job,
+        // e.g. one that took over while this write stalled): a manifest there means the step is
+        // committed, and only retention deletes committed steps. Otherwise tidy up (best effort:
+        // a torn directory is also removed by the next resume).
+        let committed = match e {
+            CheckpointError::AlreadyCommitted { .. } => true,
+            _ => dir.join(MANIFEST).exists().await.unwrap_or(true),
+        };
+        if !committed {
             if let Err(e2) = delete_step_dir(&dir).await {
                 tracing::warn!(step, dir = %dir, error = %e2, "removing a failed checkpoint");
             }

@@ -2,6 +2,8 @@
 //! paths are made absolute (against a given base directory) and become `file:///` URLs.
 //! Stores come from `object_store::parse_url_opts` with the process environment, so S3/GCS/Azure
 //! credentials are read from the usual variables (AWS_ACCESS_KEY_ID, AWS_ENDPOINT, ...).
+//! One test hook: with `MIRRORPLAY_FAULT_STORE` set, every parsed store is wrapped in the
+//! checkpoint fault injector (`crate::checkpoint::fault`); unset, stores are used as they are.
 
 use std::ops::Range;
 use std::path::Path as FsPath;
@@ -111,8 +113,17 @@ impl Location {
                 reason: e.to_string(),
             }
         })?;
+        // Fault-injection hook for crash tests (off unless MIRRORPLAY_FAULT_STORE is set):
+        // checkpoint writes through this store may error, stall or be delayed
+        // (`crate::checkpoint::fault`).
+        let store = crate::checkpoint::fault::wrap_from_env(Arc::from(store)).map_err(|e| {
+            IoError::BadLocation {
+                location: location.to_string(),
+                reason: e.to_string(),
+            }
+        })?;
         Ok(Location {
-            store: Arc::from(store),
+            store,
             path,
             url: url_string,
         })
