@@ -6,7 +6,8 @@
 //! judge and held-out prompts are used), `prompts` (JSONL path or URL; default: the task's train
 //! prompts), `[preference]` (`source = "gold"`, `temperature`), `compute_dtype`, the data
 //! parallelism keys `world_size`, `min_world_size`, `collective_timeout_s` (`training::parallel`)
-//! and the checkpoint keys `checkpoint_every`, `keep_last`, `keep_every` (`training::checkpoint`).
+//! and the checkpoint keys `checkpoint_every`, `keep_last`, `keep_every`, `checkpoint_timeout_s`
+//! (`training::checkpoint`).
 //! Defaults follow ALGORITHMS.md §3: τ = 1 for IPO / IPO-MD, 0.008 for Nash-MD-PG, 0.1 for DPO
 //! and SLiC; β = 0.125; lr 1e-4 (Nash-MD-PG 3e-5).
 

@@ -5,7 +5,8 @@
 //! `steps`, `[optimizer]` (lr default 1e-3), `compute_dtype`, `eval_every`, `eval_prompts`,
 //! `[sampling]` (for evaluation samples), and the data parallelism keys `world_size`,
 //! `min_world_size`, `collective_timeout_s` (`training::parallel`), and the checkpoint keys
-//! `checkpoint_every`, `keep_last`, `keep_every` (`training::checkpoint`).
+//! `checkpoint_every`, `keep_last`, `keep_every`, `checkpoint_timeout_s`
+//! (`training::checkpoint`).
 
 use mirrorplay_proto::v1::{data_source, DataSource, SftSpec};
 use toml::Value;

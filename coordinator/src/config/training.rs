@@ -176,11 +176,13 @@ pub(super) fn parallel(t: &Tbl) -> Result<DataParallelSpec, ConfigError> {
 
 /// Checkpoints (docs/checkpoints.md): `checkpoint_every` (default 0: only at the end; else also
 /// every N steps), `keep_last` (default 2; 0 = keep all), `keep_every` (default 0 = none: also
-/// keep every checkpoint whose step is a multiple of it).
+/// keep every checkpoint whose step is a multiple of it), `checkpoint_timeout_s` (default 1800:
+/// a write that has not committed by then fails the task, which is then re-issued).
 pub(super) fn checkpoint(t: &Tbl) -> Result<CheckpointSpec, ConfigError> {
     Ok(CheckpointSpec {
         every: t.u64_or("checkpoint_every", 0)?,
         keep_last: t.u64_or("keep_last", 2)?,
         keep_every: t.u64_or("keep_every", 0)?,
+        timeout_s: count(t, "checkpoint_timeout_s", 1800, 7 * 86_400)?,
     })
 }

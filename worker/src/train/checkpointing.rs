@@ -101,7 +101,8 @@ impl Checkpoints {
                 },
                 config_hash: hash.to_string(),
                 world_size: world_size as u32,
-                timeout: None,
+                timeout: (spec.timeout_s > 0)
+                    .then(|| std::time::Duration::from_secs(spec.timeout_s)),
             };
             Some(Checkpointer::new(&Location::parse(&ctx.output)?, opts))
         } else {
