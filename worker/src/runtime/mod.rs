@@ -111,6 +111,8 @@ pub async fn run(
     }
 }
 
+/// Exponential reconnect backoff (100 ms doubling to 5 s) with full jitter over the upper half,
+/// so that workers cut off together do not reconnect in lockstep.
 struct Backoff(Duration);
 
 impl Backoff {
@@ -120,7 +122,12 @@ impl Backoff {
     fn next(&mut self) -> Duration {
         let d = self.0;
         self.0 = (self.0 * 2).min(Duration::from_secs(5));
-        d
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| t.subsec_nanos() as u64);
+        let salt = crate::rng::mix(nanos ^ ((std::process::id() as u64) << 32));
+        // A factor in [0.5, 1).
+        d.mul_f64(0.5 + (salt >> 11) as f64 / (1u64 << 53) as f64 / 2.0)
     }
     fn reset(&mut self) {
         *self = Backoff::new();
