@@ -274,3 +274,21 @@ fn every_merge_config_in_configs_runs() {
         );
     }
 }
+
+#[test]
+fn every_config_in_configs_validates() {
+    let mut configs: Vec<_> = std::fs::read_dir(repo_root().join("configs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    configs.sort();
+    assert!(configs.len() >= 10, "{configs:?}");
+    for config in configs {
+        let o = run(&["validate", config.to_str().unwrap()]);
+        assert!(o.status.success(), "{}: {}", config.display(), stderr(&o));
+        let resolved: toml::Table = toml::from_str(&String::from_utf8_lossy(&o.stdout))
+            .unwrap_or_else(|e| panic!("{}: the resolved config: {e}", config.display()));
+        assert!(resolved.contains_key("job"), "{}", config.display());
+    }
+}

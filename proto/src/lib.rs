@@ -4,5 +4,7 @@
 //! which translate these messages into their own types. This crate never depends on candle.
 
 pub mod v1 {
+    // Generated oneofs hold whole specs by value (a training task's spec is large).
+    #![allow(clippy::large_enum_variant)]
     tonic::include_proto!("mirrorplay.v1");
 }
