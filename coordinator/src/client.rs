@@ -13,9 +13,20 @@ use tonic::transport::Channel;
 
 use crate::exit::Exit;
 
+/// A failed client RPC: a job that does not exist or a request the coordinator refuses is a
+/// usage error (exit 2); anything else is a runtime error (exit 1).
+fn rpc_error(s: tonic::Status) -> anyhow::Error {
+    match s.code() {
+        tonic::Code::NotFound | tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => {
+            anyhow::Error::new(Exit::Config(s.message().to_string()))
+        }
+        _ => anyhow::anyhow!("{}", s.message()),
+    }
+}
+
 pub async fn connect(url: &str) -> Result<CoordinatorClient<Channel>> {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-        .with_context(|| format!("invalid coordinator URL `{url}`"))?
+        .map_err(|e| Exit::Config(format!("invalid coordinator URL `{url}`: {e}")))?
         .connect_timeout(Duration::from_secs(5));
     let channel = endpoint
         .connect()
@@ -134,7 +145,7 @@ pub async fn status(
         Some(id) => vec![client
             .get_job(GetJobRequest { job_id: id.clone() })
             .await
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .map_err(rpc_error)?
             .into_inner()],
         None => {
             client
@@ -158,12 +169,7 @@ pub async fn resume(client: &mut CoordinatorClient<Channel>, job: String) -> Res
     let j = client
         .resume_job(ResumeJobRequest { job_id: job })
         .await
-        .map_err(|s| match s.code() {
-            tonic::Code::FailedPrecondition | tonic::Code::NotFound => {
-                anyhow::Error::new(Exit::Config(s.message().to_string()))
-            }
-            _ => anyhow::anyhow!("{}", s.message()),
-        })?
+        .map_err(rpc_error)?
         .into_inner();
     println!("{}", job_line(&j));
     Ok(())
@@ -173,7 +179,7 @@ pub async fn cancel(client: &mut CoordinatorClient<Channel>, job: String) -> Res
     let j = client
         .cancel_job(CancelJobRequest { job_id: job })
         .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .map_err(rpc_error)?
         .into_inner();
     println!("{}", job_line(&j));
     Ok(())
@@ -190,7 +196,7 @@ pub async fn watch(
             job_id: job_id.to_string(),
         })
         .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .map_err(rpc_error)?
         .into_inner();
     let bar = if json {
         ProgressBar::hidden()

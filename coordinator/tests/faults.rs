@@ -160,3 +160,26 @@ fn a_worker_sigtermed_mid_training_hands_the_task_back_and_the_job_completes_els
     }
     assert_eq!(steps, (1..=400).collect());
 }
+
+#[test]
+fn an_unknown_job_and_a_malformed_coordinator_url_are_usage_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let _coordinator = spawn_coordinator(tmp.path(), &url);
+    for command in ["status", "watch", "cancel", "resume"] {
+        let o = run(&[command, "no-such-job", "--coordinator", &url]);
+        assert_eq!(o.status.code(), Some(2), "{command}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("no job `no-such-job`"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    let o = run(&["status", "--coordinator", "not a url"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("invalid coordinator URL"),
+        "{}",
+        stderr(&o)
+    );
+}
