@@ -21,6 +21,8 @@ pub struct LocalOptions {
     pub worker_bin: Option<PathBuf>,
     pub lease: Duration,
     pub state: Option<String>,
+    /// `text` or `json`, passed on to the workers (their logs go to files under the log dir).
+    pub log_format: String,
 }
 
 /// `--worker-bin`, else `$MIRRORPLAY_WORKER_BIN`, else next to this executable, else `PATH`.
@@ -63,7 +65,13 @@ struct Workers {
 }
 
 impl Workers {
-    fn spawn(bin: &Path, n: u32, coordinator: &str, log_dir: &Path) -> Result<Workers> {
+    fn spawn(
+        bin: &Path,
+        n: u32,
+        coordinator: &str,
+        log_dir: &Path,
+        log_format: &str,
+    ) -> Result<Workers> {
         let mut children = Vec::new();
         let threads = threads_per_worker(n);
         for i in 0..n {
@@ -76,6 +84,8 @@ impl Workers {
                     &format!("local-{i}"),
                     "--grace-secs",
                     "5",
+                    "--log-format",
+                    log_format,
                 ])
                 .env("RAYON_NUM_THREADS", &threads)
                 .stdin(Stdio::null())
@@ -156,7 +166,7 @@ pub async fn run(spec: JobSpec, config_toml: String, opts: LocalOptions) -> Resu
         threads_per_worker(opts.workers),
         temp.path().display()
     );
-    let workers = Workers::spawn(&bin, opts.workers, &url, temp.path())?;
+    let workers = Workers::spawn(&bin, opts.workers, &url, temp.path(), &opts.log_format)?;
 
     let outcome = async {
         // Every worker registers before the job goes in, so that `world_size = 0` (every

@@ -35,6 +35,7 @@ fn load_config(args: &ConfigArgs) -> Result<config::Loaded> {
 }
 
 async fn run(cli: Cli) -> Result<Exit> {
+    let log_format = cli.log_format.clone();
     match cli.command {
         Command::Serve {
             listen,
@@ -133,6 +134,7 @@ async fn run(cli: Cli) -> Result<Exit> {
                 worker_bin,
                 lease: Duration::from_millis(lease_ms),
                 state,
+                log_format,
             };
             local::run(loaded.spec, loaded.resolved_toml, opts).await
         }

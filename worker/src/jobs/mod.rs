@@ -26,14 +26,7 @@ pub enum JobError {
     InvalidTask(String),
 }
 
-/// Reports progress in [0, 1].
-pub type Progress<'a> = &'a (dyn Fn(f64) + Send + Sync);
-
-/// Takes metric lines (JSON objects, DESIGN.md "Outputs") to stream to the coordinator.
-pub type MetricsSink<'a> = &'a (dyn Fn(String) + Send + Sync);
-
-/// Takes the step of each committed checkpoint (the runtime reports it with CommitCheckpoint).
-pub type CommitSink<'a> = &'a (dyn Fn(u64) + Send + Sync);
+pub use crate::report::{CommitSink, MetricsSink, Progress};
 
 impl JobError {
     /// True when the failure is the gang's, not the task's.

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use super::TrainError;
 use crate::io::Location;
-use crate::jobs::MetricsSink;
+use crate::report::MetricsSink;
 
 /// A new part is written at least this often.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(30);

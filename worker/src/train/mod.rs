@@ -22,8 +22,8 @@ use candle_core::Device;
 use mirrorplay_proto::v1::{train_task, OptimizerSpec, TrainResult, TrainTask};
 
 use crate::collective::Collective;
-use crate::jobs::{MetricsSink, Progress};
 use crate::optim::{AdamWConfig, Decay, Schedule};
+use crate::report::{CommitSink, MetricsSink, Progress};
 
 /// Why a training task failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +58,7 @@ pub struct Ctx<'a> {
     /// The job's id (checkpoints belong to one job).
     pub job_id: String,
     /// Told the step of each committed checkpoint.
-    pub commits: crate::jobs::CommitSink<'a>,
+    pub commits: CommitSink<'a>,
     pub progress: Progress<'a>,
     pub metrics: MetricsSink<'a>,
     /// Set when the runtime gives the task up (cancel, shutdown); checked once per step.
@@ -127,7 +127,7 @@ pub async fn run(
     task: &TrainTask,
     job: (&str, u32),
     device: &Device,
-    reports: (Progress<'_>, MetricsSink<'_>, crate::jobs::CommitSink<'_>),
+    reports: (Progress<'_>, MetricsSink<'_>, CommitSink<'_>),
     cancel: &AtomicBool,
     collective: &mut dyn Collective,
 ) -> Result<TrainResult, TrainError> {
