@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checkpoint throughput to the local store vs dd (issue 11): a SmolLM2-135M-shaped model + AdamW
+# Checkpoint throughput to the local store vs dd: a SmolLM2-135M-shaped model + AdamW
 # state checkpointed (streamed, SHA-256, fsync, manifest) to DIR, alternated with
 # `dd if=/dev/zero bs=8M conv=fdatasync` of the same number of bytes to the same directory.
 # Usage: bench/checkpoint-throughput.sh [DIR] [TRIALS]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Self-play step time with and without a checkpoint in flight (issue 11; target <= 10 %
+# Self-play step time with and without a checkpoint in flight (target <= 10 %
 # overhead). A Llama-shaped model over Goodhart-Digits' 20-token vocabulary, bigger than
 # `tiny` (bench/make_goodhart_model.py: HIDDEN, INTER, LAYERS), is the policy and the
 # reference; the same job runs with checkpoints only at the last step ("off") and every EVERY

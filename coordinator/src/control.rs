@@ -154,11 +154,9 @@ impl ControlPlane {
             loop {
                 tick.tick().await;
                 for worker in this.scheduler.expired_workers() {
-                    let name = this.scheduler.worker_name(&worker).unwrap_or_default();
                     tracing::warn!(worker = %worker, "lease expired");
                     let lost = this.scheduler.remove_worker(&worker, "lost its lease");
                     this.handle_lost(lost).await;
-                    tracing::debug!(worker = %name, "removed");
                 }
             }
         })

@@ -1,58 +1,23 @@
 //! Checkpoints over the S3 protocol for real (docs/checkpoints.md): an s3s-fs server on loopback
-//! (as in `s3.rs`), credentials and endpoint from the environment. Save with retention, list,
+//! (`common::s3`), credentials and endpoint from the environment. Save with retention, list,
 //! verify, a torn directory deleted at resume, resume bit-identical, the create-only manifest,
 //! and `mirrorplay export` from the S3 checkpoint (and its refusal of a corrupt one).
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
 use candle_core::{Device, Tensor};
+use common::s3::*;
 use common::*;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use mirrorplay_worker::checkpoint::{
     latest_valid, state::config_hash, CheckpointOptions, Checkpointer, Retention,
 };
 use mirrorplay_worker::io::Location;
 use mirrorplay_worker::model::{init_random, ModelConfig};
 use mirrorplay_worker::optim::{AdamW, AdamWConfig, Decay, Gradients, Params, Schedule};
-
-const ACCESS_KEY: &str = "mirrorplay-test";
-const SECRET_KEY: &str = "mirrorplay-test-secret";
-
-/// Starts s3s-fs over `root` on a free loopback port, on its own runtime thread.
-fn start_s3(root: &Path) -> SocketAddr {
-    let fs = s3s_fs::FileSystem::new(root).unwrap();
-    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-    builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-    let service = builder.build();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            loop {
-                let Ok((socket, _)) = listener.accept().await else {
-                    continue;
-                };
-                let conn = http
-                    .serve_connection(TokioIo::new(socket), service.clone())
-                    .into_owned();
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
-        });
-    });
-    addr
-}
 
 fn bits(t: &Tensor) -> Vec<u32> {
     t.flatten_all()

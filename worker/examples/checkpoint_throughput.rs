@@ -1,4 +1,4 @@
-//! Checkpoint throughput to the local store (issue 11 benchmark; run by
+//! Checkpoint throughput to the local store (benchmark; run by
 //! `bench/checkpoint-throughput.sh`): a SmolLM2-135M-shaped model (hidden 576, 30 layers, 9
 //! heads, 3 KV heads, intermediate 1536, vocab 49152, tied embeddings; random f32 weights) plus
 //! its AdamW state, checkpointed to DIR (fsync included), alternated with `dd bs=8M

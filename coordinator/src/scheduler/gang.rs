@@ -154,8 +154,10 @@ impl Scheduler {
         rank: u32,
         endpoint: Option<Vec<u8>>,
     ) -> Result<Joined, Rejected> {
-        let mut inner = self.lock();
-        self.check_report(&inner, worker_id, task_id, attempt)?;
+        let mut guard = self.lock();
+        self.check_report(&guard, worker_id, task_id, attempt)?;
+        let inner = &mut *guard;
+        let workers_by_id = &inner.workers;
         let entry = inner.tasks.get_mut(task_id).ok_or(Rejected::UnknownTask)?;
         if rank_of(entry, worker_id) != Some(rank) {
             return Err(Rejected::NotAssignee);
@@ -180,27 +182,19 @@ impl Scheduler {
                 .map(|(r, (w, e))| Member {
                     rank: r as u32,
                     worker_id: w.clone(),
-                    worker_name: String::new(),
+                    worker_name: workers_by_id
+                        .get(w)
+                        .map(|w| w.name.clone())
+                        .unwrap_or_default(),
                     endpoint: e.clone().unwrap_or_default(),
                 })
-                .collect::<Vec<_>>();
-            let epoch = entry.task.attempt;
-            let members = members
-                .into_iter()
-                .map(|mut m| {
-                    m.worker_name = inner
-                        .workers
-                        .get(&m.worker_id)
-                        .map(|w| w.name.clone())
-                        .unwrap_or_default();
-                    m
-                })
                 .collect();
+            let epoch = entry.task.attempt;
             Joined::Complete { epoch, members }
         } else {
             Joined::Waiting
         };
-        drop(inner);
+        drop(guard);
         if newly {
             self.gangs.notify_waiters();
         }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod s3;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! Collectives across the ranks of a training gang (DESIGN.md "Runtime model"): the sums that
+//! Collectives across the ranks of a training gang (README, "Data parallelism"): the sums that
 //! make W data-parallel ranks compute the gradient of one global batch, the broadcast that
 //! starts them bit-identical, and a barrier.
 //!

@@ -5,14 +5,11 @@
 //! `score_constrained` returns. The exact values come from the raw logits and the rules as
 //! written in the `rules` module doc, independently of `Masks`.
 
-use std::collections::BTreeMap;
-
 use candle_core::{DType, Device, Tensor};
 
 use super::*;
 use crate::model::{Model, ModelConfig};
 use crate::objectives::{exact_kl, k1, Completions};
-use crate::rng::{Purpose, StreamKey};
 
 /// Content 0, 1, 2; 3 and 5 forbidden in the constrained case (BOS/PAD-like); 4 EOS.
 const VOCAB: usize = 6;
@@ -20,21 +17,7 @@ const EOS: u32 = 4;
 const SAMPLES: usize = 3000;
 
 fn model(seed: u64) -> Model {
-    let config = ModelConfig::tiny_with(VOCAB, 16, 1, 2, 1, 32);
-    let mut s = StreamKey::new(seed, 0, 0, 0, Purpose::Init).stream();
-    let tensors: BTreeMap<String, Tensor> = config
-        .tensor_shapes()
-        .into_iter()
-        .map(|(name, shape)| {
-            let n: usize = shape.iter().product();
-            let norm = name.ends_with("norm.weight");
-            let values: Vec<f32> = (0..n)
-                .map(|_| if norm { 1.0 } else { (0.6 * s.normal()) as f32 })
-                .collect();
-            (name, Tensor::from_vec(values, shape, &Device::Cpu).unwrap())
-        })
-        .collect();
-    Model::new(config, tensors, false).unwrap()
+    super::tests::random_model(ModelConfig::tiny_with(VOCAB, 16, 1, 2, 1, 32), 0.6, seed)
 }
 
 fn plain() -> TokenRules {

@@ -14,7 +14,11 @@ const VOCAB: usize = 12;
 
 /// A tiny model with peaked distributions (matrices N(0, 0.5²)), frozen.
 fn model(seed: u64) -> Model {
-    let config = ModelConfig::tiny_with(VOCAB, 16, 2, 4, 2, 32);
+    random_model(ModelConfig::tiny_with(VOCAB, 16, 2, 4, 2, 32), 0.5, seed)
+}
+
+/// A frozen model of `config` with matrices N(0, std²) from `seed` and unit norms.
+pub(super) fn random_model(config: ModelConfig, std: f64, seed: u64) -> Model {
     let mut s = StreamKey::new(seed, 0, 0, 0, Purpose::Init).stream();
     let tensors: BTreeMap<String, Tensor> = config
         .tensor_shapes()
@@ -23,7 +27,7 @@ fn model(seed: u64) -> Model {
             let n: usize = shape.iter().product();
             let norm = name.ends_with("norm.weight");
             let values: Vec<f32> = (0..n)
-                .map(|_| if norm { 1.0 } else { (0.5 * s.normal()) as f32 })
+                .map(|_| if norm { 1.0 } else { (std * s.normal()) as f32 })
                 .collect();
             (name, Tensor::from_vec(values, shape, &Device::Cpu).unwrap())
         })

@@ -79,6 +79,46 @@ impl Ctx<'_> {
         models::load(source, trainable, self.seed, &self.device).await
     }
 
+    /// The start of every training loop: the policy's trainable parameters, AdamW (restored
+    /// from the newest verified checkpoint of this run, or fresh), the first step to run, the
+    /// checkpointer and the clip norm. Every rank calls it; afterwards all ranks hold rank 0's
+    /// weights.
+    pub async fn begin(
+        &self,
+        collective: &mut dyn Collective,
+        policy: &models::Loaded,
+        spec: &impl prost::Message,
+        optimizer_spec: Option<&OptimizerSpec>,
+        checkpoint: Option<&mirrorplay_proto::v1::CheckpointSpec>,
+        steps: u64,
+    ) -> Result<Begun, TrainError> {
+        let params = policy
+            .model
+            .vars()
+            .ok_or_else(|| TrainError::Invalid("the policy is not trainable".into()))?
+            .clone();
+        let (adamw, schedule) = optimizer(optimizer_spec, steps)?;
+        let max_grad_norm = optimizer_spec.map_or(0.0, |o| o.max_grad_norm);
+        let hash = checkpointing::run_hash(&self.job_id, spec);
+        let (first_step, opt) =
+            checkpointing::start(self, collective, &params, adamw, schedule, &hash).await?;
+        broadcast_params(collective, &params)?;
+        let checkpoints = checkpointing::Checkpoints::new(
+            self,
+            checkpoint,
+            steps,
+            &hash,
+            collective.world_size(),
+        )?;
+        Ok(Begun {
+            params,
+            opt,
+            first_step,
+            checkpoints,
+            max_grad_norm,
+        })
+    }
+
     /// The metrics log of this rank (only the writer's lines go anywhere).
     pub fn metrics_log(&self) -> Result<metrics::MetricsLog<'_>, TrainError> {
         metrics::MetricsLog::new(&self.output, self.attempt, self.metrics, self.writer)
@@ -119,6 +159,17 @@ impl Ctx<'_> {
             Ok(())
         }
     }
+}
+
+/// What [`Ctx::begin`] hands a loop.
+pub struct Begun {
+    pub params: crate::optim::Params,
+    pub opt: crate::optim::AdamW,
+    /// 0, or the step of the checkpoint the run resumed from.
+    pub first_step: u64,
+    pub checkpoints: checkpointing::Checkpoints,
+    /// Global-norm clipping (0 = off).
+    pub max_grad_norm: f64,
 }
 
 /// Runs a training task to completion as one rank of `collective` (world size 1: a

@@ -23,7 +23,7 @@ use super::eval::EvalSet;
 use super::metrics::{MetricsLog, Split};
 use super::preference::{gold_preferences, golds};
 use super::rollout::{self, Source, SAMPLE_KL, SAMPLE_Y, SAMPLE_Y_PRIME};
-use super::{checkpointing, data::Prompts, optimizer, shard, Ctx, TrainError};
+use super::{data::Prompts, shard, Ctx, TrainError};
 use crate::collective::Collective;
 use crate::objectives::{
     k1, k3, masked_mean, Algorithm, Completions, Labels, NashKlGrad, Objective, PairBatch,
@@ -102,24 +102,22 @@ pub async fn run(
         .as_ref()
         .ok_or_else(|| missing("[preference]"))?
         .temperature;
-    let params = policy
-        .model
-        .vars()
-        .ok_or_else(|| TrainError::Invalid("the policy is not trainable".into()))?
-        .clone();
-    let (adamw, schedule) = optimizer(spec.optimizer.as_ref(), spec.steps)?;
-    let max_grad_norm = spec.optimizer.as_ref().map_or(0.0, |o| o.max_grad_norm);
-    let hash = checkpointing::run_hash(&ctx.job_id, spec);
-    let (first_step, mut opt) =
-        checkpointing::start(ctx, collective, &params, adamw, schedule, &hash).await?;
-    super::broadcast_params(collective, &params)?;
-    let mut checkpoints = checkpointing::Checkpoints::new(
-        ctx,
-        spec.checkpoint.as_ref(),
-        spec.steps,
-        &hash,
-        collective.world_size(),
-    )?;
+    let super::Begun {
+        params,
+        mut opt,
+        first_step,
+        mut checkpoints,
+        max_grad_norm,
+    } = ctx
+        .begin(
+            collective,
+            &policy,
+            spec,
+            spec.optimizer.as_ref(),
+            spec.checkpoint.as_ref(),
+            spec.steps,
+        )
+        .await?;
     let mut metrics = ctx.metrics_log()?;
     let eval_set = EvalSet::new(
         ctx.seed,

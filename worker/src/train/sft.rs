@@ -12,7 +12,7 @@ use mirrorplay_proto::v1::{SftSpec, TrainResult};
 
 use super::eval::{Eval, EvalSet};
 use super::metrics::Split;
-use super::{checkpointing, data::Examples, optimizer, shard, Ctx, TrainError};
+use super::{data::Examples, shard, Ctx, TrainError};
 use crate::collective::Collective;
 use crate::objectives::sft_loss;
 use crate::optim::GradAccumulator;
@@ -35,24 +35,22 @@ pub async fn run(
         eos,
     )
     .await?;
-    let params = policy
-        .model
-        .vars()
-        .ok_or_else(|| TrainError::Invalid("the policy is not trainable".into()))?
-        .clone();
-    let (adamw, schedule) = optimizer(spec.optimizer.as_ref(), spec.steps)?;
-    let max_grad_norm = spec.optimizer.as_ref().map_or(0.0, |o| o.max_grad_norm);
-    let hash = checkpointing::run_hash(&ctx.job_id, spec);
-    let (first_step, mut opt) =
-        checkpointing::start(ctx, collective, &params, adamw, schedule, &hash).await?;
-    super::broadcast_params(collective, &params)?;
-    let mut checkpoints = checkpointing::Checkpoints::new(
-        ctx,
-        spec.checkpoint.as_ref(),
-        spec.steps,
-        &hash,
-        collective.world_size(),
-    )?;
+    let super::Begun {
+        params,
+        mut opt,
+        first_step,
+        mut checkpoints,
+        max_grad_norm,
+    } = ctx
+        .begin(
+            collective,
+            &policy,
+            spec,
+            spec.optimizer.as_ref(),
+            spec.checkpoint.as_ref(),
+            spec.steps,
+        )
+        .await?;
     let mut metrics = ctx.metrics_log()?;
     let eval_set = match (&spec.eval_task[..], spec.sampling) {
         ("", _) | (_, None) => None,
