@@ -11,6 +11,7 @@ pub mod merge;
 pub mod model;
 pub mod objectives;
 pub mod optim;
+pub mod preference;
 pub mod report;
 pub mod rng;
 pub mod runtime;

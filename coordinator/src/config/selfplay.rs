@@ -1,14 +1,17 @@
-//! `[selfplay]`: online preference optimisation against a frozen reference (ALGORITHMS.md
+//! `[selfplay]`: online preference optimisation against a frozen reference (docs/algorithms.md
 //! §1–§4). Keys: `algorithm` (online_ipo | ipo_md | nash_md | online_dpo | slic), `kl_coef` (τ),
-//! `mixture_coef` (β), `policy`, `reference` (path | URL | `stage:<name>` | "tiny"),
+//! `mixture_coef` (β), `policy`, `reference` (path | URL | `.gguf` | `stage:<name>` | "tiny"),
 //! `[sampling]`, `batch_prompts`, `grad_accum`, `steps`, `[optimizer]`, `eval_every`,
 //! `eval_prompts`, `nash_kl_grad`, `labels`, `sft_coef`, `task` (the built-in task whose gold
-//! judge and held-out prompts are used), `prompts` (JSONL path or URL; default: the task's train
-//! prompts), `[preference]` (`source = "gold"`, `temperature`), `compute_dtype`, the data
+//! judge and held-out prompts are used: goodhart_digits | exact_words; default goodhart_digits
+//! when `prompts` is absent, none when it is given), `prompts` (JSONL path or URL; default: the
+//! task's train prompts; without a task its last `eval_prompts` rows are held out), `chat`,
+//! `max_prompt_tokens` (`training::prompt_format`), `[preference]` (`source` = "gold" |
+//! "reward_model", `model` for a reward model, `temperature`), `compute_dtype`, the data
 //! parallelism keys `world_size`, `min_world_size`, `collective_timeout_s` (`training::parallel`)
 //! and the checkpoint keys `checkpoint_every`, `keep_last`, `keep_every`, `checkpoint_timeout_s`
 //! (`training::checkpoint`).
-//! Defaults follow ALGORITHMS.md §3: τ = 1 for IPO / IPO-MD, 0.008 for Nash-MD-PG, 0.1 for DPO
+//! Defaults follow docs/algorithms.md §3: τ = 1 for IPO / IPO-MD, 0.008 for Nash-MD-PG, 0.1 for DPO
 //! and SLiC; β = 0.125; lr 1e-4 (Nash-MD-PG 3e-5).
 
 use mirrorplay_proto::v1::{
@@ -18,7 +21,7 @@ use toml::Value;
 
 use super::reader::Tbl;
 use super::training::{
-    checkpoint, compute_dtype, count, model, optimizer, parallel, sampling, TASKS,
+    checkpoint, compute_dtype, count, model, optimizer, parallel, prompt_format, sampling, TASKS,
 };
 use super::{ConfigError, Resolver};
 
@@ -38,9 +41,13 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<SelfplaySpec, ConfigE
         return Err(t.error("kl_coef", format!("must be > 0, found {kl_coef}")));
     }
     let mixture_coef = t.f64_in("mixture_coef", 0.125, 0.0, 1.0)?;
-    let task = t.choice("task", TASKS, Some("goodhart_digits"))?;
-    let policy = model(t, "policy", Some(&task), resolver)?;
-    let reference = model(t, "reference", Some(&task), resolver)?;
+    let task = if t.has("task") || !t.has("prompts") {
+        Some(t.choice("task", TASKS, Some("goodhart_digits"))?)
+    } else {
+        None
+    };
+    let policy = model(t, "policy", task.as_deref(), resolver)?;
+    let reference = model(t, "reference", task.as_deref(), resolver)?;
     let sampling = sampling(t)?;
     let batch_prompts = count(t, "batch_prompts", 32, 1 << 20)?;
     let grad_accum = count(t, "grad_accum", 1, batch_prompts)?;
@@ -86,26 +93,10 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<SelfplaySpec, ConfigE
             t.record("prompts", Value::String(url.clone()));
             data_source::Source::JsonlUrl(url)
         }
-        None => data_source::Source::Task(task.clone()),
+        None => data_source::Source::Task(task.clone().unwrap_or_default()),
     };
-    let preference = match t.opt_table("preference")? {
-        Some(p) => {
-            let source = p.choice("source", &["gold"], Some("gold"))?;
-            let temperature = p.f64_in("temperature", 1.0, 0.0, 1e6)?;
-            if temperature <= 0.0 {
-                return Err(p.error("temperature", format!("must be > 0, found {temperature}")));
-            }
-            t.record_table("preference", p.finish()?);
-            PreferenceSpec {
-                source,
-                temperature,
-            }
-        }
-        None => PreferenceSpec {
-            source: "gold".into(),
-            temperature: 1.0,
-        },
-    };
+    let (chat, max_prompt_tokens) = prompt_format(t)?;
+    let preference = preference(t, task.as_deref(), resolver)?;
     let compute_dtype = compute_dtype(t)?;
     let parallel = parallel(t)?;
     let checkpoint = checkpoint(t)?;
@@ -128,8 +119,10 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<SelfplaySpec, ConfigE
         prompts: Some(DataSource {
             source: Some(prompts),
         }),
-        task,
+        task: task.unwrap_or_default(),
         preference: Some(preference),
+        chat,
+        max_prompt_tokens,
         compute_dtype: 0,
         parallel: Some(parallel),
         checkpoint: Some(checkpoint),
@@ -139,4 +132,44 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<SelfplaySpec, ConfigE
     spec.set_nash_kl_grad(nash_kl_grad);
     spec.set_labels(labels);
     Ok(spec)
+}
+
+/// `[preference]`: `source` ("gold": the task's gold judge, the default with a task;
+/// "reward_model": `model`, a one-label `*ForSequenceClassification` directory sharing the
+/// policy's tokenizer), `temperature` (> 0, default 1).
+fn preference(
+    t: &Tbl,
+    task: Option<&str>,
+    resolver: &Resolver,
+) -> Result<PreferenceSpec, ConfigError> {
+    let p = t
+        .opt_table("preference")?
+        .unwrap_or_else(|| t.empty_child("preference"));
+    let source = p.choice("source", &["gold", "reward_model"], Some("gold"))?;
+    if source == "gold" && task.is_none() {
+        return Err(p.error(
+            "source",
+            "\"gold\" needs a built-in `task` (its gold judge); with a prompt file, set `task` \
+             or use source = \"reward_model\"",
+        ));
+    }
+    let model = match source.as_str() {
+        "reward_model" => Some(model(&p, "model", None, resolver)?),
+        _ => {
+            if p.has("model") {
+                return Err(p.error("model", "only a reward_model source takes a model"));
+            }
+            None
+        }
+    };
+    let temperature = p.f64_in("temperature", 1.0, 0.0, 1e6)?;
+    if temperature <= 0.0 {
+        return Err(p.error("temperature", format!("must be > 0, found {temperature}")));
+    }
+    t.record_table("preference", p.finish()?);
+    Ok(PreferenceSpec {
+        source,
+        temperature,
+        model,
+    })
 }

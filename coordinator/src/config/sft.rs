@@ -1,8 +1,9 @@
-//! `[sft]`: supervised fine-tuning (ALGORITHMS.md §3 "SFT"), used to make reference policies.
+//! `[sft]`: supervised fine-tuning (docs/algorithms.md §3 "SFT"), used to make reference policies.
 //! Keys: `init` ("tiny" | path | URL | `stage:<name>`), `task` (a built-in task: its base
 //! sampler is the data when `data` is absent, its held-out prompts give `eval/gold`), `data`
 //! (JSONL path or URL: `{prompt, completion}` or `{messages}`), `batch_size`, `grad_accum`,
 //! `steps`, `[optimizer]` (lr default 1e-3), `compute_dtype`, `eval_every`, `eval_prompts`,
+//! `chat`, `max_prompt_tokens` (`training::prompt_format`),
 //! `[sampling]` (for evaluation samples), and the data parallelism keys `world_size`,
 //! `min_world_size`, `collective_timeout_s` (`training::parallel`), and the checkpoint keys
 //! `checkpoint_every`, `keep_last`, `keep_every`, `checkpoint_timeout_s`
@@ -13,7 +14,7 @@ use toml::Value;
 
 use super::reader::Tbl;
 use super::training::{
-    checkpoint, compute_dtype, count, model, optimizer, parallel, sampling, TASKS,
+    checkpoint, compute_dtype, count, model, optimizer, parallel, prompt_format, sampling, TASKS,
 };
 use super::{ConfigError, Resolver};
 
@@ -52,6 +53,7 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<SftSpec, ConfigError>
     let compute_dtype = compute_dtype(t)?;
     let parallel = parallel(t)?;
     let checkpoint = checkpoint(t)?;
+    let (chat, max_prompt_tokens) = prompt_format(t)?;
     let mut spec = SftSpec {
         init: Some(init),
         data: Some(DataSource { source: Some(data) }),
@@ -66,6 +68,8 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<SftSpec, ConfigError>
         compute_dtype: 0,
         parallel: Some(parallel),
         checkpoint: Some(checkpoint),
+        chat,
+        max_prompt_tokens,
     };
     spec.set_compute_dtype(compute_dtype);
     Ok(spec)

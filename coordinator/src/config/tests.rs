@@ -188,3 +188,68 @@ fn world_size_defaults_to_one_and_is_checked() {
         .to_string();
     assert!(err.contains("collective_timeout_s"), "{err}");
 }
+
+fn selfplay_spec(text: &str) -> Result<mirrorplay_proto::v1::SelfplaySpec, ConfigError> {
+    match parse("s.toml", text, &[], Path::new("/r"), "s")?.spec.kind {
+        Some(job_spec::Kind::Selfplay(s)) => Ok(s),
+        other => panic!("not self-play: {other:?}"),
+    }
+}
+
+const SELFPLAY_HEAD: &str = "[job]\nkind = \"selfplay\"\noutput = \"out\"\n\n[selfplay]\n\
+                             algorithm = \"nash_md\"\n";
+
+/// The task defaults to goodhart_digits without a prompt file and to none with one; gold needs
+/// a task, a reward model needs its model, tiny models need a task with its own vocabulary.
+#[test]
+fn preference_sources_tasks_and_prompt_format() {
+    let s = selfplay_spec(&format!(
+        "{SELFPLAY_HEAD}policy = \"tiny\"\nreference = \"tiny\"\n"
+    ))
+    .unwrap();
+    assert_eq!(s.task, "goodhart_digits");
+    let p = s.preference.unwrap();
+    assert_eq!(
+        (p.source.as_str(), p.temperature, p.model),
+        ("gold", 1.0, None)
+    );
+    assert_eq!((s.chat, s.max_prompt_tokens), (false, 1024));
+
+    let rm = selfplay_spec(&format!(
+        "{SELFPLAY_HEAD}policy = \"m.gguf\"\nreference = \"m.gguf\"\nprompts = \"p.jsonl\"\n\
+         chat = true\nmax_prompt_tokens = 64\n[selfplay.preference]\nsource = \"reward_model\"\n\
+         model = \"rm\"\ntemperature = 0.5\n"
+    ))
+    .unwrap();
+    assert_eq!(rm.task, "");
+    assert_eq!((rm.chat, rm.max_prompt_tokens), (true, 64));
+    let p = rm.preference.unwrap();
+    assert_eq!((p.source.as_str(), p.temperature), ("reward_model", 0.5));
+    assert!(format!("{:?}", p.model).contains("file:///r/rm"));
+
+    let err = |text: String, want: &str| {
+        let e = selfplay_spec(&text).unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    };
+    err(
+        format!("{SELFPLAY_HEAD}policy = \"m\"\nreference = \"m\"\nprompts = \"p.jsonl\"\n"),
+        "needs a built-in `task`",
+    );
+    err(
+        format!(
+            "{SELFPLAY_HEAD}policy = \"m\"\nreference = \"m\"\n[selfplay.preference]\n\
+             source = \"reward_model\"\n"
+        ),
+        "selfplay.preference.model",
+    );
+    err(
+        format!("{SELFPLAY_HEAD}task = \"exact_words\"\npolicy = \"tiny\"\nreference = \"tiny\"\n"),
+        "no vocabulary of its own",
+    );
+    err(
+        format!(
+            "{SELFPLAY_HEAD}policy = \"m\"\nreference = \"m\"\n[selfplay.preference]\nmodel = \"rm\"\n"
+        ),
+        "only a reward_model source takes a model",
+    );
+}

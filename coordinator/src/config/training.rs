@@ -12,7 +12,9 @@ use super::reader::Tbl;
 use super::{ConfigError, Resolver};
 
 /// Built-in tasks (`task = ...`).
-pub const TASKS: &[&str] = &["goodhart_digits"];
+pub const TASKS: &[&str] = &["goodhart_digits", "exact_words"];
+/// Tasks with a vocabulary of their own, so `"tiny"` models exist for them.
+pub const TINY_TASKS: &[&str] = &["goodhart_digits"];
 /// Goodhart-Digits: at most 16 symbols, then EOS.
 pub const DEFAULT_MAX_NEW_TOKENS: u64 = 17;
 
@@ -27,6 +29,15 @@ pub(super) fn model(
     let source = if raw == "tiny" {
         let task =
             task.ok_or_else(|| t.error(key, "`tiny` needs `task` (the vocabulary it uses)"))?;
+        if !TINY_TASKS.contains(&task) {
+            return Err(t.error(
+                key,
+                format!(
+                    "task `{task}` runs on real language models (it has no vocabulary of its \
+                     own for a tiny model): give a model path, URL or `.gguf` file"
+                ),
+            ));
+        }
         model_source::Source::Tiny(TinyModel {
             task: task.to_string(),
             hidden_size: 64,
@@ -185,4 +196,19 @@ pub(super) fn checkpoint(t: &Tbl) -> Result<CheckpointSpec, ConfigError> {
         keep_every: t.u64_or("keep_every", 0)?,
         timeout_s: count(t, "checkpoint_timeout_s", 1800, 7 * 86_400)?,
     })
+}
+
+/// The prompt formatting keys: `chat` (render prompts with the tokenizer's chat template,
+/// default false) and `max_prompt_tokens` (longer prompts keep their last this many tokens,
+/// default 1024, 0 = no limit).
+pub(super) fn prompt_format(t: &Tbl) -> Result<(bool, u32), ConfigError> {
+    let chat = t.bool_or("chat", false)?;
+    let max = t.u64_or("max_prompt_tokens", 1024)?;
+    if max > u32::MAX as u64 {
+        return Err(t.error(
+            "max_prompt_tokens",
+            format!("must be at most {}, found {max}", u32::MAX),
+        ));
+    }
+    Ok((chat, max as u32))
 }

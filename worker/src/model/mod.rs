@@ -15,6 +15,7 @@ pub mod init;
 pub mod ops;
 pub mod rope;
 pub mod tokenizer;
+pub mod word_level;
 
 #[cfg(test)]
 mod tests;

@@ -9,6 +9,7 @@
 
 use crate::rng::{Purpose, Stream, StreamKey};
 
+pub use super::Split;
 use super::TaskError;
 
 pub const NUM_SYMBOLS: u32 = 16;
@@ -36,13 +37,6 @@ pub const BASE_P_REPEAT: f64 = 0.1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Prompt {
     pub targets: [u8; 4],
-}
-
-/// Train prompts and held-out prompts are disjoint sets of target tuples, chosen by the seed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Split {
-    Train,
-    HeldOut,
 }
 
 impl Prompt {
@@ -297,24 +291,6 @@ pub fn proxy_pair(seed: u64, index: u64, flip_rate: f64) -> Result<ProxyPair, Ta
         a_preferred,
         gold_a_preferred,
     })
-}
-
-/// Win rate against the reference under the gold judge (ALGORITHMS.md §4):
-/// P(G(y) > G(y_ref)) + ½·P(G(y) = G(y_ref)) over (policy, reference) pairs of the same prompts.
-/// None when there are no pairs.
-pub fn win_rate(pairs: &[(Gold, Gold)]) -> Option<f64> {
-    if pairs.is_empty() {
-        return None;
-    }
-    Some(win_score(pairs) as f64 / (2 * pairs.len()) as f64)
-}
-
-/// The win rate's numerator in half-wins: 2 per win, 1 per tie (sums exactly across shards).
-pub fn win_score(pairs: &[(Gold, Gold)]) -> u64 {
-    pairs
-        .iter()
-        .map(|(p, r)| 2 * u64::from(p > r) + u64::from(p == r))
-        .sum()
 }
 
 #[cfg(test)]

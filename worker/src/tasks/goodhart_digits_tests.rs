@@ -262,15 +262,3 @@ fn proxy_pairs_flip_a_quarter_of_labels_and_prefer_gold() {
     );
     assert!(proxy_pair(9, 0, 0.6).is_err());
 }
-
-#[test]
-fn win_rate_counts_ties_as_half() {
-    let g = |x| Gold(x);
-    assert_eq!(win_rate(&[]), None);
-    assert_eq!(
-        win_rate(&[(g(3), g(1)), (g(1), g(1)), (g(0), g(2)), (g(5), g(4))]),
-        Some(0.625)
-    );
-    // Golds one unit of G apart are not a tie even where f64 golds would round together.
-    assert_eq!(win_rate(&[(g(4_324_320), g(4_324_319))]), Some(1.0));
-}

@@ -9,9 +9,10 @@
 pub mod checkpointing;
 pub mod data;
 pub mod eval;
+pub mod judges;
 pub mod metrics;
 pub mod models;
-pub mod preference;
+pub mod prompts;
 pub mod rollout;
 pub mod selfplay;
 pub mod sft;
@@ -40,6 +41,8 @@ pub enum TrainError {
     Task(#[from] crate::tasks::TaskError),
     #[error(transparent)]
     Collective(#[from] crate::collective::CollectiveError),
+    #[error(transparent)]
+    Judge(#[from] crate::preference::JudgeError),
     #[error("checkpoint: {0}")]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
     #[error("{0}")]

@@ -1,10 +1,10 @@
-//! Rollouts on Goodhart-Digits prompts: the task's token rules (BOS, SEP and PAD never, EOS not
-//! first, at most 16 symbols then EOS), batched generation from the policy or the geometric
-//! mixture (§1), and the scoring pass that turns completions into per-token log-probs under the
-//! policy (graph-connected) and the reference (§0).
+//! Rollouts: the token rules completions are drawn under, batched generation from the policy
+//! or the geometric mixture (docs/algorithms.md §1), and the scoring pass that turns
+//! completions into per-token log-probs under the policy (graph-connected) and the reference
+//! (§0).
 //!
-//! The rules are one [`TokenRules`] value ([`task_rules`], carried by the [`GenerateConfig`])
-//! that both [`sample`] and [`score`] apply, so every log-prob here is under the *constrained*
+//! The rules are one [`TokenRules`] value ([`rules`], carried by the [`GenerateConfig`]) that
+//! both [`sample`] and [`score`] apply, so every log-prob here is under the *constrained*
 //! distribution the samples are drawn from: π_A(y_t | x, y_<t) = π(y_t | …) renormalised over
 //! the tokens allowed at position t, at T = 1 without top-k/top-p (`sample::rules` module doc).
 //! The length limit forces EOS inside that distribution (log-prob 0), never by appending one.
@@ -22,38 +22,63 @@ use crate::sample::{
     generate, generate_mixture, score_constrained, GenerateConfig, RowKey, SamplingParams,
     TokenRules,
 };
-use crate::tasks::goodhart_digits as gd;
+use crate::tasks::Task;
 
-/// Sample indices of the counter-based streams (DESIGN.md "Randomness"): y, y′, the extra
-/// policy sample used only for KL metrics, and evaluation samples.
+/// Sample indices of the counter-based streams (docs/architecture.md#randomness): y, y′, the
+/// extra policy sample used only for KL metrics, and evaluation samples.
 pub const SAMPLE_Y: u64 = 0;
 pub const SAMPLE_Y_PRIME: u64 = 1;
 pub const SAMPLE_KL: u64 = 2;
 pub const SAMPLE_EVAL_POLICY: u64 = 1000;
 pub const SAMPLE_EVAL_REFERENCE: u64 = 1001;
 
-/// Goodhart-Digits' token rules: BOS, SEP and PAD never; EOS not first; at most
-/// min(`max_new_tokens`, 16 + 1) tokens, the last of them a forced EOS (so `max_new_tokens`
-/// counts the EOS, and the default 17 allows the task's 16 symbols).
-pub fn task_rules(sampling: &SamplingSpec) -> TokenRules {
-    TokenRules {
-        eos_token_ids: vec![gd::EOS],
-        forbidden_token_ids: vec![gd::BOS, gd::SEP, gd::PAD],
-        min_new_tokens: 1,
-        max_new_tokens: (sampling.max_new_tokens as usize).min(gd::MAX_SYMBOLS + 1),
-        eos_at_limit: true,
+/// The rules of a job's completions: a task's own vocabulary brings its rules
+/// ([`Task::token_rules`]); otherwise the model's: stop at any of its EOS ids, never the pad
+/// token (unless it is an EOS), no EOS first, at most `max_new_tokens` tokens with the last a
+/// forced EOS (so `max_new_tokens` counts the EOS).
+pub fn rules(
+    task: Option<Task>,
+    sampling: &SamplingSpec,
+    eos_token_ids: &[u32],
+    pad_token_id: Option<u32>,
+) -> Result<TokenRules, TrainError> {
+    let max_new_tokens = sampling.max_new_tokens as usize;
+    if let Some(rules) = task.and_then(|t| t.token_rules(max_new_tokens)) {
+        return Ok(rules);
     }
+    if eos_token_ids.is_empty() {
+        return Err(TrainError::Invalid(
+            "the policy names no EOS token (config.json or generation_config.json \
+             `eos_token_id`), so completions cannot end"
+                .into(),
+        ));
+    }
+    Ok(TokenRules {
+        eos_token_ids: eos_token_ids.to_vec(),
+        forbidden_token_ids: pad_token_id
+            .filter(|p| !eos_token_ids.contains(p))
+            .into_iter()
+            .collect(),
+        min_new_tokens: 1,
+        max_new_tokens,
+        eos_at_limit: true,
+    })
 }
 
-/// The generation settings of step `step` under the task's rules ([`task_rules`]).
-pub fn task_config(sampling: &SamplingSpec, seed: u64, step: u64) -> GenerateConfig {
+/// The generation settings of step `step` under `rules`.
+pub fn generate_config(
+    rules: &TokenRules,
+    sampling: &SamplingSpec,
+    seed: u64,
+    step: u64,
+) -> GenerateConfig {
     GenerateConfig {
         params: SamplingParams {
             temperature: sampling.temperature,
             top_k: sampling.top_k as usize,
             top_p: sampling.top_p,
         },
-        rules: task_rules(sampling),
+        rules: rules.clone(),
         seed,
         step,
     }
@@ -134,34 +159,37 @@ pub fn num_tokens(completions: &[Vec<u32>]) -> usize {
 #[cfg(test)]
 mod tests {
     use candle_core::Device;
-    use mirrorplay_proto::v1::TinyModel;
 
     use super::*;
     use crate::model::init_random;
-    use crate::train::models::tiny_for_task;
+    use crate::tasks::goodhart_digits as gd;
+    use crate::tasks::vocab::TinyShape;
 
-    /// The task's rules reach both seams: every sample ends with a drawn EOS within the limit,
+    fn sampling(max_new_tokens: u32) -> SamplingSpec {
+        SamplingSpec {
+            max_new_tokens,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+        }
+    }
+
+    /// The rules reach both seams: every sample ends with a drawn EOS within the limit,
     /// forbidden ids never appear, and the forced EOS scores 0 under policy and reference.
     #[test]
-    fn task_rules_force_eos_in_the_draw_and_in_the_scores() {
-        let tiny = TinyModel {
-            task: "goodhart_digits".into(),
+    fn rules_force_eos_in_the_draw_and_in_the_scores() {
+        let shape = TinyShape {
             hidden_size: 16,
             num_layers: 1,
             num_heads: 2,
             num_kv_heads: 1,
             intermediate_size: 32,
         };
-        let (config, _) = tiny_for_task(&tiny).unwrap();
+        let (config, _) = Task::GoodhartDigits.tiny_model(shape).unwrap().unwrap();
         let policy = init_random(&config, 1, true, &Device::Cpu).unwrap();
         let reference = init_random(&config, 2, false, &Device::Cpu).unwrap();
-        let sampling = SamplingSpec {
-            max_new_tokens: 4,
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-        };
-        let config = task_config(&sampling, 5, 0);
+        let rules = rules(Some(Task::GoodhartDigits), &sampling(4), &[], None).unwrap();
+        let config = generate_config(&rules, &sampling(4), 5, 0);
         let prompt = gd::Prompt {
             targets: [1, 2, 3, 4],
         };
@@ -186,28 +214,20 @@ mod tests {
                 assert_eq!((p[i][3], r[i][3]), (0.0, 0.0), "forced EOS of {y:?}");
             }
         }
-        // a longer limit is capped at the task's 16 symbols + EOS
-        let long = SamplingSpec {
-            max_new_tokens: 40,
-            ..sampling
-        };
-        assert_eq!(task_rules(&long).max_new_tokens, gd::MAX_SYMBOLS + 1);
     }
 
-    /// At the default limit the rules allow exactly the task's `allowed_tokens` at each
-    /// position.
+    /// A model without a task's vocabulary stops at its own EOS ids and never draws its pad.
     #[test]
-    fn task_rules_are_the_tasks_allowed_tokens() {
-        let sampling = SamplingSpec {
-            max_new_tokens: 17,
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-        };
-        let masks = task_rules(&sampling).masks(gd::VOCAB_SIZE).unwrap();
-        for t in 0..=gd::MAX_SYMBOLS {
-            let allowed: Vec<bool> = masks.at(t).iter().map(|f| !f).collect();
-            assert_eq!(allowed, gd::allowed_tokens(t), "position {t}");
-        }
+    fn model_rules_use_the_models_eos_and_forbid_its_pad() {
+        let r = rules(None, &sampling(32), &[2, 7], Some(0)).unwrap();
+        assert_eq!(r.eos_token_ids, vec![2, 7]);
+        assert_eq!(r.forbidden_token_ids, vec![0]);
+        assert_eq!(
+            (r.min_new_tokens, r.max_new_tokens, r.eos_at_limit),
+            (1, 32, true)
+        );
+        let same = rules(Some(Task::ExactWords), &sampling(32), &[2], Some(2)).unwrap();
+        assert!(same.forbidden_token_ids.is_empty(), "the pad is the EOS");
+        assert!(rules(None, &sampling(32), &[], None).is_err());
     }
 }

@@ -1,16 +1,19 @@
-//! The self-play loop (DESIGN.md "Self-play step", ALGORITHMS.md §1–§4). One optimizer step:
+//! The self-play loop (docs/architecture.md#self-play-step, docs/algorithms.md §1–§4). One
+//! optimizer step:
 //!
 //! 1. take this rank's slice of the step's global prompt batch (a function of (seed, step));
 //! 2. sample y, y′ — from sg π (online IPO, DPO, SLiC), the mixture sg π_mix^β (IPO-MD), or
 //!    y ~ π and y′ ~ sg π_mix^β (Nash-MD-PG) — keyed by global prompt index, so samples do
 //!    not depend on the world size;
-//! 3. preferences p = P(y ≻ y′) from the gold judge;
+//! 3. preferences p = P(y ≻ y′) from the preference source (`crate::preference`: the task's
+//!    gold judge or a reward model);
 //! 4. per micro-batch: score y, y′ under π (graph) and μ, the batch-mean loss scaled by the
 //!    micro-batch's share of the global batch, backward, accumulate;
 //! 5. all-reduce (sum) the gradients, clip, AdamW: the step of the global batch's mean loss;
 //! 6. metrics summed over the ranks: loss, kl/k1, kl/k3 (on samples of π), pref/mean,
-//!    grad_norm, lr, tokens_per_s; every `eval_every` steps eval/gold and eval/win_rate against
-//!    the reference on held-out prompts split across the ranks.
+//!    score/mean, prompt/truncated, grad_norm, lr, tokens_per_s; every `eval_every` steps each
+//!    judge's eval mean and win rate against the reference on held-out prompts split across
+//!    the ranks (`eval` module).
 
 use std::time::Instant;
 
@@ -19,17 +22,18 @@ use mirrorplay_proto::v1::{
     Labels as LabelsSpec, NashKlGrad as NashSpec, SelfplayAlgorithm, SelfplaySpec, TrainResult,
 };
 
-use super::eval::EvalSet;
+use super::eval::{Eval, EvalSet};
 use super::metrics::{MetricsLog, Split};
-use super::preference::{gold_preferences, golds};
+use super::prompts::{PromptFormat, Prompts};
 use super::rollout::{self, Source, SAMPLE_KL, SAMPLE_Y, SAMPLE_Y_PRIME};
-use super::{data::Prompts, shard, Ctx, TrainError};
+use super::{judges, shard, Ctx, TrainError};
 use crate::collective::Collective;
 use crate::objectives::{
     k1, k3, masked_mean, Algorithm, Completions, Labels, NashKlGrad, Objective, PairBatch,
 };
 use crate::optim::GradAccumulator;
-use crate::tasks::goodhart_digits as gd;
+use crate::preference::{preferences, PromptRow};
+use crate::tasks::Task;
 
 /// The objective the spec names.
 pub fn objective(spec: &SelfplaySpec) -> Result<Objective, TrainError> {
@@ -81,27 +85,31 @@ pub async fn run(
         .await?;
     // Mixed precision: the frozen reference simply lives in the compute dtype.
     reference.model = reference.model.to(dtype, &ctx.device)?;
-    for m in [&policy, &reference] {
-        if m.model.config().vocab_size != gd::VOCAB_SIZE {
-            return Err(TrainError::Invalid(format!(
-                "{}: vocabulary {} is not goodhart_digits' {} (the gold judge reads task token ids)",
-                m.source,
-                m.model.config().vocab_size,
-                gd::VOCAB_SIZE
-            )));
-        }
-    }
+    let task = match spec.task.as_str() {
+        "" => None,
+        name => Some(Task::named(name)?),
+    };
+    check_vocabularies(&policy, &reference, task)?;
+    let format = PromptFormat {
+        tokenizer: policy.tokenizer.clone(),
+        chat: spec.chat,
+        max_prompt_tokens: spec.max_prompt_tokens as usize,
+    };
     let prompts = Prompts::load(
         spec.prompts.as_ref().ok_or_else(|| missing("prompts"))?,
+        task,
         ctx.seed,
-        policy.tokenizer.as_ref(),
+        format,
+        spec.eval_prompts as usize,
     )
     .await?;
-    let temperature = spec
+    let preference = spec
         .preference
         .as_ref()
-        .ok_or_else(|| missing("[preference]"))?
-        .temperature;
+        .ok_or_else(|| missing("[preference]"))?;
+    let temperature = preference.temperature;
+    let (judge, eval_judges) = judges::for_selfplay(ctx, preference, task, &policy).await?;
+    let rules = rollout::rules(task, &sampling, &policy.eos_token_ids, policy.pad_token_id)?;
     let super::Begun {
         params,
         mut opt,
@@ -122,15 +130,15 @@ pub async fn run(
     let eval_set = EvalSet::new(
         ctx.seed,
         spec.eval_prompts as usize,
+        |range| prompts.held_out(range),
         &sampling,
+        &rules,
+        eval_judges,
         Some(&reference.model),
         collective,
     )?;
     // A resumed run logged its earlier evaluations before the checkpoint.
-    let mut last_eval = super::eval::Eval {
-        gold: f64::NAN,
-        win_rate: None,
-    };
+    let mut last_eval = Eval(vec![]);
     if first_step == 0 {
         last_eval = eval_set.run(&policy.model.detached()?.for_compute(dtype)?, 0, collective)?;
         log_eval(&mut metrics, 0, &last_eval);
@@ -145,15 +153,18 @@ pub async fn run(
         let t0 = Instant::now();
         // 1. This rank's prompts of the step's global batch (keyed by global index).
         let global: Vec<u64> = rows.clone().map(|g| step * batch + g as u64).collect();
-        let task_prompts: Vec<gd::Prompt> = rows
+        let step_prompts: Vec<PromptRow> = rows
             .clone()
             .map(|g| prompts.get(step, batch, g as u64))
-            .collect();
-        let prompt_ids: Vec<Vec<u32>> = task_prompts.iter().map(|p| p.tokens().to_vec()).collect();
+            .collect::<Result<_, _>>()?;
+        let prompt_ids: Vec<Vec<u32>> = step_prompts.iter().map(|p| p.ids.clone()).collect();
         let b = prompt_ids.len();
 
         // Sums over this rank's rows, reduced across ranks before they are logged.
-        let mut sums = StepSums::default();
+        let mut sums = StepSums {
+            truncated: step_prompts.iter().filter(|p| p.truncated).count() as f64,
+            ..StepSums::default()
+        };
         // The step's forward weights: cast from the f32 master weights, graph attached; the
         // sampler is a detached view of the same weights.
         let compute = policy.model.for_compute(dtype)?;
@@ -161,7 +172,7 @@ pub async fn run(
         let mut accumulated = GradAccumulator::new();
         if b > 0 {
             // 2. Samples (no graph).
-            let config = rollout::task_config(&sampling, ctx.seed, step);
+            let config = rollout::generate_config(&rules, &sampling, ctx.seed, step);
             let mixture = Source::Mixture {
                 policy: &sampler,
                 reference: &reference.model,
@@ -192,10 +203,13 @@ pub async fn run(
             };
             sums.tokens += (rollout::num_tokens(&y) + rollout::num_tokens(&y_prime)) as f64;
 
-            // 3. Preferences from the gold judge.
-            let gold_y = golds(&task_prompts, &y)?;
-            let pref = gold_preferences(&gold_y, &golds(&task_prompts, &y_prime)?, temperature);
+            // 3. Preferences from the preference source.
+            let refs: Vec<&PromptRow> = step_prompts.iter().collect();
+            let s_y = judge.scores(&refs, &y)?;
+            let s_y_prime = judge.scores(&refs, &y_prime)?;
+            let pref = preferences(&s_y, &s_y_prime, judge.unit(), temperature);
             sums.pref += pref.iter().sum::<f64>();
+            sums.score += s_y.iter().chain(&s_y_prime).sum::<f64>() / judge.unit();
 
             // 4. Score, loss and backward per micro-batch; each micro-batch's mean loss is
             // scaled by its share of the global batch, so the sum over micro-batches and ranks
@@ -269,6 +283,8 @@ pub async fn run(
                 ("kl/k1", totals.k1 / totals.sequences.max(1.0)),
                 ("kl/k3", totals.k3 / totals.kl_tokens.max(1.0)),
                 ("pref/mean", totals.pref / batch as f64),
+                ("score/mean", totals.score / (2 * batch) as f64),
+                ("prompt/truncated", totals.truncated),
                 ("grad_norm", grad_norm),
                 ("lr", lr),
                 ("tokens_per_s", totals.tokens / secs.max(1e-9)),
@@ -287,17 +303,48 @@ pub async fn run(
     }
     checkpoints.finish(ctx).await?;
 
-    let eval = (last_eval.gold, last_eval.win_rate.unwrap_or(f64::NAN));
-    ctx.finish(&policy, &mut metrics, spec.steps, eval, started)
-        .await
+    ctx.finish(
+        &policy,
+        &mut metrics,
+        spec.steps,
+        last_eval.headline(),
+        started,
+    )
+    .await
 }
 
-fn log_eval(metrics: &mut MetricsLog, step: u64, e: &super::eval::Eval) {
-    let mut values = vec![("eval/gold", e.gold)];
-    if let Some(w) = e.win_rate {
-        values.push(("eval/win_rate", w));
+/// Policy and reference share a vocabulary; a task with its own vocabulary needs it.
+fn check_vocabularies(
+    policy: &super::models::Loaded,
+    reference: &super::models::Loaded,
+    task: Option<Task>,
+) -> Result<(), TrainError> {
+    let (p, r) = (
+        policy.model.config().vocab_size,
+        reference.model.config().vocab_size,
+    );
+    if p != r {
+        return Err(TrainError::Invalid(format!(
+            "{}: vocabulary {r} differs from the policy's {p} ({})",
+            reference.source, policy.source
+        )));
     }
-    metrics.log(step, Split::Eval, &values);
+    if let Some((task, v)) = task.and_then(|t| Some((t, t.own_vocabulary()?))) {
+        if p != v {
+            return Err(TrainError::Invalid(format!(
+                "{}: vocabulary {p} is not {}'s {v} (the gold judge reads task token ids)",
+                policy.source,
+                task.name()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn log_eval(metrics: &mut MetricsLog, step: u64, e: &Eval) {
+    let values = e.metrics();
+    let refs: Vec<(&str, f64)> = values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    metrics.log(step, Split::Eval, &refs);
 }
 
 fn split(mut both: Vec<Vec<u32>>, b: usize) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
@@ -326,6 +373,10 @@ struct StepSums {
     kl_tokens: f64,
     /// Σ p.
     pref: f64,
+    /// Σ score / unit over y and y′.
+    score: f64,
+    /// Prompts cut to max_prompt_tokens.
+    truncated: f64,
     /// Tokens sampled this step.
     tokens: f64,
 }
@@ -352,10 +403,12 @@ impl StepSums {
             self.k3,
             self.kl_tokens,
             self.pref,
+            self.score,
+            self.truncated,
             self.tokens,
         ];
         collective.all_reduce_sum_f64(&mut v)?;
-        let [loss, k1, sequences, k3, kl_tokens, pref, tokens] = v;
+        let [loss, k1, sequences, k3, kl_tokens, pref, score, truncated, tokens] = v;
         Ok(StepSums {
             loss,
             k1,
@@ -363,6 +416,8 @@ impl StepSums {
             k3,
             kl_tokens,
             pref,
+            score,
+            truncated,
             tokens,
         })
     }

@@ -1,4 +1,4 @@
-//! The SFT loop (ALGORITHMS.md §3 "SFT", used to make reference policies). One optimizer step:
+//! The SFT loop (docs/algorithms.md §3 "SFT", used to make reference policies). One optimizer step:
 //! take this rank's slice of the step's examples → count the global batch's completion tokens
 //! (a scalar all-reduce) → per micro-batch score the completions under π (graph), mean token
 //! cross-entropy scaled by the micro-batch's share of the global tokens, backward, accumulate →
@@ -12,11 +12,13 @@ use mirrorplay_proto::v1::{SftSpec, TrainResult};
 
 use super::eval::{Eval, EvalSet};
 use super::metrics::Split;
-use super::{data::Examples, shard, Ctx, TrainError};
+use super::prompts::{task_row, PromptFormat};
+use super::{data::Examples, judges, rollout, shard, Ctx, TrainError};
 use crate::collective::Collective;
 use crate::objectives::sft_loss;
 use crate::optim::GradAccumulator;
 use crate::sample::score_completions;
+use crate::tasks::{Split as TaskSplit, Task};
 
 pub async fn run(
     ctx: &Ctx<'_>,
@@ -27,11 +29,16 @@ pub async fn run(
     let missing = |what: &str| TrainError::Invalid(format!("no {what} in the spec"));
     let policy = ctx.load_model(spec.init.as_ref(), "init", true).await?;
     let dtype = super::compute_dtype(spec.compute_dtype());
-    let eos = policy.model.config().eos_token_ids.first().copied();
+    let eos = policy.eos_token_ids.first().copied();
+    let format = PromptFormat {
+        tokenizer: policy.tokenizer.clone(),
+        chat: spec.chat,
+        max_prompt_tokens: spec.max_prompt_tokens as usize,
+    };
     let examples = Examples::load(
         spec.data.as_ref().ok_or_else(|| missing("data"))?,
         ctx.seed,
-        policy.tokenizer.as_ref(),
+        &format,
         eos,
     )
     .await?;
@@ -54,13 +61,29 @@ pub async fn run(
     let mut metrics = ctx.metrics_log()?;
     let eval_set = match (&spec.eval_task[..], spec.sampling) {
         ("", _) | (_, None) => None,
-        (_, Some(sampling)) => Some(EvalSet::new(
-            ctx.seed,
-            spec.eval_prompts as usize,
-            &sampling,
-            None,
-            collective,
-        )?),
+        (name, Some(sampling)) => {
+            let task = Task::named(name)?;
+            let rules = rollout::rules(
+                Some(task),
+                &sampling,
+                &policy.eos_token_ids,
+                policy.pad_token_id,
+            )?;
+            Some(EvalSet::new(
+                ctx.seed,
+                spec.eval_prompts as usize,
+                |range| {
+                    range
+                        .map(|i| task_row(task, ctx.seed, TaskSplit::HeldOut, i as u64, &format))
+                        .collect()
+                },
+                &sampling,
+                &rules,
+                vec![judges::gold(task, &policy)],
+                None,
+                collective,
+            )?)
+        }
     };
     let mut last_eval: Option<Eval> = None;
 
@@ -129,7 +152,9 @@ pub async fn run(
             if step_done % spec.eval_every.max(1) == 0 || step_done == spec.steps {
                 let view = policy.model.detached()?.for_compute(dtype)?;
                 let e = set.run(&view, step_done, collective)?;
-                metrics.log(step_done, Split::Eval, &[("eval/gold", e.gold)]);
+                let values = e.metrics();
+                let refs: Vec<(&str, f64)> = values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+                metrics.log(step_done, Split::Eval, &refs);
                 last_eval = Some(e);
             }
         }
@@ -141,7 +166,7 @@ pub async fn run(
     }
     checkpoints.finish(ctx).await?;
 
-    let eval = (last_eval.map_or(f64::NAN, |e| e.gold), f64::NAN);
+    let eval = last_eval.map_or((f64::NAN, f64::NAN), |e| e.headline());
     ctx.finish(&policy, &mut metrics, spec.steps, eval, started)
         .await
 }

@@ -74,9 +74,11 @@ fn selfplay() -> train_task::Spec {
         preference: Some(PreferenceSpec {
             source: "gold".into(),
             temperature: 1.0,
+            model: None,
         }),
         parallel: None,
         checkpoint: None,
+        ..Default::default()
     };
     s.set_algorithm(SelfplayAlgorithm::IpoMd);
     train_task::Spec::Selfplay(s)
@@ -99,6 +101,7 @@ fn sft() -> train_task::Spec {
         compute_dtype: mirrorplay_proto::v1::ComputeDtype::F32 as i32,
         parallel: None,
         checkpoint: None,
+        ..Default::default()
     })
 }
 
