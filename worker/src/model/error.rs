@@ -38,6 +38,14 @@ pub enum ModelError {
         name: String,
         found: String,
     },
+    #[error("{url}: not a readable GGUF file: {reason}")]
+    Gguf { url: String, reason: String },
+    #[error("{url}: the tokenizer has {tokenizer} tokens but the model's embedding has only {model} rows")]
+    VocabTooLarge {
+        url: String,
+        tokenizer: usize,
+        model: usize,
+    },
     #[error("tokenizer {url}: {reason}")]
     Tokenizer { url: String, reason: String },
     #[error("invalid input: {0}")]

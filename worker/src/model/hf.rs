@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use super::config::{token_ids, ModelConfig};
 use super::decoder::Model;
 use super::error::{ModelError, Result};
+use super::gguf::load_gguf;
 use super::tokenizer::Tokenizer;
 use crate::io::dtype::encode_f32;
 use crate::io::hf::{open_model, read_json, SINGLE_FILE};
@@ -63,7 +64,11 @@ pub struct SavedObject {
 impl Pretrained {
     /// Loads a model directory (or a single `.safetensors` file with config.json beside it)
     /// from a path or URL, as f32 on `device`; `trainable` gives `Var` weights.
+    /// A location whose path ends in `.gguf` (any case) is loaded by [`load_gguf`].
     pub async fn load(location: &str, trainable: bool, device: &Device) -> Result<Self> {
+        if is_gguf(location)? {
+            return load_gguf(location, trainable, device).await;
+        }
         let files = open_model(location).await?;
         let config_loc = files.root.join("config.json");
         let config = ModelConfig::from_json(&read_json(&config_loc).await?, config_loc.url())?;
@@ -131,6 +136,9 @@ impl Pretrained {
             }
             None => None,
         };
+        if let Some(t) = &tokenizer {
+            check_vocab(t, &config, files.root.join("tokenizer.json").url())?;
+        }
         let mut eos_token_ids = config.eos_token_ids.clone();
         if let Some(bytes) = aux_files.get("generation_config.json") {
             let url = files.root.join("generation_config.json").url().to_string();
@@ -191,6 +199,25 @@ impl Pretrained {
     pub async fn save(&self, location: &str) -> Result<Vec<SavedObject>> {
         save_model(&self.model, &self.aux_files, location).await
     }
+}
+
+/// Whether `location`'s path names a GGUF file (ends in `.gguf`, any case).
+fn is_gguf(location: &str) -> Result<bool> {
+    let name = Location::parse(location)?.file_name().to_ascii_lowercase();
+    Ok(name.ends_with(".gguf"))
+}
+
+/// A tokenizer's vocabulary (added tokens included) must fit in the model's embedding rows
+/// (it may be smaller: embeddings are often padded); `url` names the tokenizer in the error.
+pub(crate) fn check_vocab(tokenizer: &Tokenizer, config: &ModelConfig, url: &str) -> Result<()> {
+    if tokenizer.vocab_size() > config.vocab_size {
+        return Err(ModelError::VocabTooLarge {
+            url: url.to_string(),
+            tokenizer: tokenizer.vocab_size(),
+            model: config.vocab_size,
+        });
+    }
+    Ok(())
 }
 
 /// The `config.json` bytes [`save_model`] writes for `config` (pretty JSON, float32 dtype).

@@ -1,6 +1,7 @@
 //! The Llama-family causal LM (and its sequence-classification variant for reward models) that
 //! self-play, reward models and merging run on: config, train-safe ops, decoder, KV cache,
-//! tokenizer, random init, and Hugging Face directories in and out (through `crate::io`).
+//! tokenizer, random init, Hugging Face directories in and out and GGUF files in (through
+//! `crate::io`).
 //!
 //! Trainable models hold `candle_core::Var`s (name-sorted, see [`Model::vars`]); frozen ones
 //! plain tensors. Every op here has a backward pass. This module must not sample (see
@@ -10,6 +11,11 @@ pub mod cache;
 pub mod config;
 pub mod decoder;
 pub mod error;
+pub mod gguf;
+pub mod gguf_config;
+mod gguf_header;
+pub mod gguf_tensors;
+pub mod gguf_tokenizer;
 pub mod hf;
 pub mod init;
 pub mod ops;
@@ -18,12 +24,15 @@ pub mod tokenizer;
 pub mod word_level;
 
 #[cfg(test)]
+mod gguf_tests;
+#[cfg(test)]
 mod tests;
 
 pub use cache::KvCache;
 pub use config::{Head, ModelConfig, ModelType, RopeScaling};
 pub use decoder::{gather_last, log_softmax, Model};
 pub use error::{ModelError, Result};
+pub use gguf::load_gguf;
 pub use hf::{save_model, Pretrained, SavedObject};
 pub use init::{init_random, random_tensors, random_tensors_std};
 pub use tokenizer::Tokenizer;

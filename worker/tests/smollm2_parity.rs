@@ -1,0 +1,125 @@
+//! A real GGUF against transformers: SmolLM2-135M-Instruct Q4_1 loaded by `Pretrained::load`
+//! (tokenizer, weights, config from the GGUF alone) must tokenise the fixture's rendered chat
+//! text to transformers' ids, give next-token log-probs within 1e-3 of transformers' over its
+//! top 50, and decode the same 20 greedy tokens (fixture from `scripts/smollm2_fixtures.py`).
+//!
+//! Needs the file: `MIRRORPLAY_SMOLLM2_GGUF=$(bash scripts/fetch_smollm2.sh) cargo test -p
+//! mirrorplay-worker --test smollm2_parity`. Without the variable the test says it is skipped
+//! and passes; with the variable naming a missing file it fails.
+
+use std::path::Path;
+
+use candle_core::Device;
+use mirrorplay_worker::model::{log_softmax, KvCache, Pretrained};
+use mirrorplay_worker::sample::{generate, GenerateConfig, RowKey, SamplingParams, TokenRules};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const LOGPROB_TOLERANCE: f32 = 1e-3;
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("an array of ids")
+        .iter()
+        .map(|x| x.as_u64().expect("an id") as u32)
+        .collect()
+}
+
+#[tokio::test]
+async fn smollm2_gguf_matches_transformers() {
+    let Ok(path) = std::env::var("MIRRORPLAY_SMOLLM2_GGUF") else {
+        eprintln!("skipped: set MIRRORPLAY_SMOLLM2_GGUF=$(bash scripts/fetch_smollm2.sh) to run");
+        return;
+    };
+    assert!(
+        Path::new(&path).is_file(),
+        "MIRRORPLAY_SMOLLM2_GGUF={path}: no such file"
+    );
+    let fixture_path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2/parity.json");
+    let fixture: Value =
+        serde_json::from_str(&std::fs::read_to_string(&fixture_path).unwrap()).unwrap();
+    let sha = hex::encode(Sha256::digest(std::fs::read(&path).unwrap()));
+    assert_eq!(
+        sha, fixture["gguf_sha256"],
+        "{path} is not the GGUF the fixture was made from"
+    );
+    let p = Pretrained::load(&path, false, &Device::Cpu).await.unwrap();
+    let tokenizer = p.tokenizer.as_ref().expect("the GGUF has a tokenizer");
+    let eos = ids(&fixture["eos_token_ids"]);
+    assert_eq!(p.eos_token_ids, eos);
+    let max_new_tokens = fixture["max_new_tokens"].as_u64().unwrap() as usize;
+    for (n, case) in fixture["cases"].as_array().unwrap().iter().enumerate() {
+        let prompt = ids(&case["ids"]);
+        let encoded = tokenizer.encode(case["text"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            encoded, prompt,
+            "case {n}: token ids of the rendered chat text"
+        );
+
+        let mut cache = KvCache::new();
+        let hidden = p
+            .model
+            .forward_hidden(
+                std::slice::from_ref(&prompt),
+                &[vec![true; prompt.len()]],
+                &mut cache,
+            )
+            .unwrap();
+        let last = hidden.narrow(1, prompt.len() - 1, 1).unwrap();
+        let logp = log_softmax(&p.model.lm_logits(&last).unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let want = case["top_logprobs"].as_array().unwrap();
+        let mut worst = 0f32;
+        for (id, w) in ids(&case["top_ids"]).into_iter().zip(want) {
+            worst = worst.max((logp[id as usize] - w.as_f64().unwrap() as f32).abs());
+        }
+        let greedy = generate(
+            &p.model,
+            &[prompt],
+            &[RowKey {
+                prompt: 0,
+                sample: 0,
+            }],
+            &GenerateConfig {
+                params: SamplingParams {
+                    temperature: 0.0,
+                    top_k: 0,
+                    top_p: 1.0,
+                },
+                rules: TokenRules {
+                    eos_token_ids: eos.clone(),
+                    forbidden_token_ids: vec![],
+                    min_new_tokens: 0,
+                    max_new_tokens,
+                    eos_at_limit: false,
+                },
+                seed: 0,
+                step: 0,
+            },
+        )
+        .unwrap();
+        let tokens = &greedy.tokens[0];
+        let want_tokens = ids(&case["greedy"]);
+        let same = tokens
+            .iter()
+            .zip(&want_tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
+        println!(
+            "case {n}: max |Δ log-prob| over the top {} = {worst:.2e}; \
+             greedy tokens matching: {same}/{}",
+            want.len(),
+            want_tokens.len()
+        );
+        assert!(
+            worst <= LOGPROB_TOLERANCE,
+            "case {n}: log-probs differ from transformers by {worst}"
+        );
+        assert_eq!(tokens, &want_tokens, "case {n}: greedy tokens");
+    }
+}
