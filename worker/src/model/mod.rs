@@ -7,6 +7,7 @@
 //! `crate::sample`), define losses or optimise.
 
 pub mod cache;
+pub mod chat;
 pub mod config;
 pub mod decoder;
 pub mod error;
@@ -17,9 +18,12 @@ pub mod rope;
 pub mod tokenizer;
 
 #[cfg(test)]
+mod chat_tests;
+#[cfg(test)]
 mod tests;
 
 pub use cache::KvCache;
+pub use chat::{ChatMessage, ChatTemplate, SpecialTokens};
 pub use config::{Head, ModelConfig, ModelType, RopeScaling};
 pub use decoder::{gather_last, log_softmax, Model};
 pub use error::{ModelError, Result};
