@@ -119,6 +119,9 @@ pub enum Command {
         #[command(subcommand)]
         from: ConvertFrom,
     },
+    /// Generate text from a model on this machine; the completion goes to stdout as it is
+    /// produced.
+    Generate(GenerateArgs),
     /// Write the example models (base, task-a, task-b, task-c) into DIR.
     ExampleModels {
         dir: PathBuf,
@@ -156,4 +159,40 @@ pub enum ConvertFrom {
         /// The mergekit YAML file.
         file: PathBuf,
     },
+}
+
+/// `mirrorplay generate` (see `generate.rs`).
+#[derive(Args, Debug, Clone)]
+pub struct GenerateArgs {
+    /// The model: a Hugging Face directory (path or URL).
+    #[arg(long)]
+    pub model: String,
+    /// The prompt text (with --chat: the user message).
+    #[arg(long)]
+    pub prompt: String,
+    /// Render the prompt with the model's chat template as a user turn, plus the generation
+    /// prompt.
+    #[arg(long)]
+    pub chat: bool,
+    /// A system message before the user turn (with --chat).
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
+    /// Always take the most likely token (ignores temperature, top-k, top-p and seed).
+    #[arg(long)]
+    pub greedy: bool,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature (> 0).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub temperature: f64,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass (1 = off).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub top_p: f64,
+    /// Keep only the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Seed of the sampling stream: the same seed gives the same text.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }

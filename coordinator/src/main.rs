@@ -7,6 +7,7 @@ mod control;
 mod drivers;
 mod exit;
 mod export;
+mod generate;
 mod local;
 mod scheduler;
 mod server;
@@ -114,6 +115,10 @@ async fn run(cli: Cli) -> Result<Exit> {
             let toml = config::mergekit::to_toml(&display, &text, &stem)
                 .map_err(|e| Exit::Config(e.to_string()))?;
             print!("{toml}");
+            Ok(Exit::Ok)
+        }
+        Command::Generate(args) => {
+            generate::run(&args).await?;
             Ok(Exit::Ok)
         }
         Command::Local {

@@ -48,6 +48,10 @@ pub enum ModelError {
     },
     #[error("tokenizer {url}: {reason}")]
     Tokenizer { url: String, reason: String },
+    /// A chat template that does not compile or fails to render; `origin` names the file (and
+    /// key) it came from.
+    #[error("chat template {origin}: {reason}")]
+    ChatTemplate { origin: String, reason: String },
     #[error("invalid input: {0}")]
     Input(String),
 }

@@ -128,10 +128,16 @@ impl Pretrained {
                     })?,
                     None => Value::Null,
                 };
-                Some(Tokenizer::from_bytes(
+                let jinja_url = files.root.join("chat_template.jinja").url().to_string();
+                let jinja = aux_files
+                    .get("chat_template.jinja")
+                    .map(|b| (jinja_url.as_str(), &b[..]));
+                Some(Tokenizer::from_files(
                     bytes,
-                    tc,
                     files.root.join("tokenizer.json").url(),
+                    tc,
+                    files.root.join("tokenizer_config.json").url(),
+                    jinja,
                 )?)
             }
             None => None,

@@ -8,6 +8,7 @@
 //! `crate::sample`), define losses or optimise.
 
 pub mod cache;
+pub mod chat;
 pub mod config;
 pub mod decoder;
 pub mod error;
@@ -24,11 +25,14 @@ pub mod tokenizer;
 pub mod word_level;
 
 #[cfg(test)]
+mod chat_tests;
+#[cfg(test)]
 mod gguf_tests;
 #[cfg(test)]
 mod tests;
 
 pub use cache::KvCache;
+pub use chat::{ChatMessage, ChatTemplate, SpecialTokens};
 pub use config::{Head, ModelConfig, ModelType, RopeScaling};
 pub use decoder::{gather_last, log_softmax, Model};
 pub use error::{ModelError, Result};

@@ -1,8 +1,11 @@
 //! Tokenizers: a Hugging Face `tokenizer.json` (through the `tokenizers` crate) or a tiny
-//! word-level vocabulary built from code for the synthetic tasks. Must not know about models.
+//! word-level vocabulary built from code for the synthetic tasks, with the chat template of its
+//! tokenizer_config.json (or of a `chat_template.jinja` beside it, which wins as in
+//! transformers). Must not know about models.
 
 use serde_json::{json, Map, Value};
 
+use super::chat::{config_chat_template, ChatMessage, ChatTemplate, SpecialTokens};
 use super::error::{ModelError, Result};
 
 /// Ids of the special tokens every tiny vocabulary starts with.
@@ -11,11 +14,12 @@ pub const TINY_PAD: u32 = 0;
 pub const TINY_BOS: u32 = 1;
 pub const TINY_EOS: u32 = 2;
 
-/// A tokenizer plus the `tokenizer_config.json` written beside it.
+/// A tokenizer plus the `tokenizer_config.json` written beside it and its chat template.
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     config: Value,
+    chat_template: Option<ChatTemplate>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -32,10 +36,62 @@ fn tok_err(url: &str, e: impl std::fmt::Display) -> ModelError {
 }
 
 impl Tokenizer {
-    /// Parses `tokenizer.json` bytes; `config` is `tokenizer_config.json` (or Null).
+    /// Parses `tokenizer.json` bytes; `config` is `tokenizer_config.json` (or Null). Its
+    /// `chat_template` is compiled (errors name `url` and the key).
     pub fn from_bytes(bytes: &[u8], config: Value, url: &str) -> Result<Self> {
+        Self::from_files(bytes, url, config, url, None)
+    }
+
+    /// [`Tokenizer::from_bytes`] for a model directory: `url` is tokenizer.json's,
+    /// `config_url` tokenizer_config.json's, and `template_file` the URL and bytes of a
+    /// `chat_template.jinja`, which is the chat template when given (the config's is then not
+    /// read, as in transformers). A template that does not compile is an error naming its file.
+    pub fn from_files(
+        bytes: &[u8],
+        url: &str,
+        config: Value,
+        config_url: &str,
+        template_file: Option<(&str, &[u8])>,
+    ) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| tok_err(url, e))?;
-        Ok(Tokenizer { inner, config })
+        let special = SpecialTokens::from_config(&config);
+        let chat_template = match template_file {
+            Some((file_url, text)) => {
+                let text = std::str::from_utf8(text).map_err(|e| ModelError::ChatTemplate {
+                    origin: file_url.to_string(),
+                    reason: format!("not UTF-8: {e}"),
+                })?;
+                Some(ChatTemplate::new(file_url, text, &special)?)
+            }
+            None => match config_chat_template(&config) {
+                Err(reason) => {
+                    return Err(ModelError::Config {
+                        url: config_url.to_string(),
+                        key: "chat_template".into(),
+                        reason,
+                    })
+                }
+                Ok(Some(text)) => Some(ChatTemplate::new(
+                    &format!("{config_url} `chat_template`"),
+                    text,
+                    &special,
+                )?),
+                Ok(None) => {
+                    if config.get("chat_template").is_some_and(Value::is_array) {
+                        tracing::warn!(
+                            url = config_url,
+                            "named chat templates without a `default` one: none is used"
+                        );
+                    }
+                    None
+                }
+            },
+        };
+        Ok(Tokenizer {
+            inner,
+            config,
+            chat_template,
+        })
     }
 
     /// A word-level tokenizer: ids 0..4 are `<pad> <s> </s> <unk>`, then `symbols` in order;
@@ -77,6 +133,39 @@ impl Tokenizer {
             .map_err(|e| tok_err("encode", e))?
             .get_ids()
             .to_vec())
+    }
+
+    /// Token ids of `text` with the special tokens the post-processor adds (BOS/EOS), as
+    /// transformers' `tokenizer(text)`.
+    pub fn encode_with_special_tokens(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self
+            .inner
+            .encode(text, true)
+            .map_err(|e| tok_err("encode", e))?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// The chat template (from `chat_template.jinja` or tokenizer_config.json), if any.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
+    }
+
+    /// Token ids of `messages` rendered with the chat template, without added special tokens
+    /// (transformers' `apply_chat_template(tokenize=True)`: a BOS only if the template writes
+    /// one). An error when there is no template or it fails.
+    pub fn encode_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>> {
+        let template = self.chat_template().ok_or_else(|| {
+            tok_err(
+                "chat",
+                "no chat template (tokenizer_config.json `chat_template` or chat_template.jinja)",
+            )
+        })?;
+        self.encode(&template.render(messages, add_generation_prompt)?)
     }
 
     /// Text of `ids` (special tokens skipped).

@@ -13,9 +13,12 @@ pub mod filter;
 pub mod generate;
 pub mod rules;
 pub mod score;
+pub mod stream;
 
 #[cfg(test)]
 mod constrained_tests;
+#[cfg(test)]
+mod stream_tests;
 #[cfg(test)]
 mod tests;
 
@@ -23,3 +26,4 @@ pub use filter::{mixed_logits, token_distribution, SamplingParams};
 pub use generate::{generate, generate_mixture, GenerateConfig, Generation, RowKey};
 pub use rules::{Masks, RulesError, Slot, TokenRules};
 pub use score::{classify_completions, score_completions, score_constrained, Scored};
+pub use stream::{generate_stream, Streamed};

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use super::TrainError;
 use crate::io::jsonl::{bad, read_objects};
-use crate::model::Tokenizer;
+use crate::model::{ChatMessage, Tokenizer};
 use crate::preference::PromptRow;
 use crate::tasks::{PromptContent, Split, Task};
 
@@ -43,17 +43,20 @@ impl PromptFormat {
             .as_ref()
             .ok_or("text prompts need a tokenizer, but the model has no tokenizer.json")?;
         let mut ids = if self.chat {
-            return Err("`chat = true` needs chat templates, which this build does not have yet".into());
-        } else {
-            let joined = match text {
-                PromptText::Plain(s) => s.clone(),
+            let messages: Vec<ChatMessage> = match text {
+                PromptText::Plain(s) => vec![ChatMessage::new("user", s)],
                 PromptText::Messages(m) => m
                     .iter()
-                    .map(|(_, c)| c.as_str())
-                    .collect::<Vec<_>>()
-                    .join("\n"),
+                    .map(|(role, content)| ChatMessage::new(role, content))
+                    .collect(),
             };
-            tokenizer.encode(&joined).map_err(|e| e.to_string())?
+            tokenizer
+                .encode_chat(&messages, true)
+                .map_err(|e| e.to_string())?
+        } else {
+            tokenizer
+                .encode_with_special_tokens(&flat_text(text))
+                .map_err(|e| e.to_string())?
         };
         if ids.is_empty() {
             return Err("the prompt has no tokens".into());

@@ -1,0 +1,87 @@
+//! Streaming generation for one prompt: KV-cached decoding of a single row that hands each
+//! token to a callback as soon as it is drawn (for a person watching the text appear). The
+//! draw is the batched generator's: the same rules masks, the same
+//! [`token_distribution`](super::filter::token_distribution) and the same uniform
+//! ([`uniform_at`]) for token t of the row's stream key, so a row streamed here gets the tokens
+//! [`super::generate()`] gives that row. Records no log-probs and keeps one row; must not
+//! batch, score or compute losses.
+
+use candle_core::DType;
+
+use super::filter::{apply_mask, draw, token_distribution};
+use super::generate::{uniform_at, GenerateConfig, RowKey};
+use crate::model::{KvCache, Model, ModelError, Result};
+
+/// What a streamed completion produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Streamed {
+    /// Every token handed to the callback, the final EOS included.
+    pub tokens: Vec<u32>,
+    /// Whether it ended with an EOS (false: stopped by `max_new_tokens`).
+    pub finished: bool,
+}
+
+/// Next-token logits after feeding `ids` (one row) to `model` with `cache`.
+fn next_logits(model: &Model, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f64>> {
+    let hidden = model.forward_hidden(&[ids.to_vec()], &[vec![true; ids.len()]], cache)?;
+    let t = hidden.dim(1)?;
+    let logits = model
+        .lm_logits(&hidden.narrow(1, t - 1, 1)?)?
+        .flatten_all()?
+        .to_dtype(DType::F64)?;
+    Ok(logits.to_vec1::<f64>()?)
+}
+
+/// Generates a completion of `prompt` from `model` under `config`, drawing token t from the
+/// stream of `key` (as [`super::generate()`] does for a row with that key), and calls
+/// `on_token` with each token as soon as it is drawn; an error from `on_token` stops
+/// generation and is returned. Stops after an EOS id of `config.rules` (handed over too) or
+/// `max_new_tokens` tokens.
+pub fn generate_stream<E, F>(
+    model: &Model,
+    prompt: &[u32],
+    key: RowKey,
+    config: &GenerateConfig,
+    mut on_token: F,
+) -> std::result::Result<Streamed, E>
+where
+    E: From<ModelError>,
+    F: FnMut(u32) -> std::result::Result<(), E>,
+{
+    if prompt.is_empty() {
+        return Err(ModelError::Input("the prompt is empty".into()).into());
+    }
+    let rules = &config.rules;
+    let masks = rules
+        .masks(model.config().vocab_size)
+        .map_err(ModelError::from)?;
+    let mut out = Streamed {
+        tokens: Vec::new(),
+        finished: false,
+    };
+    if rules.max_new_tokens == 0 {
+        return Ok(out);
+    }
+    // Sampling records no graph, even for a trainable model.
+    let model = &model.detached()?;
+    let mut cache = KvCache::new();
+    let mut logits = next_logits(model, prompt, &mut cache)?;
+    for t in 0..rules.max_new_tokens {
+        apply_mask(&mut logits, masks.at(t));
+        if logits.iter().all(|x| *x == f64::NEG_INFINITY) {
+            return Err(ModelError::Input("every token is masked".into()).into());
+        }
+        let probs = token_distribution(&logits, &config.params);
+        let token = draw(&probs, uniform_at(config, key, t)) as u32;
+        out.tokens.push(token);
+        on_token(token)?;
+        if rules.is_eos(token) {
+            out.finished = true;
+            break;
+        }
+        if t + 1 < rules.max_new_tokens {
+            logits = next_logits(model, &[token], &mut cache)?;
+        }
+    }
+    Ok(out)
+}
