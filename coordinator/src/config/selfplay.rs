@@ -5,9 +5,10 @@
 //! `eval_prompts`, `nash_kl_grad`, `labels`, `sft_coef`, `task` (the built-in task whose gold
 //! judge and held-out prompts are used), `prompts` (JSONL path or URL; default: the task's train
 //! prompts), `[preference]` (`source = "gold"`, `temperature`), `compute_dtype`, the data
-//! parallelism keys `world_size`, `min_world_size`, `collective_timeout_s` (`training::parallel`)
-//! and the checkpoint keys `checkpoint_every`, `keep_last`, `keep_every`, `checkpoint_timeout_s`
-//! (`training::checkpoint`).
+//! parallelism keys `world_size`, `min_world_size`, `collective_timeout_s` (`training::parallel`),
+//! the checkpoint keys `checkpoint_every`, `keep_last`, `keep_every`, `checkpoint_timeout_s`
+//! (`training::checkpoint`), and the final model's `save_dtype` ("auto" = the policy's own
+//! dtype | "f32" | "bf16" | "f16") and `max_shard_size` (default "5GB") (`training::save`).
 //! Defaults follow ALGORITHMS.md §3: τ = 1 for IPO / IPO-MD, 0.008 for Nash-MD-PG, 0.1 for DPO
 //! and SLiC; β = 0.125; lr 1e-4 (Nash-MD-PG 3e-5).
 
@@ -18,7 +19,7 @@ use toml::Value;
 
 use super::reader::Tbl;
 use super::training::{
-    checkpoint, compute_dtype, count, model, optimizer, parallel, sampling, TASKS,
+    checkpoint, compute_dtype, count, model, optimizer, parallel, sampling, save, TASKS,
 };
 use super::{ConfigError, Resolver};
 
@@ -109,6 +110,7 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<SelfplaySpec, ConfigE
     let compute_dtype = compute_dtype(t)?;
     let parallel = parallel(t)?;
     let checkpoint = checkpoint(t)?;
+    let save = save(t)?;
     let mut spec = SelfplaySpec {
         algorithm: 0,
         kl_coef,
@@ -133,6 +135,7 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<SelfplaySpec, ConfigE
         compute_dtype: 0,
         parallel: Some(parallel),
         checkpoint: Some(checkpoint),
+        save: Some(save),
     };
     spec.set_compute_dtype(compute_dtype);
     spec.set_algorithm(algorithm);

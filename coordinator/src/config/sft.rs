@@ -4,16 +4,17 @@
 //! (JSONL path or URL: `{prompt, completion}` or `{messages}`), `batch_size`, `grad_accum`,
 //! `steps`, `[optimizer]` (lr default 1e-3), `compute_dtype`, `eval_every`, `eval_prompts`,
 //! `[sampling]` (for evaluation samples), and the data parallelism keys `world_size`,
-//! `min_world_size`, `collective_timeout_s` (`training::parallel`), and the checkpoint keys
+//! `min_world_size`, `collective_timeout_s` (`training::parallel`), the checkpoint keys
 //! `checkpoint_every`, `keep_last`, `keep_every`, `checkpoint_timeout_s`
-//! (`training::checkpoint`).
+//! (`training::checkpoint`), and the final model's `save_dtype` ("auto" = `init`'s own dtype |
+//! "f32" | "bf16" | "f16") and `max_shard_size` (default "5GB") (`training::save`).
 
 use mirrorplay_proto::v1::{data_source, DataSource, SftSpec};
 use toml::Value;
 
 use super::reader::Tbl;
 use super::training::{
-    checkpoint, compute_dtype, count, model, optimizer, parallel, sampling, TASKS,
+    checkpoint, compute_dtype, count, model, optimizer, parallel, sampling, save, TASKS,
 };
 use super::{ConfigError, Resolver};
 
@@ -52,6 +53,7 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<SftSpec, ConfigError>
     let compute_dtype = compute_dtype(t)?;
     let parallel = parallel(t)?;
     let checkpoint = checkpoint(t)?;
+    let save = save(t)?;
     let mut spec = SftSpec {
         init: Some(init),
         data: Some(DataSource { source: Some(data) }),
@@ -66,6 +68,7 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<SftSpec, ConfigError>
         compute_dtype: 0,
         parallel: Some(parallel),
         checkpoint: Some(checkpoint),
+        save: Some(save),
     };
     spec.set_compute_dtype(compute_dtype);
     Ok(spec)

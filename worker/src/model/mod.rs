@@ -14,15 +14,20 @@ pub mod hf;
 pub mod init;
 pub mod ops;
 pub mod rope;
+pub mod save;
 pub mod tokenizer;
 
 #[cfg(test)]
+mod save_tests;
+#[cfg(test)]
 mod tests;
 
+pub use crate::io::sharded::SavedObject;
 pub use cache::KvCache;
 pub use config::{Head, ModelConfig, ModelType, RopeScaling};
 pub use decoder::{gather_last, log_softmax, Model};
 pub use error::{ModelError, Result};
-pub use hf::{save_model, Pretrained, SavedObject};
+pub use hf::Pretrained;
 pub use init::{init_random, random_tensors, random_tensors_std};
+pub use save::{save_model, SaveOptions};
 pub use tokenizer::Tokenizer;

@@ -77,6 +77,7 @@ fn selfplay() -> train_task::Spec {
         }),
         parallel: None,
         checkpoint: None,
+        save: None,
     };
     s.set_algorithm(SelfplayAlgorithm::IpoMd);
     train_task::Spec::Selfplay(s)
@@ -99,6 +100,7 @@ fn sft() -> train_task::Spec {
         compute_dtype: mirrorplay_proto::v1::ComputeDtype::F32 as i32,
         parallel: None,
         checkpoint: None,
+        save: None,
     })
 }
 
