@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -135,15 +135,21 @@ pub enum Command {
         #[arg(long, default_value = "F32")]
         random_dtype: String,
     },
-    /// Write a plain Hugging Face model directory from a verified checkpoint step directory.
+    /// Write a plain Hugging Face model directory from a verified checkpoint step directory
+    /// (--checkpoint) or from a model (--model), in a dtype and sharded.
+    #[command(group(ArgGroup::new("source").required(true).args(["checkpoint", "model"])))]
     Export {
         /// The checkpoint: OUTPUT/checkpoints/step-NNNNNN (path or URL).
         #[arg(long)]
-        checkpoint: String,
+        checkpoint: Option<String>,
+        /// A model: a Hugging Face directory or a .safetensors file beside its config.json
+        /// (path or URL).
+        #[arg(long)]
+        model: Option<String>,
         /// The output directory (path or URL).
         #[arg(long)]
         out: String,
-        /// f32, bf16 or f16 (default: the dtype the model was trained from).
+        /// f32, bf16 or f16 (default: the dtype the model was trained from or is stored in).
         #[arg(long)]
         dtype: Option<String>,
         /// Largest weight file, e.g. 5GB.

@@ -7,6 +7,7 @@ mod control;
 mod drivers;
 mod exit;
 mod export;
+mod export_model;
 mod generate;
 mod local;
 mod scheduler;
@@ -177,6 +178,7 @@ async fn run(cli: Cli) -> Result<Exit> {
         }
         Command::Export {
             checkpoint,
+            model,
             out,
             dtype,
             max_shard_size,
@@ -190,7 +192,19 @@ async fn run(cli: Cli) -> Result<Exit> {
             let max = config::parse_size(&max_shard_size).ok_or_else(|| {
                 Exit::Config(format!("--max-shard-size `{max_shard_size}` is not a size"))
             })?;
-            let files = export::run(&checkpoint, &out, dtype, max).await?;
+            let files = match (checkpoint, model) {
+                (Some(checkpoint), None) => export::run(&checkpoint, &out, dtype, max).await?,
+                (None, Some(model)) => {
+                    let (files, dtype) = export_model::run(&model, &out, dtype, max).await?;
+                    eprintln!("{model}: written as {dtype}");
+                    files
+                }
+                _ => {
+                    return Err(anyhow::Error::new(Exit::Config(
+                        "give exactly one of --checkpoint and --model".into(),
+                    )))
+                }
+            };
             eprintln!("exported {} files to {out}", files.len());
             Ok(Exit::Ok)
         }

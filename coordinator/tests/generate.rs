@@ -66,7 +66,10 @@ fn save(dir: &Path, template: bool) {
     let p = Pretrained::from_parts(model(), Some(tokenizer(template))).unwrap();
     tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(p.save(dir.to_str().unwrap()))
+        .block_on(p.save(
+            dir.to_str().unwrap(),
+            &mirrorplay_worker::model::SaveOptions::default(),
+        ))
         .unwrap();
 }
 

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use mirrorplay_worker::model::{init_random, ModelConfig, Pretrained, Tokenizer};
+use mirrorplay_worker::model::{init_random, ModelConfig, Pretrained, SaveOptions, Tokenizer};
 use serde_json::Value;
 
 const VARIANTS: [&str; 5] = [
@@ -92,7 +92,9 @@ async fn logits_match_transformers() {
         eprintln!("{name}: max |logit − transformers| = {worst:.2e}");
         assert!(worst < 1e-4, "{name}: max |logit − transformers| = {worst}");
         if let Some(dir) = &save_to {
-            p.save(&format!("{dir}/{name}")).await.unwrap();
+            p.save(&format!("{dir}/{name}"), &SaveOptions::new(p.source_dtype))
+                .await
+                .unwrap();
         }
     }
 }
@@ -106,7 +108,10 @@ async fn load_save_load_gives_identical_logits() {
             .await
             .unwrap();
         let out = tmp.path().join(name);
-        let saved = a.save(out.to_str().unwrap()).await.unwrap();
+        let saved = a
+            .save(out.to_str().unwrap(), &SaveOptions::new(a.source_dtype))
+            .await
+            .unwrap();
         assert!(saved
             .iter()
             .any(|s| s.path == "model.safetensors" && s.sha256.len() == 64));
@@ -126,7 +131,9 @@ async fn load_save_load_gives_identical_logits() {
     let model = init_random(&ModelConfig::tiny(tok.vocab_size()), 11, true, &Device::Cpu).unwrap();
     let p = Pretrained::from_parts(model, Some(tok)).unwrap();
     let dir = tmp.path().join("tiny");
-    p.save(dir.to_str().unwrap()).await.unwrap();
+    p.save(dir.to_str().unwrap(), &SaveOptions::default())
+        .await
+        .unwrap();
     let q = Pretrained::load(dir.to_str().unwrap(), false, &Device::Cpu)
         .await
         .unwrap();

@@ -10,8 +10,8 @@ use super::reader::Tbl;
 use super::{ConfigError, Resolver};
 
 pub const METHODS: &[&str] = &["task_arithmetic", "pcb", "ties", "dare_linear", "dare_ties"];
-/// transformers' `save_pretrained` default.
-pub const DEFAULT_MAX_SHARD_SIZE: u64 = 5_000_000_000;
+/// transformers' `save_pretrained` default (the worker's shard planner's).
+pub use mirrorplay_worker::io::shard_plan::DEFAULT_MAX_SHARD_SIZE;
 
 fn scope(t: &Tbl, default: &str) -> Result<i32, ConfigError> {
     Ok(match t

@@ -9,8 +9,9 @@
 //! `max_prompt_tokens` (`training::prompt_format`), `[preference]` (`source` = "gold" |
 //! "reward_model", `model` for a reward model, `temperature`), `compute_dtype`, the data
 //! parallelism keys `world_size`, `min_world_size`, `collective_timeout_s` (`training::parallel`)
-//! and the checkpoint keys `checkpoint_every`, `keep_last`, `keep_every`, `checkpoint_timeout_s`
-//! (`training::checkpoint`).
+//! the checkpoint keys `checkpoint_every`, `keep_last`, `keep_every`, `checkpoint_timeout_s`
+//! (`training::checkpoint`), and the final model's `save_dtype` ("auto" = the policy's own
+//! dtype | "f32" | "bf16" | "f16") and `max_shard_size` (default "5GB") (`training::save`).
 //! Defaults follow docs/algorithms.md §3: τ = 1 for IPO / IPO-MD, 0.008 for Nash-MD-PG, 0.1 for DPO
 //! and SLiC; β = 0.125; lr 1e-4 (Nash-MD-PG 3e-5).
 
@@ -21,7 +22,8 @@ use toml::Value;
 
 use super::reader::Tbl;
 use super::training::{
-    checkpoint, compute_dtype, count, model, optimizer, parallel, prompt_format, sampling, TASKS,
+    checkpoint, compute_dtype, count, model, optimizer, parallel, prompt_format, sampling, save,
+    TASKS,
 };
 use super::{ConfigError, Resolver};
 
@@ -100,6 +102,7 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<SelfplaySpec, ConfigE
     let compute_dtype = compute_dtype(t)?;
     let parallel = parallel(t)?;
     let checkpoint = checkpoint(t)?;
+    let save = save(t)?;
     let mut spec = SelfplaySpec {
         algorithm: 0,
         kl_coef,
@@ -126,6 +129,7 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<SelfplaySpec, ConfigE
         compute_dtype: 0,
         parallel: Some(parallel),
         checkpoint: Some(checkpoint),
+        save: Some(save),
     };
     spec.set_compute_dtype(compute_dtype);
     spec.set_algorithm(algorithm);

@@ -5,16 +5,18 @@
 //! `steps`, `[optimizer]` (lr default 1e-3), `compute_dtype`, `eval_every`, `eval_prompts`,
 //! `chat`, `max_prompt_tokens` (`training::prompt_format`),
 //! `[sampling]` (for evaluation samples), and the data parallelism keys `world_size`,
-//! `min_world_size`, `collective_timeout_s` (`training::parallel`), and the checkpoint keys
+//! `min_world_size`, `collective_timeout_s` (`training::parallel`), the checkpoint keys
 //! `checkpoint_every`, `keep_last`, `keep_every`, `checkpoint_timeout_s`
-//! (`training::checkpoint`).
+//! (`training::checkpoint`), and the final model's `save_dtype` ("auto" = `init`'s own dtype |
+//! "f32" | "bf16" | "f16") and `max_shard_size` (default "5GB") (`training::save`).
 
 use mirrorplay_proto::v1::{data_source, DataSource, SftSpec};
 use toml::Value;
 
 use super::reader::Tbl;
 use super::training::{
-    checkpoint, compute_dtype, count, model, optimizer, parallel, prompt_format, sampling, TASKS,
+    checkpoint, compute_dtype, count, model, optimizer, parallel, prompt_format, sampling, save,
+    TASKS,
 };
 use super::{ConfigError, Resolver};
 
@@ -54,6 +56,7 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<SftSpec, ConfigError>
     let parallel = parallel(t)?;
     let checkpoint = checkpoint(t)?;
     let (chat, max_prompt_tokens) = prompt_format(t)?;
+    let save = save(t)?;
     let mut spec = SftSpec {
         init: Some(init),
         data: Some(DataSource { source: Some(data) }),
@@ -70,6 +73,7 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<SftSpec, ConfigError>
         checkpoint: Some(checkpoint),
         chat,
         max_prompt_tokens,
+        save: Some(save),
     };
     spec.set_compute_dtype(compute_dtype);
     Ok(spec)

@@ -253,3 +253,65 @@ fn preference_sources_tasks_and_prompt_format() {
         "only a reward_model source takes a model",
     );
 }
+
+const SELFPLAY: &str = r#"
+[job]
+kind = "selfplay"
+output = "out"
+
+[selfplay]
+algorithm = "ipo_md"
+policy = "tiny"
+reference = "tiny"
+"#;
+
+#[test]
+fn save_dtype_and_max_shard_size_default_to_the_source_and_5gb() {
+    let loaded = parse("t.toml", SFT, &[], Path::new("/r"), "t").unwrap();
+    let Some(job_spec::Kind::Sft(sft)) = &loaded.spec.kind else {
+        panic!("not sft")
+    };
+    let save = sft.save.clone().unwrap();
+    assert_eq!(
+        (save.dtype.as_str(), save.max_shard_size),
+        ("", 5_000_000_000)
+    );
+    // validate prints them.
+    let resolved: toml::Table = toml::from_str(&loaded.resolved_toml).unwrap();
+    assert_eq!(resolved["sft"]["save_dtype"].as_str(), Some("auto"));
+    assert_eq!(
+        resolved["sft"]["max_shard_size"].as_integer(),
+        Some(5_000_000_000)
+    );
+
+    let sets = vec![
+        "selfplay.save_dtype=\"bf16\"".to_string(),
+        "selfplay.max_shard_size=\"2MiB\"".to_string(),
+    ];
+    let loaded = parse("t.toml", SELFPLAY, &sets, Path::new("/r"), "t").unwrap();
+    let Some(job_spec::Kind::Selfplay(sp)) = &loaded.spec.kind else {
+        panic!("not selfplay")
+    };
+    let save = sp.save.clone().unwrap();
+    assert_eq!(
+        (save.dtype.as_str(), save.max_shard_size),
+        ("bf16", 2 << 20)
+    );
+
+    let sets = vec!["sft.save_dtype=\"int8\"".to_string()];
+    let err = parse("t.toml", SFT, &sets, Path::new("/r"), "t")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("sft.save_dtype") && err.contains("auto, f32, bf16, f16"),
+        "{err}"
+    );
+    let sets = vec!["selfplay.max_shard_size=\"lots\"".to_string()];
+    let err = parse("t.toml", SELFPLAY, &sets, Path::new("/r"), "t")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("selfplay.max_shard_size") && err.contains("not a size"),
+        "{err}"
+    );
+}

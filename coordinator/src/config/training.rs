@@ -1,13 +1,14 @@
-//! Tables shared by the training kinds (`sft`, `selfplay`): `[optimizer]`, `[sampling]` and
-//! model sources (a path, a URL, `stage:<name>` or `"tiny"`: a tiny Llama built in code for the
-//! job's task vocabulary, seeded by the job seed).
+//! Tables shared by the training kinds (`sft`, `selfplay`): `[optimizer]`, `[sampling]`, model
+//! sources (a path, a URL, `stage:<name>` or `"tiny"`: a tiny Llama built in code for the
+//! job's task vocabulary, seeded by the job seed) and how the final model is saved.
 
 use mirrorplay_proto::v1::{
     model_source, CheckpointSpec, ComputeDtype, DataParallelSpec, Decay, ModelSource,
-    OptimizerSpec, SamplingSpec, TinyModel,
+    OptimizerSpec, SamplingSpec, SaveSpec, TinyModel,
 };
 use toml::Value;
 
+use super::merge::DEFAULT_MAX_SHARD_SIZE;
 use super::reader::Tbl;
 use super::{ConfigError, Resolver};
 
@@ -211,4 +212,20 @@ pub(super) fn prompt_format(t: &Tbl) -> Result<(bool, u32), ConfigError> {
         ));
     }
     Ok((chat, max as u32))
+}
+
+/// The final model's files (`OUTPUT/model/`): `save_dtype` ("auto", the default: the dtype the
+/// model was loaded in, f32 for `"tiny"`; or "f32", "bf16", "f16") and `max_shard_size` (default
+/// "5GB"; bytes or a size such as "512MiB": larger models are written as
+/// `model-0000K-of-0000N.safetensors` + `model.safetensors.index.json`). Checkpoints stay f32.
+pub(super) fn save(t: &Tbl) -> Result<SaveSpec, ConfigError> {
+    let dtype = t.choice("save_dtype", &["auto", "f32", "bf16", "f16"], Some("auto"))?;
+    Ok(SaveSpec {
+        dtype: if dtype == "auto" {
+            String::new()
+        } else {
+            dtype
+        },
+        max_shard_size: t.size_or("max_shard_size", DEFAULT_MAX_SHARD_SIZE)?,
+    })
 }

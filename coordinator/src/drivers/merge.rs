@@ -14,15 +14,14 @@ use mirrorplay_proto::v1::{
     TensorSource,
 };
 use mirrorplay_worker::io::hf::{open_model, ModelFiles, TensorEntry, INDEX_FILE};
+use mirrorplay_worker::io::shard_plan::{index_json, plan_shards, Shard};
 use mirrorplay_worker::io::store::Location;
 use mirrorplay_worker::jobs::merge_shard::{
     dtype_from_proto, dtype_to_proto, method_from_spec, num_chunks,
 };
 use mirrorplay_worker::merge::passes::{SweepStats, UnitPlan};
 use mirrorplay_worker::merge::{wire, Method, Scope};
-use serde_json::json;
 
-use super::shard_plan::{plan_shards, Shard};
 use super::{DriverError, Log, NewTask, Step};
 
 /// Elements per streamed range: 8 MiB of f32 per input. With 3 chunks in flight, each holding
@@ -282,16 +281,8 @@ impl MergeDriver {
     /// Writes the index and copies the base's non-weight files.
     async fn finish(&self, log: &dyn Log) -> Result<(), DriverError> {
         let dir = self.model_dir()?;
-        let mut weight_map = serde_json::Map::new();
-        for shard in &self.shards {
-            for &i in &shard.tensors {
-                weight_map.insert(self.names[i].0.clone(), json!(shard.file_name));
-            }
-        }
-        let total: u64 = self.names.iter().map(|(_, s)| s).sum();
-        let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-        let mut text = serde_json::to_string_pretty(&index).expect("JSON");
-        text.push('\n');
+        let names: Vec<&str> = self.names.iter().map(|(n, _)| n.as_str()).collect();
+        let index = index_json(&self.shards, &names);
         let base = self
             .base
             .as_ref()
@@ -300,7 +291,7 @@ impl MergeDriver {
             let bytes = base.root.join(extra).read().await?;
             dir.join(extra).put(bytes).await?;
         }
-        dir.join(INDEX_FILE).put(text.into_bytes()).await?;
+        dir.join(INDEX_FILE).put(index).await?;
         log.info(format!(
             "wrote {} shard(s) and {INDEX_FILE} to {dir}",
             self.shards.len()

@@ -5,7 +5,6 @@
 
 pub mod merge;
 pub mod pipeline;
-pub mod shard_plan;
 pub mod train;
 
 use futures::future::BoxFuture;

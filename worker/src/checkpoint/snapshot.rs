@@ -13,7 +13,7 @@ use super::Result;
 use crate::io::dtype::encode_f32_owned;
 use crate::io::safetensors::{pt_metadata, TensorLayout};
 use crate::io::Dtype;
-use crate::model::hf::config_file;
+use crate::model::save::config_file;
 use crate::model::Model;
 use crate::optim::AdamW;
 
@@ -77,7 +77,7 @@ impl HostTensor {
 
 /// What one checkpoint holds, on the host.
 pub struct Snapshot {
-    /// `config.json` as `model::hf::save_model` writes it.
+    /// `config.json` as `model::save_model` writes it for the f32 weights a checkpoint holds.
     pub config_json: Bytes,
     /// Tokenizer and generation files, written verbatim.
     pub aux_files: BTreeMap<String, Bytes>,
@@ -112,7 +112,7 @@ impl Snapshot {
             .iter()
             .find_map(|k| raw.get(*k).and_then(|v| v.as_str()).map(str::to_string));
         Ok(Snapshot {
-            config_json: config_file(model.config()),
+            config_json: config_file(model.config(), Dtype::F32),
             aux_files: aux_files.clone(),
             weights,
             weights_metadata: pt_metadata(),

@@ -62,6 +62,52 @@ impl Dtype {
     pub fn is_float(self) -> bool {
         matches!(self, Dtype::F32 | Dtype::F16 | Dtype::BF16)
     }
+
+    /// A float type as users and configs name it: `f32`/`float32`, `bf16`/`bfloat16`,
+    /// `f16`/`float16` (any case).
+    pub fn parse_float_name(s: &str) -> Option<Dtype> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Some(Dtype::F32),
+            "bf16" | "bfloat16" => Some(Dtype::BF16),
+            "f16" | "float16" => Some(Dtype::F16),
+            _ => None,
+        }
+    }
+
+    /// The name config.json's `torch_dtype`/`dtype` gives this type (`float32`, `bfloat16`, ...).
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "float32",
+            Dtype::F16 => "float16",
+            Dtype::BF16 => "bfloat16",
+            Dtype::F64 => "float64",
+            Dtype::I64 => "int64",
+            Dtype::I32 => "int32",
+            Dtype::I16 => "int16",
+            Dtype::I8 => "int8",
+            Dtype::U8 => "uint8",
+            Dtype::Bool => "bool",
+        }
+    }
+
+    /// The float type holding the most elements among `tensors` (dtype, element count): the
+    /// dtype a model was stored in. F32 when there is no float tensor; a tie goes to the wider
+    /// type (F32, then BF16, then F16).
+    pub fn most_common_float(tensors: impl IntoIterator<Item = (Dtype, u64)>) -> Dtype {
+        let mut counts = [(Dtype::F32, 0u64), (Dtype::BF16, 0), (Dtype::F16, 0)];
+        for (dtype, n) in tensors {
+            if let Some(c) = counts.iter_mut().find(|(d, _)| *d == dtype) {
+                c.1 += n;
+            }
+        }
+        counts
+            .iter()
+            .fold(
+                (Dtype::F32, 0),
+                |best, &c| if c.1 > best.1 { c } else { best },
+            )
+            .0
+    }
 }
 
 impl std::fmt::Display for Dtype {
@@ -155,5 +201,27 @@ mod tests {
         encode_f32(Dtype::BF16, &[1.0], &mut b);
         encode_f32(Dtype::F16, &[1.0], &mut b);
         assert_eq!(b, vec![0x80, 0x3F, 0x00, 0x3C]);
+    }
+
+    #[test]
+    fn float_names_and_the_most_common_float() {
+        for (name, d) in [
+            ("BF16", Dtype::BF16),
+            ("float16", Dtype::F16),
+            ("f32", Dtype::F32),
+        ] {
+            assert_eq!(Dtype::parse_float_name(name), Some(d));
+            assert_eq!(Dtype::parse_float_name(d.torch_name()), Some(d));
+        }
+        assert_eq!(Dtype::parse_float_name("i8"), None);
+        use Dtype::*;
+        assert_eq!(Dtype::most_common_float([]), F32);
+        assert_eq!(Dtype::most_common_float([(I64, 9), (U8, 9)]), F32);
+        assert_eq!(Dtype::most_common_float([(F32, 10), (BF16, 90)]), BF16);
+        assert_eq!(Dtype::most_common_float([(F16, 5), (BF16, 5)]), BF16);
+        assert_eq!(
+            Dtype::most_common_float([(F16, 5), (F32, 2), (F32, 2)]),
+            F16
+        );
     }
 }

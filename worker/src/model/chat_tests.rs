@@ -348,7 +348,7 @@ async fn a_model_directory_template_file_wins_over_the_config_and_is_checked_at_
     let path = dir.path().to_str().unwrap();
     Pretrained::from_parts(model, Some(bos_tokenizer(config)))
         .unwrap()
-        .save(path)
+        .save(path, &crate::model::SaveOptions::default())
         .await
         .unwrap();
     let chat = [ChatMessage::new("user", "a")];

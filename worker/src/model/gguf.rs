@@ -11,6 +11,7 @@ use std::io::Cursor;
 
 use bytes::Bytes;
 use candle_core::quantized::gguf_file::{Content, Value as Meta};
+use candle_core::quantized::GgmlDType;
 use candle_core::Device;
 use serde_json::{json, Value};
 
@@ -23,7 +24,7 @@ use super::gguf_tensors::{check_tensors, known_tensors, read_tensors};
 use super::gguf_tokenizer::tokenizer_files;
 use super::hf::{check_vocab, Pretrained};
 use super::tokenizer::Tokenizer;
-use crate::io::Location;
+use crate::io::{Dtype, Location};
 
 /// Loads a `.gguf` file (path or URL; read whole into memory) as f32 on `device`; `trainable`
 /// gives `Var` weights. The tokenizer, tokenizer_config.json and generation_config.json it
@@ -90,7 +91,22 @@ fn from_bytes(bytes: &[u8], url: &str, trainable: bool, device: &Device) -> Resu
         eos_token_ids,
         pad_token_id,
         aux_files,
+        source_dtype: source_dtype(&content),
     })
+}
+
+/// The float dtype a save keeps by default: F16 or BF16 when most weights are stored so,
+/// else F32 (quantised weights have no float dtype of their own; transformers dequantises
+/// them to f32 as well).
+fn source_dtype(content: &Content) -> Dtype {
+    Dtype::most_common_float(content.tensor_infos.values().map(|info| {
+        let dtype = match info.ggml_dtype {
+            GgmlDType::F16 => Dtype::F16,
+            GgmlDType::BF16 => Dtype::BF16,
+            _ => Dtype::F32,
+        };
+        (dtype, info.shape.elem_count() as u64)
+    }))
 }
 
 /// `generation_config.json` with the config's bos/eos/pad ids (None when it has none).

@@ -409,7 +409,7 @@ async fn hf_directory_with_a_tokenizer_larger_than_the_embedding_is_an_error() {
     let path = path.to_str().unwrap();
     Pretrained::from_parts(model, Some(tokenizer))
         .unwrap()
-        .save(path)
+        .save(path, &crate::model::SaveOptions::default())
         .await
         .unwrap();
     let err = load_err(path).await;

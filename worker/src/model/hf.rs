@@ -1,28 +1,24 @@
 //! Hugging Face directories in and out, through `crate::io` (paths or object-store URLs):
 //! `config.json`, `model.safetensors` or a sharded index (F32/F16/BF16, computed in f32),
-//! `tokenizer.json`, and generation settings (EOS ids). Saving writes a directory transformers
-//! loads with `from_pretrained(dir)`: config.json, one f32 `model.safetensors` with
-//! `__metadata__ {"format": "pt"}` (streamed, tensors in name order, tied `lm_head` omitted as
-//! transformers does), and the tokenizer/generation files copied byte for byte.
+//! `tokenizer.json`, and generation settings (EOS ids); the model remembers the dtype its
+//! weights were stored in. Saving is `super::save` (the dtype and shards of `SaveOptions`).
 //! Must not interpret tokens or run models.
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use super::config::{token_ids, ModelConfig};
 use super::decoder::Model;
 use super::error::{ModelError, Result};
 use super::gguf::load_gguf;
+use super::save::{pretty, save_model, SaveOptions};
 use super::tokenizer::Tokenizer;
-use crate::io::dtype::encode_f32;
-use crate::io::hf::{open_model, read_json, SINGLE_FILE};
-use crate::io::safetensors::{pt_metadata, TensorLayout};
-use crate::io::writer::SafetensorsWriter;
+use crate::io::hf::{open_model, read_json};
+use crate::io::sharded::SavedObject;
 use crate::io::{Dtype, Location};
 
 /// Non-weight files of a model directory that are carried from load to save.
@@ -50,15 +46,9 @@ pub struct Pretrained {
     pub pad_token_id: Option<u32>,
     /// File name → bytes, written verbatim by [`save_model`].
     pub aux_files: BTreeMap<String, Bytes>,
-}
-
-/// One object written by [`save_model`] (for checkpoint manifests).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SavedObject {
-    /// Relative to the saved directory.
-    pub path: String,
-    pub size: u64,
-    pub sha256: String,
+    /// The float dtype the weights were stored in (the one holding most elements if mixed;
+    /// F32 for a model built in code): what a save writes unless told otherwise.
+    pub source_dtype: Dtype,
 }
 
 impl Pretrained {
@@ -163,6 +153,11 @@ impl Pretrained {
         let pad_token_id = config
             .pad_token_id
             .or_else(|| tokenizer.as_ref().and_then(|t| t.special_id("pad_token")));
+        let source_dtype = Dtype::most_common_float(
+            wanted
+                .iter()
+                .map(|n| (files.tensors[n].info.dtype, files.tensors[n].info.numel())),
+        );
         let model = Model::new(config, tensors, trainable)?;
         Ok(Pretrained {
             model,
@@ -170,6 +165,7 @@ impl Pretrained {
             eos_token_ids,
             pad_token_id,
             aux_files,
+            source_dtype,
         })
     }
 
@@ -198,12 +194,13 @@ impl Pretrained {
             model,
             tokenizer,
             aux_files,
+            source_dtype: Dtype::F32,
         })
     }
 
     /// Saves to a directory (path or URL); see [`save_model`].
-    pub async fn save(&self, location: &str) -> Result<Vec<SavedObject>> {
-        save_model(&self.model, &self.aux_files, location).await
+    pub async fn save(&self, location: &str, options: &SaveOptions) -> Result<Vec<SavedObject>> {
+        save_model(&self.model, &self.aux_files, location, options).await
     }
 }
 
@@ -224,70 +221,4 @@ pub(crate) fn check_vocab(tokenizer: &Tokenizer, config: &ModelConfig, url: &str
         });
     }
     Ok(())
-}
-
-/// The `config.json` bytes [`save_model`] writes for `config` (pretty JSON, float32 dtype).
-pub fn config_file(config: &ModelConfig) -> Bytes {
-    Bytes::from(pretty(&config.to_json()))
-}
-
-fn pretty(v: &Value) -> Vec<u8> {
-    let mut s = serde_json::to_string_pretty(v).expect("JSON value");
-    s.push('\n');
-    s.into_bytes()
-}
-
-/// Writes `model` (weights as f32) and `aux_files` as a Hugging Face directory at `location`;
-/// returns what was written with sizes and SHA-256 (weights last).
-pub async fn save_model(
-    model: &Model,
-    aux_files: &BTreeMap<String, Bytes>,
-    location: &str,
-) -> Result<Vec<SavedObject>> {
-    let dir = Location::parse(location)?;
-    let mut saved = Vec::new();
-    let mut put = |name: &str, bytes: Bytes| {
-        saved.push(SavedObject {
-            path: name.to_string(),
-            size: bytes.len() as u64,
-            sha256: hex::encode(Sha256::digest(&bytes)),
-        });
-        (dir.join(name), bytes)
-    };
-    let mut writes = vec![put("config.json", config_file(model.config()))];
-    for (name, bytes) in aux_files {
-        writes.push(put(name, bytes.clone()));
-    }
-    for (loc, bytes) in writes {
-        loc.put(bytes).await?;
-    }
-    let tensors: Vec<(&String, &Tensor)> = model.tensors().iter().collect();
-    let layout: Vec<TensorLayout> = tensors
-        .iter()
-        .map(|(n, t)| TensorLayout {
-            name: n.to_string(),
-            dtype: Dtype::F32,
-            shape: t.dims().iter().map(|&d| d as u64).collect(),
-        })
-        .collect();
-    let mut writer =
-        SafetensorsWriter::create(&dir.join(SINGLE_FILE), layout, &pt_metadata()).await?;
-    let mut bytes = Vec::new();
-    for (_, t) in tensors {
-        let values = t
-            .detach()
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        bytes.clear();
-        encode_f32(Dtype::F32, &values, &mut bytes);
-        writer.write(&bytes).await?;
-    }
-    let summary = writer.finish().await?;
-    saved.push(SavedObject {
-        path: SINGLE_FILE.to_string(),
-        size: summary.bytes,
-        sha256: summary.sha256,
-    });
-    Ok(saved)
 }

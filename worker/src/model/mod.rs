@@ -21,6 +21,7 @@ pub mod hf;
 pub mod init;
 pub mod ops;
 pub mod rope;
+pub mod save;
 pub mod tokenizer;
 pub mod word_level;
 
@@ -29,14 +30,18 @@ mod chat_tests;
 #[cfg(test)]
 mod gguf_tests;
 #[cfg(test)]
+mod save_tests;
+#[cfg(test)]
 mod tests;
 
+pub use crate::io::sharded::SavedObject;
 pub use cache::KvCache;
 pub use chat::{ChatMessage, ChatTemplate, SpecialTokens};
 pub use config::{Head, ModelConfig, ModelType, RopeScaling};
 pub use decoder::{gather_last, log_softmax, Model};
 pub use error::{ModelError, Result};
 pub use gguf::load_gguf;
-pub use hf::{save_model, Pretrained, SavedObject};
+pub use hf::Pretrained;
 pub use init::{init_random, random_tensors, random_tensors_std};
+pub use save::{save_model, SaveOptions};
 pub use tokenizer::Tokenizer;

@@ -20,7 +20,7 @@ pub mod sft;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Device;
-use mirrorplay_proto::v1::{train_task, OptimizerSpec, TrainResult, TrainTask};
+use mirrorplay_proto::v1::{train_task, OptimizerSpec, SaveSpec, TrainResult, TrainTask};
 
 use crate::collective::Collective;
 use crate::optim::{AdamWConfig, Decay, Schedule};
@@ -67,6 +67,8 @@ pub struct Ctx<'a> {
     /// Set when the runtime gives the task up (cancel, shutdown); checked once per step.
     pub cancel: &'a AtomicBool,
     pub device: Device,
+    /// How the final model is saved (the spec's `save`; None: the source's dtype, 5 GB files).
+    pub save: Option<SaveSpec>,
 }
 
 impl Ctx<'_> {
@@ -127,8 +129,9 @@ impl Ctx<'_> {
         metrics::MetricsLog::new(&self.output, self.attempt, self.metrics, self.writer)
     }
 
-    /// The end of every training job: the final model to `OUTPUT/model/`, the last metrics part,
-    /// and the result reported to the coordinator (rank 0 writes; the others only report).
+    /// The end of every training job: the final model to `OUTPUT/model/` (as [`Ctx::save`]
+    /// says), the last metrics part, and the result reported to the coordinator (rank 0 writes;
+    /// the others only report).
     pub async fn finish(
         &self,
         policy: &models::Loaded,
@@ -139,7 +142,7 @@ impl Ctx<'_> {
     ) -> Result<TrainResult, TrainError> {
         let model_url = format!("{}/model", self.output);
         if self.writer {
-            policy.save(&model_url).await?;
+            policy.save(&model_url, self.save.as_ref()).await?;
         }
         metrics.flush().await?;
         Ok(TrainResult {
@@ -198,6 +201,11 @@ pub async fn run(
         progress,
         metrics,
         device: device.clone(),
+        save: match &task.spec {
+            Some(train_task::Spec::Sft(s)) => s.save.clone(),
+            Some(train_task::Spec::Selfplay(s)) => s.save.clone(),
+            None => None,
+        },
     };
     tracing::info!(
         rank = collective.rank(),
