@@ -1,7 +1,10 @@
 //! A real GGUF against transformers: SmolLM2-135M-Instruct Q4_1 loaded by `Pretrained::load`
 //! (tokenizer, weights, config from the GGUF alone) must tokenise the fixture's rendered chat
 //! text to transformers' ids, give next-token log-probs within 1e-3 of transformers' over its
-//! top 50, and decode the same 20 greedy tokens (fixture from `scripts/smollm2_fixtures.py`).
+//! top 50, and decode the same 20 greedy tokens (fixture from `scripts/smollm2_fixtures.py`);
+//! its chat template must render the fixture's messages to the same ids as transformers'
+//! `apply_chat_template`; and the model exported as an HF directory (f32, one file; bf16 in
+//! shards) must load back with bit-identical logits (bf16: the bf16-rounded weights).
 //!
 //! Needs the file: `MIRRORPLAY_SMOLLM2_GGUF=$(bash scripts/fetch_smollm2.sh) cargo test -p
 //! mirrorplay-worker --test smollm2_parity`. Without the variable the test says it is skipped
@@ -10,7 +13,8 @@
 use std::path::Path;
 
 use candle_core::Device;
-use mirrorplay_worker::model::{log_softmax, KvCache, Pretrained};
+use mirrorplay_worker::io::Dtype;
+use mirrorplay_worker::model::{log_softmax, ChatMessage, KvCache, Pretrained, SaveOptions};
 use mirrorplay_worker::sample::{generate, GenerateConfig, RowKey, SamplingParams, TokenRules};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -55,6 +59,17 @@ async fn smollm2_gguf_matches_transformers() {
         assert_eq!(
             encoded, prompt,
             "case {n}: token ids of the rendered chat text"
+        );
+        let messages: Vec<ChatMessage> = case["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            tokenizer.encode_chat(&messages, true).unwrap(),
+            prompt,
+            "case {n}: our chat template's ids vs transformers' apply_chat_template"
         );
 
         let mut cache = KvCache::new();
@@ -121,5 +136,95 @@ async fn smollm2_gguf_matches_transformers() {
             "case {n}: log-probs differ from transformers by {worst}"
         );
         assert_eq!(tokens, &want_tokens, "case {n}: greedy tokens");
+    }
+}
+
+/// Logits of the last position of `ids`.
+fn last_logits(p: &Pretrained, ids: &[u32]) -> Vec<f32> {
+    p.model
+        .logits(&[ids.to_vec()], &[vec![true; ids.len()]])
+        .unwrap()
+        .narrow(1, ids.len() - 1, 1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
+/// GGUF → `save` → load: the f32 directory gives the same logits bit for bit; a bf16 save is
+/// sharded with an index, bf16 on disk, and loads as exactly the bf16 rounding of the weights.
+#[tokio::test]
+async fn smollm2_gguf_exports_to_hf_directories_that_load_back() {
+    let Ok(path) = std::env::var("MIRRORPLAY_SMOLLM2_GGUF") else {
+        eprintln!("skipped: set MIRRORPLAY_SMOLLM2_GGUF=$(bash scripts/fetch_smollm2.sh) to run");
+        return;
+    };
+    let gguf = Pretrained::load(&path, false, &Device::Cpu).await.unwrap();
+    let ids = gguf
+        .tokenizer
+        .as_ref()
+        .unwrap()
+        .encode("The quick brown fox jumps over")
+        .unwrap();
+    let want = last_logits(&gguf, &ids);
+    let dir = tempfile::tempdir().unwrap();
+
+    let f32_dir = dir.path().join("f32");
+    let f32_dir = f32_dir.to_str().unwrap();
+    assert_eq!(gguf.source_dtype, Dtype::F32, "Q4_1 weights save as f32");
+    gguf.save(f32_dir, &SaveOptions::new(Dtype::F32))
+        .await
+        .unwrap();
+    let back = Pretrained::load(f32_dir, false, &Device::Cpu)
+        .await
+        .unwrap();
+    assert_eq!(
+        last_logits(&back, &ids),
+        want,
+        "f32 export: identical logits"
+    );
+    assert_eq!(
+        back.tokenizer
+            .as_ref()
+            .unwrap()
+            .encode("The quick brown fox jumps over")
+            .unwrap(),
+        ids
+    );
+    assert!(back.tokenizer.as_ref().unwrap().chat_template().is_some());
+
+    let bf16_dir = dir.path().join("bf16");
+    let bf16_dir = bf16_dir.to_str().unwrap();
+    let options = SaveOptions {
+        dtype: Dtype::BF16,
+        max_shard_size: 100 << 20,
+    };
+    gguf.save(bf16_dir, &options).await.unwrap();
+    assert!(Path::new(bf16_dir)
+        .join("model.safetensors.index.json")
+        .is_file());
+    let back = Pretrained::load(bf16_dir, false, &Device::Cpu)
+        .await
+        .unwrap();
+    assert_eq!(back.source_dtype, Dtype::BF16);
+    for (name, t) in gguf.model.tensors() {
+        let rounded: Vec<f32> = t
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(|x| half::bf16::from_f32(x).to_f32())
+            .collect();
+        let loaded = back.model.tensors()[name]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(
+            rounded == loaded,
+            "{name}: not the bf16 rounding of the GGUF weights"
+        );
     }
 }
