@@ -107,6 +107,9 @@ impl Prompts {
                         task.map_or("none".to_string(), |t| format!("`{}`", t.name()))
                     )));
                 }
+                // Task prompts are formatted as steps need them: format one now, so that a chat
+                // template that fails to render stops the job before any work.
+                task_row(named, seed, Split::Train, 0, &format)?;
                 Source::Task(named)
             }
             Some(data_source::Source::JsonlUrl(url)) => {

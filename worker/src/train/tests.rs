@@ -244,3 +244,161 @@ fn bf16_compute_trains_with_finite_metrics_close_to_f32() {
         "f32 {a} vs bf16 {b}"
     );
 }
+
+/// Self-play driven by a learned reward model on a prompt file without a task: the policy (a
+/// tiny random model with a word-level tokenizer, written as an HF directory) shares the
+/// fixture reward model's 24-token vocabulary; the file's last eval_prompts rows are held out;
+/// eval reports the reward model's mean and win rate (there is no gold), training logs finite
+/// preferences, and the judge's preferences are the logistic of its score differences
+/// (`preference::reward_model` tests check those against transformers' scores).
+#[test]
+fn reward_model_preferences_drive_selfplay_on_a_prompt_file() {
+    use crate::model::{init_random, ModelConfig, Pretrained, SaveOptions, Tokenizer};
+
+    let dir = tempfile::tempdir().unwrap();
+    let symbols: Vec<String> = (0..20).map(|i| format!("w{i}")).collect();
+    let refs: Vec<&str> = symbols.iter().map(String::as_str).collect();
+    let tokenizer = Tokenizer::tiny(&refs).unwrap();
+    let model = init_random(
+        &ModelConfig::tiny_with(24, 32, 1, 2, 1, 64),
+        5,
+        false,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let policy_dir = dir.path().join("policy");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(
+        Pretrained::from_parts(model, Some(tokenizer))
+            .unwrap()
+            .save(policy_dir.to_str().unwrap(), &SaveOptions::default()),
+    )
+    .unwrap();
+    let prompts = dir.path().join("prompts.jsonl");
+    let rows: String = (0..12)
+        .map(|i| format!("{{\"prompt\": \"w{} w{} w{}\"}}\n", i, i + 3, i + 7))
+        .collect();
+    std::fs::write(&prompts, rows).unwrap();
+    let url = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let source = |u: String| ModelSource {
+        source: Some(model_source::Source::Url(u)),
+    };
+    let rm = format!(
+        "{}/tests/fixtures/models/llama_seqcls",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut spec = selfplay();
+    if let train_task::Spec::Selfplay(s) = &mut spec {
+        s.policy = Some(source(url(&policy_dir)));
+        s.reference = Some(source(url(&policy_dir)));
+        s.task = String::new();
+        s.prompts = Some(DataSource {
+            source: Some(data_source::Source::JsonlUrl(url(&prompts))),
+        });
+        s.eval_prompts = 4;
+        s.sampling = Some(SamplingSpec {
+            max_new_tokens: 6,
+            ..sampling()
+        });
+        s.preference = Some(PreferenceSpec {
+            source: "reward_model".into(),
+            temperature: 0.5,
+            model: Some(source(rm)),
+        });
+    }
+    let (streamed, _) = run(spec);
+    let eval: Vec<&Value> = streamed.iter().filter(|v| v["split"] == "eval").collect();
+    assert_eq!(eval.len(), 3);
+    for v in &eval {
+        assert!(v["eval/reward"].as_f64().is_some_and(f64::is_finite), "{v}");
+        assert!(
+            v["eval/reward_win_rate"]
+                .as_f64()
+                .is_some_and(|w| (0.0..=1.0).contains(&w)),
+            "{v}"
+        );
+        assert!(
+            v.get("eval/gold").is_none() && v.get("eval/win_rate").is_none(),
+            "{v}"
+        );
+    }
+    for v in streamed.iter().filter(|v| v["split"] == "train") {
+        let p = v["pref/mean"].as_f64().unwrap();
+        assert!(
+            p > 0.0 && p < 1.0 && v["score/mean"].as_f64().unwrap().is_finite(),
+            "{v}"
+        );
+    }
+}
+
+/// A chat template that fails to render stops the job before any step, naming the template.
+#[test]
+fn a_chat_template_that_raises_stops_the_job_before_any_step() {
+    use crate::model::{init_random, ModelConfig, Pretrained, SaveOptions, Tokenizer};
+
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = Tokenizer::tiny(&["a", "b"]).unwrap();
+    let mut config = tiny.config().clone();
+    config["chat_template"] = "{{ raise_exception('no chat here') }}".into();
+    let tokenizer = Tokenizer::from_bytes(tiny.to_json().unwrap().as_bytes(), config, "t").unwrap();
+    let model = init_random(
+        &ModelConfig::tiny_with(6, 16, 1, 2, 1, 32),
+        1,
+        false,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let policy_dir = dir.path().join("policy");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(
+        Pretrained::from_parts(model, Some(tokenizer))
+            .unwrap()
+            .save(policy_dir.to_str().unwrap(), &SaveOptions::default()),
+    )
+    .unwrap();
+    let policy = ModelSource {
+        source: Some(model_source::Source::Url(
+            policy_dir.to_str().unwrap().into(),
+        )),
+    };
+    let mut spec = selfplay();
+    if let train_task::Spec::Selfplay(s) = &mut spec {
+        s.policy = Some(policy.clone());
+        s.reference = Some(policy);
+        s.task = "exact_words".into();
+        s.prompts = Some(DataSource {
+            source: Some(data_source::Source::Task("exact_words".into())),
+        });
+        s.chat = true;
+    }
+    let output = crate::io::store::absolute_url(dir.path().to_str().unwrap(), dir.path()).unwrap();
+    let task = TrainTask {
+        output,
+        seed: 7,
+        spec: Some(spec),
+    };
+    let lines = Mutex::new(Vec::<String>::new());
+    let sink = |l: String| lines.lock().unwrap().push(l);
+    let err = rt
+        .block_on(super::run(
+            &task,
+            ("test-job", 1),
+            &candle_core::Device::Cpu,
+            (&|_| {}, &sink, &|_| {}),
+            &AtomicBool::new(false),
+            &mut crate::collective::Local,
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no chat here") && err.contains("exact_words prompt 0"),
+        "{err}"
+    );
+    assert!(lines.into_inner().unwrap().is_empty(), "no step ran");
+}
