@@ -9,7 +9,7 @@
 //! one-in-[`HELD_OUT_ONE_IN`] of the pairs is held out for evaluation, as Goodhart-Digits does.
 //! Pure functions of (seed, index) and of text; no models, no tokenizers.
 
-use crate::rng::{Purpose, Stream, StreamKey};
+use crate::rng::{Purpose, StreamKey};
 
 use super::{Split, TaskError};
 
@@ -117,12 +117,7 @@ impl Prompt {
     /// Which split this prompt belongs to under `seed`.
     pub fn split(&self, seed: u64) -> Split {
         let code = self.topic as u64 * 64 + self.words as u64;
-        let key = StreamKey::new(seed, 0, 0, 1, Purpose::Split).derive(code);
-        if Stream::at(key, 0).is_multiple_of(HELD_OUT_ONE_IN) {
-            Split::HeldOut
-        } else {
-            Split::Train
-        }
+        super::split_of(seed, 1, code, HELD_OUT_ONE_IN)
     }
 }
 

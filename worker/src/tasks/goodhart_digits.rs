@@ -85,12 +85,7 @@ impl Prompt {
             .targets
             .iter()
             .fold(0u64, |acc, &t| acc * 16 + t as u64);
-        let key = StreamKey::new(seed, 0, 0, 0, Purpose::Split).derive(code);
-        if Stream::at(key, 0).is_multiple_of(HELD_OUT_ONE_IN) {
-            Split::HeldOut
-        } else {
-            Split::Train
-        }
+        super::split_of(seed, 0, code, HELD_OUT_ONE_IN)
     }
 }
 

@@ -26,6 +26,17 @@ pub enum Split {
     HeldOut,
 }
 
+/// Which split a prompt with code `code` (an injective encoding of its content) of task `tag`
+/// belongs to under `seed`: one in `one_in` is held out, by a hash of (seed, tag, code).
+pub fn split_of(seed: u64, tag: u64, code: u64, one_in: u64) -> Split {
+    let key = crate::rng::StreamKey::new(seed, 0, 0, tag, crate::rng::Purpose::Split).derive(code);
+    if crate::rng::Stream::at(key, 0).is_multiple_of(one_in) {
+        Split::HeldOut
+    } else {
+        Split::Train
+    }
+}
+
 /// The built-in tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Task {

@@ -245,6 +245,32 @@ fn bf16_compute_trains_with_finite_metrics_close_to_f32() {
     );
 }
 
+/// Writes a random tiny model over `tokenizer`'s vocabulary (`vocab` rows) as an HF directory
+/// under `dir` and returns it as a model source.
+fn write_model(
+    dir: &std::path::Path,
+    vocab: usize,
+    tokenizer: crate::model::Tokenizer,
+) -> ModelSource {
+    use crate::model::{init_random, ModelConfig, Pretrained, SaveOptions};
+    let config = ModelConfig::tiny_with(vocab, 32, 1, 2, 1, 64);
+    let model = init_random(&config, 5, false, &candle_core::Device::Cpu).unwrap();
+    let path = dir.join("policy");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(
+            Pretrained::from_parts(model, Some(tokenizer))
+                .unwrap()
+                .save(path.to_str().unwrap(), &SaveOptions::default()),
+        )
+        .unwrap();
+    ModelSource {
+        source: Some(model_source::Source::Url(path.to_str().unwrap().into())),
+    }
+}
+
 /// Self-play driven by a learned reward model on a prompt file without a task: the policy (a
 /// tiny random model with a word-level tokenizer, written as an HF directory) shares the
 /// fixture reward model's 24-token vocabulary; the file's last eval_prompts rows are held out;
@@ -253,30 +279,14 @@ fn bf16_compute_trains_with_finite_metrics_close_to_f32() {
 /// (`preference::reward_model` tests check those against transformers' scores).
 #[test]
 fn reward_model_preferences_drive_selfplay_on_a_prompt_file() {
-    use crate::model::{init_random, ModelConfig, Pretrained, SaveOptions, Tokenizer};
-
     let dir = tempfile::tempdir().unwrap();
     let symbols: Vec<String> = (0..20).map(|i| format!("w{i}")).collect();
     let refs: Vec<&str> = symbols.iter().map(String::as_str).collect();
-    let tokenizer = Tokenizer::tiny(&refs).unwrap();
-    let model = init_random(
-        &ModelConfig::tiny_with(24, 32, 1, 2, 1, 64),
-        5,
-        false,
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    let policy_dir = dir.path().join("policy");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(
-        Pretrained::from_parts(model, Some(tokenizer))
-            .unwrap()
-            .save(policy_dir.to_str().unwrap(), &SaveOptions::default()),
-    )
-    .unwrap();
+    let policy = write_model(
+        dir.path(),
+        24,
+        crate::model::Tokenizer::tiny(&refs).unwrap(),
+    );
     let prompts = dir.path().join("prompts.jsonl");
     let rows: String = (0..12)
         .map(|i| format!("{{\"prompt\": \"w{} w{} w{}\"}}\n", i, i + 3, i + 7))
@@ -292,8 +302,8 @@ fn reward_model_preferences_drive_selfplay_on_a_prompt_file() {
     );
     let mut spec = selfplay();
     if let train_task::Spec::Selfplay(s) = &mut spec {
-        s.policy = Some(source(url(&policy_dir)));
-        s.reference = Some(source(url(&policy_dir)));
+        s.policy = Some(policy.clone());
+        s.reference = Some(policy);
         s.task = String::new();
         s.prompts = Some(DataSource {
             source: Some(data_source::Source::JsonlUrl(url(&prompts))),
@@ -337,36 +347,18 @@ fn reward_model_preferences_drive_selfplay_on_a_prompt_file() {
 /// A chat template that fails to render stops the job before any step, naming the template.
 #[test]
 fn a_chat_template_that_raises_stops_the_job_before_any_step() {
-    use crate::model::{init_random, ModelConfig, Pretrained, SaveOptions, Tokenizer};
+    use crate::model::Tokenizer;
 
     let dir = tempfile::tempdir().unwrap();
     let tiny = Tokenizer::tiny(&["a", "b"]).unwrap();
     let mut config = tiny.config().clone();
     config["chat_template"] = "{{ raise_exception('no chat here') }}".into();
     let tokenizer = Tokenizer::from_bytes(tiny.to_json().unwrap().as_bytes(), config, "t").unwrap();
-    let model = init_random(
-        &ModelConfig::tiny_with(6, 16, 1, 2, 1, 32),
-        1,
-        false,
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    let policy_dir = dir.path().join("policy");
+    let policy = write_model(dir.path(), 6, tokenizer);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(
-        Pretrained::from_parts(model, Some(tokenizer))
-            .unwrap()
-            .save(policy_dir.to_str().unwrap(), &SaveOptions::default()),
-    )
-    .unwrap();
-    let policy = ModelSource {
-        source: Some(model_source::Source::Url(
-            policy_dir.to_str().unwrap().into(),
-        )),
-    };
     let mut spec = selfplay();
     if let train_task::Spec::Selfplay(s) = &mut spec {
         s.policy = Some(policy.clone());
