@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Benchmark + memory bound (ISSUE: model merging): PCB global (keep 0.1, clip 0.0001) on a base
+# Model merging speed and memory bound (results in
+# BENCHMARKS.md#merging-pcb-global-vs-the-io-floor-peak-rss-and-peers-at-equal-size): PCB global
+# (keep 0.1, clip 0.0001) on a base
 # and three models of SIZE each (`mirrorplay example-models --random-size`), cold page cache,
 # with 1 and 2 workers, next to the I/O floor measured in the same run: a cold read of the four
 # inputs (`cat > /dev/null`) plus one write of SIZE (`dd ... conv=fsync`). Peak RSS of every

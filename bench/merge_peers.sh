@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Benchmark against peers at equal size (ISSUE: model merging): on a Llama-shaped f32 base and
-# three fine-tunes of PEER_SIZE_MIB each (bench/make_llama_models.py),
+# Model merging against peers at equal size (results in
+# BENCHMARKS.md#merging-pcb-global-vs-the-io-floor-peak-rss-and-peers-at-equal-size): on a
+# Llama-shaped f32 base and three fine-tunes of PEER_SIZE_MIB each (bench/make_llama_models.py),
 #   - PCB global (keep 0.1, clip 0.0001): the authors' algorithm in PyTorch (bench/pcb_torch.py)
 #     vs `mirrorplay local` with 1 and 2 workers; the two outputs are compared (max |diff|);
 #   - TIES (density 0.3, weights 1, normalize): mergekit (`mergekit-yaml`) vs mirrorplay running
@@ -11,14 +12,15 @@
 # passed as --worker-bin). 512 MiB is the largest size PyTorch's PCB fits in 23 GiB.
 #
 # Needs: a release build, a Python venv with torch + mergekit + numpy + safetensors
-# (PEER_VENV, default /work/venv-mergekit: `python3 -m venv V && V/bin/pip install mergekit`).
+# (PEER_VENV, default ${XDG_CACHE_HOME:-$HOME/.cache}/mirrorplay/peers-venv; make it with
+# `python3 -m venv V && V/bin/pip install torch mergekit numpy safetensors`).
 # Usage: cargo build --release && bench/merge_peers.sh      (PEER_SIZE_MIB=256 DIR=/tmp/mp-peers)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 SIZE=${PEER_SIZE_MIB:-256}
 DIR=${DIR:-/tmp/mp-peers}
-VENV=${PEER_VENV:-/work/venv-mergekit}
+VENV=${PEER_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/mirrorplay/peers-venv}
 BIN=$ROOT/${BIN:-target/release}
 PY="$VENV/bin/python"
 M="$DIR/models"

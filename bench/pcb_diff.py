@@ -3,7 +3,7 @@
 
 For every entry whose values differ by more than 1e-6 it recomputes, in numpy from the inputs,
 each model's β = exp(n·x²)·tanh(τ·Σ_j τ_j), the thresholds t (rank int(d·(1−keep))) and the
-maxima M of ALGORITHMS.md §5, and prints β − t and the ramp S per model: an entry where one β
+maxima M of docs/algorithms.md §5, and prints β − t and the ramp S per model: an entry where one β
 sits within an ulp of its t while the other models' S are 0 is PCB's discontinuity, not a bug.
 Needs numpy and safetensors (the bench venv). Memory: ~8 × the model size.
 

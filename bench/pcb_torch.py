@@ -2,7 +2,7 @@
 """PCB-merging as its authors run it (Du et al. 2024, the released `PCB_merge`): every task
 vector flattened into one row of an [n, d] torch tensor (their `state_dict_to_vector`), the
 clip and keep quantiles by `torch.sort` over whole rows, then back to a state dict. Written from
-ALGORITHMS.md §5 (the same formulas as scripts/merge_reference.py), in PyTorch on the CPU, for
+docs/algorithms.md §5 (the same formulas as scripts/merge_reference.py), in PyTorch on the CPU, for
 the speed/memory comparison in bench/merge_peers.sh. Not used by tests.
 
 Usage: pcb_torch.py BASE_DIR OUT_DIR MODEL_DIR... [--keep 0.1] [--clip 0.0001]

@@ -17,12 +17,13 @@ What it writes
     llama_seqcls       LlamaForSequenceClassification, one output (reward-model head)
 
 How to run (CI never runs this; it needs torch + transformers)
-    /work/venv-ref/bin/python scripts/make_model_fixtures.py
-    (any venv with numpy, safetensors, torch, transformers; made with transformers 5.24, torch 2.15)
+    python scripts/make_model_fixtures.py
+    (with any python that has numpy, safetensors, torch, transformers, e.g. a venv's
+    bin/python; made with transformers 5.24, torch 2.15)
 
 Round trip (checks that transformers loads directories *saved by mirrorplay*)
     MIRRORPLAY_SAVED_MODELS=/tmp/saved cargo test -p mirrorplay-worker --test model_numerics
-    /work/venv-ref/bin/python scripts/make_model_fixtures.py --check-saved /tmp/saved
+    python scripts/make_model_fixtures.py --check-saved /tmp/saved
     The Rust test saves every fixture it loaded under $MIRRORPLAY_SAVED_MODELS/<variant>/; this
     script then loads each with `from_pretrained` and compares its logits with expected.json.
 """

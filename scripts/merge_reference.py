@@ -1,19 +1,19 @@
 #!/usr/bin/env python3
-"""Independent numpy reference for mirrorplay's merge math (ALGORITHMS.md §5), and the fixture
-generator for its parity tests.
+"""Independent numpy reference for mirrorplay's merge math (docs/algorithms.md §5), and the
+fixture generator for its parity tests.
 
-What it implements, written from ALGORITHMS.md §5 in the authors' matrix style (n tasks × d
+What it implements, written from docs/algorithms.md §5 in the authors' matrix style (n tasks × d
 parameters, whole arrays, np.sort for order statistics) and sharing no code with the Rust:
   * PCB-merging as the authors' released `PCB_merge` computes it (Du et al. 2024), global and
     per-tensor scope, inter = sum_raw | pairwise, keep ratio r, clip ratio c, lambda, lambdas,
-    with the guards of ALGORITHMS.md (hi = lo, M = t: normalised value 0);
+    with the guards of docs/algorithms.md §5 (hi = lo, M = t: normalised value 0);
   * TIES (Yadav et al. 2023, as mergekit): top-k per unit by |tau| with ties to the lower flat
     index (stable argsort), sign election on w_i * tau_hat_i, optional normalisation;
   * DARE given a mask (Yu et al. 2024): rescale inv_density | l1 (mergekit's, with its 1e-7
     guard) | none, then a weighted sum (dare_linear) or the TIES election (dare_ties);
   * task arithmetic.
-All value arithmetic is float32 in the order ALGORITHMS.md writes it; index arithmetic is Python
-float (f64) truncated by int().
+All value arithmetic is float32 in the order docs/algorithms.md §5 writes it; index arithmetic is
+Python float (f64) truncated by int().
 
 What it writes (a few tens of KB) under worker/tests/fixtures/merge/:
   inputs.safetensors   base/<tensor>, model<i>/<tensor> (float32)
@@ -22,7 +22,7 @@ What it writes (a few tens of KB) under worker/tests/fixtures/merge/:
 Read by the Rust tests `merge::fixture_tests::*` (cargo test -p mirrorplay-worker --lib merge::).
 
 How to run (numpy is the only dependency; the safetensors format is written by hand below):
-    /work/venv-ref/bin/python scripts/merge_reference.py        # or any python with numpy
+    python scripts/merge_reference.py        # any python with numpy
 Deterministic: re-running rewrites identical files.
 """
 

@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
-"""Fixtures for mirrorplay's objectives (ALGORITHMS.md §3, §4): an independent PyTorch
+"""Fixtures for mirrorplay's objectives (docs/algorithms.md §3, §4): an independent PyTorch
 implementation of every loss and KL metric, evaluated in float64 on fixed log-probs and
 preferences, with the gradient of each loss with respect to the policy's per-token log-probs.
 
-Written from ALGORITHMS.md alone (not from the Rust code): losses use torch.nn.functional.logsigmoid
-and torch.relu, sequence sums use explicit masks, the reward-to-go uses flip/cumsum/flip.
+Written from docs/algorithms.md §3, §4 alone (not from the Rust code): losses use
+torch.nn.functional.logsigmoid and torch.relu, sequence sums use explicit masks, the
+reward-to-go uses flip/cumsum/flip.
 
 Run (CI never does; the output is committed):
     /path/to/venv/bin/python scripts/objective_fixtures.py
 needs torch and numpy; writes worker/tests/fixtures/objectives/objectives.json, read by
-worker/tests/objectives.rs.
+worker/src/objectives/tests.rs.
 """
 import json
 import pathlib

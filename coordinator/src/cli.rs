@@ -1,6 +1,6 @@
-//! Command-line arguments of `mirrorplay` (clap). DESIGN.md "CLI contract": results on stdout,
-//! logs and progress on stderr; exit 0 success, 1 job failed or runtime error, 2 usage or
-//! config error, 3 cancelled.
+//! Command-line arguments of `mirrorplay` (clap). docs/architecture.md#cli-contract: results on
+//! stdout, logs and progress on stderr; exit 0 success, 1 job failed or runtime error, 2 usage
+//! or config error, 3 cancelled.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! Exit codes of the CLI (DESIGN.md "CLI contract").
+//! Exit codes of the CLI (docs/architecture.md#cli-contract).
 
 /// How a command ends.
 #[derive(Debug, thiserror::Error)]

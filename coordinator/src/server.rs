@@ -1,5 +1,5 @@
 //! The gRPC surface: translates `mirrorplay.v1.Coordinator` messages to `ControlPlane` calls.
-//! RPCs that later issues implement answer UNIMPLEMENTED. `grpc.health.v1` is served beside it.
+//! `grpc.health.v1` is served beside it.
 
 use std::net::SocketAddr;
 use std::pin::Pin;

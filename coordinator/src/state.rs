@@ -1,7 +1,8 @@
 //! Durable coordinator state under `--state` (a directory or an object-store URL): a lock
 //! object written with `PutMode::Create`, so two coordinators cannot share one state, and one
 //! record per job (`jobs/<id>/job.pb`, the `Job` message, plus the submitted config).
-//! Resuming unfinished jobs after a restart reads these records (a later issue).
+//! Resuming unfinished jobs after a restart will read these records (planned, not built:
+//! docs/architecture.md#planned-not-built).
 
 use mirrorplay_proto::v1::Job;
 use mirrorplay_worker::io::{IoError, Location};

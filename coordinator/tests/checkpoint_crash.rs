@@ -7,8 +7,9 @@
 //! torn one; every step directory left verifies; every step ran; the final parameters and
 //! optimizer state are bit-identical to an uninterrupted run's.
 //!
-//! CI runs three fixed trials (`three_crash_trials`); `bench/checkpoint_crash.sh` runs the
-//! ignored `random_crash_trials` (N from `CRASH_TRIALS`, seed `CRASH_SEED`).
+//! CI runs three fixed trials (`three_crash_trials`) and `random_crash_trials` (N from
+//! `CRASH_TRIALS`, default 2, seed `CRASH_SEED`); `bench/checkpoint_crash.sh` runs the latter
+//! with many more.
 
 mod common;
 

@@ -9,9 +9,9 @@
 //! nccl-tests' definition), from the median of the timed calls on rank 0. Two entry points:
 //! `slice` (`TcpRing::all_reduce_slice` on a flat buffer: the ring itself) and `tensor`
 //! (`Collective::all_reduce_sum` on one f32 tensor of that size: plus the copies out of and
-//! back into a tensor). The issue asks for at least 50 % of memcpy from 16 MiB up. For context
-//! the table also gives one-way loopback TCP throughput (two threads, one stream): no TCP
-//! transport can beat it.
+//! back into a tensor). The target is at least 50 % of memcpy from 16 MiB up
+//! (BENCHMARKS.md#tcp-ring-all-reduce). For context the table also gives one-way loopback TCP
+//! throughput (two threads, one stream): no TCP transport can beat it.
 //!
 //! The parent spawns this binary once per rank with `RING_BENCH_CHILD=rank,world,dir`; the
 //! children exchange listener addresses through files in `dir`.

@@ -1,7 +1,8 @@
 //! Mixture/plain sampling cost measured interleaved: plain, mixture, plain, mixture, … in one
 //! process, so machine load drifts hit both alike (the criterion groups of `sampling.rs` run
 //! minutes apart). Prints one table row per (model, batch): tokens/s of each and the ratio of
-//! their total times. The target: mixture ≤ 2.2× plain.
+//! their total times. The target: mixture ≤ 2.2× plain
+//! (BENCHMARKS.md#sampling-throughput-model-core).
 //!
 //!   cargo bench -p mirrorplay-worker --bench sampling_interleaved --profile dev
 //!   cargo bench ... -- tiny        # only the tiny model (the SmolLM2 shape takes minutes)

@@ -1,6 +1,6 @@
-//! Counter-based randomness (DESIGN.md "Runtime model"): every draw is a pure function of a key
-//! built from (job seed, step, global prompt index, sample index, purpose) and a counter, so no
-//! RNG state is ever saved and W workers draw exactly what one worker would.
+//! Counter-based randomness (docs/architecture.md#randomness): every draw is a pure function of
+//! a key built from (job seed, step, global prompt index, sample index, purpose) and a counter,
+//! so no RNG state is ever saved and W workers draw exactly what one worker would.
 //!
 //! The generator is SplitMix64 (Steele, Lea & Flood 2014, "Fast splittable pseudorandom number
 //! generators"): output i of stream k is `mix(k + (i + 1) * GAMMA)`. Keys are derived by chaining
@@ -39,7 +39,7 @@ pub enum Purpose {
 pub struct StreamKey(u64);
 
 impl StreamKey {
-    /// Key for (seed, step, prompt, sample, purpose), as DESIGN.md prescribes.
+    /// Key for (seed, step, prompt, sample, purpose), as docs/architecture.md#randomness tabulates.
     pub fn new(seed: u64, step: u64, prompt: u64, sample: u64, purpose: Purpose) -> Self {
         let mut k = mix(seed ^ 0x6D69_7272_6F72_706C); // "mirrorpl"
         for field in [step, prompt, sample, purpose as u64] {

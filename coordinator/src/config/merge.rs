@@ -1,5 +1,5 @@
 //! `[merge]`: method, base, models, weights, lambda, max_shard_size, and each method's own keys
-//! (ALGORITHMS.md §5). Only the keys of the chosen method are accepted.
+//! (docs/algorithms.md §5). Only the keys of the chosen method are accepted.
 
 use mirrorplay_proto::v1::{
     merge_spec, Dare, DareRescale, MergeScope, MergeSpec, Pcb, PcbInter, TaskArithmetic, Ties,

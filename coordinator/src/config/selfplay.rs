@@ -1,19 +1,19 @@
-//! `[selfplay]`: online preference optimisation against a frozen reference (docs/algorithms.md
-//! §1–§4). Keys: `algorithm` (online_ipo | ipo_md | nash_md | online_dpo | slic), `kl_coef` (τ),
-//! `mixture_coef` (β), `policy`, `reference` (path | URL | `.gguf` | `stage:<name>` | "tiny"),
-//! `[sampling]`, `batch_prompts`, `grad_accum`, `steps`, `[optimizer]`, `eval_every`,
-//! `eval_prompts`, `nash_kl_grad`, `labels`, `sft_coef`, `task` (the built-in task whose gold
-//! judge and held-out prompts are used: goodhart_digits | exact_words; default goodhart_digits
-//! when `prompts` is absent, none when it is given), `prompts` (JSONL path or URL; default: the
-//! task's train prompts; without a task its last `eval_prompts` rows are held out), `chat`,
-//! `max_prompt_tokens` (`training::prompt_format`), `[preference]` (`source` = "gold" |
+//! `[selfplay]`: online preference optimisation against a frozen reference
+//! (docs/algorithms.md §1–§4). Keys: `algorithm` (online_ipo | ipo_md | nash_md | online_dpo |
+//! slic), `kl_coef` (τ), `mixture_coef` (β), `policy`, `reference` (path | URL | `.gguf` |
+//! `stage:<name>` | "tiny"), `[sampling]`, `batch_prompts`, `grad_accum`, `steps`, `[optimizer]`,
+//! `eval_every`, `eval_prompts`, `nash_kl_grad`, `labels`, `sft_coef`, `task` (the built-in task
+//! whose gold judge and held-out prompts are used: goodhart_digits | exact_words; default
+//! goodhart_digits when `prompts` is absent, none when it is given), `prompts` (JSONL path or URL;
+//! default: the task's train prompts; without a task its last `eval_prompts` rows are held out),
+//! `chat`, `max_prompt_tokens` (`training::prompt_format`), `[preference]` (`source` = "gold" |
 //! "reward_model", `model` for a reward model, `temperature`), `compute_dtype`, the data
 //! parallelism keys `world_size`, `min_world_size`, `collective_timeout_s` (`training::parallel`)
 //! the checkpoint keys `checkpoint_every`, `keep_last`, `keep_every`, `checkpoint_timeout_s`
-//! (`training::checkpoint`), and the final model's `save_dtype` ("auto" = the policy's own
-//! dtype | "f32" | "bf16" | "f16") and `max_shard_size` (default "5GB") (`training::save`).
-//! Defaults follow docs/algorithms.md §3: τ = 1 for IPO / IPO-MD, 0.008 for Nash-MD-PG, 0.1 for DPO
-//! and SLiC; β = 0.125; lr 1e-4 (Nash-MD-PG 3e-5).
+//! (`training::checkpoint`), and the final model's `save_dtype` ("auto" = the policy's own dtype |
+//! "f32" | "bf16" | "f16") and `max_shard_size` (default "5GB") (`training::save`). Defaults follow
+//! docs/algorithms.md §3: τ = 1 for IPO / IPO-MD, 0.008 for Nash-MD-PG, 0.1 for DPO and SLiC;
+//! β = 0.125; lr 1e-4 (Nash-MD-PG 3e-5).
 
 use mirrorplay_proto::v1::{
     data_source, DataSource, Labels, NashKlGrad, PreferenceSpec, SelfplayAlgorithm, SelfplaySpec,
@@ -86,7 +86,7 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<SelfplaySpec, ConfigE
     if sft_coef != 0.0 && algorithm == SelfplayAlgorithm::NashMd {
         return Err(t.error(
             "sft_coef",
-            "is not defined for nash_md (ALGORITHMS.md §3); remove it",
+            "is not defined for nash_md (docs/algorithms.md §3); remove it",
         ));
     }
     let prompts = match t.opt_str("prompts")? {

@@ -125,7 +125,7 @@ pub(super) fn optimizer(parent: &Tbl, default_lr: f64) -> Result<OptimizerSpec, 
     Ok(spec)
 }
 
-/// `[sampling]`: max_new_tokens, temperature, top_k, top_p (ALGORITHMS.md §1; defaults T = 1,
+/// `[sampling]`: max_new_tokens, temperature, top_k, top_p (docs/algorithms.md §1; defaults T = 1,
 /// no top-k, no top-p).
 pub(super) fn sampling(parent: &Tbl) -> Result<SamplingSpec, ConfigError> {
     let t = parent.opt_table("sampling")?;

@@ -1,7 +1,7 @@
 //! The merge driver: reads the safetensors headers of the base and the models (ranged reads),
 //! validates them, plans output shards from the base's tensor list and `max_shard_size`, then
 //! runs rounds over the shards: statistics rounds while some unit (the whole model in global
-//! scope, else a tensor) still needs order statistics (ALGORITHMS.md §5; `merge::passes`), and
+//! scope, else a tensor) still needs order statistics (docs/algorithms.md §5; `merge::passes`), and
 //! finally the write round. Results of a round are combined here between rounds. When every
 //! shard is written it writes the index and copies the base's config/tokenizer files, so
 //! `OUTPUT/model/` is a complete Hugging Face directory.
@@ -304,7 +304,7 @@ fn dtype_size(d: i32) -> u64 {
     dtype_from_proto(d).map(|d| d.size() as u64).unwrap_or(4)
 }
 
-/// Groups the merged tensors into statistics units (ALGORITHMS.md §5: "global" statistics run
+/// Groups the merged tensors into statistics units (docs/algorithms.md §5: "global" statistics run
 /// over every merged parameter at once, "per-tensor" over one tensor) and numbers their chunks.
 /// A per-tensor unit that fits one chunk is merged locally in the write round.
 fn assign_units(
@@ -359,7 +359,7 @@ fn assign_units(
 }
 
 /// Checks the inputs against each other and lists the output tensors in name order.
-/// (ALGORITHMS.md §5: a tensor missing from a model is an error naming both; a tensor absent
+/// (docs/algorithms.md §5: a tensor missing from a model is an error naming both; a tensor absent
 /// from the base is copied from the first model with a warning; shapes and dtypes must agree.)
 fn validate(
     base: &ModelFiles,

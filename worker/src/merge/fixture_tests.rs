@@ -1,7 +1,8 @@
 //! Parity with independent implementations, from committed fixtures under
 //! `worker/tests/fixtures/merge/`:
-//! - `scripts/merge_reference.py` (numpy, written from ALGORITHMS.md): PCB, TIES, DARE given the
-//!   script's masks, task arithmetic (`inputs.safetensors`, `outputs.safetensors`, `cases.json`);
+//! - `scripts/merge_reference.py` (numpy, written from docs/algorithms.md §5): PCB, TIES, DARE
+//!   given the script's masks, task arithmetic (`inputs.safetensors`, `outputs.safetensors`,
+//!   `cases.json`);
 //! - `scripts/mergekit_fixtures.sh` (mergekit itself): TIES (`mergekit_ties/`).
 //!
 //! Every method runs through [`merge_in_memory_chunked`] with tiny chunks (16 elements: every

@@ -1,4 +1,4 @@
-//! Model merging, the math (ALGORITHMS.md §5): PCB-merging, TIES, DARE and task arithmetic as
+//! Model merging, the math (docs/algorithms.md §5): PCB-merging, TIES, DARE and task arithmetic as
 //! pure functions on f32 chunks, plus the exact distributed order statistics they need
 //! ([`radix`]). A worker streams element ranges (≤ 16 MiB) of the base and the n models and calls
 //! a method's chunk function with the statistics the coordinator gathered in earlier rounds.
@@ -37,7 +37,9 @@ pub use reference::{merge_in_memory, merge_in_memory_chunked, Merged};
 /// Flat f32 tensors by name (the in-memory driver's models).
 pub type Tensors = std::collections::BTreeMap<String, Vec<f32>>;
 
-/// Elements per chunk: 16 MiB of f32, the most a worker holds per input (DESIGN.md "Merging").
+/// Elements per chunk of the in-memory driver (`reference::merge_in_memory`): 16 MiB of f32.
+/// Workers stream smaller ranges: 2 Mi elements (8 MiB of f32) per input, at most 3 in flight
+/// (`coordinator::drivers::merge::CHUNK_ELEMENTS`; docs/architecture.md#merge-jobs).
 pub const DEFAULT_CHUNK_ELEMS: usize = 4 << 20;
 
 /// Errors of the merge math. Every variant about data names the tensor.
@@ -249,7 +251,7 @@ pub fn sign(x: f32) -> f32 {
     }
 }
 
-/// clamp(x, lo, hi) := min(max(x, lo), hi) (ALGORITHMS.md §5; hi wins when lo > hi, where
+/// clamp(x, lo, hi) := min(max(x, lo), hi) (docs/algorithms.md §5; hi wins when lo > hi, where
 /// Rust's f32::clamp would panic).
 #[inline(always)]
 pub fn clamp(x: f32, lo: f32, hi: f32) -> f32 {
@@ -262,7 +264,7 @@ pub(crate) fn trunc_index(x: f64) -> i64 {
     x as i64
 }
 
-/// Runs `f` and returns what it logged (tests of the warnings ALGORITHMS.md asks for).
+/// Runs `f` and returns what it logged (tests of the warnings docs/algorithms.md §5 asks for).
 #[cfg(test)]
 pub(crate) fn capture_logs(f: impl FnOnce()) -> String {
     use std::sync::{Arc, Mutex};

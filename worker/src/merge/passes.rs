@@ -13,7 +13,7 @@
 //! | `ties`            | count \|τ\| high, count \|τ\| low; census only if a tie is cut     | write |
 //! | `pcb`             | count \|τ\| high, \|τ\| low (lo, hi); count β high (+max), β low (t)| write |
 //!
-//! ALGORITHMS.md §5 counts PCB's statistics as "two sweeps" (|τ|, then β): with the two-level
+//! docs/algorithms.md §5 counts PCB's statistics as "two sweeps" (|τ|, then β): with the two-level
 //! radix each is two counting sweeps, so PCB reads its inputs five times in all.
 //!
 //! How results combine: [`Counts`] add (any order, any grouping: workers may merge the counts of

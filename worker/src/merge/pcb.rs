@@ -1,5 +1,5 @@
 //! PCB-merging (Du et al. 2024, "Parameter Competition Balancing for Model Merging", NeurIPS,
-//! §3), as the authors' released `PCB_merge` computes it (ALGORITHMS.md §5):
+//! §3), as the authors' released `PCB_merge` computes it (docs/algorithms.md §5):
 //!
 //! ```text
 //! lo_i = a_i[int(d·c)], hi_i = a_i[int(d·(1−c) − 1)]      a_i = |τ_i| ascending over the unit
@@ -28,7 +28,7 @@ use super::vmath::{exp, tanh, tanh_poly, TANH_POLY_BELOW};
 use super::{clamp, sign, trunc_index, Chunk, Inter, Pcb, Result};
 
 /// The ascending ranks of lo and hi in a unit of `d` elements: int(d·c) and int(d·(1−c) − 1),
-/// f64 evaluated in that order and truncated (ALGORITHMS.md §5; the authors' `clamp(x,
+/// f64 evaluated in that order and truncated (docs/algorithms.md §5; the authors' `clamp(x,
 /// min_ratio=c, max_ratio=c)` indexes `sorted_x[int(d * min_ratio)]` and
 /// `sorted_x[int(d * (1 - max_ratio) - 1)]`). Needs d ≥ 1, c in [0, 1).
 pub fn clip_ranks(d: u64, clip_ratio: f64) -> [u64; 2] {
@@ -454,7 +454,7 @@ mod tests {
 
     #[test]
     fn index_arithmetic_is_f64_truncated_in_the_stated_order() {
-        // ALGORITHMS.md's examples: int(100·(1 − 0.9)) = 9, int(90·(1 − 0.3)) = 62.
+        // docs/algorithms.md §5's examples: int(100·(1 − 0.9)) = 9, int(90·(1 − 0.3)) = 62.
         assert_eq!(keep_rank(100, 0.9), 9);
         assert_eq!(keep_rank(90, 0.3), 62);
         assert_eq!(clip_ranks(10_000, 0.0001), [1, 9_998]);

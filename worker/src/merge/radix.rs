@@ -1,5 +1,6 @@
-//! Exact order statistics of f32 values seen in chunks, with bounded memory (ALGORITHMS.md §5,
-//! DESIGN.md "Merging"): a two-level radix select on the order-preserving u32 key of each value.
+//! Exact order statistics of f32 values seen in chunks, with bounded memory (docs/algorithms.md §5,
+//! "Exact order statistics across workers"; docs/architecture.md#merge-jobs): a two-level radix
+//! select on the order-preserving u32 key of each value.
 //!
 //! Round `High` counts the high 16 bits of every key; the coordinator picks the bucket holding
 //! the wanted rank. Round `Low` counts the low 16 bits of the keys inside that bucket; the

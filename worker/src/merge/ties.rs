@@ -17,8 +17,8 @@ use super::{Chunk, MergeError, Result, Ties};
 
 /// k_i = int(density_i · d) (f64, truncated): the number of entries of task i kept in a unit of
 /// `d` elements (Yadav et al. 2023 §3, "Trim"; mergekit `sparsify.magnitude`). `None` when
-/// density ≥ 1 (keep all, as mergekit); k = 0 is an error (ALGORITHMS.md; mergekit 0.1.5 keeps
-/// max(1, k) instead).
+/// density ≥ 1 (keep all, as mergekit); k = 0 is an error (docs/algorithms.md §5, "TIES";
+/// mergekit 0.1.5 keeps max(1, k) instead).
 pub fn keep_count(unit: &str, model: usize, density: f64, d: u64) -> Result<Option<u64>> {
     if density >= 1.0 {
         return Ok(None);

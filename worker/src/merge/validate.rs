@@ -1,6 +1,6 @@
-//! Checks a merge can run before any byte is written (issue 5, "Validation"): parameter ranges
-//! and counts, NaN in inputs (named). Shape/dtype checks across files live with the planner,
-//! which sees headers; here tensors are flat f32 slices.
+//! Checks a merge can run before any byte is written (docs/algorithms.md §5, "Inputs and
+//! validation"): parameter ranges and counts, NaN in inputs (named). Shape/dtype checks across
+//! files live with the planner, which sees headers; here tensors are flat f32 slices.
 
 use super::{Dare, MergeError, Method, Pcb, Result, TaskArithmetic, Ties};
 

@@ -1,6 +1,6 @@
 //! Train-safe tensor ops composed from candle-core primitives that all have a backward pass
-//! (DESIGN.md "Devices": candle's fused rms_norm / softmax_last_dim / rope kernels have none, so
-//! gradients would silently stop there). Everything here works for any float dtype and any
+//! (docs/architecture.md#devices: candle's fused rms_norm / softmax_last_dim / rope kernels have
+//! none, so gradients would silently stop there). Everything here works for any float dtype and any
 //! rank ≥ 1 (the last dimension is the one normalised). Must not hold state.
 
 use candle_core::{DType, Result, Tensor, D};
@@ -42,7 +42,8 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     let rows: usize = dims[..dims.len() - 1].iter().product();
     let x2 = x.reshape((rows, in_dim))?;
     // For a few rows (decoding) (W·xᵀ)ᵀ is faster on CPU than x·Wᵀ: the gemm then streams W
-    // instead of repacking it (SmolLM2-135M shape, batch 8: ~1.4× tokens/s, BENCHMARKS-model.md).
+    // instead of repacking it (SmolLM2-135M shape, batch 8: ~1.4× tokens/s,
+    // BENCHMARKS.md#sampling-throughput-model-core).
     let y = if rows <= 16 {
         weight.matmul(&x2.t()?)?.t()?
     } else {

@@ -1,5 +1,5 @@
 //! The Bradley–Terry reward-model loss (Bradley & Terry 1952; as used for reward models by
-//! Ouyang et al. 2022, Eq. 1; ALGORITHMS.md §3).
+//! Ouyang et al. 2022, Eq. 1; docs/algorithms.md §3).
 
 use candle_core::{Result, Tensor};
 

@@ -1,5 +1,5 @@
 //! Online DPO (Guo et al. 2024, "Direct Language Model Alignment from Online AI Feedback", §3;
-//! the DPO loss of Rafailov et al. 2023, Eq. 7; ALGORITHMS.md §3).
+//! the DPO loss of Rafailov et al. 2023, Eq. 7; docs/algorithms.md §3).
 
 use candle_core::{Result, Tensor};
 

@@ -1,5 +1,5 @@
 //! Online IPO and IPO-MD (Calandriello et al. 2024, "Human Alignment of Large Language Models
-//! through Online Preference Optimisation", §4 online IPO, §5 IPO-MD; ALGORITHMS.md §3).
+//! through Online Preference Optimisation", §4 online IPO, §5 IPO-MD; docs/algorithms.md §3).
 
 use candle_core::{Result, Tensor};
 

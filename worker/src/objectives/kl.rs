@@ -1,4 +1,4 @@
-//! KL(π‖μ) estimators for logging (ALGORITHMS.md §4; k1/k3 as named by Schulman 2020,
+//! KL(π‖μ) estimators for logging (docs/algorithms.md §4; k1/k3 as named by Schulman 2020,
 //! "Approximating KL Divergence"). Metrics only: callers pass detached tensors.
 
 use candle_core::{Result, Tensor, D};

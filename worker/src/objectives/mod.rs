@@ -1,4 +1,4 @@
-//! Training objectives (ALGORITHMS.md §3) and the KL metrics of §4, each a pure function on
+//! Training objectives (docs/algorithms.md §3) and the KL metrics of §4, each a pure function on
 //! candle tensors so that gradients flow back into the policy's per-token log-probs.
 //!
 //! This module only does arithmetic on log-probs: it never runs a model, samples, or decides
@@ -44,7 +44,7 @@ pub struct Completions {
 }
 
 impl Completions {
-    /// log π(y|x) = Σ_t mask·log π(y_t | x, y_<t) (ALGORITHMS.md §0), [B].
+    /// log π(y|x) = Σ_t mask·log π(y_t | x, y_<t) (docs/algorithms.md §0), [B].
     pub fn policy_logp(&self) -> Result<Tensor> {
         masked(&self.policy, &self.mask)?.sum(D::Minus1)
     }
@@ -75,19 +75,19 @@ pub struct PairBatch {
 }
 
 impl PairBatch {
-    /// h(y, y′) = [log π(y) − log μ(y)] − [log π(y′) − log μ(y′)] (ALGORITHMS.md §0), [B].
+    /// h(y, y′) = [log π(y) − log μ(y)] − [log π(y′) − log μ(y′)] (docs/algorithms.md §0), [B].
     pub fn h(&self) -> Result<Tensor> {
         self.y.log_ratio()? - self.y_prime.log_ratio()?
     }
 
     /// 1 where y is the winner (p ≥ ½, so ties go to the first sample), else 0, [B].
-    /// Hard labels and the RPO winner both use this rule (ALGORITHMS.md §3).
+    /// Hard labels and the RPO winner both use this rule (docs/algorithms.md §3).
     pub fn y_wins(&self) -> Result<Tensor> {
         self.pref.ge(0.5)?.to_dtype(self.pref.dtype())
     }
 }
 
-/// How DPO and SLiC turn p into a target (ALGORITHMS.md §3, `labels`).
+/// How DPO and SLiC turn p into a target (docs/algorithms.md §3, `labels`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Labels {
     /// The winner is y when p ≥ ½ (ties → first): L(y_w, y_l).
@@ -97,7 +97,7 @@ pub enum Labels {
     Soft,
 }
 
-/// A self-play algorithm (config `algorithm`, ALGORITHMS.md §3).
+/// A self-play algorithm (config `algorithm`, docs/algorithms.md §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
     /// `online_ipo`: [`ipo_loss`] on y, y′ ~ sg π.
@@ -134,7 +134,7 @@ impl Objective {
             Algorithm::NashMd => {
                 if self.sft_coef != 0.0 {
                     candle_core::bail!(
-                        "sft_coef = {} is not defined for nash_md (ALGORITHMS.md §3)",
+                        "sft_coef = {} is not defined for nash_md (docs/algorithms.md §3)",
                         self.sft_coef
                     );
                 }

@@ -1,11 +1,12 @@
-//! Nash-MD-PG (Munos et al. 2023, "Nash Learning from Human Feedback", App. F; ALGORITHMS.md §3).
+//! Nash-MD-PG (Munos et al. 2023, "Nash Learning from Human Feedback", App. F;
+//! docs/algorithms.md §3).
 
 use candle_core::{Result, Tensor, D};
 
 use super::{masked, Completions};
 
 /// Which stop-gradient KL coefficient multiplies the policy's token log-probs
-/// (ALGORITHMS.md §3, `nash_kl_grad`).
+/// (docs/algorithms.md §3, `nash_kl_grad`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum NashKlGrad {
     /// τ·sg(Σ_s (ℓ_s − ℓ_s^ref))·Σ_t ℓ_t: the paper's estimator (default).

@@ -1,6 +1,6 @@
 //! The optional `sft_coef` regulariser (RPO: Liu et al. 2024, "Provably Mitigating
 //! Overoptimization in RLHF: Your SFT Loss is Implicitly an Adversarial Regularizer", §4;
-//! ALGORITHMS.md §3). Applies to IPO, IPO-MD, DPO and SLiC, never to Nash-MD-PG.
+//! docs/algorithms.md §3). Applies to IPO, IPO-MD, DPO and SLiC, never to Nash-MD-PG.
 
 use candle_core::{Result, Tensor};
 

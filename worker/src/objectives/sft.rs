@@ -1,4 +1,4 @@
-//! Supervised fine-tuning (ALGORITHMS.md §3, "SFT"): used to make reference policies.
+//! Supervised fine-tuning (docs/algorithms.md §3, "SFT"): used to make reference policies.
 
 use candle_core::{Result, Tensor};
 

@@ -1,5 +1,5 @@
 //! Online SLiC (hinge; Zhao et al. 2023 "SLiC-HF" Eq. 1, in the form of Tang et al. 2024
-//! "Generalized Preference Optimization", §3; ALGORITHMS.md §3).
+//! "Generalized Preference Optimization", §3; docs/algorithms.md §3).
 
 use candle_core::{Result, Tensor};
 

@@ -1,5 +1,6 @@
 //! Objectives against the independent PyTorch implementation (scripts/objective_fixtures.py,
-//! fixture under worker/tests/fixtures/objectives/), plus the identities ALGORITHMS.md §3 states.
+//! fixture under worker/tests/fixtures/objectives/), plus the identities docs/algorithms.md §3
+//! states.
 
 use candle_core::{DType, Device, Tensor, Var};
 use serde_json::Value;
@@ -178,7 +179,7 @@ fn exact_kl_is_zero_for_equal_distributions_and_ignores_impossible_tokens() {
 }
 
 /// p·(h − 1/2τ)² + (1−p)·(h′ − 1/2τ)² = (h − (p−½)/τ)² + p(1−p)/τ² with h′ = −h
-/// (ALGORITHMS.md §3, online IPO), checked on the fixture's h for several p and τ, and the IPO
+/// (docs/algorithms.md §3, online IPO), checked on the fixture's h for several p and τ, and the IPO
 /// loss equals the right side's first term.
 #[test]
 fn ipo_identity_holds() {
@@ -215,7 +216,7 @@ fn ipo_identity_holds() {
     }
 }
 
-/// ∂L/∂ℓ_t for each `nash_kl_grad`, computed by hand from ALGORITHMS.md §3 (B rows, mean):
+/// ∂L/∂ℓ_t for each `nash_kl_grad`, computed by hand from docs/algorithms.md §3 (B rows, mean):
 /// sequence: (−(p−½) + τ·Σ_s d_s)/B;  to_go: (−(p−½) + τ·Σ_{s≥t} d_s)/B;  token: (−(p−½) + τ·d_t)/B,
 /// with d_s = ℓ_s − ℓ_s^ref on completion tokens and 0 off the mask. For `sequence` this is
 /// −ĝ/B with ĝ = ∇log π(y)·(p − ½ − τ·(log π(y) − log μ(y))), the paper's ascent direction.

@@ -14,7 +14,8 @@ pub struct Gradients(BTreeMap<String, Tensor>);
 
 impl Gradients {
     /// Takes every parameter's gradient from a `backward` result. A parameter without one is an
-    /// error: its graph is disconnected (DESIGN.md "Devices": fused ops without backward).
+    /// error: its graph is disconnected (docs/architecture.md#devices: fused ops without
+    /// backward).
     pub fn from_store(params: &Params, store: &GradStore) -> Result<Self> {
         let mut grads = BTreeMap::new();
         for (name, var) in params {

@@ -48,9 +48,9 @@ pub trait Judge: Send + Sync {
     ) -> Result<Vec<f64>, JudgeError>;
 }
 
-/// p = σ((s(y) − s(y′)) / (unit · temperature)) per row (the Bradley–Terry link, docs/
-/// algorithms.md §2). Equal scores give exactly ½; the difference is taken before scaling so
-/// integer scores keep their exact ties and differences.
+/// p = σ((s(y) − s(y′)) / (unit · temperature)) per row (the Bradley–Terry link,
+/// docs/algorithms.md §2). Equal scores give exactly ½; the difference is taken before scaling
+/// so integer scores keep their exact ties and differences.
 pub fn preferences(s_y: &[f64], s_y_prime: &[f64], unit: f64, temperature: f64) -> Vec<f64> {
     s_y.iter()
         .zip(s_y_prime)

@@ -1,4 +1,4 @@
-//! From one row of next-token logits to a token: the geometric mixture (ALGORITHMS.md §1),
+//! From one row of next-token logits to a token: the geometric mixture (docs/algorithms.md §1),
 //! token masks, temperature, top-k, top-p (in that order, as transformers' logits warpers) and
 //! the draw from a single uniform by inverse CDF in vocabulary order. Pure functions on host
 //! vectors; must not run models or hold random state.
@@ -39,8 +39,8 @@ pub fn log_softmax_row(logits: &[f32]) -> Vec<f64> {
 }
 
 /// The geometric mixture's logits (Munos et al. 2023, "Nash Learning from Human Feedback", §6;
-/// ALGORITHMS.md §1): (1 − β)·log_softmax(policy) + β·log_softmax(reference). β = 0 returns the
-/// policy logits and β = 1 the reference logits unchanged (so those cases equal plain sampling
+/// docs/algorithms.md §1): (1 − β)·log_softmax(policy) + β·log_softmax(reference). β = 0 returns
+/// the policy logits and β = 1 the reference logits unchanged (so those cases equal plain sampling
 /// exactly). Both rows are finite, so no 0·(−∞) arises; masks come after this.
 pub fn mixed_logits(policy: &[f32], reference: &[f32], mixture_coef: f64) -> Vec<f64> {
     if mixture_coef == 0.0 {

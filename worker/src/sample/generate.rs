@@ -1,5 +1,5 @@
 //! Batched, KV-cached generation from one model or from the geometric mixture of a policy and
-//! a reference (ALGORITHMS.md §1). Prompts are left-padded; each row stops at its first EOS
+//! a reference (docs/algorithms.md §1). Prompts are left-padded; each row stops at its first EOS
 //! (which is kept in its completion) or after `max_new_tokens`; finished rows leave the batch.
 //! The [`TokenRules`] are logit masks applied before the draw (so a length-forced EOS is drawn,
 //! with probability 1), and the recorded log-probs are under the same constrained distribution
@@ -18,8 +18,8 @@ use super::rules::{constrained_logprobs, TokenRules};
 use crate::model::{KvCache, Model, ModelError, Result};
 use crate::rng::{Purpose, Stream, StreamKey};
 
-/// Which stream a row draws from: its global prompt index and sample index (DESIGN.md
-/// "Randomness").
+/// Which stream a row draws from: its global prompt index and sample index
+/// (docs/architecture.md#randomness).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RowKey {
     pub prompt: u64,
@@ -65,7 +65,7 @@ pub fn generate(
 }
 
 /// Samples from the geometric mixture π^(1−β)·μ^β token by token (`mixture_coef` = β ∈ [0, 1],
-/// ALGORITHMS.md §1): policy and reference each keep their own KV cache and advance one token
+/// docs/algorithms.md §1): policy and reference each keep their own KV cache and advance one token
 /// per step. β = 0 gives exactly `generate(policy, ..)`, β = 1 exactly `generate(reference, ..)`.
 pub fn generate_mixture(
     policy: &Model,
@@ -196,7 +196,7 @@ fn run(
         for (i, &row) in active.iter().enumerate() {
             let lp = log_softmax_row(&logits[i]);
             let lr = ref_logits.as_ref().map(|r| log_softmax_row(&r[i]));
-            // ALGORITHMS.md §1, as `filter::mixed_logits`, reusing the rows' log-softmaxes.
+            // docs/algorithms.md §1, as `filter::mixed_logits`, reusing the rows' log-softmaxes.
             let mut mixed = match (reference.map(|(_, beta)| beta), &ref_logits, &lr) {
                 (Some(beta), Some(r), _) if beta >= 1.0 => r[i].iter().map(|&x| x as f64).collect(),
                 (Some(beta), _, Some(lr)) if beta > 0.0 => mix_logprobs(&lp, lr, beta),

@@ -1,5 +1,5 @@
 //! Sampling from models: batched KV-cached generation (plain or from the geometric mixture of
-//! policy and reference, ALGORITHMS.md §1) and the scoring pass that gives per-token log-probs
+//! policy and reference, docs/algorithms.md §1) and the scoring pass that gives per-token log-probs
 //! of given completions (graph-connected for a trainable model). A [`TokenRules`] value (forbidden
 //! ids, EOS timing, length limit) defines the support of what is sampled; generation masks
 //! with it and [`score_constrained`] renormalises with it, so both are under the same

@@ -1,6 +1,6 @@
 //! The scoring pass: per-token log-probs log π(y_t | x, y_<t) of given completions under a model
-//! (ALGORITHMS.md §0), batched: prompts left-padded, completions right-padded, one forward pass.
-//! With a trainable model the result stays connected to the graph, so a loss built on it
+//! (docs/algorithms.md §0), batched: prompts left-padded, completions right-padded, one forward
+//! pass. With a trainable model the result stays connected to the graph, so a loss built on it
 //! backpropagates into the model's `Var`s. Must not sample.
 //!
 //! Two distributions, both at T = 1 without top-k/top-p:
@@ -138,7 +138,7 @@ fn score(
 }
 
 /// Sequence-classification outputs [b, num_labels] of prompt + completion pairs (reward models,
-/// ALGORITHMS.md §2: the scalar head read at the final token), batched with left padding.
+/// docs/algorithms.md §2: the scalar head read at the final token), batched with left padding.
 /// Graph-connected for a trainable model (Bradley–Terry training).
 pub fn classify_completions(
     model: &Model,

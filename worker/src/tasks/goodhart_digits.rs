@@ -1,7 +1,7 @@
 //! Goodhart-Digits, the built-in task in which learned proxies can be over-optimised
-//! (ALGORITHMS.md §6, implemented exactly as written there; the shape of the experiment follows
-//! Gao et al. 2022, "Scaling Laws for Reward Model Overoptimization", and Coste et al. 2023,
-//! "Reward Model Ensembles Help Mitigate Overoptimization").
+//! (docs/algorithms.md §6, implemented exactly as written there; the shape of the experiment
+//! follows Gao et al. 2022, "Scaling Laws for Reward Model Overoptimization", and Coste et al.
+//! 2023, "Reward Model Ensembles Help Mitigate Overoptimization").
 //!
 //! Vocabulary (V = 20): content symbols 0..15 are token ids 0..15, then BOS 16, SEP 17, EOS 18,
 //! PAD 19. Prompt `BOS t1 t2 t3 t4 SEP` with 4 distinct targets; completion 1–16 symbols then EOS.
@@ -28,7 +28,7 @@ pub const HELD_OUT_ONE_IN: u64 = 8;
 
 const TASK: &str = "goodhart_digits";
 
-/// The base policy's parameters (ALGORITHMS.md §6, "Base policy data").
+/// The base policy's parameters (docs/algorithms.md §6, "Base policy data").
 pub const BASE_MEAN_LEN: f64 = 5.0;
 pub const BASE_P_TARGET: f64 = 0.55;
 pub const BASE_P_REPEAT: f64 = 0.1;
@@ -112,7 +112,7 @@ pub fn prompt(seed: u64, split: Split, index: u64) -> Prompt {
     }
 }
 
-/// Which tokens may come next after `num_symbols` content symbols (ALGORITHMS.md §6): BOS, SEP
+/// Which tokens may come next after `num_symbols` content symbols (docs/algorithms.md §6): BOS, SEP
 /// and PAD never; EOS not first; only EOS after [`MAX_SYMBOLS`].
 pub fn allowed_tokens(num_symbols: usize) -> [bool; VOCAB_SIZE] {
     let mut allowed = [false; VOCAB_SIZE];
@@ -161,7 +161,7 @@ impl Gold {
     }
 }
 
-/// The gold judge (ALGORITHMS.md §6) on content symbols y, 1 ≤ |y| ≤ 16:
+/// The gold judge (docs/algorithms.md §6) on content symbols y, 1 ≤ |y| ≤ 16:
 /// gold = 2·cover + order − 0.5·len_pen − 0.3·rep − off, with
 /// cover = |T ∩ set(y)|/4; order = #{j ∈ 1..3: t_j, t_{j+1} ∈ y, first(t_j) < first(t_{j+1})}/3;
 /// len_pen = max(0, |y| − 8)²/16; rep = #{i ≥ 2: y_i = y_{i−1}} + Σ_{t∈T} max(0, count(t) − 1);
@@ -210,7 +210,7 @@ pub fn gold(prompt: &Prompt, y: &[u8]) -> Result<Gold, TaskError> {
     Ok(Gold(g))
 }
 
-/// One completion of the base policy used for SFT data (ALGORITHMS.md §6):
+/// One completion of the base policy used for SFT data (docs/algorithms.md §6):
 /// L = min(max(Poisson(5), 1), 16); position 1 is a target with p = 0.55, else a non-target;
 /// each later position repeats the previous symbol with p = 0.1, otherwise is a target with
 /// p = 0.55, else a non-target; targets uniform over the 4, non-targets over the other 12.
@@ -249,7 +249,7 @@ pub struct ProxyPair {
     pub gold_a_preferred: bool,
 }
 
-/// Proxy preference pair number `index` (ALGORITHMS.md §6, "Proxy preference data"): two base
+/// Proxy preference pair number `index` (docs/algorithms.md §6, "Proxy preference data"): two base
 /// samples of train prompt `index`, labelled by gold (G ties by a fair coin), then with
 /// probability 2·`flip_rate` the label is replaced by a fair coin (so `flip_rate` of labels end
 /// up flipped in expectation; Coste et al. use 0.25). `flip_rate` must lie in [0, 0.5].

@@ -1,5 +1,5 @@
 //! Goodhart-Digits against hand-checked gold cases (worker/tests/fixtures/goodhart_digits/) and
-//! the base sampler against statistics derived analytically from ALGORITHMS.md §6.
+//! the base sampler against statistics derived analytically from docs/algorithms.md §6.
 
 use std::collections::HashSet;
 
@@ -166,7 +166,7 @@ fn prompts_are_distinct_targets_and_splits_are_disjoint_and_seeded() {
 }
 
 /// Mean length, target fraction and repeat rate of the base sampler lie within 3σ of the values
-/// ALGORITHMS.md §6 implies:
+/// docs/algorithms.md §6 implies:
 /// E[L] with L = min(max(Poisson(5), 1), 16); every position is a target with probability
 /// exactly 0.55 (position 1 by definition; later ones 0.1·0.55 + 0.9·0.55 by induction); and
 /// P(y_i = y_{i−1}) = 0.1 + 0.9·(0.55·0.55/4 + 0.45·0.45/12) = 0.18325.

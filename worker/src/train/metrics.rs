@@ -1,9 +1,10 @@
-//! Metric lines (DESIGN.md "Outputs"): `{"step", "time", "split", "attempt", <flat keys>}`,
-//! non-finite values as `null`. Each line goes to the coordinator at once (through the task's
-//! metrics sink, then `TaskProgress.metrics` → `WatchJob`) and into `OUTPUT/metrics/`, where a
-//! new `part-aAAA-NNNNNN.jsonl` is written at least every 30 s, at each checkpoint and at job
-//! end (object stores cannot append; parts are named per attempt, so a re-issued attempt never
-//! overwrites a lost one's). Must not compute the values it logs.
+//! Metric lines (docs/architecture.md#metric-lines):
+//! `{"step", "time", "split", "attempt", <flat keys>}`, non-finite values as `null`. Each line goes
+//! to the coordinator at once (through the task's metrics sink, then `TaskProgress.metrics` →
+//! `WatchJob`) and into `OUTPUT/metrics/`, where a new `part-aAAA-NNNNNN.jsonl` is written at least
+//! every 30 s, at each checkpoint and at job end (object stores cannot append; parts are named per
+//! attempt, so a re-issued attempt never overwrites a lost one's). Must not compute the values it
+//! logs.
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,8 @@
 //! The training loops in-process on tiny models: metric schema, bitwise reproducibility with a
 //! fixed seed, and a golden file of the first self-play steps (torchtitan's rule: a change that
-//! should not affect numerics gives bitwise-identical losses). Regenerate the golden file with
-//! `MIRRORPLAY_BLESS=1 cargo test -p mirrorplay-worker golden` after a deliberate change.
+//! should not affect numerics gives bitwise-identical losses). Regenerate the golden file after
+//! a deliberate change with `MIRRORPLAY_BLESS=1 cargo test -p mirrorplay-worker --lib
+//! selfplay_lines_have_the_schema_and_are_bitwise_reproducible`.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
