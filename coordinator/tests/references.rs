@@ -42,10 +42,6 @@ use anchors::Sections;
 use comments::{scanned_lines, Kind};
 use extract::{references, Base, Reference};
 
-/// Known broken references in files another change owns, as (file, reference as reported).
-/// Each must still be broken: once its file is fixed the test fails until the entry goes.
-/// README.md is being rewritten separately; its bare page name in "Layout" is fixed there.
-const PENDING: &[(&str, &str)] = &[("README.md", "checkpoints.md")];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -156,20 +152,10 @@ fn broken(root: &Path) -> Vec<(String, String, String)> {
 #[test]
 fn every_reference_resolves() {
     let root = root();
-    let all = broken(&root);
-    let is_pending = |(file, _, what): &(String, String, String)| {
-        PENDING.iter().any(|(f, w)| f == file && w == what)
-    };
-    let mut report: Vec<String> = all
+    let report: Vec<String> = broken(&root)
         .iter()
-        .filter(|b| !is_pending(b))
         .map(|(file, line, what)| format!("{file}:{line}: {what}"))
         .collect();
-    for (f, w) in PENDING {
-        if !all.iter().any(|(file, _, what)| file == f && what == w) {
-            report.push(format!("{f}: `{w}` now resolves: remove it from PENDING"));
-        }
-    }
     assert!(
         report.is_empty(),
         "{} reference(s) do not resolve:\n{}",
