@@ -42,7 +42,6 @@ use anchors::Sections;
 use comments::{scanned_lines, Kind};
 use extract::{references, Base, Reference};
 
-
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

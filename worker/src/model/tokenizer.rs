@@ -3,7 +3,7 @@
 //! tokenizer_config.json (or of a `chat_template.jinja` beside it, which wins as in
 //! transformers). Must not know about models.
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::chat::{config_chat_template, ChatMessage, ChatTemplate, SpecialTokens};
 use super::error::{ModelError, Result};
@@ -97,32 +97,13 @@ impl Tokenizer {
     /// A word-level tokenizer: ids 0..4 are `<pad> <s> </s> <unk>`, then `symbols` in order;
     /// text is split on whitespace. Fixed by its symbols alone (no randomness involved).
     pub fn tiny(symbols: &[&str]) -> Result<Self> {
-        let mut vocab = Map::new();
-        let mut added = Vec::new();
-        for (id, tok) in TINY_SPECIALS.iter().enumerate() {
-            vocab.insert(tok.to_string(), json!(id));
-            added.push(
-                json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
-                              "rstrip": false, "normalized": false, "special": true}),
-            );
-        }
-        for (i, s) in symbols.iter().enumerate() {
-            if s.is_empty() || s.chars().any(char::is_whitespace) || vocab.contains_key(*s) {
-                return Err(tok_err(
-                    "<tiny>",
-                    format!("symbol {s:?} is empty, has whitespace or repeats"),
-                ));
-            }
-            vocab.insert(s.to_string(), json!(TINY_SPECIALS.len() + i));
-        }
-        let json = json!({
-            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-            "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null,
-            "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
-        });
-        let config = json!({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
-                            "model_max_length": 256, "tokenizer_class": "PreTrainedTokenizerFast"});
-        Self::from_bytes(json.to_string().as_bytes(), config, "<tiny>")
+        let specials: Vec<(&str, u32)> = TINY_SPECIALS.iter().copied().zip(0..).collect();
+        let first = TINY_SPECIALS.len() as u32;
+        let symbols: Vec<(&str, u32)> = symbols.iter().copied().zip(first..).collect();
+        let config = json!({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
+                            "unk_token": "<unk>", "model_max_length": 256,
+                            "tokenizer_class": "PreTrainedTokenizerFast"});
+        Self::word_level(&symbols, &specials, "<unk>", config, "<tiny>")
     }
 
     /// Token ids of `text`, without special tokens.
