@@ -55,8 +55,10 @@ pub fn occurrences() -> Result<Vec<Occurrence>, ConfigError> {
     for text in samples::samples() {
         let resolved: Table = toml::from_str(&parse_sample(&text)?).expect("resolved TOML parses");
         let input: Table = toml::from_str(&text).expect("a sample is TOML");
-        let label = resolved["job"]["kind"]
-            .as_str()
+        let label = resolved
+            .get("job")
+            .and_then(|j| j.get("kind"))
+            .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
         walk(&resolved, &input, &mut vec![], &label, &mut out);
@@ -71,8 +73,14 @@ fn walk(table: &Table, input: &Table, path: &mut Vec<Seg>, label: &str, out: &mu
             Value::Table(child) => {
                 let id = table_id(&path_keys(path));
                 let label = match id.as_str() {
-                    "merge" => child["method"].as_str().unwrap_or_default(),
-                    "selfplay" => child["algorithm"].as_str().unwrap_or_default(),
+                    "merge" => child
+                        .get("method")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
+                    "selfplay" => child
+                        .get("algorithm")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
                     "sft" => "sft",
                     _ => label,
                 };
