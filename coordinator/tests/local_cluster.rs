@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 
 fn examples() -> std::path::PathBuf {
@@ -189,6 +187,9 @@ fn example_models_regenerate_byte_identically() {
     }
 }
 
+/// The output path the bad-config fixtures name; the test points it at a fresh directory.
+const FIXTURE_OUTPUT: &str = "/tmp/mirrorplay-bad-config-output";
+
 #[test]
 fn bad_configs_fail_before_anything_runs_naming_file_line_and_key() {
     let dir = repo_root().join("coordinator/tests/fixtures/bad-configs");
@@ -198,10 +199,20 @@ fn bad_configs_fail_before_anything_runs_naming_file_line_and_key() {
         .collect();
     files.sort();
     assert!(files.len() >= 15, "the corpus has {} configs", files.len());
-    let output = Path::new("/tmp/mirrorplay-bad-config-output");
-    let _ = std::fs::remove_dir_all(output);
+    // Each config runs as a copy under a fresh directory (the CLI's working directory), its
+    // output path pointed there, so a config that wrongly runs writes nowhere shared.
+    let tmp = tempfile::tempdir().unwrap();
+    let output = tmp.path().join("bad-config-output");
+    std::fs::create_dir(tmp.path().join("bad-configs")).unwrap();
     for file in files {
-        let text = std::fs::read_to_string(&file).unwrap();
+        let text = std::fs::read_to_string(&file)
+            .unwrap()
+            .replace(FIXTURE_OUTPUT, output.to_str().unwrap());
+        let rel = format!(
+            "bad-configs/{}",
+            file.file_name().unwrap().to_str().unwrap()
+        );
+        std::fs::write(tmp.path().join(&rel), &text).unwrap();
         let expect = text
             .lines()
             .next()
@@ -209,14 +220,8 @@ fn bad_configs_fail_before_anything_runs_naming_file_line_and_key() {
             .strip_prefix("# expect: ")
             .expect("first line `# expect: LINE KEY`");
         let (line, key) = expect.split_once(' ').unwrap();
-        let rel = file
-            .strip_prefix(repo_root())
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_string();
         for command in ["validate", "local"] {
-            let o = run(&[command, &rel]);
+            let o = run_in(tmp.path(), &[command, &rel]);
             let err = stderr(&o);
             assert_eq!(o.status.code(), Some(2), "{command} {rel}: {err}");
             assert!(o.stdout.is_empty(), "{command} {rel} printed on stdout");
