@@ -108,7 +108,7 @@ pub const KEYS: &[KeyDoc] = &[
     k("merge", "method", "`task_arithmetic` \\| `pcb` \\| `ties` \\| `dare_linear` \\| `dare_ties`."),
     k("merge", "base", "The base model: an HF directory (single or sharded), a `.safetensors` file, a URL or `\"stage:NAME\"`."),
     k("merge", "models", "The models merged into the base (at least one; paths, URLs or `\"stage:NAME\"`)."),
-    k("merge", "weights", "One weight per model."),
+    k("merge", "weights", "One weight per model (not for `pcb`, which weighs the models itself)."),
     k("merge", "lambda", "Scale of the merged task vector."),
     k("merge", "max_shard_size", MAX_SHARD_SIZE),
     k("merge", "keep_ratio", "PCB: the fraction of parameters kept, in (0, 1]."),

@@ -72,6 +72,14 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<MergeSpec, ConfigErro
     let method = match method.as_str() {
         "task_arithmetic" => merge_spec::Method::TaskArithmetic(TaskArithmetic {}),
         "pcb" => {
+            // PCB weighs the models itself (its balancing and the λ search); a weight would be
+            // silently ignored, so anything but the default is refused.
+            if weights.iter().any(|&w| w != 1.0) {
+                return Err(t.error(
+                    "weights",
+                    "pcb weighs the models itself (docs/algorithms.md §5); remove `weights`",
+                ));
+            }
             let keep_ratio = t.f64_in("keep_ratio", 0.1, 0.0, 1.0)?;
             if keep_ratio == 0.0 {
                 return Err(t.error("keep_ratio", "must be in (0, 1], found 0"));
