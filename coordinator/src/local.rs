@@ -186,7 +186,15 @@ pub async fn run(spec: JobSpec, config_toml: String, opts: LocalOptions) -> Resu
         let job_id = client::submit(&mut c, spec, config_toml).await?;
         eprintln!("submitted job {job_id}");
         tokio::select! {
-            job = client::watch(&mut c, &job_id, false) => Ok::<_, anyhow::Error>(client::outcome(&job?)),
+            job = client::watch(&mut c, &job_id, false) => {
+                let job = job?;
+                let exit = client::outcome(&job);
+                if matches!(exit, Exit::Ok) {
+                    // The result, for scripts: where the job's outputs are.
+                    println!("{}", job.spec.as_ref().map_or("", |s| s.output.as_str()));
+                }
+                Ok::<_, anyhow::Error>(exit)
+            }
             _ = mirrorplay_worker::logging::shutdown_signal() => {
                 eprintln!("interrupted; cancelling job {job_id}");
                 let _ = client::cancel(&mut c, job_id).await;

@@ -73,6 +73,9 @@ fn shortened_quickstart_raises_the_held_out_win_rate_above_one_half() {
     // The driver's closing lines and streamed metrics reach the CLI.
     assert!(err.contains("held-out win rate vs the reference"), "{err}");
     assert!(err.contains("metrics {"), "no streamed metrics: {err}");
+    // The result on stdout: the job's output location, and nothing else.
+    let stdout = String::from_utf8(o.stdout.clone()).unwrap();
+    assert_eq!(stdout, format!("file://{}\n", out.display()), "stdout");
     for stage in ["sft", "selfplay"] {
         let model = out.join(stage).join("model");
         for f in ["config.json", "tokenizer.json", "model.safetensors"] {
