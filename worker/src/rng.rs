@@ -16,6 +16,12 @@ pub fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The top 53 bits of a raw draw as a uniform in [0, 1).
+#[inline]
+fn unit(x: u64) -> f64 {
+    (x >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
 /// What a stream is used for; part of the key so that two uses never share draws.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u64)]
@@ -86,7 +92,14 @@ impl Stream {
     /// Uniform in [0, 1) with 53 bits.
     #[inline]
     pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+        unit(self.next_u64())
+    }
+
+    /// The i-th draw of the stream with this key as a uniform in [0, 1) (what the i-th call
+    /// of [`Stream::uniform`] returns).
+    #[inline]
+    pub fn uniform_at(key: StreamKey, i: u64) -> f64 {
+        unit(Self::at(key, i))
     }
 
     /// Standard normal (Box–Muller; one of the pair is used so that draw i depends only on i).

@@ -21,19 +21,16 @@ pub struct AdamWConfig {
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
-    /// Global-norm clipping before the update; `None` disables it.
-    pub max_grad_norm: Option<f64>,
 }
 
 impl Default for AdamWConfig {
-    /// PyTorch's defaults (betas 0.9/0.999, eps 1e-8, weight decay 0.01), clipping at 1.0.
+    /// PyTorch's defaults (betas 0.9/0.999, eps 1e-8, weight decay 0.01).
     fn default() -> Self {
         AdamWConfig {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.01,
-            max_grad_norm: Some(1.0),
         }
     }
 }
@@ -43,8 +40,6 @@ impl Default for AdamWConfig {
 pub struct StepStats {
     /// The learning rate this step used.
     pub lr: f64,
-    /// ‖g‖ before clipping.
-    pub grad_norm: f64,
 }
 
 /// AdamW with its state: the number of steps taken (also the schedule's position) and the
@@ -91,17 +86,13 @@ impl AdamW {
         self.schedule.lr_at(self.step)
     }
 
-    /// One step: clip `grads` (if configured), then for each parameter, with t = step + 1,
+    /// One step with `grads` as given (clip them first with [`Gradients::clip`]): for each
+    /// parameter, with t = step + 1,
     /// lr = schedule(step), in PyTorch's order:
     /// θ ← θ·(1 − lr·λ); m ← m + (g − m)(1 − β1); v ← v·β2 + (1 − β2)·g·g;
     /// θ ← θ − lr/(1 − β1^t) · m / (sqrt(v)/sqrt(1 − β2^t) + ε).
     /// Computes in f32 and writes back in the parameter's dtype.
     pub fn step(&mut self, params: &Params, grads: &Gradients) -> Result<StepStats> {
-        let mut grads = grads.clone();
-        let grad_norm = match self.config.max_grad_norm {
-            Some(max_norm) => grads.clip(max_norm)?,
-            None => grads.global_norm()?,
-        };
         let lr = self.schedule.lr_at(self.step);
         let t = (self.step + 1) as i32;
         let AdamWConfig {
@@ -151,7 +142,7 @@ impl AdamW {
             self.exp_avg_sq.insert(name.clone(), v);
         }
         self.step += 1;
-        Ok(StepStats { lr, grad_norm })
+        Ok(StepStats { lr })
     }
 
     /// The state tensors as [`AdamW::save`] names and orders them: `exp_avg/<name>` then

@@ -105,7 +105,7 @@ pub fn uniform_at(config: &GenerateConfig, key: RowKey, t: usize) -> f64 {
         key.sample,
         Purpose::Sample,
     );
-    (Stream::at(k, t as u64) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    Stream::uniform_at(k, t as u64)
 }
 
 /// Left-pads rows to a common length with (id 0, invalid).

@@ -232,7 +232,7 @@ pub fn compute_dtype(d: mirrorplay_proto::v1::ComputeDtype) -> candle_core::DTyp
 }
 
 /// AdamW and its schedule from the resolved spec; clipping is done by the loop itself
-/// (all-reduce → clip → AdamW), so the optimizer's own clipping is off.
+/// (all-reduce → clip → AdamW: [`reduce_clip_step`]).
 pub fn optimizer(
     spec: Option<&OptimizerSpec>,
     steps: u64,
@@ -252,7 +252,6 @@ pub fn optimizer(
             beta2: o.beta2,
             eps: o.eps,
             weight_decay: o.weight_decay,
-            max_grad_norm: None,
         },
         Schedule {
             lr: o.lr,
