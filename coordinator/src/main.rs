@@ -23,12 +23,7 @@ use cli::{Cli, Command, ConfigArgs};
 use exit::Exit;
 
 /// Seconds since the Unix epoch.
-pub fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
+pub use mirrorplay_worker::clock::unix_now as now;
 
 fn load_config(args: &ConfigArgs) -> Result<config::Loaded> {
     let cwd = std::env::current_dir()?;

@@ -3,6 +3,7 @@
 //! planning (safetensors headers) and local commands (`example-models`, `validate`).
 
 pub mod checkpoint;
+pub mod clock;
 pub mod collective;
 pub mod io;
 pub mod jobs;

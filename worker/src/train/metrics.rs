@@ -63,7 +63,7 @@ impl<'a> MetricsLog<'a> {
         if !self.writes {
             return;
         }
-        let line = line(step, now(), split, self.attempt, values);
+        let line = line(step, crate::clock::unix_now(), split, self.attempt, values);
         (self.sink)(line.clone());
         self.pending.push(line);
     }
@@ -90,13 +90,6 @@ impl<'a> MetricsLog<'a> {
         self.next_part += 1;
         Ok(())
     }
-}
-
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 /// One metric line as JSON text.
