@@ -9,6 +9,7 @@ mod keydoc;
 mod keys;
 mod merge;
 pub mod mergekit;
+mod preference;
 mod reader;
 mod selfplay;
 mod sft;

@@ -6,8 +6,7 @@
 //! whose gold judge and held-out prompts are used: goodhart_digits | exact_words; default
 //! goodhart_digits when `prompts` is absent, none when it is given), `prompts` (JSONL path or URL;
 //! default: the task's train prompts; without a task its last `eval_prompts` rows are held out),
-//! `chat`, `max_prompt_tokens` (`training::prompt_format`), `[preference]` (`source` = "gold" |
-//! "reward_model", `model` for a reward model, `temperature`), `compute_dtype`, the data
+//! `chat`, `max_prompt_tokens` (`training::prompt_format`), `[preference]` (`super::preference`), `compute_dtype`, the data
 //! parallelism keys `world_size`, `min_world_size`, `collective_timeout_s` (`training::parallel`)
 //! the checkpoint keys `checkpoint_every`, `keep_last`, `keep_every`, `checkpoint_timeout_s`
 //! (`training::checkpoint`), and the final model's `save_dtype` ("auto" = the policy's own dtype |
@@ -16,10 +15,11 @@
 //! β = 0.125; lr 1e-4 (Nash-MD-PG 3e-5).
 
 use mirrorplay_proto::v1::{
-    data_source, DataSource, Labels, NashKlGrad, PreferenceSpec, SelfplayAlgorithm, SelfplaySpec,
+    data_source, DataSource, Labels, NashKlGrad, SelfplayAlgorithm, SelfplaySpec,
 };
 use toml::Value;
 
+use super::preference::preference;
 use super::reader::Tbl;
 use super::training::{
     checkpoint, compute_dtype, count, model, optimizer, parallel, prompt_format, sampling, save,
@@ -136,44 +136,4 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<SelfplaySpec, ConfigE
     spec.set_nash_kl_grad(nash_kl_grad);
     spec.set_labels(labels);
     Ok(spec)
-}
-
-/// `[preference]`: `source` ("gold": the task's gold judge, the default with a task;
-/// "reward_model": `model`, a one-label `*ForSequenceClassification` directory sharing the
-/// policy's tokenizer), `temperature` (> 0, default 1).
-fn preference(
-    t: &Tbl,
-    task: Option<&str>,
-    resolver: &Resolver,
-) -> Result<PreferenceSpec, ConfigError> {
-    let p = t
-        .opt_table("preference")?
-        .unwrap_or_else(|| t.empty_child("preference"));
-    let source = p.choice("source", &["gold", "reward_model"], Some("gold"))?;
-    if source == "gold" && task.is_none() {
-        return Err(p.error(
-            "source",
-            "\"gold\" needs a built-in `task` (its gold judge); with a prompt file, set `task` \
-             or use source = \"reward_model\"",
-        ));
-    }
-    let model = match source.as_str() {
-        "reward_model" => Some(model(&p, "model", None, resolver)?),
-        _ => {
-            if p.has("model") {
-                return Err(p.error("model", "only a reward_model source takes a model"));
-            }
-            None
-        }
-    };
-    let temperature = p.f64_in("temperature", 1.0, 0.0, 1e6)?;
-    if temperature <= 0.0 {
-        return Err(p.error("temperature", format!("must be > 0, found {temperature}")));
-    }
-    t.record_table("preference", p.finish()?);
-    Ok(PreferenceSpec {
-        source,
-        temperature,
-        model,
-    })
 }

@@ -254,6 +254,81 @@ fn preference_sources_tasks_and_prompt_format() {
     );
 }
 
+/// An ensemble source: members resolved like `model`, defaults mean / 0.5 / center / 64; the
+/// aggregate must be one of the worker's names with `member:N` naming a member, ≥ 2 members,
+/// and the ensemble keys belong to an ensemble source only. Errors name the key.
+#[test]
+fn ensemble_preference_source() {
+    let head = format!(
+        "{SELFPLAY_HEAD}policy = \"m\"\nreference = \"m\"\nprompts = \"p.jsonl\"\n\
+         [selfplay.preference]\nsource = \"ensemble\"\n"
+    );
+    let s = selfplay_spec(&format!("{head}members = [\"a\", \"b\"]\n")).unwrap();
+    let p = s.preference.unwrap();
+    assert_eq!(p.members.len(), 2);
+    assert!(
+        format!("{:?}", p.members[1]).contains("file:///r/b"),
+        "{p:?}"
+    );
+    assert_eq!(
+        (
+            p.aggregate.as_str(),
+            p.uwo_lambda,
+            p.normalize.as_str(),
+            p.norm_prompts
+        ),
+        ("mean", 0.5, "center", 64)
+    );
+    let s = selfplay_spec(&format!(
+        "{head}members = [\"a\", \"b\", \"c\"]\naggregate = \"member:2\"\n\
+         uwo_lambda = 2.0\nnormalize = \"zscore\"\nnorm_prompts = 8\n"
+    ))
+    .unwrap();
+    let p = s.preference.unwrap();
+    assert_eq!(
+        (
+            p.aggregate.as_str(),
+            p.uwo_lambda,
+            p.normalize.as_str(),
+            p.norm_prompts
+        ),
+        ("member:2", 2.0, "zscore", 8)
+    );
+
+    let err = |text: String, want: &[&str]| {
+        let e = selfplay_spec(&text).unwrap_err().to_string();
+        assert!(want.iter().all(|w| e.contains(w)), "{e}");
+    };
+    err(
+        format!("{head}members = [\"a\", \"b\"]\naggregate = \"median\"\n"),
+        &[
+            "selfplay.preference.aggregate",
+            "median",
+            "mean, wco, uwo, member:N",
+        ],
+    );
+    err(
+        format!("{head}members = [\"a\", \"b\"]\naggregate = \"member:5\"\n"),
+        &["selfplay.preference.aggregate", "member:5", "2 members"],
+    );
+    err(
+        format!("{head}members = [\"a\"]\n"),
+        &["selfplay.preference.members", "at least 2 members, found 1"],
+    );
+    err(head.clone(), &["selfplay.preference.members", "missing"]);
+    err(
+        format!("{head}members = [\"a\", \"b\"]\nnormalize = \"minmax\"\n"),
+        &["selfplay.preference.normalize", "center, zscore, none"],
+    );
+    err(
+        format!(
+            "{SELFPLAY_HEAD}policy = \"tiny\"\nreference = \"tiny\"\n[selfplay.preference]\n\
+             aggregate = \"wco\"\n"
+        ),
+        &["selfplay.preference.aggregate", "only an ensemble source"],
+    );
+}
+
 const SELFPLAY: &str = r#"
 [job]
 kind = "selfplay"

@@ -1,9 +1,12 @@
 //! Preference sources (docs/algorithms.md §2): a [`Judge`] scores completions of prompts, and
 //! [`preferences`] turns two scores of the same prompt into p = P(y ≻ y′ | x). Sources: the
-//! built-in task's gold judge ([`gold::GoldJudge`]) and a learned reward model
-//! ([`reward_model::RewardModelJudge`]). Training and evaluation go through this seam only, so
+//! built-in task's gold judge ([`gold::GoldJudge`]), a learned reward model
+//! ([`reward_model::RewardModelJudge`]) and an ensemble of them ([`ensemble::EnsembleJudge`],
+//! its arithmetic in [`aggregate`]). Training and evaluation go through this seam only, so
 //! they never name a task or a model kind. Must not sample or train.
 
+pub mod aggregate;
+pub mod ensemble;
 pub mod gold;
 pub mod reward_model;
 
@@ -18,6 +21,8 @@ pub enum JudgeError {
     Model(#[from] crate::model::ModelError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Aggregate(#[from] aggregate::AggregateError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -34,7 +39,7 @@ pub struct PromptRow {
 
 /// Scores completions; higher is better.
 pub trait Judge: Send + Sync {
-    /// The metric prefix: `gold` or `reward`.
+    /// The metric prefix: `gold`, `reward` or `ensemble`.
     fn name(&self) -> &'static str;
     /// Scores are in units of this: the logistic of [`preferences`] and the logged means
     /// divide by it (gold scores are exact integers G, G / unit is the gold).
@@ -46,6 +51,20 @@ pub trait Judge: Send + Sync {
         prompts: &[&PromptRow],
         completions: &[Vec<u32>],
     ) -> Result<Vec<f64>, JudgeError>;
+    /// Names of per-row statistics a source reports beside its scores (an ensemble's member
+    /// means and variance, docs/algorithms.md §2); none by default.
+    fn stat_names(&self) -> Vec<String> {
+        vec![]
+    }
+    /// [`Judge::scores`] and, per name of [`Judge::stat_names`], that statistic summed over the
+    /// rows (so sums from several calls and ranks add up).
+    fn scores_with_stats(
+        &self,
+        prompts: &[&PromptRow],
+        completions: &[Vec<u32>],
+    ) -> Result<(Vec<f64>, Vec<f64>), JudgeError> {
+        Ok((self.scores(prompts, completions)?, vec![]))
+    }
 }
 
 /// p = σ((s(y) − s(y′)) / (unit · temperature)) per row (the Bradley–Terry link,

@@ -1,18 +1,56 @@
 //! The judges of a training job (docs/algorithms.md §2): the preference source that drives
-//! self-play (`[preference] source`: the task's gold judge or a reward model), and the judges
+//! self-play (`[preference] source`: the task's gold judge, a reward model or an ensemble of
+//! them, whose normalisation is fitted here on samples of the initial policy), and the judges
 //! evaluation reports (gold when the job has a task, plus the preference source when it is
 //! another, so over-optimising a learned reward shows up against the gold).
 
 use std::sync::Arc;
 
-use mirrorplay_proto::v1::PreferenceSpec;
+use mirrorplay_proto::v1::{PreferenceSpec, SamplingSpec};
 
 use super::models::Loaded;
+use super::prompts::Prompts;
+use super::rollout::{self, Source, SAMPLE_NORM};
 use super::{Ctx, TrainError};
+use crate::model::Model;
+use crate::preference::aggregate::{Aggregate, NormKind};
+use crate::preference::ensemble::{EnsembleJudge, Member};
 use crate::preference::gold::GoldJudge;
 use crate::preference::reward_model::RewardModelJudge;
-use crate::preference::Judge;
+use crate::preference::{Judge, JudgeError, PromptRow};
+use crate::sample::TokenRules;
 use crate::tasks::Task;
+
+/// What an ensemble's normalisation is fitted on: samples of the initial policy for the first
+/// train prompts (docs/algorithms.md §2).
+pub struct InitialPolicy<'a> {
+    /// The policy as it samples (a detached view).
+    pub sampler: &'a Model,
+    pub prompts: &'a Prompts,
+    pub rules: &'a TokenRules,
+    pub sampling: &'a SamplingSpec,
+}
+
+impl InitialPolicy<'_> {
+    /// One sample at temperature 1 (no top-k/top-p) for each of train prompts 0..n, keyed by
+    /// prompt index with sample index [`SAMPLE_NORM`], so every rank draws the same ones.
+    fn samples(&self, n: u64, seed: u64) -> Result<(Vec<PromptRow>, Vec<Vec<u32>>), TrainError> {
+        let rows: Vec<PromptRow> = (0..n)
+            .map(|g| self.prompts.get(0, n, g))
+            .collect::<Result<_, _>>()?;
+        let t1 = SamplingSpec {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            ..*self.sampling
+        };
+        let config = rollout::generate_config(self.rules, &t1, seed, 0);
+        let ids: Vec<Vec<u32>> = rows.iter().map(|r| r.ids.clone()).collect();
+        let keys = rollout::keys(0..n, SAMPLE_NORM);
+        let completions = rollout::sample(Source::Policy(self.sampler), &ids, &keys, &config)?;
+        Ok((rows, completions))
+    }
+}
 
 /// The task's gold judge for completions of `policy`.
 pub fn gold(task: Task, policy: &Loaded) -> Arc<dyn Judge> {
@@ -29,6 +67,7 @@ pub async fn for_selfplay(
     preference: &PreferenceSpec,
     task: Option<Task>,
     policy: &Loaded,
+    initial: InitialPolicy<'_>,
 ) -> Result<(Arc<dyn Judge>, Vec<Arc<dyn Judge>>), TrainError> {
     let gold_judge = task.map(|t| gold(t, policy));
     let source: Arc<dyn Judge> = match preference.source.as_str() {
@@ -49,9 +88,10 @@ pub async fn for_selfplay(
                 &rm.source,
             )?)
         }
+        "ensemble" => Arc::new(ensemble(ctx, preference, policy, initial).await?),
         other => {
             return Err(TrainError::Invalid(format!(
-                "unknown [preference] source `{other}` (known: gold, reward_model)"
+                "unknown [preference] source `{other}` (known: gold, reward_model, ensemble)"
             )))
         }
     };
@@ -60,4 +100,45 @@ pub async fn for_selfplay(
         eval.push(source.clone());
     }
     Ok((source, eval))
+}
+
+/// Loads the members (each checked like a reward model), then fits the normalisation on their
+/// scores of `norm_prompts` initial-policy samples.
+async fn ensemble(
+    ctx: &Ctx<'_>,
+    preference: &PreferenceSpec,
+    policy: &Loaded,
+    initial: InitialPolicy<'_>,
+) -> Result<EnsembleJudge, TrainError> {
+    let mut models = Vec::with_capacity(preference.members.len());
+    let mut tokenizers = Vec::with_capacity(preference.members.len());
+    for (i, m) in preference.members.iter().enumerate() {
+        let what = format!("[preference] members.{i}");
+        let rm = ctx.load_model(Some(m), &what, false).await?;
+        models.push((rm.model, rm.source));
+        tokenizers.push(rm.tokenizer);
+    }
+    let mut members = Vec::with_capacity(models.len());
+    for ((model, source), tokenizer) in models.into_iter().zip(&tokenizers) {
+        members.push(Member {
+            judge: RewardModelJudge::new(
+                model,
+                tokenizer.as_ref(),
+                policy.model.config().vocab_size,
+                policy.tokenizer.as_ref(),
+                &source,
+            )?,
+            source,
+            tokenizer: tokenizer.as_ref(),
+        });
+    }
+    let aggregate =
+        Aggregate::parse(&preference.aggregate, preference.uwo_lambda).map_err(JudgeError::from)?;
+    let kind = NormKind::parse(&preference.normalize).map_err(JudgeError::from)?;
+    let mut judge = EnsembleJudge::new(members, aggregate, kind)?;
+    let (rows, completions) =
+        initial.samples(u64::from(preference.norm_prompts.max(1)), ctx.seed)?;
+    let refs: Vec<&PromptRow> = rows.iter().collect();
+    judge.fit_normalisation(&refs, &completions)?;
+    Ok(judge)
 }

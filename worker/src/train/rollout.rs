@@ -25,10 +25,12 @@ use crate::sample::{
 use crate::tasks::Task;
 
 /// Sample indices of the counter-based streams (docs/architecture.md#randomness): y, y′, the
-/// extra policy sample used only for KL metrics, and evaluation samples.
+/// extra policy sample used only for KL metrics, the initial-policy samples an ensemble's
+/// normalisation is fitted on (docs/algorithms.md §2), and evaluation samples.
 pub const SAMPLE_Y: u64 = 0;
 pub const SAMPLE_Y_PRIME: u64 = 1;
 pub const SAMPLE_KL: u64 = 2;
+pub const SAMPLE_NORM: u64 = 3;
 pub const SAMPLE_EVAL_POLICY: u64 = 1000;
 pub const SAMPLE_EVAL_REFERENCE: u64 = 1001;
 

@@ -11,7 +11,8 @@
 //!    micro-batch's share of the global batch, backward, accumulate;
 //! 5. all-reduce (sum) the gradients, clip, AdamW: the step of the global batch's mean loss;
 //! 6. metrics summed over the ranks: loss, kl/k1, kl/k3 (on samples of π), pref/mean,
-//!    score/mean, prompt/truncated, grad_norm, lr, tokens_per_s; every `eval_every` steps each
+//!    score/mean, the source's own statistics (an ensemble's `ensemble/variance`,
+//!    `ensemble/member_K`), prompt/truncated, grad_norm, lr, tokens_per_s; every `eval_every` steps each
 //!    judge's eval mean and win rate against the reference on held-out prompts split across
 //!    the ranks (`eval` module).
 
@@ -108,8 +109,17 @@ pub async fn run(
         .as_ref()
         .ok_or_else(|| missing("[preference]"))?;
     let temperature = preference.temperature;
-    let (judge, eval_judges) = judges::for_selfplay(ctx, preference, task, &policy).await?;
     let rules = rollout::rules(task, &sampling, &policy.eos_token_ids, policy.pad_token_id)?;
+    let initial = policy.model.detached()?.for_compute(dtype)?;
+    let initial = judges::InitialPolicy {
+        sampler: &initial,
+        prompts: &prompts,
+        rules: &rules,
+        sampling: &sampling,
+    };
+    let (judge, eval_judges) =
+        judges::for_selfplay(ctx, preference, task, &policy, initial).await?;
+    let stat_names = judge.stat_names();
     let super::Begun {
         params,
         mut opt,
@@ -163,6 +173,7 @@ pub async fn run(
         // Sums over this rank's rows, reduced across ranks before they are logged.
         let mut sums = StepSums {
             truncated: step_prompts.iter().filter(|p| p.truncated).count() as f64,
+            judge: vec![0.0; stat_names.len()],
             ..StepSums::default()
         };
         // The step's forward weights: cast from the f32 master weights, graph attached; the
@@ -205,8 +216,15 @@ pub async fn run(
 
             // 3. Preferences from the preference source.
             let refs: Vec<&PromptRow> = step_prompts.iter().collect();
-            let s_y = judge.scores(&refs, &y)?;
-            let s_y_prime = judge.scores(&refs, &y_prime)?;
+            let (s_y, stats_y) = judge.scores_with_stats(&refs, &y)?;
+            let (s_y_prime, stats_y_prime) = judge.scores_with_stats(&refs, &y_prime)?;
+            for (sum, v) in sums
+                .judge
+                .iter_mut()
+                .zip(stats_y.iter().chain(&stats_y_prime))
+            {
+                *sum += v;
+            }
             let pref = preferences(&s_y, &s_y_prime, judge.unit(), temperature);
             sums.pref += pref.iter().sum::<f64>();
             sums.score += s_y.iter().chain(&s_y_prime).sum::<f64>() / judge.unit();
@@ -275,21 +293,23 @@ pub async fn run(
         let totals = sums.reduce(collective)?;
         let step_done = step + 1;
         let secs = t0.elapsed().as_secs_f64();
-        metrics.log(
-            step_done,
-            Split::Train,
-            &[
-                ("loss", totals.loss / batch as f64),
-                ("kl/k1", totals.k1 / totals.sequences.max(1.0)),
-                ("kl/k3", totals.k3 / totals.kl_tokens.max(1.0)),
-                ("pref/mean", totals.pref / batch as f64),
-                ("score/mean", totals.score / (2 * batch) as f64),
-                ("prompt/truncated", totals.truncated),
-                ("grad_norm", grad_norm),
-                ("lr", lr),
-                ("tokens_per_s", totals.tokens / secs.max(1e-9)),
-            ],
-        );
+        let mut logged = vec![
+            ("loss", totals.loss / batch as f64),
+            ("kl/k1", totals.k1 / totals.sequences.max(1.0)),
+            ("kl/k3", totals.k3 / totals.kl_tokens.max(1.0)),
+            ("pref/mean", totals.pref / batch as f64),
+            ("score/mean", totals.score / (2 * batch) as f64),
+            ("prompt/truncated", totals.truncated),
+            ("grad_norm", grad_norm),
+            ("lr", lr),
+            ("tokens_per_s", totals.tokens / secs.max(1e-9)),
+        ];
+        // The source's own statistics (an ensemble's member means and variance), per scored
+        // completion: 2·batch of them (y and y′ of every prompt).
+        for (name, sum) in stat_names.iter().zip(&totals.judge) {
+            logged.push((name.as_str(), sum / (2 * batch) as f64));
+        }
+        metrics.log(step_done, Split::Train, &logged);
         if step_done % spec.eval_every.max(1) == 0 || step_done == spec.steps {
             let view = policy.model.detached()?.for_compute(dtype)?;
             last_eval = eval_set.run(&view, step_done, collective)?;
@@ -361,7 +381,7 @@ fn detached(c: &Completions) -> Result<Completions, TrainError> {
 }
 
 /// One rank's sums of a step's metrics; [`StepSums::reduce`] adds them over the ranks.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct StepSums {
     /// Σ over micro-batches of (mean loss × rows).
     loss: f64,
@@ -379,6 +399,8 @@ struct StepSums {
     truncated: f64,
     /// Tokens sampled this step.
     tokens: f64,
+    /// Σ of each of the preference source's statistics (`Judge::stat_names`) over y and y′.
+    judge: Vec<f64>,
 }
 
 impl StepSums {
@@ -396,7 +418,7 @@ impl StepSums {
 
     /// The sums over every rank (the same bits on each).
     fn reduce(self, collective: &mut dyn Collective) -> Result<StepSums, TrainError> {
-        let mut v = [
+        let mut v = vec![
             self.loss,
             self.k1,
             self.sequences,
@@ -407,8 +429,12 @@ impl StepSums {
             self.truncated,
             self.tokens,
         ];
+        v.extend(&self.judge);
         collective.all_reduce_sum_f64(&mut v)?;
-        let [loss, k1, sequences, k3, kl_tokens, pref, score, truncated, tokens] = v;
+        let judge = v.split_off(9);
+        let [loss, k1, sequences, k3, kl_tokens, pref, score, truncated, tokens] = v[..] else {
+            unreachable!("nine sums");
+        };
         Ok(StepSums {
             loss,
             k1,
@@ -419,6 +445,7 @@ impl StepSums {
             score,
             truncated,
             tokens,
+            judge,
         })
     }
 }

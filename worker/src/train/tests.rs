@@ -76,6 +76,7 @@ fn selfplay() -> train_task::Spec {
             source: "gold".into(),
             temperature: 1.0,
             model: None,
+            ..PreferenceSpec::default()
         }),
         parallel: None,
         checkpoint: None,
@@ -281,45 +282,15 @@ fn write_model(
 #[test]
 fn reward_model_preferences_drive_selfplay_on_a_prompt_file() {
     let dir = tempfile::tempdir().unwrap();
-    let symbols: Vec<String> = (0..20).map(|i| format!("w{i}")).collect();
-    let refs: Vec<&str> = symbols.iter().map(String::as_str).collect();
-    let policy = write_model(
+    let spec = prompt_file_selfplay(
         dir.path(),
-        24,
-        crate::model::Tokenizer::tiny(&refs).unwrap(),
-    );
-    let prompts = dir.path().join("prompts.jsonl");
-    let rows: String = (0..12)
-        .map(|i| format!("{{\"prompt\": \"w{} w{} w{}\"}}\n", i, i + 3, i + 7))
-        .collect();
-    std::fs::write(&prompts, rows).unwrap();
-    let url = |p: &std::path::Path| p.to_str().unwrap().to_string();
-    let source = |u: String| ModelSource {
-        source: Some(model_source::Source::Url(u)),
-    };
-    let rm = format!(
-        "{}/tests/fixtures/models/llama_seqcls",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let mut spec = selfplay();
-    if let train_task::Spec::Selfplay(s) = &mut spec {
-        s.policy = Some(policy.clone());
-        s.reference = Some(policy);
-        s.task = String::new();
-        s.prompts = Some(DataSource {
-            source: Some(data_source::Source::JsonlUrl(url(&prompts))),
-        });
-        s.eval_prompts = 4;
-        s.sampling = Some(SamplingSpec {
-            max_new_tokens: 6,
-            ..sampling()
-        });
-        s.preference = Some(PreferenceSpec {
+        PreferenceSpec {
             source: "reward_model".into(),
             temperature: 0.5,
-            model: Some(source(rm)),
-        });
-    }
+            model: Some(url_source(reward_fixture())),
+            ..PreferenceSpec::default()
+        },
+    );
     let (streamed, _) = run(spec);
     let eval: Vec<&Value> = streamed.iter().filter(|v| v["split"] == "eval").collect();
     assert_eq!(eval.len(), 3);
@@ -342,6 +313,101 @@ fn reward_model_preferences_drive_selfplay_on_a_prompt_file() {
             p > 0.0 && p < 1.0 && v["score/mean"].as_f64().unwrap().is_finite(),
             "{v}"
         );
+    }
+}
+
+fn reward_fixture() -> String {
+    format!(
+        "{}/tests/fixtures/models/llama_seqcls",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn url_source(u: String) -> ModelSource {
+    ModelSource {
+        source: Some(model_source::Source::Url(u)),
+    }
+}
+
+/// A self-play spec without a task: a 24-token policy (tiny tokenizer over w0..w19, the fixture
+/// reward model's vocabulary) as policy and reference, 12 prompts in a JSONL file of which the
+/// last 4 are held out, 6 new tokens, and `preference`.
+fn prompt_file_selfplay(dir: &std::path::Path, preference: PreferenceSpec) -> train_task::Spec {
+    let symbols: Vec<String> = (0..20).map(|i| format!("w{i}")).collect();
+    let refs: Vec<&str> = symbols.iter().map(String::as_str).collect();
+    let policy = write_model(dir, 24, crate::model::Tokenizer::tiny(&refs).unwrap());
+    let prompts = dir.join("prompts.jsonl");
+    let rows: String = (0..12)
+        .map(|i| format!("{{\"prompt\": \"w{} w{} w{}\"}}\n", i, i + 3, i + 7))
+        .collect();
+    std::fs::write(&prompts, rows).unwrap();
+    let mut spec = selfplay();
+    if let train_task::Spec::Selfplay(s) = &mut spec {
+        s.policy = Some(policy.clone());
+        s.reference = Some(policy);
+        s.task = String::new();
+        s.prompts = Some(DataSource {
+            source: Some(data_source::Source::JsonlUrl(
+                prompts.to_str().unwrap().to_string(),
+            )),
+        });
+        s.eval_prompts = 4;
+        s.sampling = Some(SamplingSpec {
+            max_new_tokens: 6,
+            ..sampling()
+        });
+        s.preference = Some(preference);
+    }
+    spec
+}
+
+/// An ensemble of two copies of the fixture reward model drives self-play on a prompt file:
+/// its normalisation is fitted on initial-policy samples, eval reports `eval/ensemble` and its
+/// win rate, and training logs the members' mean normalised scores and their variance, which
+/// is 0 for identical members (so both members' means agree).
+#[test]
+fn an_ensemble_of_reward_models_drives_selfplay_on_a_prompt_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = prompt_file_selfplay(
+        dir.path(),
+        PreferenceSpec {
+            source: "ensemble".into(),
+            temperature: 0.5,
+            members: vec![url_source(reward_fixture()), url_source(reward_fixture())],
+            aggregate: "uwo".into(),
+            uwo_lambda: 0.5,
+            normalize: "zscore".into(),
+            norm_prompts: 5,
+            ..PreferenceSpec::default()
+        },
+    );
+    let (streamed, _) = run(spec);
+    let eval: Vec<&Value> = streamed.iter().filter(|v| v["split"] == "eval").collect();
+    assert_eq!(eval.len(), 3);
+    for v in &eval {
+        assert!(
+            v["eval/ensemble"].as_f64().is_some_and(f64::is_finite),
+            "{v}"
+        );
+        assert!(
+            v["eval/ensemble_win_rate"]
+                .as_f64()
+                .is_some_and(|w| (0.0..=1.0).contains(&w)),
+            "{v}"
+        );
+    }
+    let train: Vec<&Value> = streamed.iter().filter(|v| v["split"] == "train").collect();
+    assert!(!train.is_empty());
+    for v in train {
+        let p = v["pref/mean"].as_f64().unwrap();
+        assert!(p > 0.0 && p < 1.0, "{v}");
+        let (m0, m1) = (
+            v["ensemble/member_0"].as_f64().unwrap(),
+            v["ensemble/member_1"].as_f64().unwrap(),
+        );
+        assert!(m0.is_finite() && m0 == m1, "{v}");
+        assert_eq!(v["ensemble/variance"].as_f64(), Some(0.0), "{v}");
+        assert!(v.get("ensemble/member_2").is_none(), "{v}");
     }
 }
 

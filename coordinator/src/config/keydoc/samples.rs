@@ -1,6 +1,6 @@
 //! The minimal configs `docs/configuration.md` is generated from: one per variant of every kind
 //! (each merge method, SFT from a task and from data, self-play with each algorithm and gold
-//! preferences, with `prompts` and a reward model, a pipeline). Between them they give every
+//! preferences, with `prompts` and a reward model or an ensemble, a pipeline). Between them they give every
 //! optional key that has no default, so every key the reader knows appears in some resolved
 //! config; a required key is one whose removal makes the config fail to parse.
 
@@ -48,6 +48,13 @@ pub fn samples() -> Vec<String> {
         "{}\n[selfplay]\nalgorithm = \"ipo_md\"\npolicy = \"models/policy\"\n\
              reference = \"models/reference\"\nprompts = \"data/prompts.jsonl\"\n\
              [selfplay.preference]\nsource = \"reward_model\"\nmodel = \"models/reward\"\n",
+        job("selfplay")
+    ));
+    out.push(format!(
+        "{}\n[selfplay]\nalgorithm = \"online_ipo\"\npolicy = \"models/policy\"\n\
+             reference = \"models/reference\"\nprompts = \"data/prompts.jsonl\"\n\
+             [selfplay.preference]\nsource = \"ensemble\"\n\
+             members = [\"models/reward_a\", \"models/reward_b\"]\n",
         job("selfplay")
     ));
     out.push(format!(

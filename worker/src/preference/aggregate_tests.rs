@@ -1,0 +1,125 @@
+//! Aggregation against hand-computed numbers and against the independent numpy fixture
+//! (`scripts/ensemble_fixtures.py`, worker/tests/fixtures/ensemble/aggregates.json).
+
+use serde_json::Value;
+
+use super::*;
+
+const FIXTURE: &str = include_str!("../../tests/fixtures/ensemble/aggregates.json");
+
+fn close(a: f64, b: f64, tol: f64) -> bool {
+    (a - b).abs() <= tol
+}
+
+/// z = (1, 4, −2): mean 1, min −2, variance ((0)² + 3² + (−3)²)/3 = 6, uwo(0.5) = 1 − 3 = −2,
+/// uwo(0.25) = 1 − 1.5 = −0.5, member:1 = 4.
+#[test]
+fn aggregates_of_three_scores_by_hand() {
+    let z = [1.0, 4.0, -2.0];
+    assert_eq!(variance(&z), 6.0);
+    assert_eq!(Aggregate::Mean.aggregate(&z), 1.0);
+    assert_eq!(Aggregate::Wco.aggregate(&z), -2.0);
+    assert_eq!(Aggregate::Uwo { lambda: 0.5 }.aggregate(&z), -2.0);
+    assert_eq!(Aggregate::Uwo { lambda: 0.25 }.aggregate(&z), -0.5);
+    assert_eq!(Aggregate::Member(1).aggregate(&z), 4.0);
+    // identical members: variance 0, so wco = uwo = mean
+    let same = [0.3, 0.3];
+    assert_eq!(variance(&same), 0.0);
+    assert_eq!(Aggregate::Wco.aggregate(&same), 0.3);
+    assert_eq!(Aggregate::Uwo { lambda: 0.5 }.aggregate(&same), 0.3);
+}
+
+/// Member 0 scored (1, 3), member 1 (2, 2, …): m = (2, 2), s = (1, 0 → 1e-6). A completion with
+/// raw (4, 2.5): center (2, 0.5), zscore (2, 0.5e6), none (4, 2.5).
+#[test]
+fn normalisation_by_hand() {
+    let n = Normalisation::fit(&[vec![1.0, 3.0], vec![2.0, 2.0]]).unwrap();
+    assert_eq!(n.mean, vec![2.0, 2.0]);
+    assert_eq!(n.std, vec![1.0, MIN_STD]);
+    assert_eq!(n.normalise(NormKind::Center, &[4.0, 2.5]), vec![2.0, 0.5]);
+    let z = n.normalise(NormKind::Zscore, &[4.0, 2.5]);
+    assert!(z[0] == 2.0 && close(z[1], 0.5e6, 1e-6), "{z:?}");
+    assert_eq!(n.normalise(NormKind::None, &[4.0, 2.5]), vec![4.0, 2.5]);
+    assert_eq!(
+        Normalisation::identity(2).normalise(NormKind::Zscore, &[4.0, 2.5]),
+        vec![4.0, 2.5]
+    );
+    assert!(Normalisation::fit(&[vec![], vec![]]).is_err());
+    assert!(Normalisation::fit(&[vec![1.0], vec![1.0, 2.0]]).is_err());
+}
+
+#[test]
+fn names_parse_and_unknown_ones_list_the_valid_ones() {
+    assert_eq!(Aggregate::parse("mean", 0.5), Ok(Aggregate::Mean));
+    assert_eq!(Aggregate::parse("wco", 0.5), Ok(Aggregate::Wco));
+    assert_eq!(
+        Aggregate::parse("uwo", 0.25),
+        Ok(Aggregate::Uwo { lambda: 0.25 })
+    );
+    assert_eq!(Aggregate::parse("member:3", 0.5), Ok(Aggregate::Member(3)));
+    for bad in ["median", "member:", "member:x", "member:-1", "lsc"] {
+        let e = Aggregate::parse(bad, 0.5).unwrap_err().to_string();
+        assert!(e.contains(bad) && e.contains(VALID_AGGREGATES), "{e}");
+    }
+    assert!(Aggregate::Member(1).check(2).is_ok());
+    let e = Aggregate::Member(2).check(2).unwrap_err().to_string();
+    assert!(e.contains("member:2") && e.contains("2 members"), "{e}");
+    assert_eq!(NormKind::parse("zscore"), Ok(NormKind::Zscore));
+    let e = NormKind::parse("minmax").unwrap_err().to_string();
+    assert!(e.contains(VALID_NORMALISATIONS), "{e}");
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn matrix(v: &Value) -> Vec<Vec<f64>> {
+    v.as_array().unwrap().iter().map(floats).collect()
+}
+
+/// The fitted statistics, every normalisation and every aggregate reproduce numpy's within
+/// 1e-12.
+#[test]
+fn aggregates_match_the_numpy_fixture() {
+    let f: Value = serde_json::from_str(FIXTURE).unwrap();
+    let n = Normalisation::fit(&matrix(&f["fit"])).unwrap();
+    for (a, b) in n.mean.iter().zip(floats(&f["mean"])) {
+        assert!(close(*a, b, 1e-12), "mean {a} vs {b}");
+    }
+    for (a, b) in n.std.iter().zip(floats(&f["std"])) {
+        assert!(close(*a, b, 1e-12), "std {a} vs {b}");
+    }
+    let raw = matrix(&f["raw"]);
+    let cases = f["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 3);
+    for case in cases {
+        let kind = NormKind::parse(case["normalize"].as_str().unwrap()).unwrap();
+        let want_z = matrix(&case["z"]);
+        let want_var = floats(&case["variance"]);
+        let z: Vec<Vec<f64>> = raw.iter().map(|r| n.normalise(kind, r)).collect();
+        for (j, zj) in z.iter().enumerate() {
+            for (a, b) in zj.iter().zip(&want_z[j]) {
+                assert!(close(*a, *b, 1e-12), "{kind:?} z {a} vs {b}");
+            }
+            assert!(close(variance(zj), want_var[j], 1e-12), "{kind:?} var");
+        }
+        let aggregates = case["aggregates"].as_object().unwrap();
+        assert_eq!(aggregates.len(), 6);
+        for (name, want) in aggregates {
+            let agg = match name.strip_prefix("uwo:") {
+                Some(lambda) => Aggregate::Uwo {
+                    lambda: lambda.parse().unwrap(),
+                },
+                None => Aggregate::parse(name, 0.5).unwrap(),
+            };
+            for (zj, b) in z.iter().zip(floats(want)) {
+                let a = agg.aggregate(zj);
+                assert!(close(a, b, 1e-12), "{kind:?} {name}: {a} vs {b}");
+            }
+        }
+    }
+}
