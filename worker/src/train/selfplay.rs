@@ -218,12 +218,8 @@ pub async fn run(
             let refs: Vec<&PromptRow> = step_prompts.iter().collect();
             let (s_y, stats_y) = judge.scores_with_stats(&refs, &y)?;
             let (s_y_prime, stats_y_prime) = judge.scores_with_stats(&refs, &y_prime)?;
-            for (sum, v) in sums
-                .judge
-                .iter_mut()
-                .zip(stats_y.iter().chain(&stats_y_prime))
-            {
-                *sum += v;
+            for ((sum, a), b) in sums.judge.iter_mut().zip(&stats_y).zip(&stats_y_prime) {
+                *sum += a + b;
             }
             let pref = preferences(&s_y, &s_y_prime, judge.unit(), temperature);
             sums.pref += pref.iter().sum::<f64>();

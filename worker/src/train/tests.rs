@@ -407,6 +407,13 @@ fn an_ensemble_of_reward_models_drives_selfplay_on_a_prompt_file() {
         );
         assert!(m0.is_finite() && m0 == m1, "{v}");
         assert_eq!(v["ensemble/variance"].as_f64(), Some(0.0), "{v}");
+        // Identical members: every z_k is the aggregate, so each member's mean over y and y′
+        // is the step's score/mean.
+        let score = v["score/mean"].as_f64().unwrap();
+        assert!(
+            (m0 - score).abs() <= 1e-9 * score.abs().max(1.0),
+            "{m0} vs {score}: {v}"
+        );
         assert!(v.get("ensemble/member_2").is_none(), "{v}");
     }
 }
