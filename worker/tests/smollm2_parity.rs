@@ -29,16 +29,23 @@ fn ids(v: &Value) -> Vec<u32> {
         .collect()
 }
 
-#[tokio::test]
-async fn smollm2_gguf_matches_transformers() {
+/// The GGUF named by `MIRRORPLAY_SMOLLM2_GGUF` (None, after saying so, when it is unset; a
+/// named file that does not exist fails the test).
+fn gguf_path() -> Option<String> {
     let Ok(path) = std::env::var("MIRRORPLAY_SMOLLM2_GGUF") else {
         eprintln!("skipped: set MIRRORPLAY_SMOLLM2_GGUF=$(bash scripts/fetch_smollm2.sh) to run");
-        return;
+        return None;
     };
     assert!(
         Path::new(&path).is_file(),
         "MIRRORPLAY_SMOLLM2_GGUF={path}: no such file"
     );
+    Some(path)
+}
+
+#[tokio::test]
+async fn smollm2_gguf_matches_transformers() {
+    let Some(path) = gguf_path() else { return };
     let fixture_path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2/parity.json");
     let fixture: Value =
@@ -156,10 +163,7 @@ fn last_logits(p: &Pretrained, ids: &[u32]) -> Vec<f32> {
 /// sharded with an index, bf16 on disk, and loads as exactly the bf16 rounding of the weights.
 #[tokio::test]
 async fn smollm2_gguf_exports_to_hf_directories_that_load_back() {
-    let Ok(path) = std::env::var("MIRRORPLAY_SMOLLM2_GGUF") else {
-        eprintln!("skipped: set MIRRORPLAY_SMOLLM2_GGUF=$(bash scripts/fetch_smollm2.sh) to run");
-        return;
-    };
+    let Some(path) = gguf_path() else { return };
     let gguf = Pretrained::load(&path, false, &Device::Cpu).await.unwrap();
     let ids = gguf
         .tokenizer

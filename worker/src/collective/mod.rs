@@ -91,3 +91,23 @@ pub trait Collective: Send {
     /// Returns once every rank has called it.
     fn barrier(&mut self) -> Result<(), CollectiveError>;
 }
+
+/// The all-reduce sums f32 tensors only (gradients are f32 whatever the compute dtype); any
+/// other dtype is a mismatch naming the tensor.
+pub(crate) fn require_f32(
+    rank: usize,
+    name: &str,
+    t: &candle_core::Tensor,
+) -> Result<(), CollectiveError> {
+    if t.dtype() == candle_core::DType::F32 {
+        Ok(())
+    } else {
+        Err(CollectiveError::Mismatch {
+            rank,
+            reason: format!(
+                "tensor `{name}` is {:?}; the all-reduce takes f32",
+                t.dtype()
+            ),
+        })
+    }
+}

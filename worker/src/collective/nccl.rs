@@ -410,15 +410,7 @@ impl Collective for Nccl {
         let rank = self.rank;
         let mut device = None;
         for (name, t) in tensors.iter() {
-            if t.dtype() != DType::F32 {
-                return Err(CollectiveError::Mismatch {
-                    rank,
-                    reason: format!(
-                        "tensor `{name}` is {:?}; the all-reduce takes f32",
-                        t.dtype()
-                    ),
-                });
-            }
+            super::require_f32(rank, name, t)?;
             device = Some(cuda_device(rank, name, t)?);
         }
         let Some(device) = device else {

@@ -247,20 +247,6 @@ fn check_header(ring: &mut Ring<'_>, rank: usize, header: [u64; 4]) -> Result<()
     })
 }
 
-fn require_f32(rank: usize, name: &str, t: &Tensor) -> Result<(), CollectiveError> {
-    if t.dtype() == DType::F32 {
-        Ok(())
-    } else {
-        Err(CollectiveError::Mismatch {
-            rank,
-            reason: format!(
-                "tensor `{name}` is {:?}; the all-reduce takes f32",
-                t.dtype()
-            ),
-        })
-    }
-}
-
 /// Reduces one bucket: in place when it is one range of one tensor, else packed into `packed`.
 fn reduce_bucket(
     ring: &mut Ring<'_>,
@@ -298,7 +284,7 @@ impl Collective for TcpRing {
         tensors: &mut BTreeMap<String, Tensor>,
     ) -> Result<(), CollectiveError> {
         for (name, t) in tensors.iter() {
-            require_f32(self.rank, name, t)?;
+            super::require_f32(self.rank, name, t)?;
         }
         if self.world == 1 {
             return Ok(());

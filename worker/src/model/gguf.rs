@@ -22,7 +22,8 @@ use super::gguf_config::{config_err, config_json, meta_str, unsupported};
 use super::gguf_header::unknown_type_error;
 use super::gguf_tensors::{check_tensors, known_tensors, read_tensors};
 use super::gguf_tokenizer::tokenizer_files;
-use super::hf::{check_vocab, Pretrained};
+use super::hf::{check_vocab, pad_token_id, Pretrained};
+use super::save::pretty;
 use super::tokenizer::Tokenizer;
 use crate::io::{Dtype, Location};
 
@@ -77,12 +78,13 @@ fn from_bytes(bytes: &[u8], url: &str, trainable: bool, device: &Device) -> Resu
     let (tokenizer, mut aux_files) = tokenizer_and_files(meta, url, &config)?;
     let mut tensors = read_tensors(&content, &mut reader, &names, &config, url, device)?;
     if let Some(generation) = generation_config(&config) {
-        aux_files.insert("generation_config.json".into(), pretty(&generation));
+        aux_files.insert(
+            "generation_config.json".into(),
+            Bytes::from(pretty(&generation)),
+        );
     }
     let eos_token_ids = config.eos_token_ids.clone();
-    let pad_token_id = config
-        .pad_token_id
-        .or_else(|| tokenizer.as_ref().and_then(|t| t.special_id("pad_token")));
+    let pad_token_id = pad_token_id(&config, tokenizer.as_ref());
     Model::check(&config, &mut tensors, url)?;
     let model = Model::new(config, tensors, trainable)?;
     Ok(Pretrained {
@@ -140,13 +142,7 @@ fn tokenizer_and_files(
     aux_files.insert("tokenizer.json".into(), Bytes::from(json));
     aux_files.insert(
         "tokenizer_config.json".into(),
-        pretty(&files.tokenizer_config),
+        Bytes::from(pretty(&files.tokenizer_config)),
     );
     Ok((Some(tokenizer), aux_files))
-}
-
-fn pretty(v: &Value) -> Bytes {
-    let mut s = serde_json::to_string_pretty(v).expect("JSON value");
-    s.push('\n');
-    Bytes::from(s)
 }

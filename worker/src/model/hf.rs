@@ -150,9 +150,7 @@ impl Pretrained {
                 }
             }
         }
-        let pad_token_id = config
-            .pad_token_id
-            .or_else(|| tokenizer.as_ref().and_then(|t| t.special_id("pad_token")));
+        let pad_token_id = pad_token_id(&config, tokenizer.as_ref());
         let source_dtype = Dtype::most_common_float(
             wanted
                 .iter()
@@ -188,9 +186,7 @@ impl Pretrained {
         let c = model.config();
         Ok(Pretrained {
             eos_token_ids: c.eos_token_ids.clone(),
-            pad_token_id: c
-                .pad_token_id
-                .or_else(|| tokenizer.as_ref().and_then(|t| t.special_id("pad_token"))),
+            pad_token_id: pad_token_id(c, tokenizer.as_ref()),
             model,
             tokenizer,
             aux_files,
@@ -202,6 +198,13 @@ impl Pretrained {
     pub async fn save(&self, location: &str, options: &SaveOptions) -> Result<Vec<SavedObject>> {
         save_model(&self.model, &self.aux_files, location, options).await
     }
+}
+
+/// The pad id: config.json's `pad_token_id`, else the tokenizer's `pad_token`, else None.
+pub(crate) fn pad_token_id(config: &ModelConfig, tokenizer: Option<&Tokenizer>) -> Option<u32> {
+    config
+        .pad_token_id
+        .or_else(|| tokenizer.and_then(|t| t.special_id("pad_token")))
 }
 
 /// Whether `location`'s path names a GGUF file (ends in `.gguf`, any case).

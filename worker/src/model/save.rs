@@ -74,7 +74,7 @@ pub fn config_file(config: &ModelConfig, dtype: Dtype) -> Bytes {
 }
 
 /// Pretty JSON with a final newline, as the files mirrorplay writes end.
-pub(super) fn pretty(v: &Value) -> Vec<u8> {
+pub(crate) fn pretty(v: &Value) -> Vec<u8> {
     let mut s = serde_json::to_string_pretty(v).expect("JSON value");
     s.push('\n');
     s.into_bytes()

@@ -52,6 +52,13 @@ impl Eval {
         })
     }
 
+    /// Logs [`Eval::metrics`] as the eval line of `step`.
+    pub fn log(&self, metrics: &mut super::metrics::MetricsLog, step: u64) {
+        let values = self.metrics();
+        let refs: Vec<(&str, f64)> = values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        metrics.log(step, super::metrics::Split::Eval, &refs);
+    }
+
     /// Metric (name, value) pairs: `eval/gold`, `eval/win_rate`, `eval/reward`,
     /// `eval/reward_win_rate`.
     pub fn metrics(&self) -> Vec<(String, f64)> {

@@ -24,8 +24,9 @@ use crate::tasks::Task;
 /// What an ensemble's normalisation is fitted on: samples of the initial policy for the first
 /// train prompts (docs/algorithms.md §2).
 pub struct InitialPolicy<'a> {
-    /// The policy as it samples (a detached view).
-    pub sampler: &'a Model,
+    /// The policy; a detached view of it in `dtype` samples (built only for an ensemble).
+    pub policy: &'a Model,
+    pub dtype: candle_core::DType,
     pub prompts: &'a Prompts,
     pub rules: &'a TokenRules,
     pub sampling: &'a SamplingSpec,
@@ -47,7 +48,8 @@ impl InitialPolicy<'_> {
         let config = rollout::generate_config(self.rules, &t1, seed, 0);
         let ids: Vec<Vec<u32>> = rows.iter().map(|r| r.ids.clone()).collect();
         let keys = rollout::keys(0..n, SAMPLE_NORM);
-        let completions = rollout::sample(Source::Policy(self.sampler), &ids, &keys, &config)?;
+        let sampler = self.policy.detached()?.for_compute(self.dtype)?;
+        let completions = rollout::sample(Source::Policy(&sampler), &ids, &keys, &config)?;
         Ok((rows, completions))
     }
 }

@@ -63,9 +63,7 @@ impl Loaded {
         let options = self.save_options(spec)?;
         Ok(save_model(&self.model, &self.aux_files, url, &options).await?)
     }
-}
 
-impl Loaded {
     fn new(p: Pretrained, source: String) -> Self {
         Loaded {
             model: p.model,

@@ -69,23 +69,29 @@ impl PromptFormat {
     }
 }
 
-/// A job's prompts: where they come from, how they become ids, and the task that judges them.
+/// A job's prompts: where they come from and how they become ids.
 pub struct Prompts {
     source: Source,
     format: PromptFormat,
-    task: Option<Task>,
     seed: u64,
 }
 
 enum Source {
-    /// The task's train split under the job seed.
+    /// The task's train split under the job seed (its held-out split for evaluation).
     Task(Task),
-    /// Rows of a JSONL file, cycled in order; `held_out` are the file's last rows when there
-    /// is no task to hold prompts out.
+    /// Rows of a JSONL file, cycled in order.
     Rows {
         rows: Vec<PromptRow>,
-        held_out: Vec<PromptRow>,
+        held_out: HeldOut,
     },
+}
+
+/// Where a prompt file's evaluation prompts come from.
+enum HeldOut {
+    /// The job's task's held-out split.
+    Task(Task),
+    /// The file's last rows (no task to hold prompts out).
+    Rows(Vec<PromptRow>),
 }
 
 impl Prompts {
@@ -120,7 +126,6 @@ impl Prompts {
         Ok(Prompts {
             source,
             format,
-            task,
             seed,
         })
     }
@@ -137,15 +142,18 @@ impl Prompts {
     /// Held-out prompts `range` (global indices) for evaluation: the task's held-out split,
     /// else the file's held-out rows; an error past their end.
     pub fn held_out(&self, range: Range<usize>) -> Result<Vec<PromptRow>, TrainError> {
-        let task = match &self.source {
-            Source::Task(t) => Some(*t),
-            Source::Rows { .. } => self.task,
-        };
-        match (&self.source, task) {
-            (_, Some(task)) => range
-                .map(|i| task_row(task, self.seed, Split::HeldOut, i as u64, &self.format))
+        match &self.source {
+            Source::Task(task)
+            | Source::Rows {
+                held_out: HeldOut::Task(task),
+                ..
+            } => range
+                .map(|i| task_row(*task, self.seed, Split::HeldOut, i as u64, &self.format))
                 .collect(),
-            (Source::Rows { held_out, .. }, None) => held_out
+            Source::Rows {
+                held_out: HeldOut::Rows(held_out),
+                ..
+            } => held_out
                 .get(range.clone())
                 .map(<[PromptRow]>::to_vec)
                 .ok_or_else(|| {
@@ -154,7 +162,6 @@ impl Prompts {
                         held_out.len()
                     ))
                 }),
-            (Source::Task(_), None) => Ok(vec![]),
         }
     }
 }
@@ -191,8 +198,9 @@ async fn read_rows(
             "prompts cut from the left"
         );
     }
-    let held_out = if task.is_none() {
-        if rows.len() <= eval_prompts {
+    let held_out = match task {
+        Some(task) => HeldOut::Task(task),
+        None if rows.len() <= eval_prompts => {
             return Err(bad(
                 url,
                 0,
@@ -202,11 +210,9 @@ async fn read_rows(
                     rows.len()
                 ),
             )
-            .into());
+            .into())
         }
-        rows.split_off(rows.len() - eval_prompts)
-    } else {
-        vec![]
+        None => HeldOut::Rows(rows.split_off(rows.len() - eval_prompts)),
     };
     if rows.is_empty() {
         return Err(bad(url, 0, "holds no prompts".into()).into());

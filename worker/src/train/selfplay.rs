@@ -24,7 +24,7 @@ use mirrorplay_proto::v1::{
 };
 
 use super::eval::{Eval, EvalSet};
-use super::metrics::{MetricsLog, Split};
+use super::metrics::Split;
 use super::prompts::{PromptFormat, Prompts};
 use super::rollout::{self, Source, SAMPLE_KL, SAMPLE_Y, SAMPLE_Y_PRIME};
 use super::{judges, shard, Ctx, TrainError};
@@ -110,9 +110,9 @@ pub async fn run(
         .ok_or_else(|| missing("[preference]"))?;
     let temperature = preference.temperature;
     let rules = rollout::rules(task, &sampling, &policy.eos_token_ids, policy.pad_token_id)?;
-    let initial = policy.model.detached()?.for_compute(dtype)?;
     let initial = judges::InitialPolicy {
-        sampler: &initial,
+        policy: &policy.model,
+        dtype,
         prompts: &prompts,
         rules: &rules,
         sampling: &sampling,
@@ -151,7 +151,7 @@ pub async fn run(
     let mut last_eval = Eval(vec![]);
     if first_step == 0 {
         last_eval = eval_set.run(&policy.model.detached()?.for_compute(dtype)?, 0, collective)?;
-        log_eval(&mut metrics, 0, &last_eval);
+        last_eval.log(&mut metrics, 0);
     }
 
     let batch = spec.batch_prompts as u64;
@@ -309,7 +309,7 @@ pub async fn run(
         if step_done % spec.eval_every.max(1) == 0 || step_done == spec.steps {
             let view = policy.model.detached()?.for_compute(dtype)?;
             last_eval = eval_set.run(&view, step_done, collective)?;
-            log_eval(&mut metrics, step_done, &last_eval);
+            last_eval.log(&mut metrics, step_done);
         }
         (ctx.progress)(step_done as f64 / spec.steps.max(1) as f64);
         checkpoints
@@ -355,12 +355,6 @@ fn check_vocabularies(
         }
     }
     Ok(())
-}
-
-fn log_eval(metrics: &mut MetricsLog, step: u64, e: &Eval) {
-    let values = e.metrics();
-    let refs: Vec<(&str, f64)> = values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    metrics.log(step, Split::Eval, &refs);
 }
 
 fn split(mut both: Vec<Vec<u32>>, b: usize) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {

@@ -152,9 +152,7 @@ pub async fn run(
             if step_done % spec.eval_every.max(1) == 0 || step_done == spec.steps {
                 let view = policy.model.detached()?.for_compute(dtype)?;
                 let e = set.run(&view, step_done, collective)?;
-                let values = e.metrics();
-                let refs: Vec<(&str, f64)> = values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-                metrics.log(step_done, Split::Eval, &refs);
+                e.log(&mut metrics, step_done);
                 last_eval = Some(e);
             }
         }

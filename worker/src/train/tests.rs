@@ -107,11 +107,16 @@ fn sft() -> train_task::Spec {
     })
 }
 
-/// Runs a task; returns the streamed lines and the written ones, without `time` and
-/// `tokens_per_s` (wall-clock dependent).
-fn run(spec: train_task::Spec) -> (Vec<Value>, Vec<Value>) {
-    let dir = tempfile::tempdir().unwrap();
-    let output = crate::io::store::absolute_url(dir.path().to_str().unwrap(), dir.path()).unwrap();
+/// Runs a task in-process as a single rank writing under `dir`; returns its result and the
+/// metric lines it streamed.
+fn try_run(
+    spec: train_task::Spec,
+    dir: &std::path::Path,
+) -> (
+    Result<mirrorplay_proto::v1::TrainResult, super::TrainError>,
+    Vec<String>,
+) {
+    let output = crate::io::store::absolute_url(dir.to_str().unwrap(), dir).unwrap();
     let task = TrainTask {
         output,
         seed: 7,
@@ -119,21 +124,27 @@ fn run(spec: train_task::Spec) -> (Vec<Value>, Vec<Value>) {
     };
     let lines = Mutex::new(Vec::new());
     let sink = |l: String| lines.lock().unwrap().push(l);
-    let cancel = AtomicBool::new(false);
-    let rt = tokio::runtime::Builder::new_current_thread()
+    let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    let result = rt
+        .unwrap()
         .block_on(super::run(
             &task,
             ("test-job", 1),
             &candle_core::Device::Cpu,
             (&|_| {}, &sink, &|_| {}),
-            &cancel,
+            &AtomicBool::new(false),
             &mut crate::collective::Local,
-        ))
-        .unwrap();
+        ));
+    (result, lines.into_inner().unwrap())
+}
+
+/// Runs a task; returns the streamed lines and the written ones, without `time` and
+/// `tokens_per_s` (wall-clock dependent).
+fn run(spec: train_task::Spec) -> (Vec<Value>, Vec<Value>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (result, lines) = try_run(spec, dir.path());
+    let result = result.unwrap();
     assert_eq!(result.steps, 3);
     assert!(dir.path().join("model/model.safetensors").exists());
     let clean = |l: &str| {
@@ -143,12 +154,7 @@ fn run(spec: train_task::Spec) -> (Vec<Value>, Vec<Value>) {
         o.remove("tokens_per_s");
         v
     };
-    let streamed: Vec<Value> = lines
-        .into_inner()
-        .unwrap()
-        .iter()
-        .map(|l| clean(l))
-        .collect();
+    let streamed: Vec<Value> = lines.iter().map(|l| clean(l)).collect();
     let part = std::fs::read_to_string(dir.path().join(format!(
         "metrics/{}",
         crate::checkpoint::attempts::part_name(1, 0)
@@ -429,10 +435,6 @@ fn a_chat_template_that_raises_stops_the_job_before_any_step() {
     config["chat_template"] = "{{ raise_exception('no chat here') }}".into();
     let tokenizer = Tokenizer::from_bytes(tiny.to_json().unwrap().as_bytes(), config, "t").unwrap();
     let policy = write_model(dir.path(), 6, tokenizer);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let mut spec = selfplay();
     if let train_task::Spec::Selfplay(s) = &mut spec {
         s.policy = Some(policy.clone());
@@ -443,28 +445,11 @@ fn a_chat_template_that_raises_stops_the_job_before_any_step() {
         });
         s.chat = true;
     }
-    let output = crate::io::store::absolute_url(dir.path().to_str().unwrap(), dir.path()).unwrap();
-    let task = TrainTask {
-        output,
-        seed: 7,
-        spec: Some(spec),
-    };
-    let lines = Mutex::new(Vec::<String>::new());
-    let sink = |l: String| lines.lock().unwrap().push(l);
-    let err = rt
-        .block_on(super::run(
-            &task,
-            ("test-job", 1),
-            &candle_core::Device::Cpu,
-            (&|_| {}, &sink, &|_| {}),
-            &AtomicBool::new(false),
-            &mut crate::collective::Local,
-        ))
-        .unwrap_err()
-        .to_string();
+    let (result, lines) = try_run(spec, dir.path());
+    let err = result.unwrap_err().to_string();
     assert!(
         err.contains("no chat here") && err.contains("exact_words prompt 0"),
         "{err}"
     );
-    assert!(lines.into_inner().unwrap().is_empty(), "no step ran");
+    assert!(lines.is_empty(), "no step ran");
 }
