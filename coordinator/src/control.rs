@@ -120,6 +120,9 @@ fn kind_name(spec: &JobSpec) -> &'static str {
         Some(job_spec::Kind::Pipeline(_)) => "pipeline",
         Some(job_spec::Kind::Sft(_)) => "sft",
         Some(job_spec::Kind::Selfplay(_)) => "selfplay",
+        Some(job_spec::Kind::RewardTrain(_)) => "reward_train",
+        Some(job_spec::Kind::Score(_)) => "score",
+        Some(job_spec::Kind::Bon(_)) => "bon",
         None => "unknown",
     }
 }

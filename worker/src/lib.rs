@@ -14,6 +14,7 @@ pub mod objectives;
 pub mod optim;
 pub mod preference;
 pub mod report;
+pub mod reward;
 pub mod rng;
 pub mod runtime;
 pub mod sample;

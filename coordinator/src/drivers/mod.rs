@@ -71,6 +71,11 @@ impl Driver {
                 spec.output.clone(),
                 spec.seed,
             ))),
+            Some(job_spec::Kind::RewardTrain(_))
+            | Some(job_spec::Kind::Score(_))
+            | Some(job_spec::Kind::Bon(_)) => Err(DriverError::Invalid(
+                "reward-model jobs are not built yet".into(),
+            )),
             None => Err(DriverError::Invalid("the job spec names no kind".into())),
         }
     }

@@ -24,6 +24,8 @@ pub enum JobError {
     Gang(String),
     #[error("invalid task: {0}")]
     InvalidTask(String),
+    #[error(transparent)]
+    Reward(#[from] crate::reward::RewardError),
 }
 
 pub use crate::report::{CommitSink, MetricsSink, Progress};
@@ -44,7 +46,7 @@ pub async fn run_task(
     cancel: &AtomicBool,
     collective: &mut dyn crate::collective::Collective,
 ) -> Result<TaskResult, JobError> {
-    let (progress, _, _) = reports;
+    let (progress, metrics, _) = reports;
     let result = match &task.work {
         Some(task::Work::MergeShard(shard)) if shard.write => {
             task_result::Result::MergeShard(merge_shard::run_write(shard, progress).await?)
@@ -71,6 +73,15 @@ pub async fn run_task(
                     })?;
             task_result::Result::Train(result)
         }
+        Some(task::Work::RewardMember(member)) => task_result::Result::RewardMember(computing(
+            crate::reward::run_member(member, device, (progress, metrics), cancel),
+        )?),
+        Some(task::Work::ScoreShard(shard)) => task_result::Result::ScoreShard(computing(
+            crate::reward::run_score_shard(shard, device, progress),
+        )?),
+        Some(task::Work::BonShard(shard)) => task_result::Result::BonShard(computing(
+            crate::reward::run_bon_shard(shard, device, progress),
+        )?),
         None => {
             return Err(JobError::InvalidTask(format!(
                 "task {} carries no work",
@@ -81,4 +92,14 @@ pub async fn run_task(
     Ok(TaskResult {
         result: Some(result),
     })
+}
+
+/// Runs a task that computes on this thread for a long time (minutes): the runtime moves its
+/// other tasks (heartbeats, progress reports) to the remaining threads meanwhile.
+fn computing<T, E>(work: impl std::future::Future<Output = Result<T, E>>) -> Result<T, JobError>
+where
+    JobError: From<E>,
+{
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(work))
+        .map_err(JobError::from)
 }
