@@ -24,8 +24,16 @@ pub enum JobError {
     Gang(String),
     #[error("invalid task: {0}")]
     InvalidTask(String),
+    /// Boxed: `RewardError` holds a `TrainError`, which would make every `Result<_, JobError>`
+    /// large (clippy's `result_large_err`).
     #[error(transparent)]
-    Reward(#[from] crate::reward::RewardError),
+    Reward(Box<crate::reward::RewardError>),
+}
+
+impl From<crate::reward::RewardError> for JobError {
+    fn from(e: crate::reward::RewardError) -> Self {
+        JobError::Reward(Box::new(e))
+    }
 }
 
 pub use crate::report::{CommitSink, MetricsSink, Progress};
