@@ -100,7 +100,11 @@ fn ensemble(p: &Tbl, resolver: &Resolver, spec: &mut PreferenceSpec) -> Result<(
     spec.uwo_lambda = p.f64_in("uwo_lambda", 0.5, 0.0, 1e6)?;
     let aggregate = p.str_or("aggregate", "mean")?;
     Aggregate::parse(&aggregate, spec.uwo_lambda)
-        .and_then(|a| a.check(raw.len()))
+        .and_then(|a| {
+            a.check(raw.len())?;
+            // self-play draws no reference-policy samples per prompt (docs/algorithms.md §2)
+            a.check_without_reference()
+        })
         .map_err(|e| p.error("aggregate", e.to_string()))?;
     spec.aggregate = aggregate;
     spec.normalize = p.str_or("normalize", "center")?;

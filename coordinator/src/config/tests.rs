@@ -304,7 +304,15 @@ fn ensemble_preference_source() {
         &[
             "selfplay.preference.aggregate",
             "median",
-            "mean, wco, uwo, member:N",
+            "mean, wco, uwo, lsc, member:N",
+        ],
+    );
+    err(
+        format!("{head}members = [\"a\", \"b\"]\naggregate = \"lsc\"\n"),
+        &[
+            "selfplay.preference.aggregate",
+            "`lsc` needs reference-policy samples",
+            "not supported in self-play yet",
         ],
     );
     err(

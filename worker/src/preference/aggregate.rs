@@ -18,14 +18,25 @@ pub enum AggregateError {
     UnknownNormalisation(String),
     #[error("cannot fit a normalisation: {0}")]
     Fit(String),
+    #[error(
+        "aggregate `lsc` needs reference-policy samples of each prompt (its quantiles r_ref,k); \
+         not supported in self-play yet"
+    )]
+    NeedsReference,
 }
 
 /// The aggregate names [`Aggregate::parse`] accepts (`N` a 0-based member index).
-pub const VALID_AGGREGATES: &str = "mean, wco, uwo, member:N";
+pub const VALID_AGGREGATES: &str = "mean, wco, uwo, lsc, member:N";
 /// The normalisation names [`NormKind::parse`] accepts.
 pub const VALID_NORMALISATIONS: &str = "center, zscore, none";
 /// Floor of a member's fitted standard deviation (docs/algorithms.md §2).
 pub const MIN_STD: f64 = 1e-6;
+/// The quantile q of the reference scores that `lsc` subtracts (docs/algorithms.md §2; not in
+/// Wang et al. 2024's text, taken from a reimplementation, unverified).
+pub const LSC_QUANTILE: f64 = 0.85;
+/// Reference-policy samples per prompt that `lsc`'s quantiles are taken over (M_ref,
+/// docs/algorithms.md §2).
+pub const LSC_REFERENCE_SAMPLES: usize = 16;
 
 /// How a member's raw score r_k becomes z_k.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,15 +124,19 @@ pub enum Aggregate {
     Uwo { lambda: f64 },
     /// R = z_k of one member (0-based), for ablations.
     Member(usize),
+    /// R = Σ_k log σ(r_k − r_ref,k), [`lsc`] (Wang et al. 2024): needs each prompt's reference
+    /// quantiles, so only [`Aggregate::aggregate_with_reference`] computes it.
+    Lsc,
 }
 
 impl Aggregate {
-    /// `mean` | `wco` | `uwo` (with `uwo_lambda`) | `member:N`.
+    /// `mean` | `wco` | `uwo` (with `uwo_lambda`) | `lsc` | `member:N`.
     pub fn parse(name: &str, uwo_lambda: f64) -> Result<Self, AggregateError> {
         match name {
             "mean" => Ok(Aggregate::Mean),
             "wco" => Ok(Aggregate::Wco),
             "uwo" => Ok(Aggregate::Uwo { lambda: uwo_lambda }),
+            "lsc" => Ok(Aggregate::Lsc),
             other => other
                 .strip_prefix("member:")
                 .and_then(|k| k.parse().ok())
@@ -142,16 +157,94 @@ impl Aggregate {
         }
     }
 
+    /// Whether R depends on reference-policy samples of the prompt (`lsc`), not only on the
+    /// completion's own member scores.
+    pub fn needs_reference(&self) -> bool {
+        matches!(self, Aggregate::Lsc)
+    }
+
+    /// [`AggregateError::NeedsReference`] for an aggregate that [`Aggregate::aggregate`] cannot
+    /// compute: what a judge without reference-policy samples (self-play's ensemble) checks when
+    /// it is built.
+    pub fn check_without_reference(&self) -> Result<(), AggregateError> {
+        if self.needs_reference() {
+            Err(AggregateError::NeedsReference)
+        } else {
+            Ok(())
+        }
+    }
+
     /// R of one completion from its normalised member scores (`z` non-empty; a `Member`
-    /// index was [`Aggregate::check`]ed).
-    pub fn aggregate(&self, z: &[f64]) -> f64 {
-        match *self {
+    /// index was [`Aggregate::check`]ed); [`AggregateError::NeedsReference`] for `lsc`.
+    pub fn aggregate(&self, z: &[f64]) -> Result<f64, AggregateError> {
+        Ok(match *self {
             Aggregate::Mean => mean(z),
             Aggregate::Wco => z.iter().copied().fold(f64::INFINITY, f64::min),
             Aggregate::Uwo { lambda } => mean(z) - lambda * variance(z),
             Aggregate::Member(k) => z[k],
+            Aggregate::Lsc => return Err(AggregateError::NeedsReference),
+        })
+    }
+
+    /// R of one completion for every aggregate: `lsc` from the raw member scores `raw[k]` and
+    /// the prompt's reference quantiles `reference[k]` ([`reference_quantiles`]), the others
+    /// from the normalised scores `z` as [`Aggregate::aggregate`].
+    pub fn aggregate_with_reference(&self, raw: &[f64], z: &[f64], reference: &[f64]) -> f64 {
+        match self {
+            Aggregate::Lsc => lsc(raw, reference),
+            _ => self
+                .aggregate(z)
+                .expect("only lsc needs the reference, and it has it"),
         }
     }
+}
+
+/// The q-quantile of `values` with numpy's default (`linear`) rule: sorted x_0 ≤ … ≤ x_{M−1},
+/// h = (M − 1)·q, x_⌊h⌋ + (h − ⌊h⌋)·(x_⌊h⌋+1 − x_⌊h⌋).
+///
+/// # Panics
+/// If `values` is empty, holds a NaN, or q is outside [0, 1].
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    assert!(!values.is_empty(), "quantile of no values");
+    assert!((0.0..=1.0).contains(&q), "quantile q = {q} outside [0, 1]");
+    let mut x = values.to_vec();
+    x.sort_by(|a, b| a.partial_cmp(b).expect("quantile of a NaN"));
+    let h = (x.len() - 1) as f64 * q;
+    let lo = h.floor() as usize;
+    match x.get(lo + 1) {
+        Some(&hi) => x[lo] + (h - lo as f64) * (hi - x[lo]),
+        None => x[lo],
+    }
+}
+
+/// r_ref,k = the q-quantile ([`quantile`]) of member k's raw scores `scores[k]` of the
+/// reference-policy samples of one prompt (q = [`LSC_QUANTILE`] by default).
+pub fn reference_quantiles(scores: &[Vec<f64>], q: f64) -> Vec<f64> {
+    scores.iter().map(|s| quantile(s, q)).collect()
+}
+
+/// LSC, the "logistic of sum of centred" rewards of Wang et al. 2024 (arXiv 2402.00742, §3, the
+/// log-sigmoid transform; docs/algorithms.md §2): R = Σ_k log σ(r_k − r_ref,k), with `raw[k]`
+/// member k's raw score of the completion and `reference[k]` = r_ref,k the prompt's reference
+/// quantile ([`reference_quantiles`]). A centring z_k = r_k − m_k applied alike to the completion
+/// and the reference samples cancels in the difference r_k − r_ref,k, so raw scores suffice and
+/// `normalize` does not change lsc. log σ(x) = −softplus(−x) = min(x, 0) − ln(1 + e^{−|x|}), finite for all
+/// finite x.
+pub fn lsc(raw: &[f64], reference: &[f64]) -> f64 {
+    assert_eq!(
+        raw.len(),
+        reference.len(),
+        "one reference quantile per member"
+    );
+    raw.iter()
+        .zip(reference)
+        .map(|(r, q)| log_sigmoid(r - q))
+        .sum()
+}
+
+/// log σ(x), stably.
+fn log_sigmoid(x: f64) -> f64 {
+    x.min(0.0) - (-x.abs()).exp().ln_1p()
 }
 
 /// (1/K) Σ z_k.

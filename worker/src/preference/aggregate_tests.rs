@@ -17,16 +17,19 @@ fn close(a: f64, b: f64, tol: f64) -> bool {
 fn aggregates_of_three_scores_by_hand() {
     let z = [1.0, 4.0, -2.0];
     assert_eq!(variance(&z), 6.0);
-    assert_eq!(Aggregate::Mean.aggregate(&z), 1.0);
-    assert_eq!(Aggregate::Wco.aggregate(&z), -2.0);
-    assert_eq!(Aggregate::Uwo { lambda: 0.5 }.aggregate(&z), -2.0);
-    assert_eq!(Aggregate::Uwo { lambda: 0.25 }.aggregate(&z), -0.5);
-    assert_eq!(Aggregate::Member(1).aggregate(&z), 4.0);
+    assert_eq!(Aggregate::Mean.aggregate(&z).unwrap(), 1.0);
+    assert_eq!(Aggregate::Wco.aggregate(&z).unwrap(), -2.0);
+    assert_eq!(Aggregate::Uwo { lambda: 0.5 }.aggregate(&z).unwrap(), -2.0);
+    assert_eq!(Aggregate::Uwo { lambda: 0.25 }.aggregate(&z).unwrap(), -0.5);
+    assert_eq!(Aggregate::Member(1).aggregate(&z).unwrap(), 4.0);
     // identical members: variance 0, so wco = uwo = mean
     let same = [0.3, 0.3];
     assert_eq!(variance(&same), 0.0);
-    assert_eq!(Aggregate::Wco.aggregate(&same), 0.3);
-    assert_eq!(Aggregate::Uwo { lambda: 0.5 }.aggregate(&same), 0.3);
+    assert_eq!(Aggregate::Wco.aggregate(&same).unwrap(), 0.3);
+    assert_eq!(
+        Aggregate::Uwo { lambda: 0.5 }.aggregate(&same).unwrap(),
+        0.3
+    );
 }
 
 /// Member 0 scored (1, 3), member 1 (2, 2, …): m = (2, 2), s = (1, 0 → 1e-6). A completion with
@@ -57,7 +60,7 @@ fn names_parse_and_unknown_ones_list_the_valid_ones() {
         Ok(Aggregate::Uwo { lambda: 0.25 })
     );
     assert_eq!(Aggregate::parse("member:3", 0.5), Ok(Aggregate::Member(3)));
-    for bad in ["median", "member:", "member:x", "member:-1", "lsc"] {
+    for bad in ["median", "member:", "member:x", "member:-1", "LSC"] {
         let e = Aggregate::parse(bad, 0.5).unwrap_err().to_string();
         assert!(e.contains(bad) && e.contains(VALID_AGGREGATES), "{e}");
     }
@@ -117,9 +120,100 @@ fn aggregates_match_the_numpy_fixture() {
                 None => Aggregate::parse(name, 0.5).unwrap(),
             };
             for (zj, b) in z.iter().zip(floats(want)) {
-                let a = agg.aggregate(zj);
+                let a = agg.aggregate(zj).unwrap();
                 assert!(close(a, b, 1e-12), "{kind:?} {name}: {a} vs {b}");
             }
         }
+    }
+}
+
+const BON_FIXTURE: &str = include_str!("../../tests/fixtures/ensemble/bon.json");
+
+/// Quantiles of (4, 1, 3, 2) (sorted 1, 2, 3, 4; h = 3q): q = 0.5 → 2.5, q = 0.85 → h = 2.55 →
+/// 3.55, q = 0 → 1, q = 1 → 4; one value is every quantile.
+#[test]
+fn quantiles_by_hand() {
+    let x = [4.0, 1.0, 3.0, 2.0];
+    assert_eq!(quantile(&x, 0.5), 2.5);
+    assert!(close(quantile(&x, 0.85), 3.55, 1e-15));
+    assert_eq!((quantile(&x, 0.0), quantile(&x, 1.0)), (1.0, 4.0));
+    assert_eq!(quantile(&[-7.5], 0.85), -7.5);
+    assert_eq!(
+        reference_quantiles(&[x.to_vec(), vec![0.0, 10.0]], 0.5),
+        vec![2.5, 5.0]
+    );
+}
+
+/// log σ(0) = −ln 2 per member; far above its reference a member adds ≈ 0, far below ≈ its
+/// difference; both stay finite for differences of ±1000.
+#[test]
+fn lsc_by_hand() {
+    let ln2 = 2f64.ln();
+    assert!(close(lsc(&[1.0, -3.0], &[1.0, -3.0]), -2.0 * ln2, 1e-15));
+    assert_eq!(lsc(&[1000.0], &[0.0]), 0.0);
+    assert_eq!(lsc(&[-1000.0], &[0.0]), -1000.0);
+    let one = lsc(&[2.0], &[0.5]);
+    assert!(close(one, -(1.0 + (-1.5f64).exp()).ln(), 1e-15), "{one}");
+}
+
+/// `lsc` parses, needs the reference, and only `aggregate_with_reference` computes it; the other
+/// aggregates give the same R through both methods.
+#[test]
+fn lsc_needs_the_reference() {
+    let a = Aggregate::parse("lsc", 0.5).unwrap();
+    assert_eq!(a, Aggregate::Lsc);
+    assert!(a.needs_reference() && a.check(3).is_ok());
+    let e = a.check_without_reference().unwrap_err();
+    assert_eq!(e, AggregateError::NeedsReference);
+    assert!(e.to_string().contains("not supported in self-play"), "{e}");
+    assert_eq!(
+        a.aggregate(&[1.0, 2.0]),
+        Err(AggregateError::NeedsReference)
+    );
+    assert_eq!(
+        a.aggregate_with_reference(&[1.0, 1.0], &[9.0, 9.0], &[1.0, 1.0]),
+        -2.0 * 2f64.ln()
+    );
+    for name in ["mean", "wco", "uwo", "member:1"] {
+        let b = Aggregate::parse(name, 0.5).unwrap();
+        assert!(!b.needs_reference() && b.check_without_reference().is_ok());
+        let z = [1.0, 4.0, -2.0];
+        assert_eq!(
+            b.aggregate_with_reference(&[0.0; 3], &z, &[0.0; 3]),
+            b.aggregate(&z).unwrap()
+        );
+    }
+}
+
+/// numpy-rule quantiles and lsc reproduce the exact (rational / 50-digit decimal) fixture within
+/// 1e-12 relative.
+#[test]
+fn quantile_and_lsc_match_the_exact_fixture() {
+    let f: Value = serde_json::from_str(BON_FIXTURE).unwrap();
+    let rel = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs().max(1e-300);
+    for case in f["quantiles"].as_array().unwrap() {
+        let values = floats(&case["values"]);
+        for (q, want) in floats(&case["q"])
+            .into_iter()
+            .zip(floats(&case["quantile"]))
+        {
+            let got = quantile(&values, q);
+            assert!(rel(got, want), "{values:?} q {q}: {got} vs {want}");
+        }
+    }
+    let cases = f["lsc"].as_array().unwrap();
+    assert_eq!(cases.len(), 3);
+    for case in cases {
+        let q = case["q"].as_f64().unwrap();
+        assert_eq!(q, LSC_QUANTILE);
+        let reference = reference_quantiles(&matrix(&case["reference"]), q);
+        for (got, want) in reference.iter().zip(floats(&case["reference_quantiles"])) {
+            assert!(rel(*got, want), "reference quantile {got} vs {want}");
+        }
+        let (got, want) = (
+            Aggregate::Lsc.aggregate_with_reference(&floats(&case["raw"]), &[], &reference),
+            case["lsc"].as_f64().unwrap(),
+        );
+        assert!(rel(got, want), "lsc {got} vs {want}");
     }
 }

@@ -26,7 +26,8 @@ pub struct EnsembleJudge {
 
 impl EnsembleJudge {
     /// Needs ≥ 2 members sharing one tokenizer (each member's `tokenizer.json`, when it has one,
-    /// must equal the first such member's) and an aggregate whose `member:N` names one of them.
+    /// must equal the first such member's) and an aggregate whose `member:N` names one of them
+    /// and that needs no reference-policy samples (not `lsc`).
     /// The normalisation starts as the identity; [`EnsembleJudge::fit_normalisation`] fits it.
     pub fn new(
         members: Vec<Member<'_>>,
@@ -40,6 +41,7 @@ impl EnsembleJudge {
             )));
         }
         aggregate.check(members.len())?;
+        aggregate.check_without_reference()?;
         let mut first: Option<(&str, String)> = None;
         for m in &members {
             let Some(tokenizer) = m.tokenizer else {
@@ -134,7 +136,7 @@ impl Judge for EnsembleJudge {
             for (k, zk) in z.iter().enumerate() {
                 sums[1 + k] += zk;
             }
-            r.push(self.aggregate.aggregate(&z));
+            r.push(self.aggregate.aggregate(&z)?);
         }
         Ok((r, sums))
     }

@@ -95,7 +95,7 @@ async fn two_identical_members_aggregate_by_hand() {
 }
 
 #[tokio::test]
-async fn too_few_members_a_missing_member_or_another_tokenizer_is_refused() {
+async fn too_few_members_a_missing_member_lsc_or_another_tokenizer_is_refused() {
     let e = EnsembleJudge::new(
         vec![member(None, "a").await],
         Aggregate::Mean,
@@ -113,6 +113,14 @@ async fn too_few_members_a_missing_member_or_another_tokenizer_is_refused() {
             e,
             JudgeError::Aggregate(AggregateError::NoSuchMember { .. })
         ),
+        "{e}"
+    );
+    let two = vec![member(None, "a").await, member(None, "b").await];
+    let e = EnsembleJudge::new(two, Aggregate::Lsc, NormKind::Center)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(e, JudgeError::Aggregate(AggregateError::NeedsReference)),
         "{e}"
     );
     let (t1, t2) = (

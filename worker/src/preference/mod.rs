@@ -3,9 +3,11 @@
 //! built-in task's gold judge ([`gold::GoldJudge`]), a learned reward model
 //! ([`reward_model::RewardModelJudge`]) and an ensemble of them ([`ensemble::EnsembleJudge`],
 //! its arithmetic in [`aggregate`]). Training and evaluation go through this seam only, so
-//! they never name a task or a model kind. Must not sample or train.
+//! they never name a task or a model kind. Must not sample or train. The best-of-n estimator's
+//! arithmetic over scored samples is [`bon`] (docs/algorithms.md §4).
 
 pub mod aggregate;
+pub mod bon;
 pub mod ensemble;
 pub mod gold;
 pub mod reward_model;

@@ -104,14 +104,20 @@ pub async fn for_selfplay(
     Ok((source, eval))
 }
 
-/// Loads the members (each checked like a reward model), then fits the normalisation on their
-/// scores of `norm_prompts` initial-policy samples.
+/// Checks the aggregate and normalisation names, loads the members (each checked like a reward
+/// model), then fits the normalisation on their scores of `norm_prompts` initial-policy samples.
 async fn ensemble(
     ctx: &Ctx<'_>,
     preference: &PreferenceSpec,
     policy: &Loaded,
     initial: InitialPolicy<'_>,
 ) -> Result<EnsembleJudge, TrainError> {
+    let aggregate =
+        Aggregate::parse(&preference.aggregate, preference.uwo_lambda).map_err(JudgeError::from)?;
+    aggregate
+        .check_without_reference()
+        .map_err(JudgeError::from)?;
+    let kind = NormKind::parse(&preference.normalize).map_err(JudgeError::from)?;
     let mut models = Vec::with_capacity(preference.members.len());
     let mut tokenizers = Vec::with_capacity(preference.members.len());
     for (i, m) in preference.members.iter().enumerate() {
@@ -134,9 +140,6 @@ async fn ensemble(
             tokenizer: tokenizer.as_ref(),
         });
     }
-    let aggregate =
-        Aggregate::parse(&preference.aggregate, preference.uwo_lambda).map_err(JudgeError::from)?;
-    let kind = NormKind::parse(&preference.normalize).map_err(JudgeError::from)?;
     let mut judge = EnsembleJudge::new(members, aggregate, kind)?;
     let (rows, completions) =
         initial.samples(u64::from(preference.norm_prompts.max(1)), ctx.seed)?;
