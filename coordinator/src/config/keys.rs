@@ -52,14 +52,34 @@ pub const SECTIONS: &[Section] = &[
         about: "Where preferences come from (docs/algorithms.md §2).",
     },
     Section {
+        table: "reward_train",
+        heading: "`[reward_train]`",
+        about: "K Bradley–Terry reward models (docs/algorithms.md §3, \"Bradley–Terry reward loss\"), one task per member, and the ensemble manifest `OUTPUT/ensemble.json`; `\"stage:NAME\"` of a reward_train stage names that manifest.",
+    },
+    Section {
+        table: "reward_train.tiny",
+        heading: "`[reward_train.tiny]`",
+        about: "The shape of a fresh tiny backbone (`init = \"tiny\"`).",
+    },
+    Section {
+        table: "score",
+        heading: "`[score]`",
+        about: "Scores a JSONL of completions with an ensemble, in shards across workers: `OUTPUT/scores/part-NNNNN.jsonl` and `OUTPUT/summary.json` (docs/algorithms.md §2).",
+    },
+    Section {
+        table: "bon",
+        heading: "`[bon]`",
+        about: "Best-of-n with the unbiased estimator (docs/algorithms.md §4): `OUTPUT/bon.csv`, one row per (scorer, n).",
+    },
+    Section {
         table: "optimizer",
-        heading: "`[sft.optimizer]`, `[selfplay.optimizer]`",
-        about: "AdamW and its learning-rate schedule, for both training kinds.",
+        heading: "`[sft.optimizer]`, `[selfplay.optimizer]`, `[reward_train.optimizer]`",
+        about: "AdamW and its learning-rate schedule, for every training kind.",
     },
     Section {
         table: "sampling",
-        heading: "`[sft.sampling]`, `[selfplay.sampling]`",
-        about: "How completions are sampled (docs/algorithms.md §1): self-play's training samples, and both kinds' evaluation samples.",
+        heading: "`[sft.sampling]`, `[selfplay.sampling]`, `[reward_train.sampling]`, `[score.sampling]`, `[bon.sampling]`",
+        about: "How completions are sampled (docs/algorithms.md §1): self-play's training samples, evaluation samples, and the samples normalisation statistics, LSC references and best-of-n draw.",
     },
 ];
 
@@ -82,6 +102,11 @@ const MAX_SHARD_SIZE: &str = "Bytes, or a size such as `\"5GB\"` or `\"512MiB\"`
 const GRAD_ACCUM: &str = "Micro-batches per step; must divide the batch.";
 const STEPS: &str = "Optimizer steps.";
 const EVAL_PROMPTS: &str = "Held-out prompts evaluated at each evaluation.";
+const ENSEMBLE: &str = "The ensemble: an `ensemble.json` manifest (path or URL), the directory holding one, or `\"stage:NAME\"` of a reward_train stage.";
+const NORMALIZE_SCORING: &str = "Member scores minus the manifest's mean (`center`), also over its std (`zscore`), or raw (`none`); `center`/`zscore` need a manifest with statistics (`norm_policy`).";
+const UWO_LAMBDA: &str = "λ of `uwo` (mean − λ·variance), ≥ 0.";
+const LSC_SAMPLES: &str = "Reference samples per prompt whose member-score quantiles LSC subtracts (M_ref; 0 = no `lsc` scorer).";
+const LSC_QUANTILE: &str = "The quantile q of those reference scores, in [0, 1] (0.85: an unverified choice from a reimplementation).";
 
 const fn k(table: &'static str, key: &'static str, description: &'static str) -> KeyDoc {
     KeyDoc {
@@ -94,14 +119,14 @@ const fn k(table: &'static str, key: &'static str, description: &'static str) ->
 /// Every key of every table, in the order the generated page lists them.
 pub const KEYS: &[KeyDoc] = &[
     // mod.rs
-    k("job", "kind", "The job's kind: `merge` \\| `pipeline` \\| `sft` \\| `selfplay`."),
+    k("job", "kind", "The job's kind: `merge` \\| `pipeline` \\| `sft` \\| `selfplay` \\| `reward_train` \\| `score` \\| `bon`."),
     k("job", "name", "The job's name (default: the config file's name without its extension)."),
     k("job", "output", "Where the job writes: a path (relative to the directory the CLI runs in) or an object-store URL (`s3://bucket/prefix`, ...)."),
     k("job", "seed", "The job's seed: tiny models' weights, sampling, DARE's masks."),
     k("job", "workers", "Use at most this many workers at once; 0 = all available."),
     k("job", "overwrite", "Allow an output that already holds another job's outputs (refused by default)."),
     k("stage", "name", "The stage's name (letters, digits, `-`, `_`; unique): it writes under `OUTPUT/NAME/`, and `\"stage:NAME\"` names its model."),
-    k("stage", "kind", "`merge` \\| `sft` \\| `selfplay`: the stage's table is `[stage.KIND]`."),
+    k("stage", "kind", "`merge` \\| `sft` \\| `selfplay` \\| `reward_train` \\| `score` \\| `bon`: the stage's table is `[stage.KIND]`."),
     k("stage", "seed", "The stage's seed (default: the job's `seed`)."),
     k("stage", "workers", "The stage's worker limit (default: the job's `workers`)."),
     // merge.rs
@@ -171,12 +196,58 @@ pub const KEYS: &[KeyDoc] = &[
     k("selfplay", "max_shard_size", MAX_SHARD_SIZE),
     k("selfplay.preference", "source", "`gold` (the task's gold judge; needs a `task`) \\| `reward_model` \\| `ensemble` (docs/algorithms.md §2)."),
     k("selfplay.preference", "model", "`reward_model` only: a one-label `*ForSequenceClassification` directory sharing the policy's tokenizer (path, URL or `\"stage:NAME\"`)."),
-    k("selfplay.preference", "members", "`ensemble` only: ≥ 2 reward models, each like `model` (they must share one tokenizer)."),
+    k("selfplay.preference", "members", "`ensemble` only: ≥ 2 reward models, each like `model` (they must share one tokenizer); or give `ensemble`."),
+    k("selfplay.preference", "ensemble", "`ensemble` only, instead of `members`: an ensemble manifest (like `[bon] ensemble`); its normalisation statistics are used when it has them, else fitted on initial-policy samples."),
     k("selfplay.preference", "aggregate", "`ensemble` only: `mean` \\| `wco` (min) \\| `uwo` (mean − λ·variance) \\| `member:N` (0-based)."),
     k("selfplay.preference", "uwo_lambda", "`ensemble` only: λ of `uwo`, ≥ 0."),
     k("selfplay.preference", "normalize", "`ensemble` only: member scores minus their mean (`center`), also over their std (`zscore`) on initial-policy samples, or raw (`none`)."),
     k("selfplay.preference", "norm_prompts", "`ensemble` only: train prompts whose initial-policy samples fit the normalisation."),
     k("selfplay.preference", "temperature", "p = sigmoid((s(y) − s(y′)) / temperature), > 0."),
+    // reward_train.rs
+    k("reward_train", "members", "K, the number of members (one task each)."),
+    k("reward_train", "init", "The backbone: `\"tiny\"` (a fresh tiny model for `task`'s vocabulary), or a path, URL, `.gguf` file or `\"stage:NAME\"` of a causal LM (given a new one-label head) or of a one-label `*ForSequenceClassification` model."),
+    k("reward_train", "task", "A built-in task (`goodhart_digits`): its proxy preference data (docs/algorithms.md §6) when `data` is absent."),
+    k("reward_train", "data", "Preference pairs, JSONL (path or URL): `{\"prompt\", \"chosen\", \"rejected\"}` or `{\"chosen\": [messages], \"rejected\": [messages]}` rows."),
+    k("reward_train", "label_noise", "Task data only: the expected fraction of flipped labels, in [0, 0.5] (Coste et al.: 0.25)."),
+    k("reward_train", "train_pairs", "Task data: pairs generated for training; JSONL: the first N rows that are not held out (0 = all)."),
+    k("reward_train", "eval_pairs", "Held-out pairs (task data: generated after the train pairs; JSONL: the file's last rows)."),
+    k("reward_train", "bootstrap", "Each member trains on its own resample (with replacement) of the train pairs."),
+    k("reward_train", "batch_size", "Pairs per step."),
+    k("reward_train", "steps", STEPS),
+    k("reward_train", "eval_every", "Log held-out accuracy every N steps."),
+    k("reward_train", "compute_dtype", COMPUTE_DTYPE),
+    k("reward_train", "chat", CHAT),
+    k("reward_train", "max_prompt_tokens", MAX_PROMPT_TOKENS),
+    k("reward_train", "norm_policy", "A policy whose samples fit each member's normalisation statistics (mean, std) for the manifest (path, URL, `\"stage:NAME\"` or `\"tiny\"`); absent: none."),
+    k("reward_train", "norm_prompts", "Prompts (the task's train prompts, or the data's) sampled for the statistics."),
+    k("reward_train", "norm_samples", "Samples per prompt for the statistics."),
+    k("reward_train.tiny", "hidden_size", "Hidden size."),
+    k("reward_train.tiny", "num_layers", "Decoder layers."),
+    k("reward_train.tiny", "num_heads", "Attention heads (divides `hidden_size`)."),
+    k("reward_train.tiny", "num_kv_heads", "Key/value heads (divides `num_heads`)."),
+    k("reward_train.tiny", "intermediate_size", "MLP width."),
+    // scoring.rs
+    k("score", "ensemble", ENSEMBLE),
+    k("score", "data", "Rows to score, JSONL (path or URL): `{\"prompt\", \"completion\"}` or `{\"messages\": [...]}` ending with the assistant's completion."),
+    k("score", "shard_rows", "Rows per shard task."),
+    k("score", "normalize", NORMALIZE_SCORING),
+    k("score", "uwo_lambda", UWO_LAMBDA),
+    k("score", "reference", "The reference policy LSC samples (path, URL or `\"stage:NAME\"`); absent: no `lsc` scorer."),
+    k("score", "lsc_samples", LSC_SAMPLES),
+    k("score", "lsc_quantile", LSC_QUANTILE),
+    k("score", "chat", CHAT),
+    k("score", "max_prompt_tokens", MAX_PROMPT_TOKENS),
+    k("bon", "ensemble", ENSEMBLE),
+    k("bon", "policy", "The policy sampled (path, URL, `\"stage:NAME\"` or `\"tiny\"`); it is also LSC's reference."),
+    k("bon", "task", "The built-in task whose held-out prompts are used and whose gold judge scores: `goodhart_digits` \\| `exact_words`."),
+    k("bon", "prompts", "Held-out prompts."),
+    k("bon", "samples", "N, samples per prompt the estimator draws best-of-n from."),
+    k("bon", "max_n", "The largest n (≤ `samples`); n runs over 1, 2, 4, … and `max_n`."),
+    k("bon", "prompts_per_shard", "Prompts per shard task."),
+    k("bon", "normalize", NORMALIZE_SCORING),
+    k("bon", "uwo_lambda", UWO_LAMBDA),
+    k("bon", "lsc_samples", LSC_SAMPLES),
+    k("bon", "lsc_quantile", LSC_QUANTILE),
     // training.rs
     k("optimizer", "lr", "Peak learning rate, in (0, 1]."),
     k("optimizer", "warmup_steps", "Linear warm-up steps."),

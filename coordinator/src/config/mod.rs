@@ -11,6 +11,8 @@ mod merge;
 pub mod mergekit;
 mod preference;
 mod reader;
+mod reward_train;
+mod scoring;
 mod selfplay;
 mod sft;
 mod training;
@@ -56,8 +58,16 @@ pub struct Loaded {
 }
 
 /// Job kinds a config may name.
-pub const KINDS: &[&str] = &["merge", "pipeline", "sft", "selfplay"];
-const STAGE_KINDS: &[&str] = &["merge", "sft", "selfplay"];
+pub const KINDS: &[&str] = &[
+    "merge",
+    "pipeline",
+    "sft",
+    "selfplay",
+    "reward_train",
+    "score",
+    "bon",
+];
+const STAGE_KINDS: &[&str] = &["merge", "sft", "selfplay", "reward_train", "score", "bon"];
 
 /// What a job's paths resolve against: the CLI's working directory, and for pipeline stages
 /// the stages before this one.
@@ -210,9 +220,16 @@ pub fn parse(
                 overwrite,
                 kind: Some(kind),
             };
-            resolver
-                .stages
-                .push((stage_name.clone(), format!("{stage_output}/model")));
+            // What `stage:NAME` names: a reward_train stage's ensemble manifest, another
+            // stage's model.
+            let product = match stage_kind.as_str() {
+                "reward_train" => format!(
+                    "{stage_output}/{}",
+                    mirrorplay_worker::reward::manifest::FILE_NAME
+                ),
+                _ => format!("{stage_output}/model"),
+            };
+            resolver.stages.push((stage_name.clone(), product));
             specs.push(StageSpec {
                 name: stage_name,
                 job: Some(job),
@@ -249,6 +266,18 @@ fn job_kind(parent: &Tbl, kind: &str, resolver: &Resolver) -> Result<job_spec::K
         "selfplay" => {
             let spec = selfplay::read(&table, resolver)?;
             (job_spec::Kind::Selfplay(spec), table.finish()?)
+        }
+        "reward_train" => {
+            let spec = reward_train::read(&table, resolver)?;
+            (job_spec::Kind::RewardTrain(spec), table.finish()?)
+        }
+        "score" => {
+            let spec = scoring::read_score(&table, resolver)?;
+            (job_spec::Kind::Score(spec), table.finish()?)
+        }
+        "bon" => {
+            let spec = scoring::read_bon(&table, resolver)?;
+            (job_spec::Kind::Bon(spec), table.finish()?)
         }
         other => return Err(parent.error("kind", format!("unknown kind `{other}`"))),
     };

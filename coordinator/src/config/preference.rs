@@ -17,6 +17,7 @@ use super::{ConfigError, Resolver};
 /// The keys only an ensemble source takes.
 const ENSEMBLE_KEYS: &[&str] = &[
     "members",
+    "ensemble",
     "aggregate",
     "uwo_lambda",
     "normalize",
@@ -71,12 +72,46 @@ pub(super) fn preference(
     Ok(spec)
 }
 
-/// `members` (≥ 2, each resolved like `model`), `aggregate` (default "mean"), `uwo_lambda`
+/// `members` (≥ 2, each resolved like `model`) or `ensemble` (a manifest), `aggregate` (default "mean"), `uwo_lambda`
 /// (≥ 0, default 0.5), `normalize` (default "center"), `norm_prompts` (default 64).
 fn ensemble(p: &Tbl, resolver: &Resolver, spec: &mut PreferenceSpec) -> Result<(), ConfigError> {
-    let raw = p
-        .opt_str_list("members")?
-        .ok_or_else(|| p.error("members", "missing required key (≥ 2 reward models)"))?;
+    let members = match (p.opt_str("ensemble")?, p.has("members")) {
+        (Some(_), true) => {
+            return Err(p.error(
+                "members",
+                "give either `members` or `ensemble` (a manifest), not both",
+            ))
+        }
+        (Some(raw), false) => {
+            spec.ensemble = manifest_url(p, resolver, &raw)?;
+            None
+        }
+        (None, _) => Some(members(p, resolver, spec)?),
+    };
+    spec.uwo_lambda = p.f64_in("uwo_lambda", 0.5, 0.0, 1e6)?;
+    let aggregate = p.str_or("aggregate", "mean")?;
+    Aggregate::parse(&aggregate, spec.uwo_lambda)
+        .and_then(|a| {
+            members.map_or(Ok(()), |k| a.check(k))?;
+            // self-play draws no reference-policy samples per prompt (docs/algorithms.md §2)
+            a.check_without_reference()
+        })
+        .map_err(|e| p.error("aggregate", e.to_string()))?;
+    spec.aggregate = aggregate;
+    spec.normalize = p.str_or("normalize", "center")?;
+    NormKind::parse(&spec.normalize).map_err(|e| p.error("normalize", e.to_string()))?;
+    spec.norm_prompts = count(p, "norm_prompts", 64, 1 << 20)? as u32;
+    Ok(())
+}
+
+/// `members` (≥ 2, each resolved like `model`); returns how many.
+fn members(p: &Tbl, resolver: &Resolver, spec: &mut PreferenceSpec) -> Result<usize, ConfigError> {
+    let raw = p.opt_str_list("members")?.ok_or_else(|| {
+        p.error(
+            "members",
+            "missing required key (≥ 2 reward models), or give `ensemble` (a manifest)",
+        )
+    })?;
     if raw.len() < 2 {
         return Err(p.error(
             "members",
@@ -97,18 +132,20 @@ fn ensemble(p: &Tbl, resolver: &Resolver, spec: &mut PreferenceSpec) -> Result<(
             source: Some(mirrorplay_proto::v1::model_source::Source::Url(u)),
         })
         .collect();
-    spec.uwo_lambda = p.f64_in("uwo_lambda", 0.5, 0.0, 1e6)?;
-    let aggregate = p.str_or("aggregate", "mean")?;
-    Aggregate::parse(&aggregate, spec.uwo_lambda)
-        .and_then(|a| {
-            a.check(raw.len())?;
-            // self-play draws no reference-policy samples per prompt (docs/algorithms.md §2)
-            a.check_without_reference()
-        })
-        .map_err(|e| p.error("aggregate", e.to_string()))?;
-    spec.aggregate = aggregate;
-    spec.normalize = p.str_or("normalize", "center")?;
-    NormKind::parse(&spec.normalize).map_err(|e| p.error("normalize", e.to_string()))?;
-    spec.norm_prompts = count(p, "norm_prompts", 64, 1 << 20)? as u32;
-    Ok(())
+    Ok(raw.len())
+}
+
+/// An ensemble manifest: an `ensemble.json` (path, URL or `stage:<name>` of a reward_train
+/// stage) or the directory holding one.
+pub(super) fn manifest_url(t: &Tbl, resolver: &Resolver, raw: &str) -> Result<String, ConfigError> {
+    let mut url = resolver.model(t, "ensemble", raw)?;
+    if !url.ends_with(".json") {
+        url = format!(
+            "{}/{}",
+            url.trim_end_matches('/'),
+            mirrorplay_worker::reward::manifest::FILE_NAME
+        );
+    }
+    t.record("ensemble", Value::String(url.clone()));
+    Ok(url)
 }

@@ -3,8 +3,11 @@
 //! statistics, pipelines) are drivers that emit their next round from `on_result`. Drivers do
 //! I/O through the worker library's `io` module and know nothing about workers or gRPC.
 
+pub mod bon;
 pub mod merge;
 pub mod pipeline;
+pub mod reward_train;
+pub mod score;
 pub mod train;
 
 use futures::future::BoxFuture;
@@ -49,6 +52,9 @@ pub enum Driver {
     Merge(merge::MergeDriver),
     Pipeline(pipeline::PipelineDriver),
     Train(train::TrainDriver),
+    RewardTrain(reward_train::RewardTrainDriver),
+    Score(score::ScoreDriver),
+    Bon(bon::BonDriver),
 }
 
 impl Driver {
@@ -71,11 +77,19 @@ impl Driver {
                 spec.output.clone(),
                 spec.seed,
             ))),
-            Some(job_spec::Kind::RewardTrain(_))
-            | Some(job_spec::Kind::Score(_))
-            | Some(job_spec::Kind::Bon(_)) => Err(DriverError::Invalid(
-                "reward-model jobs are not built yet".into(),
+            Some(job_spec::Kind::RewardTrain(r)) => Ok(Driver::RewardTrain(
+                reward_train::RewardTrainDriver::new(r.clone(), spec.output.clone(), spec.seed),
             )),
+            Some(job_spec::Kind::Score(s)) => Ok(Driver::Score(score::ScoreDriver::new(
+                s.clone(),
+                spec.output.clone(),
+                spec.seed,
+            ))),
+            Some(job_spec::Kind::Bon(b)) => Ok(Driver::Bon(bon::BonDriver::new(
+                b.clone(),
+                spec.output.clone(),
+                spec.seed,
+            ))),
             None => Err(DriverError::Invalid("the job spec names no kind".into())),
         }
     }
@@ -88,6 +102,9 @@ impl Driver {
             Driver::Merge(d) => Box::pin(d.plan(log)),
             Driver::Pipeline(d) => Box::pin(d.plan(log)),
             Driver::Train(d) => Box::pin(d.plan(log)),
+            Driver::RewardTrain(d) => Box::pin(d.plan(log)),
+            Driver::Score(d) => Box::pin(d.plan(log)),
+            Driver::Bon(d) => Box::pin(d.plan(log)),
         }
     }
 
@@ -101,6 +118,9 @@ impl Driver {
             Driver::Merge(d) => Box::pin(d.on_result(key, result, log)),
             Driver::Pipeline(d) => Box::pin(d.on_result(key, result, log)),
             Driver::Train(d) => Box::pin(d.on_result(key, result, log)),
+            Driver::RewardTrain(d) => Box::pin(d.on_result(key, result, log)),
+            Driver::Score(d) => Box::pin(d.on_result(key, result, log)),
+            Driver::Bon(d) => Box::pin(d.on_result(key, result, log)),
         }
     }
 
@@ -110,14 +130,17 @@ impl Driver {
             Driver::Merge(d) => d.inputs(),
             Driver::Pipeline(d) => d.inputs(),
             Driver::Train(d) => d.inputs(),
+            Driver::RewardTrain(d) => d.inputs(),
+            Driver::Score(d) => d.inputs(),
+            Driver::Bon(d) => d.inputs(),
         }
     }
 
     /// The current pipeline stage, if any.
     pub fn stage(&self) -> Option<String> {
         match self {
-            Driver::Merge(_) | Driver::Train(_) => None,
             Driver::Pipeline(d) => d.stage(),
+            _ => None,
         }
     }
 }

@@ -42,24 +42,7 @@ impl EnsembleJudge {
         }
         aggregate.check(members.len())?;
         aggregate.check_without_reference()?;
-        let mut first: Option<(&str, String)> = None;
-        for m in &members {
-            let Some(tokenizer) = m.tokenizer else {
-                continue;
-            };
-            let json = tokenizer.to_json()?;
-            match &first {
-                None => first = Some((&m.source, json)),
-                Some((source, want)) if *want != json => {
-                    return Err(JudgeError::Invalid(format!(
-                        "ensemble member {}: tokenizer.json differs from member {source}'s; all \
-                         members must share one tokenizer",
-                        m.source
-                    )))
-                }
-                Some(_) => {}
-            }
-        }
+        check_shared_tokenizer(members.iter().map(|m| (m.source.as_str(), m.tokenizer)))?;
         let k = members.len();
         Ok(EnsembleJudge {
             members: members.into_iter().map(|m| m.judge).collect(),
@@ -92,9 +75,47 @@ impl EnsembleJudge {
         Ok(&self.normalisation)
     }
 
+    /// Uses statistics fitted elsewhere (an ensemble manifest's), one per member.
+    pub fn set_normalisation(&mut self, normalisation: Normalisation) -> Result<(), JudgeError> {
+        if normalisation.mean.len() != self.members.len() {
+            return Err(JudgeError::Invalid(format!(
+                "normalisation statistics for {} members, the ensemble has {}",
+                normalisation.mean.len(),
+                self.members.len()
+            )));
+        }
+        self.normalisation = normalisation;
+        Ok(())
+    }
+
     pub fn normalisation(&self) -> &Normalisation {
         &self.normalisation
     }
+}
+
+/// Each member's `tokenizer.json`, when it has one, must equal the first such member's;
+/// members are (source, tokenizer).
+pub fn check_shared_tokenizer<'t>(
+    members: impl IntoIterator<Item = (&'t str, Option<&'t Tokenizer>)>,
+) -> Result<(), JudgeError> {
+    let mut first: Option<(&str, String)> = None;
+    for (member, tokenizer) in members {
+        let Some(tokenizer) = tokenizer else {
+            continue;
+        };
+        let json = tokenizer.to_json()?;
+        match &first {
+            None => first = Some((member, json)),
+            Some((source, want)) if *want != json => {
+                return Err(JudgeError::Invalid(format!(
+                    "ensemble member {member}: tokenizer.json differs from member {source}'s; \
+                     all members must share one tokenizer"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 impl Judge for EnsembleJudge {

@@ -3,6 +3,12 @@
 //! Each function takes one task and returns its result; the coordinator's drivers plan the
 //! tasks and write the manifest, summary and `bon.csv`.
 
+pub mod bon_shard;
+pub mod ensemble;
+pub mod manifest;
+pub mod score_shard;
+pub mod scorers;
+
 use std::sync::atomic::AtomicBool;
 
 use mirrorplay_proto::v1::{
@@ -47,23 +53,17 @@ pub async fn run_member(
 /// Scores one shard of a score job's rows.
 pub async fn run_score_shard(
     task: &ScoreShardTask,
-    _device: &candle_core::Device,
-    _progress: Progress<'_>,
+    device: &candle_core::Device,
+    progress: Progress<'_>,
 ) -> Result<ScoreShardResult, RewardError> {
-    Err(RewardError::Invalid(format!(
-        "score shard {}: not built yet",
-        task.shard
-    )))
+    score_shard::run(task, device, progress).await
 }
 
 /// Best-of-n over one shard of a bon job's prompts.
 pub async fn run_bon_shard(
     task: &BonShardTask,
-    _device: &candle_core::Device,
-    _progress: Progress<'_>,
+    device: &candle_core::Device,
+    progress: Progress<'_>,
 ) -> Result<BonShardResult, RewardError> {
-    Err(RewardError::Invalid(format!(
-        "bon shard at prompt {}: not built yet",
-        task.first_prompt
-    )))
+    bon_shard::run(task, device, progress).await
 }

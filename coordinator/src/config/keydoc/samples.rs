@@ -58,6 +58,28 @@ pub fn samples() -> Vec<String> {
         job("selfplay")
     ));
     out.push(format!(
+        "{}\n[selfplay]\nalgorithm = \"online_ipo\"\npolicy = \"tiny\"\nreference = \"tiny\"\n\
+             [selfplay.preference]\nsource = \"ensemble\"\nensemble = \"models/ensemble.json\"\n",
+        job("selfplay")
+    ));
+    out.push(format!(
+        "{}\n[reward_train]\ninit = \"tiny\"\ntask = \"goodhart_digits\"\nnorm_policy = \"tiny\"\n",
+        job("reward_train")
+    ));
+    out.push(format!(
+        "{}\n[reward_train]\ninit = \"models/lm\"\ndata = \"data/pairs.jsonl\"\n",
+        job("reward_train")
+    ));
+    out.push(format!(
+        "{}\n[score]\nensemble = \"models/ensemble.json\"\ndata = \"data/rows.jsonl\"\n\
+             reference = \"models/reference\"\n",
+        job("score")
+    ));
+    out.push(format!(
+        "{}\n[bon]\nensemble = \"models/ensemble.json\"\npolicy = \"models/policy\"\n",
+        job("bon")
+    ));
+    out.push(format!(
         "{}\n[[stage]]\nname = \"merged\"\nkind = \"merge\"\n[stage.merge]\n{}\n\
              [[stage]]\nname = \"tuned\"\nkind = \"sft\"\n[stage.sft]\ninit = \"stage:merged\"\n\
              task = \"exact_words\"\n",

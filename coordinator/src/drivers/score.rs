@@ -1,0 +1,140 @@
+//! The score driver: checks every row of the data and the ensemble manifest before any work,
+//! splits the rows into shards of `shard_rows` (one task each, any worker), and when all are
+//! scored writes `OUTPUT/summary.json`: rows, each scorer's mean and the mean ensemble
+//! variance. Each shard writes its own `OUTPUT/scores/part-NNNNN.jsonl`.
+
+use mirrorplay_proto::v1::{task, task_result, ScoreShardTask, ScoreSpec, TaskResult};
+use mirrorplay_worker::io::jsonl::{bad, read_objects};
+use mirrorplay_worker::io::Location;
+use mirrorplay_worker::reward::manifest::Manifest;
+use mirrorplay_worker::train::prompts::example_text;
+use serde_json::json;
+
+use super::{DriverError, Log, NewTask, Step};
+
+pub struct ScoreDriver {
+    spec: ScoreSpec,
+    output: String,
+    seed: u64,
+    shards: usize,
+    done: usize,
+    rows: u64,
+    scorers: Vec<String>,
+    sums: Vec<f64>,
+    variance_sum: f64,
+}
+
+impl ScoreDriver {
+    pub fn new(spec: ScoreSpec, output: String, seed: u64) -> Self {
+        ScoreDriver {
+            spec,
+            output: output.trim_end_matches('/').to_string(),
+            seed,
+            shards: 0,
+            done: 0,
+            rows: 0,
+            scorers: vec![],
+            sums: vec![],
+            variance_sum: 0.0,
+        }
+    }
+
+    pub fn inputs(&self) -> Vec<(String, u64, Option<String>)> {
+        vec![]
+    }
+
+    pub async fn plan(&mut self, log: &dyn Log) -> Result<Vec<NewTask>, DriverError> {
+        Manifest::read(&self.spec.ensemble)
+            .await
+            .map_err(|e| DriverError::Invalid(e.to_string()))?;
+        let url = &self.spec.data_url;
+        let objects = read_objects(url).await?;
+        for (line, obj) in &objects {
+            example_text(obj).map_err(|r| bad(url, *line, r))?;
+        }
+        if objects.is_empty() {
+            return Err(bad(url, 0, "holds no rows".into()).into());
+        }
+        let per = self.spec.shard_rows.max(1) as usize;
+        let tasks: Vec<NewTask> = (0..objects.len())
+            .step_by(per)
+            .enumerate()
+            .map(|(i, first)| NewTask {
+                key: format!("shard-{i}"),
+                work: task::Work::ScoreShard(ScoreShardTask {
+                    spec: Some(self.spec.clone()),
+                    shard: i as u32,
+                    first_row: first as u64,
+                    rows: per.min(objects.len() - first) as u64,
+                    output_url: format!("{}/scores/part-{i:05}.jsonl", self.output),
+                    seed: self.seed,
+                }),
+                group_size: 1,
+                min_group_size: 1,
+            })
+            .collect();
+        self.shards = tasks.len();
+        log.info(format!(
+            "score: {} rows of {url} in {} shards, writing under {}",
+            objects.len(),
+            tasks.len(),
+            self.output
+        ));
+        Ok(tasks)
+    }
+
+    pub async fn on_result(
+        &mut self,
+        key: &str,
+        result: TaskResult,
+        log: &dyn Log,
+    ) -> Result<Step, DriverError> {
+        let Some(task_result::Result::ScoreShard(r)) = result.result else {
+            return Err(DriverError::Invalid(format!(
+                "task `{key}` returned no score result"
+            )));
+        };
+        if self.scorers.is_empty() {
+            self.scorers = r.scorers.clone();
+            self.sums = vec![0.0; r.scorers.len()];
+        }
+        if r.scorers != self.scorers || r.sums.len() != self.sums.len() {
+            return Err(DriverError::Invalid(format!(
+                "task `{key}` scored with {:?}, other shards with {:?}",
+                r.scorers, self.scorers
+            )));
+        }
+        for (s, v) in self.sums.iter_mut().zip(&r.sums) {
+            *s += v;
+        }
+        self.variance_sum += r.variance_sum;
+        self.rows += r.rows;
+        self.done += 1;
+        if self.done < self.shards {
+            return Ok(Step::Wait);
+        }
+        let n = self.rows.max(1) as f64;
+        let means: serde_json::Map<String, serde_json::Value> = self
+            .scorers
+            .iter()
+            .zip(&self.sums)
+            .map(|(name, s)| (name.clone(), json!(s / n)))
+            .collect();
+        let summary = json!({
+            "rows": self.rows,
+            "ensemble": self.spec.ensemble,
+            "data": self.spec.data_url,
+            "normalize": self.spec.normalize,
+            "uwo_lambda": self.spec.uwo_lambda,
+            "mean": means,
+            "mean_variance": self.variance_sum / n,
+            "parts": format!("{}/scores/", self.output),
+        });
+        let url = format!("{}/summary.json", self.output);
+        Location::parse(&url)?
+            .put(serde_json::to_vec_pretty(&summary).expect("JSON"))
+            .await?;
+        log.info(format!("scored {} rows; summary: {url}", self.rows));
+        Ok(Step::Done)
+    }
+}

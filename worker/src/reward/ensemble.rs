@@ -1,0 +1,127 @@
+//! An ensemble loaded from its manifest for scoring (score and best-of-n jobs): every member
+//! checked as a one-label reward model over one shared tokenizer (and, when a policy is given,
+//! over the policy's vocabulary and tokenizer), with the manifest's normalisation statistics.
+
+use candle_core::Device;
+use mirrorplay_proto::v1::{model_source, ModelSource};
+
+use super::manifest::Manifest;
+use super::RewardError;
+use crate::model::Tokenizer;
+use crate::preference::aggregate::{NormKind, Normalisation};
+use crate::preference::ensemble::check_shared_tokenizer;
+use crate::preference::reward_model::RewardModelJudge;
+use crate::preference::{Judge, PromptRow};
+
+pub struct LoadedEnsemble {
+    pub url: String,
+    pub manifest: Manifest,
+    members: Vec<RewardModelJudge>,
+    /// The members' shared tokenizer (the first member that has one).
+    pub tokenizer: Option<Tokenizer>,
+    pub eos_token_ids: Vec<u32>,
+    pub pad_token_id: Option<u32>,
+}
+
+/// The vocabulary (and tokenizer) the members must read: a policy's.
+pub struct Reader<'a> {
+    pub vocab_size: usize,
+    pub tokenizer: Option<&'a Tokenizer>,
+}
+
+impl LoadedEnsemble {
+    /// Loads the members the manifest at `url` names. Without a `reader`, the first member's
+    /// vocabulary is the one every member must share.
+    pub async fn load(
+        url: &str,
+        reader: Option<Reader<'_>>,
+        device: &Device,
+    ) -> Result<Self, RewardError> {
+        let (manifest, urls) = Manifest::read(url).await.map_err(|e| match e {
+            super::manifest::ManifestError::Io(e) => RewardError::Io(e),
+            e => RewardError::Invalid(e.to_string()),
+        })?;
+        let mut loaded = Vec::with_capacity(urls.len());
+        for member_url in &urls {
+            let source = ModelSource {
+                source: Some(model_source::Source::Url(member_url.clone())),
+            };
+            loaded.push(crate::train::models::load(&source, false, 0, device).await?);
+        }
+        let (vocab_size, policy_tokenizer) = match &reader {
+            Some(r) => (r.vocab_size, r.tokenizer),
+            None => (loaded[0].model.config().vocab_size, None),
+        };
+        let first = &loaded[0];
+        let (tokenizer, eos_token_ids, pad_token_id) = (
+            loaded.iter().find_map(|l| l.tokenizer.clone()),
+            first.eos_token_ids.clone(),
+            first.pad_token_id,
+        );
+        let mut members = Vec::with_capacity(loaded.len());
+        let mut tokenizers = Vec::with_capacity(loaded.len());
+        for (k, l) in loaded.into_iter().enumerate() {
+            let source = format!("{url} member {k} ({})", l.source);
+            members.push((
+                RewardModelJudge::new(
+                    l.model,
+                    l.tokenizer.as_ref(),
+                    vocab_size,
+                    policy_tokenizer,
+                    &source,
+                )?,
+                source,
+            ));
+            tokenizers.push(l.tokenizer);
+        }
+        check_shared_tokenizer(
+            members
+                .iter()
+                .zip(&tokenizers)
+                .map(|((_, source), t)| (source.as_str(), t.as_ref())),
+        )?;
+        Ok(LoadedEnsemble {
+            url: url.to_string(),
+            manifest,
+            members: members.into_iter().map(|(j, _)| j).collect(),
+            tokenizer,
+            eos_token_ids,
+            pad_token_id,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Each member's raw scores, `[member][row]`.
+    pub fn member_scores(
+        &self,
+        prompts: &[&PromptRow],
+        completions: &[Vec<u32>],
+    ) -> Result<Vec<Vec<f64>>, RewardError> {
+        self.members
+            .iter()
+            .map(|m| Ok(m.scores(prompts, completions)?))
+            .collect()
+    }
+
+    /// The statistics `kind` normalises with: the manifest's (an error naming the manifest
+    /// when it has none), or the identity for `none`.
+    pub fn normalisation(&self, kind: NormKind) -> Result<Normalisation, RewardError> {
+        match kind {
+            NormKind::None => Ok(Normalisation::identity(self.len())),
+            _ => self.manifest.normalisation().ok_or_else(|| {
+                RewardError::Invalid(format!(
+                    "{}: the manifest has no normalisation statistics (its reward_train job had \
+                     no `norm_policy`); use normalize = \"none\" or retrain with a norm_policy",
+                    self.url
+                ))
+            }),
+        }
+    }
+}
