@@ -156,6 +156,20 @@ pub enum Command {
         #[arg(long, default_value = "5GB")]
         max_shard_size: String,
     },
+    /// Draw a figure (SVG or PNG) of a best-of-n CSV or of a training run's metric lines.
+    Plot {
+        /// A best-of-n CSV (header `scorer,n,kl_bon,proxy,gold`): gold and proxy vs sqrt(KL)
+        /// per scorer. Or a training job's output directory (with metrics/): eval win rate and
+        /// train loss vs step, gold vs sqrt(KL); a pipeline's output directory draws one series
+        /// per stage, DIR/STAGE one stage.
+        input: PathBuf,
+        /// The figure to write: FILE.svg or FILE.png.
+        #[arg(long)]
+        out: PathBuf,
+        /// Size in pixels, WIDTHxHEIGHT (default: 640x480 per panel).
+        #[arg(long, value_name = "WxH")]
+        size: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

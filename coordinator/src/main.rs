@@ -10,6 +10,7 @@ mod export;
 mod export_model;
 mod generate;
 mod local;
+mod plot;
 mod scheduler;
 mod server;
 mod state;
@@ -112,6 +113,17 @@ async fn run(cli: Cli) -> Result<Exit> {
                 .map_err(|e| Exit::Config(e.to_string()))?;
             print!("{toml}");
             Ok(Exit::Ok)
+        }
+        Command::Plot { input, out, size } => {
+            let size = size.as_deref().map(plot::parse_size).transpose();
+            match size.and_then(|size| plot::run(&input, &out, size)) {
+                Ok(()) => {
+                    eprintln!("wrote {}", out.display());
+                    Ok(Exit::Ok)
+                }
+                Err(plot::PlotError::Input(m)) => Ok(Exit::Config(m)),
+                Err(plot::PlotError::Draw(m)) => Ok(Exit::JobFailed(format!("error: {m}"))),
+            }
         }
         Command::Generate(args) => {
             generate::run(&args).await?;

@@ -2,7 +2,7 @@
 
 /// The repository's top-level directories: a backticked path starting with one of these is a
 /// repository path.
-pub const TOP_DIRS: [&str; 10] = [
+pub const TOP_DIRS: [&str; 11] = [
     "worker/",
     "coordinator/",
     "proto/",
@@ -13,6 +13,7 @@ pub const TOP_DIRS: [&str; 10] = [
     "examples/",
     "k8s/",
     ".ci/",
+    "assets/",
 ];
 
 /// What a reference points into, besides the file.
