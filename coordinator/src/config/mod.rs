@@ -225,7 +225,7 @@ pub fn parse(
             let product = match stage_kind.as_str() {
                 "reward_train" => format!(
                     "{stage_output}/{}",
-                    mirrorplay_worker::reward::manifest::FILE_NAME
+                    mirrorplay_worker::preference::manifest::FILE_NAME
                 ),
                 _ => format!("{stage_output}/model"),
             };

@@ -143,7 +143,7 @@ pub(super) fn manifest_url(t: &Tbl, resolver: &Resolver, raw: &str) -> Result<St
         url = format!(
             "{}/{}",
             url.trim_end_matches('/'),
-            mirrorplay_worker::reward::manifest::FILE_NAME
+            mirrorplay_worker::preference::manifest::FILE_NAME
         );
     }
     t.record("ensemble", Value::String(url.clone()));

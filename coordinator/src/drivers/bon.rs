@@ -6,7 +6,7 @@
 use mirrorplay_proto::v1::{task, task_result, BonShardTask, BonSpec, TaskResult};
 use mirrorplay_worker::io::Location;
 use mirrorplay_worker::preference::bon::kl_bon;
-use mirrorplay_worker::reward::manifest::Manifest;
+use mirrorplay_worker::preference::manifest::Manifest;
 
 use super::{DriverError, Log, NewTask, Step};
 

@@ -1,13 +1,15 @@
 //! The reward_train driver: one independent task per member (any worker may take any
 //! member, so K members train in parallel on K workers), then the ensemble manifest
-//! `OUTPUT/ensemble.json` (`mirrorplay_worker::reward::manifest`) once every member is done.
+//! `OUTPUT/ensemble.json` (`mirrorplay_worker::preference::manifest`) once every member is done.
 
 use mirrorplay_proto::v1::{
     pair_source, task, task_result, RewardMemberResult, RewardMemberTask, RewardTrainSpec,
     TaskResult,
 };
 use mirrorplay_worker::io::Location;
-use mirrorplay_worker::reward::manifest::{Manifest, MemberEntry, MemberNorm, FILE_NAME, FORMAT};
+use mirrorplay_worker::preference::manifest::{
+    Manifest, MemberEntry, MemberNorm, FILE_NAME, FORMAT,
+};
 
 use super::{DriverError, Log, NewTask, Step};
 

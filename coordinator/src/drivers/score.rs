@@ -6,7 +6,7 @@
 use mirrorplay_proto::v1::{task, task_result, ScoreShardTask, ScoreSpec, TaskResult};
 use mirrorplay_worker::io::jsonl::{bad, read_objects};
 use mirrorplay_worker::io::Location;
-use mirrorplay_worker::reward::manifest::Manifest;
+use mirrorplay_worker::preference::manifest::Manifest;
 use mirrorplay_worker::train::prompts::example_text;
 use serde_json::json;
 

@@ -10,6 +10,7 @@ pub mod aggregate;
 pub mod bon;
 pub mod ensemble;
 pub mod gold;
+pub mod manifest;
 pub mod reward_model;
 
 use crate::tasks::TaskPrompt;

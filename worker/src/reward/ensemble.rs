@@ -5,11 +5,11 @@
 use candle_core::Device;
 use mirrorplay_proto::v1::{model_source, ModelSource};
 
-use super::manifest::Manifest;
 use super::RewardError;
 use crate::model::Tokenizer;
 use crate::preference::aggregate::{NormKind, Normalisation};
 use crate::preference::ensemble::check_shared_tokenizer;
+use crate::preference::manifest::Manifest;
 use crate::preference::reward_model::RewardModelJudge;
 use crate::preference::{Judge, PromptRow};
 
@@ -38,7 +38,7 @@ impl LoadedEnsemble {
         device: &Device,
     ) -> Result<Self, RewardError> {
         let (manifest, urls) = Manifest::read(url).await.map_err(|e| match e {
-            super::manifest::ManifestError::Io(e) => RewardError::Io(e),
+            crate::preference::manifest::ManifestError::Io(e) => RewardError::Io(e),
             e => RewardError::Invalid(e.to_string()),
         })?;
         let mut loaded = Vec::with_capacity(urls.len());

@@ -5,7 +5,6 @@
 
 pub mod bon_shard;
 pub mod ensemble;
-pub mod manifest;
 pub mod score_shard;
 pub mod scorers;
 

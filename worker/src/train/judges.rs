@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use mirrorplay_proto::v1::{PreferenceSpec, SamplingSpec};
+use mirrorplay_proto::v1::{model_source, ModelSource, PreferenceSpec, SamplingSpec};
 
 use super::models::Loaded;
 use super::prompts::Prompts;
@@ -16,6 +16,7 @@ use crate::model::Model;
 use crate::preference::aggregate::{Aggregate, NormKind};
 use crate::preference::ensemble::{EnsembleJudge, Member};
 use crate::preference::gold::GoldJudge;
+use crate::preference::manifest::Manifest;
 use crate::preference::reward_model::RewardModelJudge;
 use crate::preference::{Judge, JudgeError, PromptRow};
 use crate::sample::TokenRules;
@@ -105,7 +106,9 @@ pub async fn for_selfplay(
 }
 
 /// Checks the aggregate and normalisation names, loads the members (each checked like a reward
-/// model), then fits the normalisation on their scores of `norm_prompts` initial-policy samples.
+/// model; `members`, or the manifest `ensemble` names), then takes the manifest's
+/// normalisation statistics when it has them, or fits the normalisation on the members' scores
+/// of `norm_prompts` initial-policy samples.
 async fn ensemble(
     ctx: &Ctx<'_>,
     preference: &PreferenceSpec,
@@ -118,9 +121,23 @@ async fn ensemble(
         .check_without_reference()
         .map_err(JudgeError::from)?;
     let kind = NormKind::parse(&preference.normalize).map_err(JudgeError::from)?;
-    let mut models = Vec::with_capacity(preference.members.len());
-    let mut tokenizers = Vec::with_capacity(preference.members.len());
-    for (i, m) in preference.members.iter().enumerate() {
+    let (sources, manifest) = if preference.ensemble.is_empty() {
+        (preference.members.clone(), None)
+    } else {
+        let (manifest, urls) = Manifest::read(&preference.ensemble)
+            .await
+            .map_err(|e| TrainError::Invalid(format!("[preference] ensemble: {e}")))?;
+        let sources = urls
+            .into_iter()
+            .map(|u| ModelSource {
+                source: Some(model_source::Source::Url(u)),
+            })
+            .collect();
+        (sources, Some(manifest))
+    };
+    let mut models = Vec::with_capacity(sources.len());
+    let mut tokenizers = Vec::with_capacity(sources.len());
+    for (i, m) in sources.iter().enumerate() {
         let what = format!("[preference] members.{i}");
         let rm = ctx.load_model(Some(m), &what, false).await?;
         models.push((rm.model, rm.source));
@@ -141,9 +158,20 @@ async fn ensemble(
         });
     }
     let mut judge = EnsembleJudge::new(members, aggregate, kind)?;
-    let (rows, completions) =
-        initial.samples(u64::from(preference.norm_prompts.max(1)), ctx.seed)?;
-    let refs: Vec<&PromptRow> = rows.iter().collect();
-    judge.fit_normalisation(&refs, &completions)?;
+    match manifest.and_then(|m| m.normalisation()) {
+        Some(fitted) => {
+            tracing::info!(
+                ensemble = %preference.ensemble,
+                "normalisation statistics from the ensemble manifest"
+            );
+            judge.set_normalisation(fitted)?;
+        }
+        None => {
+            let (rows, completions) =
+                initial.samples(u64::from(preference.norm_prompts.max(1)), ctx.seed)?;
+            let refs: Vec<&PromptRow> = rows.iter().collect();
+            judge.fit_normalisation(&refs, &completions)?;
+        }
+    }
     Ok(judge)
 }
