@@ -3,6 +3,8 @@
 //! Each function takes one task and returns its result; the coordinator's drivers plan the
 //! tasks and write the manifest, summary and `bon.csv`.
 
+pub mod pairs;
+
 use std::sync::atomic::AtomicBool;
 
 use mirrorplay_proto::v1::{
