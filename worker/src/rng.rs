@@ -38,6 +38,8 @@ pub enum Purpose {
     Split = 9,
     /// Synthetic preference data for training proxies (Goodhart-Digits).
     ProxyData = 10,
+    /// The seed of one member of a reward-model ensemble (`reward::member`).
+    RewardMember = 11,
 }
 
 /// A key identifying one stream.

@@ -48,12 +48,34 @@ pub fn random_tensors_std(
         } else if name.ends_with(".bias") {
             vec![0.0; n]
         } else {
-            let mut s = StreamKey::new(seed, 0, name_hash(&name), 0, Purpose::Init).stream();
-            (0..n).map(|_| (s.normal() * std) as f32).collect()
+            normal_values(&name, n, seed, std)
         };
         out.insert(name, Tensor::from_vec(values, shape, device)?);
     }
     Ok(out)
+}
+
+/// The weight matrix `name` of shape `shape` drawn as [`random_tensors_std`] draws it: the
+/// same values a random model of any config holding that tensor gets (e.g. a new reward head).
+pub fn random_matrix(
+    name: &str,
+    shape: &[usize],
+    seed: u64,
+    std: f64,
+    device: &Device,
+) -> Result<Tensor> {
+    let n = shape.iter().product();
+    Ok(Tensor::from_vec(
+        normal_values(name, n, seed, std),
+        shape,
+        device,
+    )?)
+}
+
+/// n draws of N(0, std²) from the stream of tensor `name`.
+fn normal_values(name: &str, n: usize, seed: u64, std: f64) -> Vec<f32> {
+    let mut s = StreamKey::new(seed, 0, name_hash(name), 0, Purpose::Init).stream();
+    (0..n).map(|_| (s.normal() * std) as f32).collect()
 }
 
 /// A random model (f32 on `device`); `trainable` makes its weights `Var`s.

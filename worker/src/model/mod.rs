@@ -42,6 +42,6 @@ pub use decoder::{gather_last, log_softmax, Model};
 pub use error::{ModelError, Result};
 pub use gguf::load_gguf;
 pub use hf::Pretrained;
-pub use init::{init_random, random_tensors, random_tensors_std};
+pub use init::{init_random, random_matrix, random_tensors, random_tensors_std};
 pub use save::{save_model, SaveOptions};
 pub use tokenizer::Tokenizer;

@@ -38,7 +38,7 @@ impl LoadedEnsemble {
         device: &Device,
     ) -> Result<Self, RewardError> {
         let (manifest, urls) = Manifest::read(url).await.map_err(|e| match e {
-            crate::preference::manifest::ManifestError::Io(e) => RewardError::Io(e),
+            crate::preference::manifest::ManifestError::Io(e) => RewardError::from(e),
             e => RewardError::Invalid(e.to_string()),
         })?;
         let mut loaded = Vec::with_capacity(urls.len());

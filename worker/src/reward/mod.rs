@@ -3,8 +3,12 @@
 //! Each function takes one task and returns its result; the coordinator's drivers plan the
 //! tasks and write the manifest, summary and `bon.csv`.
 
+pub mod backbone;
 pub mod bon_shard;
 pub mod ensemble;
+pub mod member;
+pub mod norm;
+pub mod pairs;
 pub mod score_shard;
 pub mod scorers;
 
@@ -17,36 +21,53 @@ use mirrorplay_proto::v1::{
 
 use crate::report::{MetricsSink, Progress};
 
-/// Why a reward-model task failed; the message names the file, line, member or key.
+/// Why a reward-model task failed; the message names the file, line, member or key. The
+/// sources are boxed so that the error (and `jobs::JobError` holding it) stays small.
 #[derive(Debug, thiserror::Error)]
 pub enum RewardError {
     #[error(transparent)]
-    Io(#[from] crate::io::IoError),
+    Io(Box<crate::io::IoError>),
     #[error(transparent)]
-    Model(#[from] crate::model::ModelError),
+    Model(Box<crate::model::ModelError>),
     #[error(transparent)]
-    Candle(#[from] candle_core::Error),
+    Candle(Box<candle_core::Error>),
     #[error(transparent)]
-    Task(#[from] crate::tasks::TaskError),
+    Task(Box<crate::tasks::TaskError>),
     #[error(transparent)]
-    Judge(#[from] crate::preference::JudgeError),
+    Judge(Box<crate::preference::JudgeError>),
     #[error(transparent)]
-    Train(#[from] crate::train::TrainError),
+    Train(Box<crate::train::TrainError>),
     #[error("{0}")]
     Invalid(String),
 }
 
-/// Trains member `task.member` of a reward_train job.
+macro_rules! boxed_from {
+    ($($variant:ident($source:ty)),* $(,)?) => {$(
+        impl From<$source> for RewardError {
+            fn from(e: $source) -> Self {
+                RewardError::$variant(Box::new(e))
+            }
+        }
+    )*};
+}
+
+boxed_from!(
+    Io(crate::io::IoError),
+    Model(crate::model::ModelError),
+    Candle(candle_core::Error),
+    Task(crate::tasks::TaskError),
+    Judge(crate::preference::JudgeError),
+    Train(crate::train::TrainError),
+);
+
+/// Trains member `task.member` of a reward_train job (`member::run`).
 pub async fn run_member(
     task: &RewardMemberTask,
-    _device: &candle_core::Device,
-    _reports: (Progress<'_>, MetricsSink<'_>),
-    _cancel: &AtomicBool,
+    device: &candle_core::Device,
+    reports: (Progress<'_>, MetricsSink<'_>),
+    cancel: &AtomicBool,
 ) -> Result<RewardMemberResult, RewardError> {
-    Err(RewardError::Invalid(format!(
-        "reward member {}: not built yet",
-        task.member
-    )))
+    member::run(task, device, reports, cancel).await
 }
 
 /// Scores one shard of a score job's rows.
