@@ -302,6 +302,7 @@ fn bad_inputs(tmp: &Path, pipe: &Path) {
     let missing = tmp.join("missing");
     std::fs::create_dir_all(&missing).unwrap();
     let mut m = json(&manifest);
+    m["members"][0]["path"] = Value::from(pipe.join("reward/member-0").to_str().unwrap());
     m["members"][1]["path"] = Value::from(pipe.join("reward/member-9").to_str().unwrap());
     std::fs::write(missing.join("ensemble.json"), m.to_string()).unwrap();
     let err = score("no_member", &missing.join("ensemble.json"), &data);
@@ -346,6 +347,8 @@ fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        if e.path().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
     }
 }

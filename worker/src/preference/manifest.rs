@@ -33,7 +33,7 @@ pub struct Manifest {
 /// One member; accuracies are absent when unknown (no held-out pairs, no clean labels).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemberEntry {
-    /// The member's directory, relative to the manifest (or an absolute URL).
+    /// The member's directory, relative to the manifest (or an absolute path or URL).
     pub path: String,
     pub steps: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -90,7 +90,7 @@ impl Manifest {
         let dir = location.parent();
         let mut urls = Vec::with_capacity(manifest.members.len());
         for (k, m) in manifest.members.iter().enumerate() {
-            let member = if m.path.contains("://") {
+            let member = if m.path.contains("://") || m.path.starts_with('/') {
                 Location::parse(&m.path)?
             } else {
                 dir.join(&m.path)
