@@ -30,10 +30,18 @@ pub enum RewardError {
     Task(#[from] crate::tasks::TaskError),
     #[error(transparent)]
     Judge(#[from] crate::preference::JudgeError),
+    /// Boxed: a `TrainError` is large, and `Result<_, RewardError>` is returned on every
+    /// scoring path (clippy's `result_large_err`).
     #[error(transparent)]
-    Train(#[from] crate::train::TrainError),
+    Train(Box<crate::train::TrainError>),
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<crate::train::TrainError> for RewardError {
+    fn from(e: crate::train::TrainError) -> Self {
+        Self::Train(Box::new(e))
+    }
 }
 
 /// Trains member `task.member` of a reward_train job.

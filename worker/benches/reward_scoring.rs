@@ -1,0 +1,140 @@
+//! Reward-model scoring throughput (BENCHMARKS.md#reward-model-scoring-throughput): a random
+//! SmolLM2-135M-shaped `LlamaForSequenceClassification` (one label, f32, CPU) scores B sequences
+//! of L prompt+completion tokens with `sample::classify_completions`, the path
+//! `preference::RewardModel` takes (batches of 16). Warm-up once, then REPS timed reps.
+//!
+//! Also an ensemble of K members scoring the same batch:
+//! - "K independent members": K separately initialised models, each a full forward (what an
+//!   ensemble costs today);
+//! - "shared backbone (projection)": ONE backbone forward (`Model::forward_hidden`) plus K
+//!   one-label heads on the pooled hidden states. This is a projection of what a
+//!   shared-backbone ensemble would cost; no such ensemble is built.
+//!
+//! `bench/reward_scoring_peer.py`'s peer runs the same workload in transformers;
+//! `bench/reward_scoring.sh` runs both interleaved.
+//!
+//!   cargo bench -p mirrorplay-worker --bench reward_scoring
+//!
+//! Env: B (16), L (128; the first L/2 tokens are the prompt, the rest the completion), REPS (3),
+//! K (5; 0 skips the ensemble figures), K_REPS (1: reps of the K-member and projection timings). Token ids: row r, position i → 3 + (r·131 + i·7) mod 49000.
+//! Threads: candle's CPU backend reads RAYON_NUM_THREADS.
+
+#[allow(dead_code)] // this bench uses only the shape helper
+mod common;
+
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, Tensor};
+use common::smollm2_135m_shape;
+use mirrorplay_worker::model::{init_random, KvCache, Model};
+use mirrorplay_worker::sample::classify_completions;
+
+fn env_or(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Row r, position i → 3 + (r·131 + i·7) mod 49000 (the peer uses the same pattern).
+fn token_ids(b: usize, l: usize) -> Vec<Vec<u32>> {
+    (0..b)
+        .map(|r| {
+            (0..l)
+                .map(|i| (3 + (r * 131 + i * 7) % 49000) as u32)
+                .collect()
+        })
+        .collect()
+}
+
+fn time(reps: usize, mut f: impl FnMut()) -> Duration {
+    let t = Instant::now();
+    for _ in 0..reps {
+        f();
+    }
+    t.elapsed() / reps as u32
+}
+
+fn main() {
+    let (b, l, reps, k, k_reps) = (
+        env_or("B", 16),
+        env_or("L", 128),
+        env_or("REPS", 3),
+        env_or("K", 5),
+        env_or("K_REPS", 1),
+    );
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into());
+    let config = smollm2_135m_shape().with_classification_head(1);
+    let rows = token_ids(b, l);
+    let prompts: Vec<Vec<u32>> = rows.iter().map(|r| r[..l / 2].to_vec()).collect();
+    let completions: Vec<Vec<u32>> = rows.iter().map(|r| r[l / 2..].to_vec()).collect();
+    let members: Vec<Model> = (0..k.max(1) as u64)
+        .map(|seed| init_random(&config, 1 + seed, false, &Device::Cpu).unwrap())
+        .collect();
+    let score = |m: &Model| {
+        let s = classify_completions(m, &prompts, &completions).unwrap();
+        assert_eq!(s.dims(), [b, 1]);
+    };
+
+    score(&members[0]); // warm-up: allocations, caches
+    let one = time(reps, || score(&members[0]));
+    let seqs = |d: Duration| b as f64 / d.as_secs_f64();
+    println!(
+        "mirrorplay single: B={b} L={l} reps={reps} threads={threads}: {:.3} s/batch, {:.2} sequences/s",
+        one.as_secs_f64(),
+        seqs(one)
+    );
+    if k == 0 {
+        return;
+    }
+
+    // K independent members: K full forwards (each member once per rep).
+    let independent = time(k_reps, || members.iter().for_each(score));
+    println!(
+        "mirrorplay K={k} independent members (reps={k_reps}): {:.3} s/batch, {:.2} sequences/s, {:.2}x one member",
+        independent.as_secs_f64(),
+        seqs(independent),
+        independent.as_secs_f64() / one.as_secs_f64()
+    );
+
+    // Projection of a shared backbone: one forward_hidden, pool at the last token, K heads.
+    let heads: Vec<Tensor> = members
+        .iter()
+        .map(|m| m.tensors()["score.weight"].clone())
+        .collect();
+    let valid: Vec<Vec<bool>> = rows.iter().map(|r| vec![true; r.len()]).collect();
+    let last = Tensor::new(
+        (0..b).map(|r| (r * l + l - 1) as u32).collect::<Vec<_>>(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let (mut backbone, mut head_time) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..k_reps {
+        let t = Instant::now();
+        let hidden = members[0]
+            .forward_hidden(&rows, &valid, &mut KvCache::new())
+            .unwrap();
+        let pooled = hidden
+            .reshape((b * l, hidden.dim(2).unwrap()))
+            .unwrap()
+            .index_select(&last, 0)
+            .unwrap();
+        backbone += t.elapsed();
+        let t = Instant::now();
+        for w in &heads {
+            let s = pooled.matmul(&w.t().unwrap()).unwrap();
+            assert_eq!(s.dims(), [b, 1]);
+        }
+        head_time += t.elapsed();
+    }
+    let (backbone, head_time) = (backbone / k_reps as u32, head_time / k_reps as u32);
+    let shared = backbone + head_time;
+    println!(
+        "mirrorplay K={k} shared backbone (PROJECTION, not built; reps={k_reps}): {:.3} s/batch ({:.3} s backbone + {:.6} s {k} heads), {:.2} sequences/s, {:.2}x one member",
+        shared.as_secs_f64(),
+        backbone.as_secs_f64(),
+        head_time.as_secs_f64(),
+        seqs(shared),
+        shared.as_secs_f64() / one.as_secs_f64()
+    );
+}
