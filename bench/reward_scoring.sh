@@ -5,12 +5,14 @@
 # SmolLM2-135M-shaped one-label LlamaForSequenceClassification (f32, CPU), alternating
 # mirrorplay, peer, mirrorplay, peer, … ROUNDS times with the same thread count. The first
 # mirrorplay run also times an ensemble of K members (K independent models, and the PROJECTED
-# cost of a shared backbone: one forward_hidden + K heads; no such ensemble is built).
+# cost of a shared backbone: one forward_hidden + K heads; no such ensemble is built), and round 1
+# of both times the linear layers alone (where the forward's time goes).
 #
 # Usage: bench/reward_scoring.sh
 # Env: PROFILE=bench (default; the release settings) | dev (dependencies at opt-level 3, the
 #      worker crate at 1); ROUNDS=2 THREADS=2 B=16 L=128 REPS=3 K=5 K_REPS=1;
-#      PY=~/.cache/mirrorplay/peers-venv/bin/python (torch CPU + transformers; benchmarks only).
+#      PY=~/.cache/mirrorplay/peers-venv/bin/python (torch CPU + transformers; benchmarks only);
+#      BREAKDOWN=1 (round 1 of each also times the linear layers alone; 0 skips).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${PROFILE:-bench}
@@ -41,9 +43,10 @@ row() { # system, log
 }
 for r in $(seq 1 "$ROUNDS"); do
   k=0; [ "$r" = 1 ] && k=$K
-  K=$k "$EXE" > "$LOG/mp$r.log"
+  bd=0; [ "$r" = 1 ] && bd=${BREAKDOWN:-1}
+  K=$k BREAKDOWN=$bd "$EXE" > "$LOG/mp$r.log"
   row mirrorplay "$LOG/mp$r.log"
-  THREADS=$THREADS "$PY" bench/reward_scoring_peer.py > "$LOG/peer$r.log" 2>"$LOG/peer$r.err" ||
+  THREADS=$THREADS BREAKDOWN=$bd "$PY" bench/reward_scoring_peer.py > "$LOG/peer$r.log" 2>"$LOG/peer$r.err" ||
     { cat "$LOG/peer$r.err" >&2; exit 1; }
   row transformers "$LOG/peer$r.log"
 done

@@ -6,7 +6,8 @@ worker/benches/common/mod.rs `smollm2_135m_shape`) scores B sequences of L token
 then REPS timed reps; prints sequences/s. Benchmarks only, never CI.
 
 Usage: ~/.cache/mirrorplay/peers-venv/bin/python bench/reward_scoring_peer.py
-Env: B (16), L (128), REPS (3), THREADS (2). Token ids: row r, position i ->
+Env: B (16), L (128), REPS (3), THREADS (2); BREAKDOWN=1 also times the linear layers alone
+(every *_proj weight on [B*L, in] rows), as the Rust bench's BREAKDOWN. Token ids: row r, position i ->
 3 + (r*131 + i*7) mod 49000, attention_mask all ones (as the Rust bench: no padding).
 """
 import os
@@ -65,3 +66,17 @@ print(
     f"(torch {torch.__version__}, transformers {transformers.__version__}, attn {attn}): "
     f"{per:.3f} s/batch, {B / per:.2f} sequences/s"
 )
+
+if os.environ.get("BREAKDOWN") == "1":
+    weights = [w for n, w in model.named_parameters() if n.endswith("_proj.weight")]
+    inputs = [torch.randn(B * L, w.shape[1]) for w in weights]
+    with torch.inference_mode():
+        for _ in range(2):  # warm-up, then timed
+            t = time.perf_counter()
+            for x, w in zip(inputs, weights):
+                torch.nn.functional.linear(x, w)
+            linear = time.perf_counter() - t
+    print(
+        f"transformers breakdown: {len(weights)} projections at {B * L} rows: {linear:.3f} s "
+        f"({100 * linear / per:.0f} % of the {per:.3f} s forward)"
+    )

@@ -17,6 +17,8 @@
 //!
 //! Env: B (16), L (128; the first L/2 tokens are the prompt, the rest the completion), REPS (3),
 //! K (5; 0 skips the ensemble figures), K_REPS (1: reps of the K-member and projection timings). Token ids: row r, position i → 3 + (r·131 + i·7) mod 49000.
+//! BREAKDOWN=1 also times the decoder's linear layers alone (every `*_proj` weight applied to
+//! [B·L, in] rows, as `ops::linear` does in the forward), to see where the forward's time goes.
 //! Threads: candle's CPU backend reads RAYON_NUM_THREADS.
 
 #[allow(dead_code)] // this bench uses only the shape helper
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use common::smollm2_135m_shape;
-use mirrorplay_worker::model::{init_random, KvCache, Model};
+use mirrorplay_worker::model::{init_random, ops, KvCache, Model};
 use mirrorplay_worker::sample::classify_completions;
 
 fn env_or(key: &str, default: usize) -> usize {
@@ -84,6 +86,9 @@ fn main() {
         one.as_secs_f64(),
         seqs(one)
     );
+    if env_or("BREAKDOWN", 0) == 1 {
+        breakdown(&members[0], b * l, one);
+    }
     if k == 0 {
         return;
     }
@@ -136,5 +141,42 @@ fn main() {
         head_time.as_secs_f64(),
         seqs(shared),
         shared.as_secs_f64() / one.as_secs_f64()
+    );
+}
+
+/// Times every projection of the decoder (q, k, v, o, gate, up, down × layers) applied to
+/// `rows` rows once, i.e. the forward's linear-layer work without attention, norms and RoPE.
+fn breakdown(model: &Model, rows: usize, forward: Duration) {
+    let projections: Vec<&Tensor> = model
+        .tensors()
+        .iter()
+        .filter(|(name, _)| name.ends_with("_proj.weight"))
+        .map(|(_, w)| w)
+        .collect();
+    let inputs: Vec<Tensor> = projections
+        .iter()
+        .map(|w| {
+            let n = w.dim(1).unwrap();
+            Tensor::arange(0f32, (rows * n) as f32, &Device::Cpu)
+                .unwrap()
+                .affine(1e-7, -0.5)
+                .unwrap()
+                .reshape((rows, n))
+                .unwrap()
+        })
+        .collect();
+    let run = || {
+        for (x, w) in inputs.iter().zip(&projections) {
+            ops::linear(x, w, None).unwrap();
+        }
+    };
+    run();
+    let linear = time(1, run);
+    println!(
+        "mirrorplay breakdown: {} projections at {rows} rows: {:.3} s ({:.0} % of one member's {:.3} s forward; the rest: attention, norms, RoPE, embedding)",
+        projections.len(),
+        linear.as_secs_f64(),
+        100.0 * linear.as_secs_f64() / forward.as_secs_f64(),
+        forward.as_secs_f64()
     );
 }
