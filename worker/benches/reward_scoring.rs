@@ -189,6 +189,24 @@ fn breakdown(model: &Model, rows: usize, forward: Duration) {
     };
     run();
     let linear = time(1, run);
+    // The same products with each weight pre-transposed to a contiguous [in, out] (x·Wᵀ with
+    // Wᵀ materialised once), to see whether the gemm's handling of the strided Wᵀ costs time.
+    let transposed: Vec<Tensor> = projections
+        .iter()
+        .map(|w| w.t().unwrap().contiguous().unwrap())
+        .collect();
+    let run_t = || {
+        for (x, wt) in inputs.iter().zip(&transposed) {
+            x.matmul(wt).unwrap();
+        }
+    };
+    run_t();
+    let linear_t = time(1, run_t);
+    println!(
+        "mirrorplay breakdown: {} projections at {rows} rows with contiguous pre-transposed weights: {:.3} s",
+        projections.len(),
+        linear_t.as_secs_f64()
+    );
     println!(
         "mirrorplay breakdown: {} projections at {rows} rows: {:.3} s ({:.0} % of one member's {:.3} s forward; the rest: attention, norms, RoPE, embedding)",
         projections.len(),
