@@ -122,7 +122,9 @@ fn tiny_shape(t: &Tbl, tiny: &mut mirrorplay_proto::v1::TinyModel) -> Result<(),
         u64::from(tiny.intermediate_size),
         1 << 16,
     )? as u32;
-    if tiny.hidden_size % tiny.num_heads != 0 || tiny.num_heads % tiny.num_kv_heads != 0 {
+    if !tiny.hidden_size.is_multiple_of(tiny.num_heads)
+        || !tiny.num_heads.is_multiple_of(tiny.num_kv_heads)
+    {
         return Err(s.error(
             "num_heads",
             format!(
