@@ -115,7 +115,8 @@ impl AdamW {
             });
         }
         for (name, var) in params {
-            let g = grads.tensors()[name].to_dtype(DType::F32)?;
+            // Detached: moments and weights are state, never part of a graph.
+            let g = grads.tensors()[name].detach().to_dtype(DType::F32)?;
             let (m, v) = (&self.exp_avg[name], &self.exp_avg_sq[name]);
             if g.shape() != m.shape() {
                 return Err(OptimError::Param {
@@ -127,7 +128,7 @@ impl AdamW {
                     ),
                 });
             }
-            let p = var.as_tensor().to_dtype(DType::F32)?;
+            let p = var.as_tensor().detach().to_dtype(DType::F32)?;
             let p = if weight_decay != 0.0 {
                 p.affine(1.0 - lr * weight_decay, 0.0)?
             } else {

@@ -23,7 +23,10 @@ impl Gradients {
                 name: name.clone(),
                 reason: "received no gradient (is the loss connected to it through ops with a backward?)".into(),
             })?;
-            grads.insert(name.clone(), g.clone());
+            // Detached: a variable's gradient from candle's backward keeps the op that made it,
+            // and through it the step's whole forward graph; optimizer state computed from it
+            // would chain every step's graph (a leak of one forward per step).
+            grads.insert(name.clone(), g.detach());
         }
         Ok(Gradients(grads))
     }
