@@ -10,7 +10,7 @@
 //! `max_n`, `prompts_per_shard`.
 
 use mirrorplay_proto::v1::{BonSpec, ScoreSpec};
-use mirrorplay_worker::preference::aggregate::NormKind;
+use mirrorplay_worker::preference::aggregate::{NormKind, LSC_QUANTILE, LSC_REFERENCE_SAMPLES};
 use toml::Value;
 
 use super::preference::manifest_url;
@@ -30,16 +30,16 @@ struct Scoring {
     lsc_quantile: f64,
 }
 
-fn scoring(t: &Tbl, resolver: &Resolver, lsc_default: u64) -> Result<Scoring, ConfigError> {
+fn scoring(t: &Tbl, resolver: &Resolver) -> Result<Scoring, ConfigError> {
     let ensemble = manifest_url(t, resolver, &t.req_str("ensemble")?)?;
     let normalize = t.str_or("normalize", "zscore")?;
     NormKind::parse(&normalize).map_err(|e| t.error("normalize", e.to_string()))?;
     let uwo_lambda = t.f64_in("uwo_lambda", 0.5, 0.0, 1e6)?;
-    let lsc_samples = t.u64_or("lsc_samples", lsc_default)?;
+    let lsc_samples = t.u64_or("lsc_samples", LSC_REFERENCE_SAMPLES as u64)?;
     if lsc_samples > 1 << 16 {
         return Err(t.error("lsc_samples", "must be at most 65536"));
     }
-    let lsc_quantile = t.f64_in("lsc_quantile", 0.85, 0.0, 1.0)?;
+    let lsc_quantile = t.f64_in("lsc_quantile", LSC_QUANTILE, 0.0, 1.0)?;
     Ok(Scoring {
         ensemble,
         normalize,
@@ -50,7 +50,7 @@ fn scoring(t: &Tbl, resolver: &Resolver, lsc_default: u64) -> Result<Scoring, Co
 }
 
 pub(super) fn read_score(t: &Tbl, resolver: &Resolver) -> Result<ScoreSpec, ConfigError> {
-    let s = scoring(t, resolver, 16)?;
+    let s = scoring(t, resolver)?;
     let raw = t.req_str("data")?;
     let data_url = resolver.path(t, "data", &raw)?;
     t.record("data", Value::String(data_url.clone()));
@@ -81,7 +81,7 @@ pub(super) fn read_score(t: &Tbl, resolver: &Resolver) -> Result<ScoreSpec, Conf
 }
 
 pub(super) fn read_bon(t: &Tbl, resolver: &Resolver) -> Result<BonSpec, ConfigError> {
-    let s = scoring(t, resolver, 16)?;
+    let s = scoring(t, resolver)?;
     let task = t.choice("task", BON_TASKS, Some("goodhart_digits"))?;
     let policy = model(t, "policy", Some(&task), resolver)?;
     let prompts = count(t, "prompts", 64, 1 << 20)?;

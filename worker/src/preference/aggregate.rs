@@ -157,6 +157,17 @@ impl Aggregate {
         }
     }
 
+    /// The name [`Aggregate::parse`] reads back (`uwo` without its λ).
+    pub fn name(&self) -> String {
+        match self {
+            Aggregate::Mean => "mean".into(),
+            Aggregate::Wco => "wco".into(),
+            Aggregate::Uwo { .. } => "uwo".into(),
+            Aggregate::Lsc => "lsc".into(),
+            Aggregate::Member(k) => format!("member:{k}"),
+        }
+    }
+
     /// Whether R depends on reference-policy samples of the prompt (`lsc`), not only on the
     /// completion's own member scores.
     pub fn needs_reference(&self) -> bool {

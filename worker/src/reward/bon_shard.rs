@@ -12,20 +12,16 @@ use mirrorplay_proto::v1::{BonShardResult, BonShardTask};
 
 use super::ensemble::{LoadedEnsemble, Reader};
 use super::scorers::Scorers;
-use super::RewardError;
-use crate::model::Model;
-use crate::preference::aggregate::{quantile, NormKind};
+use super::{samples_of_prompt, RewardError};
+use crate::preference::aggregate::NormKind;
 use crate::preference::bon::{best_of_n, n_grid};
 use crate::preference::gold::GoldJudge;
-use crate::preference::{Judge, JudgeError, PromptRow};
+use crate::preference::{Judge, JudgeError};
 use crate::report::Progress;
-use crate::sample::{GenerateConfig, RowKey};
 use crate::tasks::{Split, Task};
 use crate::train::prompts::{task_row, PromptFormat};
 use crate::train::rollout;
 
-/// Completions sampled per forward batch.
-const SAMPLE_BATCH: usize = 512;
 /// Step of the pool's sample streams and of LSC's reference samples.
 const STEP_POOL: u64 = 0;
 const STEP_LSC_REFERENCE: u64 = 1;
@@ -92,7 +88,7 @@ pub async fn run(
     for i in 0..u64::from(task.prompts) {
         let index = task.first_prompt + i;
         let row = task_row(judged, task.seed, Split::HeldOut, index, &format)?;
-        let completions = samples(&policy.model, &row, index, n_samples, &pool)?;
+        let completions = samples_of_prompt(&policy.model, &row.ids, index, n_samples, &pool)?;
         let prompts = vec![&row; completions.len()];
         let raw = ensemble.member_scores(&prompts, &completions)?;
         let golds: Vec<f64> = gold
@@ -101,15 +97,9 @@ pub async fn run(
             .map(|g| g / gold.unit())
             .collect();
         let reference = if lsc_samples > 0 {
-            let refs = samples(&policy.model, &row, index, lsc_samples, &lsc_reference)?;
-            let ref_prompts = vec![&row; refs.len()];
-            let scores = ensemble.member_scores(&ref_prompts, &refs)?;
-            Some(
-                scores
-                    .iter()
-                    .map(|s| quantile(s, spec.lsc_quantile))
-                    .collect::<Vec<f64>>(),
-            )
+            let refs =
+                samples_of_prompt(&policy.model, &row.ids, index, lsc_samples, &lsc_reference)?;
+            Some(ensemble.reference_quantiles(&row, &refs, spec.lsc_quantile)?)
         } else {
             None
         };
@@ -143,32 +133,4 @@ pub async fn run(
         proxy_sums,
         gold_sums,
     })
-}
-
-/// `n` samples of `model` for one prompt, keyed (prompt `index`, sample 0..n) under `config`.
-fn samples(
-    model: &Model,
-    row: &PromptRow,
-    index: u64,
-    n: usize,
-    config: &GenerateConfig,
-) -> Result<Vec<Vec<u32>>, RewardError> {
-    let mut out = Vec::with_capacity(n);
-    for start in (0..n).step_by(SAMPLE_BATCH) {
-        let end = (start + SAMPLE_BATCH).min(n);
-        let prompts = vec![row.ids.clone(); end - start];
-        let keys: Vec<RowKey> = (start..end)
-            .map(|s| RowKey {
-                prompt: index,
-                sample: s as u64,
-            })
-            .collect();
-        out.extend(rollout::sample(
-            rollout::Source::Policy(model),
-            &prompts,
-            &keys,
-            config,
-        )?);
-    }
-    Ok(out)
 }

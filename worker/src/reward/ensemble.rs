@@ -7,7 +7,7 @@ use mirrorplay_proto::v1::{model_source, ModelSource};
 
 use super::RewardError;
 use crate::model::Tokenizer;
-use crate::preference::aggregate::{NormKind, Normalisation};
+use crate::preference::aggregate::{reference_quantiles, NormKind, Normalisation};
 use crate::preference::ensemble::check_shared_tokenizer;
 use crate::preference::manifest::Manifest;
 use crate::preference::reward_model::RewardModelJudge;
@@ -108,6 +108,29 @@ impl LoadedEnsemble {
             .iter()
             .map(|m| Ok(m.scores(prompts, completions)?))
             .collect()
+    }
+
+    /// r_ref,k of one prompt: the `q`-quantile of each member's scores of `completions`
+    /// (reference-policy samples of `prompt`; docs/algorithms.md §2, LSC). A non-finite score
+    /// is an error naming the member, not a panic in the sort.
+    pub fn reference_quantiles(
+        &self,
+        prompt: &PromptRow,
+        completions: &[Vec<u32>],
+        q: f64,
+    ) -> Result<Vec<f64>, RewardError> {
+        let scores = self.member_scores(&vec![prompt; completions.len()], completions)?;
+        if let Some((k, v)) = scores
+            .iter()
+            .enumerate()
+            .find_map(|(k, s)| s.iter().find(|v| !v.is_finite()).map(|v| (k, *v)))
+        {
+            return Err(RewardError::Invalid(format!(
+                "{} member {k} scored a reference sample {v}",
+                self.url
+            )));
+        }
+        Ok(reference_quantiles(&scores, q))
     }
 
     /// The statistics `kind` normalises with: the manifest's (an error naming the manifest

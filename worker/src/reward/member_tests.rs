@@ -423,37 +423,3 @@ async fn every_parameter_gets_a_gradient_and_a_classifier_keeps_its_head() {
             .unwrap()
     );
 }
-
-/// Not a test: measures held-out accuracy for the settings in `MIRRORPLAY_REWARD_SWEEP`
-/// (`hidden,layers,steps,lr,train_pairs,label_noise,batch;...`), e.g. to pick weak-but-useful
-/// proxies for the over-optimisation study. Run with `--ignored --nocapture`.
-#[test]
-#[ignore]
-fn sweep() {
-    let settings = std::env::var("MIRRORPLAY_REWARD_SWEEP").unwrap_or_default();
-    for setting in settings.split(';').filter(|s| !s.is_empty()) {
-        let v: Vec<f64> = setting.split(',').map(|x| x.parse().unwrap()).collect();
-        let mut s = spec(v[2] as u64, v[3], v[4] as u32, v[5]);
-        s.init = Some(tiny(v[0] as u32, v[1] as u32));
-        s.batch_size = v[6] as u32;
-        s.eval_pairs = 1024;
-        s.eval_every = 100;
-        let dir = tempfile::tempdir().unwrap();
-        let (_, r, lines) = train_member(s, 0, dir.path());
-        let curve: Vec<String> = lines
-            .iter()
-            .filter(|l| l["split"] == "eval")
-            .map(|l| format!("{:.3}", l["eval/accuracy_clean"].as_f64().unwrap()))
-            .collect();
-        println!(
-            "{setting}: eval clean {:.4} noisy {:.4} train clean {:.4} noisy {:.4} loss {:.4} \
-             {:.1} s; eval clean every 100 steps {curve:?}",
-            r.eval_accuracy_clean,
-            r.eval_accuracy,
-            r.train_accuracy_clean,
-            r.train_accuracy,
-            r.final_loss,
-            r.wall_s
-        );
-    }
-}

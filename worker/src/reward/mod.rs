@@ -60,6 +60,37 @@ boxed_from!(
     Train(crate::train::TrainError),
 );
 
+/// Completions sampled per forward batch by [`samples_of_prompt`].
+const SAMPLE_BATCH: usize = 512;
+
+/// `n` samples of `model` for one prompt, keyed (prompt `index`, sample 0..n) under `config`
+/// (best-of-n pools and LSC reference samples).
+pub(crate) fn samples_of_prompt(
+    model: &crate::model::Model,
+    prompt: &[u32],
+    index: u64,
+    n: usize,
+    config: &crate::sample::GenerateConfig,
+) -> Result<Vec<Vec<u32>>, RewardError> {
+    let mut out = Vec::with_capacity(n);
+    for start in (0..n).step_by(SAMPLE_BATCH) {
+        let end = (start + SAMPLE_BATCH).min(n);
+        let keys: Vec<crate::sample::RowKey> = (start..end)
+            .map(|s| crate::sample::RowKey {
+                prompt: index,
+                sample: s as u64,
+            })
+            .collect();
+        out.extend(crate::train::rollout::sample(
+            crate::train::rollout::Source::Policy(model),
+            &vec![prompt.to_vec(); end - start],
+            &keys,
+            config,
+        )?);
+    }
+    Ok(out)
+}
+
 /// Trains member `task.member` of a reward_train job (`member::run`).
 pub async fn run_member(
     task: &RewardMemberTask,

@@ -15,13 +15,12 @@ use serde_json::{json, Value};
 
 use super::ensemble::LoadedEnsemble;
 use super::scorers::Scorers;
-use super::RewardError;
+use super::{samples_of_prompt, RewardError};
 use crate::io::jsonl::{bad, read_objects};
 use crate::io::Location;
-use crate::preference::aggregate::{quantile, NormKind};
+use crate::preference::aggregate::NormKind;
 use crate::preference::{JudgeError, PromptRow};
 use crate::report::Progress;
-use crate::sample::RowKey;
 use crate::train::prompts::{example_text, PromptFormat};
 use crate::train::rollout;
 
@@ -183,23 +182,14 @@ async fn reference_quantiles(
         if out.contains_key(&row.prompt.ids) {
             continue;
         }
-        let keys: Vec<RowKey> = (0..m as u64)
-            .map(|sample| RowKey {
-                prompt: task.first_row + i as u64,
-                sample,
-            })
-            .collect();
-        let completions = rollout::sample(
-            rollout::Source::Policy(&reference.model),
-            &vec![row.prompt.ids.clone(); m],
-            &keys,
+        let completions = samples_of_prompt(
+            &reference.model,
+            &row.prompt.ids,
+            task.first_row + i as u64,
+            m,
             &config,
         )?;
-        let scores = ensemble.member_scores(&vec![&row.prompt; m], &completions)?;
-        let q = scores
-            .iter()
-            .map(|s| quantile(s, spec.lsc_quantile))
-            .collect();
+        let q = ensemble.reference_quantiles(&row.prompt, &completions, spec.lsc_quantile)?;
         out.insert(row.prompt.ids.clone(), q);
     }
     Ok(out)

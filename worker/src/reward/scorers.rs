@@ -43,7 +43,7 @@ impl Scorers {
         }
         aggregates.extend((0..members).map(Aggregate::Member));
         Scorers {
-            names: aggregates.iter().map(name).collect(),
+            names: aggregates.iter().map(Aggregate::name).collect(),
             aggregates,
             kind,
             normalisation,
@@ -69,17 +69,6 @@ impl Scorers {
             variance: variance(&z),
             z,
         }
-    }
-}
-
-/// A scorer's column name: the name `Aggregate::parse` reads back.
-fn name(a: &Aggregate) -> String {
-    match a {
-        Aggregate::Mean => "mean".into(),
-        Aggregate::Wco => "wco".into(),
-        Aggregate::Uwo { .. } => "uwo".into(),
-        Aggregate::Lsc => "lsc".into(),
-        Aggregate::Member(k) => format!("member:{k}"),
     }
 }
 
