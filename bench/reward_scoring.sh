@@ -4,9 +4,9 @@
 # bench/reward_scoring_peer.py score the same B sequences of L tokens with a random
 # SmolLM2-135M-shaped one-label LlamaForSequenceClassification (f32, CPU), alternating
 # mirrorplay, peer, mirrorplay, peer, … ROUNDS times with the same thread count. The first
-# mirrorplay run also times an ensemble of K members (K independent models, and the PROJECTED
-# cost of a shared backbone: one forward_hidden + K heads; no such ensemble is built), and round 1
-# of both times the linear layers alone (where the forward's time goes).
+# mirrorplay run also times an ensemble of K members (K independent models, and a shared
+# backbone: `reward::shared_heads`, one forward pass for K stacked heads), and round 1 of both
+# times the linear layers alone (where the forward's time goes).
 #
 # Usage: bench/reward_scoring.sh
 # Env: PROFILE=bench (default; the release settings) | dev (dependencies at opt-level 3, the

@@ -1,7 +1,8 @@
 //! The reward-model job family end to end on the local cluster (short settings for CI):
 //! SFT reference → reward_train (K = 2 Bradley–Terry proxies on noisy Goodhart-Digits labels,
 //! normalised over the reference's samples) → best-of-n → score → self-play against the
-//! ensemble named by its manifest. Outputs are checked against what they must satisfy
+//! ensemble named by its manifest; a second, shared-backbone ensemble (K = 2 heads on the SFT
+//! policy) scores the same data. Outputs are checked against what they must satisfy
 //! whatever the weights (n = 1 gold is the pool's mean for every scorer, best-of-n proxy never
 //! falls with n, each row's z and aggregates recomputed from its raw scores and the manifest),
 //! then bad inputs each fail with a clear error before any score is written.
@@ -76,6 +77,29 @@ data = "DATA"
 shard_rows = 10
 reference = "stage:sft"
 lsc_samples = 4
+
+[[stage]]
+name = "reward_shared"
+kind = "reward_train"
+[stage.reward_train]
+members = 2
+init = "stage:sft"
+task = "goodhart_digits"
+shared_backbone = true
+train_pairs = 256
+eval_pairs = 64
+batch_size = 32
+steps = 10
+eval_every = 10
+
+[[stage]]
+name = "score_shared"
+kind = "score"
+[stage.score]
+ensemble = "stage:reward_shared"
+data = "DATA"
+shard_rows = 24
+normalize = "none"
 
 [[stage]]
 name = "selfplay"
@@ -245,6 +269,26 @@ fn ensembles_train_score_best_of_n_and_drive_self_play() {
             "{name}: {summary}"
         );
     }
+
+    // A shared-backbone ensemble (scored with one forward pass for both heads; that the
+    // backbone stays frozen and the pass equals each member alone is checked in the worker's
+    // `reward::shared_heads` tests): one raw score per member.
+    let shared = json(&out.join("reward_shared/ensemble.json"));
+    assert_eq!(shared["shared_backbone"], true, "{shared}");
+    let lines = std::fs::read_to_string(out.join("score_shared/scores/part-00000.jsonl")).unwrap();
+    let mut differ = false;
+    for line in lines.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let raw: Vec<f64> = v["raw"].as_array().unwrap().iter().map(f).collect();
+        assert_eq!(raw.len(), 2, "{v}");
+        assert!(
+            (f(&v["scores"]["member:1"]) - raw[1]).abs() < 1e-12,
+            "normalize = none: {v}"
+        );
+        differ |= raw[0] != raw[1];
+    }
+    assert_eq!(lines.lines().count(), 24);
+    assert!(differ, "two heads, two sets of scores: {lines}");
 
     // Self-play against the manifest's ensemble logs each member and the variance.
     let mut metrics = String::new();

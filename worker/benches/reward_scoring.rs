@@ -6,9 +6,9 @@
 //! Also an ensemble of K members scoring the same batch:
 //! - "K independent members": K separately initialised models, each a full forward (what an
 //!   ensemble costs today);
-//! - "shared backbone (projection)": ONE backbone forward (`Model::forward_hidden`) plus K
-//!   one-label heads on the pooled hidden states. This is a projection of what a
-//!   shared-backbone ensemble would cost; no such ensemble is built.
+//! - "shared backbone": `reward::shared_heads::SharedHeads`, member 0's backbone with the K
+//!   heads stacked (what a `shared_backbone = true` ensemble scores with), against one member
+//!   through `RewardModelJudge`, the same batching.
 //!
 //! `bench/reward_scoring_peer.py`'s peer runs the same workload in transformers;
 //! `bench/reward_scoring.sh` runs both interleaved.
@@ -16,7 +16,7 @@
 //!   cargo bench -p mirrorplay-worker --bench reward_scoring
 //!
 //! Env: B (16), L (128; the first L/2 tokens are the prompt, the rest the completion), REPS (3),
-//! K (5; 0 skips the ensemble figures), K_REPS (1: reps of the K-member and projection timings). Token ids: row r, position i → 3 + (r·131 + i·7) mod 49000.
+//! K (5; 0 skips the ensemble figures), K_REPS (1: reps of the K-member and shared-backbone timings). Token ids: row r, position i → 3 + (r·131 + i·7) mod 49000.
 //! BREAKDOWN=1 also times the decoder's linear layers alone (every `*_proj` weight applied to
 //! [B·L, in] rows, as `ops::linear` does in the forward), to see where the forward's time goes.
 //! Threads: candle's CPU backend reads RAYON_NUM_THREADS.
@@ -28,7 +28,10 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use common::smollm2_135m_shape;
-use mirrorplay_worker::model::{init_random, ops, KvCache, Model};
+use mirrorplay_worker::model::{init_random, ops, Model};
+use mirrorplay_worker::preference::reward_model::RewardModelJudge;
+use mirrorplay_worker::preference::{Judge, PromptRow};
+use mirrorplay_worker::reward::shared_heads::SharedHeads;
 use mirrorplay_worker::sample::classify_completions;
 
 fn env_or(key: &str, default: usize) -> usize {
@@ -115,51 +118,47 @@ fn main() {
         independent.as_secs_f64() / (first / k_reps as u32).as_secs_f64()
     );
 
-    // Projection of a shared backbone: one forward_hidden, pool at the last token, K heads;
-    // compared with one member = the same backbone + 1 head, timed in the same reps.
+    // A shared backbone (`reward::shared_heads`, what `shared_backbone = true` ensembles score
+    // with): member 0's backbone with the K members' heads stacked, one forward pass for all K,
+    // through the same batching as one member (`RewardModelJudge`, batches of 16); compared
+    // with that one member in the same reps.
     let heads: Vec<Tensor> = members
         .iter()
         .map(|m| m.tensors()["score.weight"].clone())
         .collect();
-    let valid: Vec<Vec<bool>> = rows.iter().map(|r| vec![true; r.len()]).collect();
-    let last = Tensor::new(
-        (0..b).map(|r| (r * l + l - 1) as u32).collect::<Vec<_>>(),
-        &Device::Cpu,
+    let shared = SharedHeads::new(&members[0], &heads).unwrap();
+    let row = |ids: &Vec<u32>| PromptRow {
+        ids: ids.clone(),
+        task: None,
+        truncated: false,
+    };
+    let prompt_rows: Vec<PromptRow> = prompts.iter().map(row).collect();
+    let refs: Vec<&PromptRow> = prompt_rows.iter().collect();
+    let single = RewardModelJudge::new(
+        members[0].detached().unwrap(),
+        None,
+        config.vocab_size,
+        None,
+        "member 0",
     )
     .unwrap();
-    let (mut backbone, mut head_time, mut one_head) =
-        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let (mut together, mut alone) = (Duration::ZERO, Duration::ZERO);
     for _ in 0..k_reps {
         let t = Instant::now();
-        let hidden = members[0]
-            .forward_hidden(&rows, &valid, &mut KvCache::new())
-            .unwrap();
-        let pooled = hidden
-            .reshape((b * l, hidden.dim(2).unwrap()))
-            .unwrap()
-            .index_select(&last, 0)
-            .unwrap();
-        backbone += t.elapsed();
+        let s = shared.member_scores(&refs, &completions).unwrap();
+        assert_eq!((s.len(), s[0].len()), (k, b));
+        together += t.elapsed();
         let t = Instant::now();
-        for w in &heads {
-            let s = pooled.matmul(&w.t().unwrap()).unwrap();
-            assert_eq!(s.dims(), [b, 1]);
-        }
-        head_time += t.elapsed();
-        let t = Instant::now();
-        pooled.matmul(&heads[0].t().unwrap()).unwrap();
-        one_head += t.elapsed();
+        assert_eq!(single.scores(&refs, &completions).unwrap().len(), b);
+        alone += t.elapsed();
     }
     let n = k_reps as u32;
-    let (backbone, head_time, one_head) = (backbone / n, head_time / n, one_head / n);
-    let shared = backbone + head_time;
+    let (together, alone) = (together / n, alone / n);
     println!(
-        "mirrorplay K={k} shared backbone (PROJECTION, not built; reps={k_reps}): {:.3} s/batch ({:.3} s backbone + {:.6} s {k} heads), {:.2} sequences/s, {:.4}x one member (backbone + 1 head, same reps)",
-        shared.as_secs_f64(),
-        backbone.as_secs_f64(),
-        head_time.as_secs_f64(),
-        seqs(shared),
-        shared.as_secs_f64() / (backbone + one_head).as_secs_f64()
+        "mirrorplay K={k} shared backbone (reps={k_reps}): {:.3} s/batch, {:.2} sequences/s, {:.4}x one member (same reps)",
+        together.as_secs_f64(),
+        seqs(together),
+        together.as_secs_f64() / alone.as_secs_f64()
     );
 }
 

@@ -212,6 +212,7 @@ pub const KEYS: &[KeyDoc] = &[
     k("reward_train", "train_pairs", "Task data: pairs generated for training; JSONL: the first N rows that are not held out (0 = all)."),
     k("reward_train", "eval_pairs", "Held-out pairs (task data: generated after the train pairs; JSONL: the file's last rows)."),
     k("reward_train", "bootstrap", "Each member trains on its own resample (with replacement) of the train pairs."),
+    k("reward_train", "shared_backbone", "One frozen backbone for all members (a tiny one drawn from the job seed); each member trains only its `score` head, and score and best-of-n jobs read all K heads off one forward pass (docs/algorithms.md §3)."),
     k("reward_train", "batch_size", "Pairs per step."),
     k("reward_train", "steps", STEPS),
     k("reward_train", "eval_every", "Log held-out accuracy every N steps."),
@@ -226,6 +227,7 @@ pub const KEYS: &[KeyDoc] = &[
     k("reward_train.tiny", "num_heads", "Attention heads (divides `hidden_size`)."),
     k("reward_train.tiny", "num_kv_heads", "Key/value heads (divides `num_heads`)."),
     k("reward_train.tiny", "intermediate_size", "MLP width."),
+    k("reward_train.tiny", "initializer_range", "The std of the normal init of every weight matrix (transformers' `initializer_range`); transformers' tiny Llama learns Goodhart-Digits' proxy pairs faster from 0.1 than from 0.02 (`scripts/proxy_learnability.py`, RESULTS.md)."),
     // scoring.rs
     k("score", "ensemble", ENSEMBLE),
     k("score", "data", "Rows to score, JSONL (path or URL): `{\"prompt\", \"completion\"}` or `{\"messages\": [...]}` ending with the assistant's completion."),

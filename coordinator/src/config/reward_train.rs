@@ -3,7 +3,7 @@
 //! `members` (K), `init` ("tiny" | path | URL | `stage:<name>`: a causal LM gets a new
 //! one-label head), `[tiny]` (the tiny backbone's shape), `task` (a built-in task: its proxy
 //! preference data when `data` is absent) or `data` (JSONL pairs), `label_noise` (task data),
-//! `train_pairs`, `eval_pairs`, `bootstrap`, `batch_size`, `steps`, `eval_every`,
+//! `train_pairs`, `eval_pairs`, `bootstrap`, `shared_backbone`, `batch_size`, `steps`, `eval_every`,
 //! `[optimizer]` (lr default 1e-3), `compute_dtype`, `chat`, `max_prompt_tokens`, and the
 //! normalisation statistics' `norm_policy`, `norm_prompts`, `norm_samples` and `[sampling]`.
 
@@ -69,6 +69,7 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<RewardTrainSpec, Conf
     }
     let eval_pairs = t.u64_or("eval_pairs", 512)?;
     let bootstrap = t.bool_or("bootstrap", false)?;
+    let shared_backbone = t.bool_or("shared_backbone", false)?;
     let batch_size = count(t, "batch_size", 64, 1 << 20)?;
     let steps = count(t, "steps", 300, 1 << 40)?;
     let eval_every = count(t, "eval_every", 100, 1 << 40)?;
@@ -101,13 +102,15 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<RewardTrainSpec, Conf
         max_prompt_tokens,
         compute_dtype: 0,
         eval_every,
+        shared_backbone,
     };
     spec.set_compute_dtype(compute_dtype);
     Ok(spec)
 }
 
 /// `[tiny]`: the tiny backbone's `hidden_size`, `num_layers`, `num_heads`, `num_kv_heads`,
-/// `intermediate_size` (defaults: the tiny model of the training kinds).
+/// `intermediate_size` (defaults: the tiny model of the training kinds) and `initializer_range`
+/// (the std of the weights' normal init, 0.02 as in transformers).
 fn tiny_shape(t: &Tbl, tiny: &mut mirrorplay_proto::v1::TinyModel) -> Result<(), ConfigError> {
     let s = t
         .opt_table("tiny")?
@@ -122,6 +125,7 @@ fn tiny_shape(t: &Tbl, tiny: &mut mirrorplay_proto::v1::TinyModel) -> Result<(),
         u64::from(tiny.intermediate_size),
         1 << 16,
     )? as u32;
+    tiny.initializer_range = s.f64_in("initializer_range", 0.02, 1e-6, 10.0)?;
     if !tiny.hidden_size.is_multiple_of(tiny.num_heads)
         || !tiny.num_heads.is_multiple_of(tiny.num_kv_heads)
     {

@@ -46,6 +46,7 @@ pub(super) fn model(
             num_heads: 4,
             num_kv_heads: 2,
             intermediate_size: 128,
+            initializer_range: 0.0,
         })
     } else {
         let url = resolver.model(t, key, &raw)?;

@@ -146,6 +146,7 @@ impl RewardTrainDriver {
             data,
             label_noise: from_task.then_some(self.spec.label_noise),
             bootstrap: self.spec.bootstrap,
+            shared_backbone: self.spec.shared_backbone,
             norm_policy,
         }
     }

@@ -386,6 +386,14 @@ impl Model {
                 "classify called on a causal LM (no `score` head)".into(),
             ));
         }
+        let pooled = self.pooled(ids, valid)?;
+        Ok(upcast(ops::linear(&pooled, &self.head, None)?)?)
+    }
+
+    /// The final hidden state [b, hidden] at each row's last valid token: what a
+    /// sequence-classification head reads (so a shared backbone's features can feed several
+    /// heads, docs/algorithms.md §3).
+    pub fn pooled(&self, ids: &[Vec<u32>], valid: &[Vec<bool>]) -> Result<Tensor> {
         let hidden = self.forward_hidden(ids, valid, &mut KvCache::new())?;
         let (b, t, hs) = hidden.dims3()?;
         let mut last = Vec::with_capacity(b);
@@ -396,10 +404,9 @@ impl Model {
                 .ok_or_else(|| ModelError::Input(format!("row {r} has no valid token")))?;
             last.push((r * t + i) as u32);
         }
-        let pooled = hidden
+        Ok(hidden
             .reshape((b * t, hs))?
-            .index_select(&Tensor::new(last, hidden.device())?, 0)?;
-        Ok(upcast(ops::linear(&pooled, &self.head, None)?)?)
+            .index_select(&Tensor::new(last, hidden.device())?, 0)?)
     }
 }
 

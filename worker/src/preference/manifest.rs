@@ -25,6 +25,10 @@ pub struct Manifest {
     pub label_noise: Option<f64>,
     #[serde(default)]
     pub bootstrap: bool,
+    /// The members share one frozen backbone and differ only in their `score` heads, so one
+    /// forward pass scores all of them (checked when the ensemble is loaded for scoring).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_backbone: bool,
     /// The policy whose samples fitted the normalisation statistics, when they were fitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub norm_policy: Option<String>,
@@ -145,6 +149,7 @@ mod tests {
             data: "goodhart_digits".into(),
             label_noise: Some(0.25),
             bootstrap: false,
+            shared_backbone: false,
             norm_policy: None,
         }
     }

@@ -10,7 +10,7 @@ use crate::model::{Head, Model, Tokenizer};
 use crate::sample::classify_completions;
 
 /// Rows scored per forward pass.
-const BATCH: usize = 16;
+pub(crate) const BATCH: usize = 16;
 
 pub struct RewardModelJudge {
     model: Model,
@@ -26,6 +26,18 @@ impl RewardModelJudge {
         policy_tokenizer: Option<&Tokenizer>,
         source: &str,
     ) -> Result<Self, JudgeError> {
+        Self::check(&model, tokenizer, policy_vocab, policy_tokenizer, source)?;
+        Ok(RewardModelJudge { model })
+    }
+
+    /// The checks of [`RewardModelJudge::new`], for callers that keep the model themselves.
+    pub fn check(
+        model: &Model,
+        tokenizer: Option<&Tokenizer>,
+        policy_vocab: usize,
+        policy_tokenizer: Option<&Tokenizer>,
+        source: &str,
+    ) -> Result<(), JudgeError> {
         match model.config().head {
             Head::SequenceClassification { num_labels: 1 } => {}
             Head::SequenceClassification { num_labels } => {
@@ -55,7 +67,7 @@ impl RewardModelJudge {
                 )));
             }
         }
-        Ok(RewardModelJudge { model })
+        Ok(())
     }
 }
 

@@ -13,15 +13,16 @@ use super::RewardError;
 use crate::model::{random_matrix, Head, Model, ModelConfig};
 use crate::train::models::{self, Loaded};
 
-/// Loads or builds the member's model from `source`, seeded by `member_seed`.
+/// Loads or builds the member's model from `source`: a tiny backbone drawn from
+/// `backbone_seed` (the member seed, or the job seed when members share the backbone), a new
+/// head from `member_seed`; a pretrained backbone is read as it is.
 pub async fn load(
     source: &ModelSource,
+    backbone_seed: u64,
     member_seed: u64,
     device: &Device,
 ) -> Result<Loaded, RewardError> {
-    // A tiny model's backbone is drawn from the member seed too (its head then equals what
-    // `init_random` gives the classifier's config); a pretrained one is read as it is.
-    let loaded = models::load(source, false, member_seed, device).await?;
+    let loaded = models::load(source, false, backbone_seed, device).await?;
     with_reward_head(loaded, member_seed)
 }
 

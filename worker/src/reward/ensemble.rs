@@ -5,6 +5,7 @@
 use candle_core::Device;
 use mirrorplay_proto::v1::{model_source, ModelSource};
 
+use super::shared_heads::{self, Checks, SharedHeads};
 use super::RewardError;
 use crate::model::Tokenizer;
 use crate::preference::aggregate::{reference_quantiles, NormKind, Normalisation};
@@ -12,15 +13,24 @@ use crate::preference::ensemble::check_shared_tokenizer;
 use crate::preference::manifest::Manifest;
 use crate::preference::reward_model::RewardModelJudge;
 use crate::preference::{Judge, PromptRow};
+use crate::train::models::Loaded;
 
 pub struct LoadedEnsemble {
     pub url: String,
     pub manifest: Manifest,
-    members: Vec<RewardModelJudge>,
+    members: Members,
     /// The members' shared tokenizer (the first member that has one).
     pub tokenizer: Option<Tokenizer>,
     pub eos_token_ids: Vec<u32>,
     pub pad_token_id: Option<u32>,
+}
+
+/// How the members score.
+enum Members {
+    /// One reward model per member, each its own forward pass.
+    Separate(Vec<RewardModelJudge>),
+    /// One backbone, K heads: one forward pass (docs/algorithms.md §3, "Shared backbone").
+    Shared(Box<SharedHeads>),
 }
 
 /// The vocabulary (and tokenizer) the members must read: a policy's.
@@ -41,49 +51,62 @@ impl LoadedEnsemble {
             crate::preference::manifest::ManifestError::Io(e) => RewardError::from(e),
             e => RewardError::Invalid(e.to_string()),
         })?;
-        let mut loaded = Vec::with_capacity(urls.len());
-        for member_url in &urls {
+        let load_member = |member_url: &String| {
             let source = ModelSource {
                 source: Some(model_source::Source::Url(member_url.clone())),
             };
-            loaded.push(crate::train::models::load(&source, false, 0, device).await?);
-        }
+            async move { crate::train::models::load(&source, false, 0, device).await }
+        };
+        let first = load_member(&urls[0]).await?;
         let (vocab_size, policy_tokenizer) = match &reader {
             Some(r) => (r.vocab_size, r.tokenizer),
-            None => (loaded[0].model.config().vocab_size, None),
+            None => (first.model.config().vocab_size, None),
         };
-        let first = &loaded[0];
-        let (tokenizer, eos_token_ids, pad_token_id) = (
-            loaded.iter().find_map(|l| l.tokenizer.clone()),
-            first.eos_token_ids.clone(),
-            first.pad_token_id,
-        );
-        let mut members = Vec::with_capacity(loaded.len());
-        let mut tokenizers = Vec::with_capacity(loaded.len());
-        for (k, l) in loaded.into_iter().enumerate() {
-            let source = format!("{url} member {k} ({})", l.source);
-            members.push((
-                RewardModelJudge::new(
+        let (eos_token_ids, pad_token_id) = (first.eos_token_ids.clone(), first.pad_token_id);
+        let source_of = |k: usize, l: &Loaded| format!("{url} member {k} ({})", l.source);
+        // Members are loaded one at a time; with a shared backbone only the first one's stays.
+        let mut tokenizers = vec![(source_of(0, &first), first.tokenizer.clone())];
+        let members = if manifest.shared_backbone {
+            let checks = Checks {
+                vocab_size,
+                policy_tokenizer,
+            };
+            let mut heads = shared_heads::Builder::new(first, tokenizers[0].0.clone(), &checks)?;
+            for (k, member_url) in urls.iter().enumerate().skip(1) {
+                let l = load_member(member_url).await?;
+                let source = source_of(k, &l);
+                tokenizers.push((source.clone(), l.tokenizer.clone()));
+                heads.push(l, &source, &checks)?;
+            }
+            Members::Shared(Box::new(heads.build()?))
+        } else {
+            let mut judges = Vec::with_capacity(urls.len());
+            let mut next = Some(first);
+            for (k, member_url) in urls.iter().enumerate() {
+                let l = match next.take() {
+                    Some(l) => l,
+                    None => load_member(member_url).await?,
+                };
+                let source = source_of(k, &l);
+                if k > 0 {
+                    tokenizers.push((source.clone(), l.tokenizer.clone()));
+                }
+                judges.push(RewardModelJudge::new(
                     l.model,
                     l.tokenizer.as_ref(),
                     vocab_size,
                     policy_tokenizer,
                     &source,
-                )?,
-                source,
-            ));
-            tokenizers.push(l.tokenizer);
-        }
-        check_shared_tokenizer(
-            members
-                .iter()
-                .zip(&tokenizers)
-                .map(|((_, source), t)| (source.as_str(), t.as_ref())),
-        )?;
+                )?);
+            }
+            Members::Separate(judges)
+        };
+        check_shared_tokenizer(tokenizers.iter().map(|(s, t)| (s.as_str(), t.as_ref())))?;
+        let tokenizer = tokenizers.into_iter().find_map(|(_, t)| t);
         Ok(LoadedEnsemble {
             url: url.to_string(),
             manifest,
-            members: members.into_iter().map(|(j, _)| j).collect(),
+            members,
             tokenizer,
             eos_token_ids,
             pad_token_id,
@@ -91,11 +114,14 @@ impl LoadedEnsemble {
     }
 
     pub fn len(&self) -> usize {
-        self.members.len()
+        match &self.members {
+            Members::Separate(judges) => judges.len(),
+            Members::Shared(heads) => heads.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
+        self.len() == 0
     }
 
     /// Each member's raw scores, `[member][row]`.
@@ -104,10 +130,13 @@ impl LoadedEnsemble {
         prompts: &[&PromptRow],
         completions: &[Vec<u32>],
     ) -> Result<Vec<Vec<f64>>, RewardError> {
-        self.members
-            .iter()
-            .map(|m| Ok(m.scores(prompts, completions)?))
-            .collect()
+        match &self.members {
+            Members::Separate(judges) => judges
+                .iter()
+                .map(|m| Ok(m.scores(prompts, completions)?))
+                .collect(),
+            Members::Shared(heads) => heads.member_scores(prompts, completions),
+        }
     }
 
     /// r_ref,k of one prompt: the `q`-quantile of each member's scores of `completions`

@@ -22,11 +22,14 @@ use crate::model::Model;
 use crate::objectives::bradley_terry_loss;
 use crate::optim::{AdamW, Gradients};
 use crate::report::{MetricsSink, Progress};
-use crate::sample::classify_completions;
+use crate::sample::{classify_completions, pooled_completions};
 use crate::train::metrics::{MetricsLog, Split};
 use crate::train::models::Loaded;
 use crate::train::prompts::PromptFormat;
 use crate::train::{self, compute_dtype};
+
+/// The sequence-classification head's tensor (the only one trained with a shared backbone).
+const HEAD: &str = "score.weight";
 
 /// Pairs scored per forward pass in evaluation (two rows each).
 const EVAL_BATCH: usize = 64;
@@ -67,7 +70,14 @@ pub async fn train(
         .init
         .as_ref()
         .ok_or_else(|| RewardError::Invalid("reward_train: no `init` model".into()))?;
-    let member = backbone::load(init, member_seed, device).await?;
+    // A shared backbone is the same for every member: a tiny one is drawn from the job seed,
+    // only the head from the member seed (docs/algorithms.md §3, "Shared backbone").
+    let backbone_seed = if spec.shared_backbone {
+        task.seed
+    } else {
+        member_seed
+    };
+    let member = backbone::load(init, backbone_seed, member_seed, device).await?;
     let format = PromptFormat {
         tokenizer: member.tokenizer.clone(),
         chat: spec.chat,
@@ -77,11 +87,14 @@ pub async fn train(
     let train = member_pairs(&pairs.train, spec.bootstrap, member_seed);
     let dtype = compute_dtype(spec.compute_dtype());
 
-    let params = member
+    let mut params = member
         .model
         .vars()
         .ok_or_else(|| RewardError::Invalid("the reward model is not trainable".into()))?
         .clone();
+    if spec.shared_backbone {
+        params.retain(|name, _| name == HEAD);
+    }
     let (adamw, schedule) = train::optimizer(spec.optimizer.as_ref(), spec.steps)?;
     let max_grad_norm = spec.optimizer.as_ref().map_or(0.0, |o| o.max_grad_norm);
     let mut opt = AdamW::new(&params, adamw, schedule).map_err(train::TrainError::from)?;
@@ -102,7 +115,11 @@ pub async fn train(
             .map(|i| train[i])
             .collect();
         let compute = member.model.for_compute(dtype)?;
-        let (r_w, r_l) = rewards(&compute, &chosen)?;
+        let (r_w, r_l) = if spec.shared_backbone {
+            head_rewards(&compute, &chosen)?
+        } else {
+            rewards(&compute, &chosen)?
+        };
         let loss = bradley_terry_loss(&r_w, &r_l)?;
         let grads =
             Gradients::from_store(&params, &loss.backward()?).map_err(train::TrainError::from)?;
@@ -229,15 +246,41 @@ pub fn member_pairs(train: &[Pair], bootstrap: bool, member_seed: u64) -> Vec<&P
 /// (r(x, y_w), r(x, y_l)) [B] of `pairs`, both from one classify call over 2B rows.
 pub fn rewards(model: &Model, pairs: &[&Pair]) -> Result<(Tensor, Tensor), RewardError> {
     let b = pairs.len();
-    let prompts: Vec<Vec<u32>> = (0..2)
+    let (prompts, completions) = both_sides(pairs);
+    let r = classify_completions(model, &prompts, &completions)?.flatten_all()?;
+    Ok((r.narrow(0, 0, b)?, r.narrow(0, b, b)?))
+}
+
+/// (prompts, completions) of 2B rows: every pair's chosen side, then every rejected side.
+fn both_sides(pairs: &[&Pair]) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+    let prompts = (0..2)
         .flat_map(|_| pairs.iter().map(|p| p.prompt.clone()))
         .collect();
-    let completions: Vec<Vec<u32>> = pairs
+    let completions = pairs
         .iter()
         .map(|p| p.chosen.clone())
         .chain(pairs.iter().map(|p| p.rejected.clone()))
         .collect();
-    let r = classify_completions(model, &prompts, &completions)?.flatten_all()?;
+    (prompts, completions)
+}
+
+/// [`rewards`] with the gradient reaching only the `score` head: the backbone's pooled
+/// features are computed without a graph (a shared, frozen backbone, docs/algorithms.md §3), so
+/// a step costs a forward pass and a [B, hidden] × [hidden, 1] backward.
+pub fn head_rewards(model: &Model, pairs: &[&Pair]) -> Result<(Tensor, Tensor), RewardError> {
+    let b = pairs.len();
+    let (prompts, completions) = both_sides(pairs);
+    let features = pooled_completions(&model.detached()?, &prompts, &completions)?;
+    let head = model
+        .tensors()
+        .get(HEAD)
+        .ok_or_else(|| RewardError::Invalid(format!("the reward model has no `{HEAD}` tensor")))?;
+    let r = features.matmul(&head.t()?)?.flatten_all()?;
+    let r = if r.dtype() == DType::F32 {
+        r
+    } else {
+        r.to_dtype(DType::F32)?
+    };
     Ok((r.narrow(0, 0, b)?, r.narrow(0, b, b)?))
 }
 
@@ -298,4 +341,4 @@ fn log_eval(metrics: &mut MetricsLog<'_>, step: u64, a: &Accuracy) {
 
 #[cfg(test)]
 #[path = "member_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -16,7 +16,7 @@ use crate::model::Pretrained;
 use crate::preference::reward_model::RewardModelJudge;
 use crate::preference::{Judge, PromptRow};
 
-pub(super) fn tiny(hidden: u32, layers: u32) -> ModelSource {
+pub(crate) fn tiny(hidden: u32, layers: u32) -> ModelSource {
     ModelSource {
         source: Some(model_source::Source::Tiny(TinyModel {
             task: "goodhart_digits".into(),
@@ -25,11 +25,12 @@ pub(super) fn tiny(hidden: u32, layers: u32) -> ModelSource {
             num_heads: 2,
             num_kv_heads: 1,
             intermediate_size: 2 * hidden,
+            initializer_range: 0.0,
         })),
     }
 }
 
-pub(super) fn spec(steps: u64, lr: f64, train_pairs: u32, label_noise: f64) -> RewardTrainSpec {
+pub(crate) fn spec(steps: u64, lr: f64, train_pairs: u32, label_noise: f64) -> RewardTrainSpec {
     let mut optimizer = OptimizerSpec {
         lr,
         warmup_steps: 0,
@@ -66,7 +67,7 @@ pub(super) fn spec(steps: u64, lr: f64, train_pairs: u32, label_noise: f64) -> R
 }
 
 /// Trains member `member` under `dir`; returns the member, its result and its metric lines.
-pub(super) fn train_member(
+pub(crate) fn train_member(
     spec: RewardTrainSpec,
     member: u32,
     dir: &std::path::Path,
@@ -380,7 +381,7 @@ async fn every_parameter_gets_a_gradient_and_a_classifier_keeps_its_head() {
             ],
         ),
     ] {
-        let m = backbone::load(&source, 42, &Device::Cpu).await.unwrap();
+        let m = backbone::load(&source, 42, 42, &Device::Cpu).await.unwrap();
         let params = m.model.vars().unwrap();
         assert!(params.contains_key("score.weight"));
         assert!(!params.contains_key("lm_head.weight"));
@@ -394,7 +395,7 @@ async fn every_parameter_gets_a_gradient_and_a_classifier_keeps_its_head() {
             .sum_all()
             .unwrap();
         assert!(head.to_scalar::<f32>().unwrap() > 0.0);
-        let again = backbone::load(&source, 42, &Device::Cpu).await.unwrap();
+        let again = backbone::load(&source, 42, 42, &Device::Cpu).await.unwrap();
         assert_eq!(
             again.model.tensors()["score.weight"]
                 .to_vec2::<f32>()
@@ -404,7 +405,9 @@ async fn every_parameter_gets_a_gradient_and_a_classifier_keeps_its_head() {
         );
     }
     let classifier = fixture("llama_seqcls");
-    let m = backbone::load(&classifier, 42, &Device::Cpu).await.unwrap();
+    let m = backbone::load(&classifier, 42, 42, &Device::Cpu)
+        .await
+        .unwrap();
     let original = Pretrained::load(
         &format!(
             "{}/tests/fixtures/models/llama_seqcls",

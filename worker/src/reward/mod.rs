@@ -11,6 +11,7 @@ pub mod norm;
 pub mod pairs;
 pub mod score_shard;
 pub mod scorers;
+pub mod shared_heads;
 
 use std::sync::atomic::AtomicBool;
 

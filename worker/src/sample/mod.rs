@@ -25,5 +25,7 @@ mod tests;
 pub use filter::{mixed_logits, token_distribution, SamplingParams};
 pub use generate::{generate, generate_mixture, GenerateConfig, Generation, RowKey};
 pub use rules::{Masks, RulesError, Slot, TokenRules};
-pub use score::{classify_completions, score_completions, score_constrained, Scored};
+pub use score::{
+    classify_completions, pooled_completions, score_completions, score_constrained, Scored,
+};
 pub use stream::{generate_stream, Streamed};

@@ -145,6 +145,26 @@ pub fn classify_completions(
     prompts: &[Vec<u32>],
     completions: &[Vec<u32>],
 ) -> Result<Tensor> {
+    let (ids, valid) = joined_left_padded(prompts, completions)?;
+    model.classify(&ids, &valid)
+}
+
+/// The pooled final hidden states [b, hidden] of prompt + completion pairs: what
+/// [`classify_completions`] feeds the head (a shared backbone's features, docs/algorithms.md §3).
+pub fn pooled_completions(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    completions: &[Vec<u32>],
+) -> Result<Tensor> {
+    let (ids, valid) = joined_left_padded(prompts, completions)?;
+    model.pooled(&ids, &valid)
+}
+
+/// Left-padded token ids and their validity mask, one row each.
+type Padded = (Vec<Vec<u32>>, Vec<Vec<bool>>);
+
+/// prompt + completion per row, left-padded; a row with no tokens at all is an error.
+fn joined_left_padded(prompts: &[Vec<u32>], completions: &[Vec<u32>]) -> Result<Padded> {
     if completions.len() != prompts.len() {
         return Err(ModelError::Input(format!(
             "{} prompts and {} completions",
@@ -162,6 +182,5 @@ pub fn classify_completions(
             "row {r} has neither prompt nor completion tokens"
         )));
     }
-    let (ids, valid) = left_pad(&joined);
-    model.classify(&ids, &valid)
+    Ok(left_pad(&joined))
 }

@@ -17,6 +17,8 @@ pub struct TinyShape {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub intermediate_size: usize,
+    /// The std of the weights' normal init (config.json's `initializer_range`); 0 = 0.02.
+    pub initializer_range: f64,
 }
 
 impl Task {
@@ -67,6 +69,9 @@ fn goodhart_tiny(shape: TinyShape) -> Result<(ModelConfig, Tokenizer), ModelErro
         obj.insert("bos_token_id".into(), json!(gd::BOS));
         obj.insert("eos_token_id".into(), json!(gd::EOS));
         obj.insert("pad_token_id".into(), json!(gd::PAD));
+        if shape.initializer_range > 0.0 {
+            obj.insert("initializer_range".into(), json!(shape.initializer_range));
+        }
     }
     let config = ModelConfig::from_json(&raw, "<tiny goodhart_digits config>")?;
     Ok((config, goodhart_tokenizer()?))

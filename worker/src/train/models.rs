@@ -97,6 +97,7 @@ pub async fn load(
                 num_heads: tiny.num_heads as usize,
                 num_kv_heads: tiny.num_kv_heads as usize,
                 intermediate_size: tiny.intermediate_size as usize,
+                initializer_range: tiny.initializer_range,
             };
             let (config, tokenizer) = task.tiny_model(shape).ok_or_else(|| {
                 TrainError::Invalid(format!(
@@ -131,6 +132,7 @@ mod tests {
                 num_heads: 2,
                 num_kv_heads: 1,
                 intermediate_size: 32,
+                initializer_range: 0.0,
             })),
         };
         let mut loaded = load(&tiny, false, 3, &Device::Cpu).await.unwrap();

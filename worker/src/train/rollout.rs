@@ -186,6 +186,7 @@ mod tests {
             num_heads: 2,
             num_kv_heads: 1,
             intermediate_size: 32,
+            initializer_range: 0.0,
         };
         let (config, _) = Task::GoodhartDigits.tiny_model(shape).unwrap().unwrap();
         let policy = init_random(&config, 1, true, &Device::Cpu).unwrap();

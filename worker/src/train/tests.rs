@@ -22,6 +22,7 @@ fn tiny() -> ModelSource {
             num_heads: 2,
             num_kv_heads: 1,
             intermediate_size: 64,
+            initializer_range: 0.0,
         })),
     }
 }
