@@ -60,6 +60,18 @@ pub(super) fn read_score(t: &Tbl, resolver: &Resolver) -> Result<ScoreSpec, Conf
         Some(_) => Some(model(t, "reference", None, resolver)?),
         None => None,
     };
+    // LSC needs reference samples; its keys without a reference would be silently unused.
+    if reference.is_none() {
+        for key in ["lsc_samples", "lsc_quantile"] {
+            if t.has(key) {
+                return Err(t.error(
+                    key,
+                    "LSC scores need a `reference` policy to sample; give `reference` or drop \
+                     this key",
+                ));
+            }
+        }
+    }
     let sampling = sampling(t)?;
     Ok(ScoreSpec {
         ensemble: s.ensemble,
