@@ -297,3 +297,37 @@ fn no_log_output_error_or_state_of_an_authenticated_run_holds_the_token() {
         }
     }
 }
+
+#[test]
+fn a_worker_with_an_unreadable_token_file_or_a_malformed_token_exits_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("token");
+    std::fs::write(&bad, "two words\n").unwrap();
+    for (args, expected) in [
+        (
+            vec!["--token-file", "/nonexistent/token"],
+            "cannot read the token file",
+        ),
+        (
+            vec!["--token-file", bad.to_str().unwrap()],
+            "not visible ASCII",
+        ),
+        (
+            vec![
+                "--coordinator",
+                "http://127.0.0.1:1",
+                "--tls-ca",
+                "/nonexistent/ca.pem",
+            ],
+            "need an https://",
+        ),
+    ] {
+        let o = std::process::Command::new(worker_bin())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(expected), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("two words"), "{}", stderr(&o));
+    }
+}

@@ -68,7 +68,7 @@ async fn main() -> Result<()> {
         .unwrap_or_else(|| format!("worker-{}", std::process::id()));
     let device = parse_device(&args.device)?;
     tracing::info!(device = ?device, "compute device");
-    let token = Token::resolve(args.token_file.as_deref())?;
+    let token = Token::resolve(args.token_file.as_deref()).unwrap_or_else(|e| usage_error(&e));
     let opts = WorkerOptions {
         coordinator: args.coordinator,
         token,
@@ -89,8 +89,17 @@ async fn main() -> Result<()> {
         tracing::info!("shutdown signal received");
         let _ = tx.send(true);
     });
-    runtime::run(opts, rx).await?;
+    // The runtime only returns an error for bad connection settings (URL, TLS files).
+    if let Err(e) = runtime::run(opts, rx).await {
+        usage_error(&e);
+    }
     Ok(())
+}
+
+/// A bad argument (token, URL, TLS file): the message and exit 2, as the CLI does.
+fn usage_error(e: &dyn std::fmt::Display) -> ! {
+    eprintln!("error: {e}");
+    std::process::exit(2)
 }
 
 /// `cpu` | `cuda:N` | `auto`.
