@@ -3,7 +3,10 @@
 //! SIGKILLed at a random point and restarted on the same state. The restarted coordinator takes
 //! the lock over once its lease has run out, resumes the job, the workers reconnect and
 //! re-register, and the merged files are byte-identical to an uninterrupted run's.
-//! CI runs `KILL_TRIALS` trials (default 1); `bench/coordinator_kill.sh` runs 20.
+//! CI runs `KILL_TRIALS` trials (default 1); `bench/coordinator_kill.sh` runs 20. And a
+//! self-play job whose coordinator is SIGKILLed after its first checkpoint: the restarted
+//! coordinator re-issues it, the worker continues from its newest verified checkpoint, and the
+//! final model and optimizer state equal an uninterrupted run's bit for bit.
 
 mod common;
 
@@ -181,4 +184,66 @@ fn a_merge_survives_sigkills_of_its_coordinator() {
     }
     println!("trials: {}/{n} passed (seed {seed})", n - failures.len());
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+fn selfplay_config(out: &Path) -> String {
+    format!(
+        "[job]\nkind = \"selfplay\"\noutput = \"{}\"\nseed = 2\n[selfplay]\nalgorithm = \"ipo_md\"\nkl_coef = 0.05\npolicy = \"tiny\"\nreference = \"tiny\"\ntask = \"goodhart_digits\"\nbatch_prompts = 6\nsteps = 40\neval_every = 10\neval_prompts = 6\ncheckpoint_every = 10\nkeep_last = 0\n",
+        out.display()
+    )
+}
+
+#[test]
+fn a_training_job_survives_a_sigkill_of_its_coordinator_from_its_last_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let straight = tmp.path().join("straight");
+    let cfg = tmp.path().join("straight.toml");
+    std::fs::write(&cfg, selfplay_config(&straight)).unwrap();
+    let o = run(&["local", cfg.to_str().unwrap(), "--workers", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let log = tmp.path().join("coordinator.log");
+    let mut coordinator = start_coordinator(
+        tmp.path(),
+        &url,
+        &["--lock-lease-ms", LOCK_LEASE_MS],
+        &[],
+        Some(&log),
+    );
+    wait_until("the coordinator", Duration::from_secs(20), || {
+        run(&["status", "--coordinator", &url]).status.success()
+    });
+    let _worker = spawn_worker(&url, "trainer", None);
+    let resumed = tmp.path().join("resumed");
+    let cfg = tmp.path().join("resumed.toml");
+    std::fs::write(&cfg, selfplay_config(&resumed)).unwrap();
+    let job = submit_config(&url, &cfg, &[]);
+    wait_until("a committed checkpoint", Duration::from_secs(120), || {
+        status_json(&url, &job)["progress"]["checkpoint_step"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 10
+    });
+    coordinator.0.kill().unwrap();
+    coordinator.0.wait().unwrap();
+    let _restarted = restart_coordinator(tmp.path(), &url, &log);
+    let watched = run(&["watch", &job, "--coordinator", &url]);
+    let events = stderr(&watched);
+    assert!(watched.status.success(), "{events}");
+    assert!(
+        events.contains("the coordinator restarted while this job was running")
+            && events.contains("resumes from its newest verified checkpoint (last committed: step"),
+        "{events}"
+    );
+    for file in [
+        "model/model.safetensors",
+        "checkpoints/step-000040/optimizer.safetensors",
+    ] {
+        assert!(
+            std::fs::read(straight.join(file)).unwrap()
+                == std::fs::read(resumed.join(file)).unwrap(),
+            "{file} differs between the straight and the restarted run"
+        );
+    }
 }

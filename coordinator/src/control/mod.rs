@@ -474,8 +474,11 @@ impl ControlPlane {
     }
 
     async fn persist(&self, handle: &JobHandle) {
-        let mut job = handle.job();
-        job.attempt_base = handle.attempt_base.load(Ordering::Relaxed);
+        let job = {
+            let mut s = handle.snapshot.lock().expect("snapshot lock");
+            s.job.attempt_base = handle.attempt_base.load(Ordering::Relaxed);
+            s.job.clone()
+        };
         if let Err(e) = self.state.save_job(&job).await {
             tracing::error!(job_id = %handle.id, error = %e, "cannot save job state");
         }
