@@ -23,13 +23,26 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct CoordinatorArg {
-    /// Coordinator URL.
+    /// Coordinator URL: http://HOST:PORT, or https://HOST:PORT for TLS.
     #[arg(
         long,
         env = "MIRRORPLAY_COORDINATOR",
         default_value = "http://127.0.0.1:50051"
     )]
     pub coordinator: String,
+    /// File holding the coordinator's bearer token (else $MIRRORPLAY_TOKEN, else none).
+    #[arg(long, env = "MIRRORPLAY_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// With an https:// URL: PEM file of the CA to trust (default: the system's roots).
+    #[arg(long, env = "MIRRORPLAY_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// With an https:// URL whose coordinator asks for client certificates (mTLS): this
+    /// client's certificate (PEM).
+    #[arg(long, env = "MIRRORPLAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "MIRRORPLAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -45,15 +58,35 @@ pub struct ConfigArgs {
 pub enum Command {
     /// Run the coordinator.
     Serve {
-        /// Address to listen on.
+        /// Address to listen on. Beyond loopback it needs a token (or --insecure-no-auth).
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: SocketAddr,
+        /// File holding the bearer token every call must carry (else $MIRRORPLAY_TOKEN).
+        #[arg(long, env = "MIRRORPLAY_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+        /// Listen beyond loopback without a token: anyone who can reach the port can submit,
+        /// cancel and read jobs and act as a worker.
+        #[arg(long)]
+        insecure_no_auth: bool,
+        /// Serve TLS with this certificate (PEM; with --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Require client certificates signed by this CA (PEM): mutual TLS.
+        #[arg(long, requires = "tls_cert")]
+        tls_client_ca: Option<PathBuf>,
         /// Durable state: a directory or an object-store URL.
         #[arg(long, default_value = "./mirrorplay-state")]
         state: String,
         /// Worker lease in milliseconds: a worker silent this long loses its tasks.
         #[arg(long, default_value_t = 10_000)]
         lease_ms: u64,
+        /// State lock lease in milliseconds: the coordinator renews its lock every third of
+        /// this; after a crash the next coordinator takes the state over once it has run out.
+        #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(300..))]
+        lock_lease_ms: u64,
     },
     /// Submit a job; prints its id.
     Submit {

@@ -4,39 +4,78 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use mirrorplay_proto::v1::coordinator_client::CoordinatorClient;
 use mirrorplay_proto::v1::{
     CancelJobRequest, GetJobRequest, Job, JobSpec, JobState, ListJobsRequest, ResumeJobRequest,
     SubmitJobRequest, WatchJobRequest,
 };
-use tonic::transport::Channel;
+use mirrorplay_worker::connect::{ClientTls, ConnectError, Connection, CoordinatorRpc, Token};
 
+use crate::cli::CoordinatorArg;
 use crate::exit::Exit;
 
 /// A failed client RPC: a job that does not exist or a request the coordinator refuses is a
 /// usage error (exit 2); anything else is a runtime error (exit 1).
 fn rpc_error(s: tonic::Status) -> anyhow::Error {
     match s.code() {
-        tonic::Code::NotFound | tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => {
-            anyhow::Error::new(Exit::Config(s.message().to_string()))
-        }
+        tonic::Code::NotFound
+        | tonic::Code::InvalidArgument
+        | tonic::Code::FailedPrecondition
+        | tonic::Code::Unauthenticated => anyhow::Error::new(Exit::Config(s.message().to_string())),
         _ => anyhow::anyhow!("{}", s.message()),
     }
 }
 
-pub async fn connect(url: &str) -> Result<CoordinatorClient<Channel>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| Exit::Config(format!("invalid coordinator URL `{url}`: {e}")))?
-        .connect_timeout(Duration::from_secs(5));
+/// The connection the `--coordinator`, `--token-file` and `--tls-*` options describe; a token
+/// file that cannot be read or holds no valid token is a usage error.
+pub fn connection(arg: &CoordinatorArg) -> Result<Connection, Exit> {
+    let token =
+        Token::resolve(arg.token_file.as_deref()).map_err(|e| Exit::Config(e.to_string()))?;
+    Ok(Connection {
+        url: arg.coordinator.clone(),
+        token,
+        tls: ClientTls {
+            ca: arg.tls_ca.clone(),
+            cert: arg.tls_cert.clone(),
+            key: arg.tls_key.clone(),
+        },
+    })
+}
+
+/// Connects as the command-line options say.
+pub async fn connect_arg(arg: &CoordinatorArg) -> Result<CoordinatorRpc> {
+    connect(&connection(arg)?).await
+}
+
+/// Connects to the coordinator; bad options (URL, TLS files) are usage errors, an unreachable
+/// coordinator (or a refused TLS handshake) a runtime error.
+pub async fn connect(connection: &Connection) -> Result<CoordinatorRpc> {
+    let url = &connection.url;
+    let endpoint = connection.endpoint().map_err(|e| match e {
+        ConnectError::BadUrl { .. } | ConnectError::Tls(_) => Exit::Config(e.to_string()),
+    })?;
     let channel = endpoint
+        .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
-        .with_context(|| format!("cannot reach the coordinator at {url}"))?;
-    Ok(CoordinatorClient::new(channel).max_decoding_message_size(64 << 20))
+        .map_err(|e| {
+            anyhow::anyhow!("cannot reach the coordinator at {url}: {}", error_chain(&e))
+        })?;
+    Ok(connection.client(channel))
+}
+
+/// An error and its sources on one line (a TLS failure is only named deep in the chain).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
 }
 
 pub async fn submit(
-    client: &mut CoordinatorClient<Channel>,
+    client: &mut CoordinatorRpc,
     spec: JobSpec,
     config_toml: String,
 ) -> Result<String> {
@@ -136,11 +175,7 @@ fn gang_text(g: &mirrorplay_proto::v1::GangStatus) -> String {
     text
 }
 
-pub async fn status(
-    client: &mut CoordinatorClient<Channel>,
-    job: Option<String>,
-    json: bool,
-) -> Result<()> {
+pub async fn status(client: &mut CoordinatorRpc, job: Option<String>, json: bool) -> Result<()> {
     let jobs = match job {
         Some(id) => vec![client
             .get_job(GetJobRequest { job_id: id.clone() })
@@ -150,7 +185,8 @@ pub async fn status(
         None => {
             client
                 .list_jobs(ListJobsRequest {})
-                .await?
+                .await
+                .map_err(rpc_error)?
                 .into_inner()
                 .jobs
         }
@@ -165,7 +201,7 @@ pub async fn status(
     Ok(())
 }
 
-pub async fn resume(client: &mut CoordinatorClient<Channel>, job: String) -> Result<()> {
+pub async fn resume(client: &mut CoordinatorRpc, job: String) -> Result<()> {
     let j = client
         .resume_job(ResumeJobRequest { job_id: job })
         .await
@@ -175,7 +211,7 @@ pub async fn resume(client: &mut CoordinatorClient<Channel>, job: String) -> Res
     Ok(())
 }
 
-pub async fn cancel(client: &mut CoordinatorClient<Channel>, job: String) -> Result<()> {
+pub async fn cancel(client: &mut CoordinatorRpc, job: String) -> Result<()> {
     let j = client
         .cancel_job(CancelJobRequest { job_id: job })
         .await
@@ -186,11 +222,7 @@ pub async fn cancel(client: &mut CoordinatorClient<Channel>, job: String) -> Res
 }
 
 /// Follows a job to its end; returns its final state.
-pub async fn watch(
-    client: &mut CoordinatorClient<Channel>,
-    job_id: &str,
-    json: bool,
-) -> Result<Job> {
+pub async fn watch(client: &mut CoordinatorRpc, job_id: &str, json: bool) -> Result<Job> {
     let mut stream = client
         .watch_job(WatchJobRequest {
             job_id: job_id.to_string(),

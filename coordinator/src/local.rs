@@ -11,10 +11,15 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use mirrorplay_proto::v1::{job_spec, JobSpec};
 
+use mirrorplay_worker::connect::{Connection, Token, TOKEN_ENV};
+
+use crate::auth::RequireToken;
 use crate::control::ControlPlane;
 use crate::exit::Exit;
-use crate::state::StateStore;
-use crate::{client, server};
+use crate::{client, serve, server};
+
+/// The state lock's lease of `local`'s coordinator (as `serve`'s default).
+const LOCK_LEASE: Duration = Duration::from_secs(15);
 
 pub struct LocalOptions {
     pub workers: u32,
@@ -68,7 +73,7 @@ impl Workers {
     fn spawn(
         bin: &Path,
         n: u32,
-        coordinator: &str,
+        (coordinator, token): (&str, &Token),
         log_dir: &Path,
         log_format: &str,
     ) -> Result<Workers> {
@@ -88,6 +93,8 @@ impl Workers {
                     log_format,
                 ])
                 .env("RAYON_NUM_THREADS", &threads)
+                .env(TOKEN_ENV, token.expose())
+                .env_remove("MIRRORPLAY_TOKEN_FILE")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(log))
@@ -149,15 +156,34 @@ pub async fn run(spec: JobSpec, config_toml: String, opts: LocalOptions) -> Resu
         Some(s) => s.clone(),
         None => temp.path().join("state").to_string_lossy().to_string(),
     };
-    let state = StateStore::open(&state_url).await?;
+    let addr: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    let listener = serve::listen(addr).await?;
+    let bound = listener.local_addr()?;
+    let state = serve::open_state(&state_url, LOCK_LEASE).await?;
+    // A lock lost mid-run (a `--state` shared with a coordinator started meanwhile) is only
+    // logged: this run's job finishes or fails on its own.
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel();
+    state.keep_lease(lost_tx);
+    tokio::spawn(async move {
+        if let Ok(e) = lost_rx.await {
+            tracing::error!(error = %e, "the local coordinator lost its state lock");
+        }
+    });
     let control = ControlPlane::new(state, opts.lease);
     let sweeper = control.spawn_lease_sweeper();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let addr: SocketAddr = "127.0.0.1:0".parse().expect("address");
-    let (bound, serve) = server::bind(control.clone(), addr, async {
-        let _ = stop_rx.await;
-    })
-    .await?;
+    // The cluster is authenticated too: a fresh random token, handed to the workers in their
+    // environment (not on their command line, which other users can read).
+    let token = Token::parse(&crate::random_id::random_hex(32)?, "the local token")?;
+    let serve = server::serve(
+        control.clone(),
+        listener,
+        RequireToken::new(Some(&token)),
+        None,
+        async {
+            let _ = stop_rx.await;
+        },
+    )?;
     let server = tokio::spawn(serve);
     let url = format!("http://{bound}");
     eprintln!(
@@ -166,7 +192,13 @@ pub async fn run(spec: JobSpec, config_toml: String, opts: LocalOptions) -> Resu
         threads_per_worker(opts.workers),
         temp.path().display()
     );
-    let workers = Workers::spawn(&bin, opts.workers, &url, temp.path(), &opts.log_format)?;
+    let workers = Workers::spawn(
+        &bin,
+        opts.workers,
+        (&url, &token),
+        temp.path(),
+        &opts.log_format,
+    )?;
 
     let outcome = async {
         // Every worker registers before the job goes in, so that `world_size = 0` (every
@@ -182,7 +214,12 @@ pub async fn run(spec: JobSpec, config_toml: String, opts: LocalOptions) -> Resu
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let mut c = client::connect(&url).await?;
+        let connection = Connection {
+            url: url.clone(),
+            token: Some(token.clone()),
+            tls: Default::default(),
+        };
+        let mut c = client::connect(&connection).await?;
         let job_id = client::submit(&mut c, spec, config_toml).await?;
         eprintln!("submitted job {job_id}");
         tokio::select! {

@@ -1,5 +1,6 @@
 //! `mirrorplay`: the coordinator and the command-line client.
 
+mod auth;
 mod cli;
 mod client;
 mod config;
@@ -11,17 +12,21 @@ mod export_model;
 mod generate;
 mod local;
 mod plot;
+mod random_id;
 mod scheduler;
+mod serve;
 mod server;
 mod state;
+mod tls;
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 
 use cli::{Cli, Command, ConfigArgs};
 use exit::Exit;
+use mirrorplay_worker::connect::Token;
 
 /// Seconds since the Unix epoch.
 pub use mirrorplay_worker::clock::unix_now as now;
@@ -37,30 +42,42 @@ async fn run(cli: Cli) -> Result<Exit> {
     match cli.command {
         Command::Serve {
             listen,
+            token_file,
+            insecure_no_auth,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
             state,
             lease_ms,
+            lock_lease_ms,
         } => {
-            let store = state::StateStore::open(&state).await?;
-            let control = control::ControlPlane::new(store, Duration::from_millis(lease_ms));
-            control.spawn_lease_sweeper();
-            let (bound, serve) = server::bind(
-                control.clone(),
+            let token =
+                Token::resolve(token_file.as_deref()).map_err(|e| Exit::Config(e.to_string()))?;
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some(tls::ServerTls {
+                    cert,
+                    key,
+                    client_ca: tls_client_ca,
+                }),
+                _ => None,
+            };
+            serve::run(serve::ServeOptions {
                 listen,
-                mirrorplay_worker::logging::shutdown_signal(),
-            )
-            .await?;
-            tracing::info!(address = %bound, state = %control.state().url(), "coordinator listening");
-            serve.await.context("server failed")?;
-            control.state().release().await?;
-            tracing::info!("coordinator stopped");
-            Ok(Exit::Ok)
+                state,
+                worker_lease: Duration::from_millis(lease_ms),
+                lock_lease: Duration::from_millis(lock_lease_ms),
+                token,
+                insecure_no_auth,
+                tls,
+            })
+            .await
         }
         Command::Submit {
             config,
             coordinator,
         } => {
             let loaded = load_config(&config)?;
-            let mut c = client::connect(&coordinator.coordinator).await?;
+            let mut c = client::connect_arg(&coordinator).await?;
             let id = client::submit(&mut c, loaded.spec, loaded.resolved_toml).await?;
             println!("{id}");
             Ok(Exit::Ok)
@@ -70,7 +87,7 @@ async fn run(cli: Cli) -> Result<Exit> {
             json,
             coordinator,
         } => {
-            let mut c = client::connect(&coordinator.coordinator).await?;
+            let mut c = client::connect_arg(&coordinator).await?;
             client::status(&mut c, job, json).await?;
             Ok(Exit::Ok)
         }
@@ -79,17 +96,17 @@ async fn run(cli: Cli) -> Result<Exit> {
             json,
             coordinator,
         } => {
-            let mut c = client::connect(&coordinator.coordinator).await?;
+            let mut c = client::connect_arg(&coordinator).await?;
             let job = client::watch(&mut c, &job, json).await?;
             Ok(client::outcome(&job))
         }
         Command::Cancel { job, coordinator } => {
-            let mut c = client::connect(&coordinator.coordinator).await?;
+            let mut c = client::connect_arg(&coordinator).await?;
             client::cancel(&mut c, job).await?;
             Ok(Exit::Ok)
         }
         Command::Resume { job, coordinator } => {
-            let mut c = client::connect(&coordinator.coordinator).await?;
+            let mut c = client::connect_arg(&coordinator).await?;
             client::resume(&mut c, job).await?;
             Ok(Exit::Ok)
         }

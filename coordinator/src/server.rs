@@ -1,7 +1,6 @@
 //! The gRPC surface: translates `mirrorplay.v1.Coordinator` messages to `ControlPlane` calls.
-//! `grpc.health.v1` is served beside it.
+//! `grpc.health.v1` is served beside it, outside the token check (`auth`).
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +10,11 @@ use mirrorplay_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
 use mirrorplay_proto::v1::*;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::ServerTlsConfig;
 use tonic::{Request, Response, Status};
+
+use crate::auth::RequireToken;
 
 use crate::control::{job_is_terminal, ControlError, ControlPlane};
 use crate::scheduler::Rejected;
@@ -302,26 +305,34 @@ impl Coordinator for Service {
     }
 }
 
-/// Binds `addr` (port 0 picks a free one) and returns the bound address and the server future,
-/// which runs until `shutdown` resolves.
-pub async fn bind(
+/// Serves the coordinator (every call checked by `auth`) and `grpc.health.v1` (open) on
+/// `listener`, over TLS when `tls` is given, until `shutdown` resolves. Fails at once on TLS
+/// settings rustls refuses (e.g. a key that does not match the certificate).
+pub fn serve(
     control: Arc<ControlPlane>,
-    addr: SocketAddr,
+    listener: TcpListener,
+    auth: RequireToken,
+    tls: Option<ServerTlsConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<(
-    SocketAddr,
+) -> Result<
     impl std::future::Future<Output = Result<(), tonic::transport::Error>>,
-)> {
-    let listener = TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_serving::<CoordinatorServer<Service>>().await;
+    tonic::transport::Error,
+> {
     let service = CoordinatorServer::new(Service { control })
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
-    let server = tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown);
-    Ok((local, server))
+    let service = InterceptedService::new(service, auth);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    Ok(async move {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter.set_serving::<CoordinatorServer<Service>>().await;
+        builder
+            .add_service(health)
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await
+    })
 }

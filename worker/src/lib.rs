@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod clock;
 pub mod collective;
+pub mod connect;
 pub mod io;
 pub mod jobs;
 pub mod logging;

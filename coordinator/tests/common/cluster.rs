@@ -55,25 +55,68 @@ pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
 
 /// Starts `mirrorplay serve` on `url` (1 s leases) and waits until it answers.
 pub fn spawn_coordinator(dir: &Path, url: &str) -> Killed {
-    let listen = url.trim_start_matches("http://").to_string();
-    let coordinator = Killed(
-        Command::new(mirrorplay())
-            .args([
-                "serve",
-                "--listen",
-                &listen,
-                "--state",
-                dir.join("state").to_str().unwrap(),
-                "--lease-ms",
-                "1000",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    spawn_coordinator_with(dir, url, &[], &[], None)
+}
+
+/// `mirrorplay serve --listen URL's address --state DIR/state --lease-ms 1000 EXTRA...`
+/// with `env`, its stderr into `log` (else discarded); not waited for.
+pub fn start_coordinator(
+    dir: &Path,
+    url: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    log: Option<&Path>,
+) -> Killed {
+    let listen = url
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .to_string();
+    let stderr = match log {
+        Some(path) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap(),
+        ),
+        None => Stdio::null(),
+    };
+    let mut cmd = Command::new(mirrorplay());
+    cmd.args([
+        "serve",
+        "--listen",
+        &listen,
+        "--state",
+        dir.join("state").to_str().unwrap(),
+        "--lease-ms",
+        "1000",
+    ])
+    .args(extra)
+    .stdout(Stdio::null())
+    .stderr(stderr);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Killed(cmd.spawn().unwrap())
+}
+
+/// As `start_coordinator`, then waits until it answers `status` (with the same `env`, e.g.
+/// its token).
+pub fn spawn_coordinator_with(
+    dir: &Path,
+    url: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    log: Option<&Path>,
+) -> Killed {
+    let mut coordinator = start_coordinator(dir, url, extra, env, log);
     wait_until("the coordinator", Duration::from_secs(20), || {
-        run(&["status", "--coordinator", url]).status.success()
+        if let Ok(Some(status)) = coordinator.0.try_wait() {
+            panic!("the coordinator exited: {status:?}");
+        }
+        super::run_env(&["status", "--coordinator", url], env)
+            .status
+            .success()
     });
     coordinator
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Parser;
+use mirrorplay_worker::connect::{ClientTls, Token};
 use mirrorplay_worker::runtime::{self, WorkerOptions, FAULT_TASK_DELAY_ENV};
 
 #[derive(Parser, Debug)]
@@ -34,6 +35,19 @@ struct Args {
     /// binds there). Default: this machine's source address of the route to the coordinator.
     #[arg(long, env = "MIRRORPLAY_RING_HOST")]
     ring_host: Option<std::net::IpAddr>,
+    /// File holding the coordinator's bearer token (else $MIRRORPLAY_TOKEN, else none).
+    #[arg(long, env = "MIRRORPLAY_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
+    /// With an https:// coordinator URL: PEM file of the CA to trust (default: system roots).
+    #[arg(long, env = "MIRRORPLAY_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// With an https:// coordinator URL that asks for client certificates (mTLS): this
+    /// worker's certificate (PEM).
+    #[arg(long, env = "MIRRORPLAY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "MIRRORPLAY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// Log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -54,8 +68,15 @@ async fn main() -> Result<()> {
         .unwrap_or_else(|| format!("worker-{}", std::process::id()));
     let device = parse_device(&args.device)?;
     tracing::info!(device = ?device, "compute device");
+    let token = Token::resolve(args.token_file.as_deref()).unwrap_or_else(|e| usage_error(&e));
     let opts = WorkerOptions {
         coordinator: args.coordinator,
+        token,
+        tls: ClientTls {
+            ca: args.tls_ca,
+            cert: args.tls_cert,
+            key: args.tls_key,
+        },
         name,
         grace: Duration::from_secs_f64(args.grace_secs.max(0.0)),
         fault_task_delay: Duration::from_millis(delay_ms),
@@ -68,8 +89,17 @@ async fn main() -> Result<()> {
         tracing::info!("shutdown signal received");
         let _ = tx.send(true);
     });
-    runtime::run(opts, rx).await?;
+    // The runtime only returns an error for bad connection settings (URL, TLS files).
+    if let Err(e) = runtime::run(opts, rx).await {
+        usage_error(&e);
+    }
     Ok(())
+}
+
+/// A bad argument (token, URL, TLS file): the message and exit 2, as the CLI does.
+fn usage_error(e: &dyn std::fmt::Display) -> ! {
+    eprintln!("error: {e}");
+    std::process::exit(2)
 }
 
 /// `cpu` | `cuda:N` | `auto`.

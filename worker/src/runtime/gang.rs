@@ -10,19 +10,18 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mirrorplay_proto::v1::coordinator_client::CoordinatorClient;
 use mirrorplay_proto::v1::{JoinGroupRequest, JoinGroupResponse, Task};
-use tonic::transport::Channel;
 
 use crate::collective::tcp_ring::{RingListener, RingOptions};
 use crate::collective::{Collective, CollectiveError};
+use crate::connect::CoordinatorRpc;
 
 /// Gradients are flattened into ring buckets of at most this many bytes.
 const BUCKET_BYTES: usize = 32 << 20;
 
 /// Who this rank is and how to reach the coordinator.
 pub struct GangContext<'a> {
-    pub client: CoordinatorClient<Channel>,
+    pub client: CoordinatorRpc,
     pub worker_id: &'a str,
     pub task: &'a Task,
     /// The address other ranks reach this worker's ring listener on.

@@ -7,15 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mirrorplay_proto::v1::coordinator_client::CoordinatorClient;
 use mirrorplay_proto::v1::{
     report_task_request, CommitCheckpointRequest, DeregisterRequest, HeartbeatRequest,
     PollTaskRequest, RegisterRequest, ReportTaskRequest, Task, TaskProgress, TaskRef,
 };
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::collective::{Collective, Local};
+use crate::connect::{ClientTls, ConnectError, Connection, CoordinatorRpc, Token};
 use crate::jobs::{run_task, JobError};
 
 mod gang;
@@ -28,8 +27,12 @@ pub const FAULT_TASK_DELAY_ENV: &str = "MIRRORPLAY_FAULT_TASK_DELAY_MS";
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
-    /// Coordinator URL, e.g. http://127.0.0.1:50051.
+    /// Coordinator URL, e.g. http://127.0.0.1:50051 or https://HOST:PORT.
     pub coordinator: String,
+    /// Bearer token sent on every call (docs/architecture.md#authentication).
+    pub token: Option<Token>,
+    /// TLS settings of an https:// URL.
+    pub tls: ClientTls,
     pub name: String,
     /// How long a shutdown waits for the running task before handing it back.
     pub grace: Duration,
@@ -43,8 +46,8 @@ pub struct WorkerOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("invalid coordinator URL `{url}`: {reason}")]
-    BadUrl { url: String, reason: String },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
 }
 
 /// How a session with one registration ended.
@@ -59,14 +62,12 @@ pub async fn run(
     opts: WorkerOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), RuntimeError> {
-    let endpoint = Endpoint::from_shared(opts.coordinator.clone())
-        .map_err(|e| RuntimeError::BadUrl {
-            url: opts.coordinator.clone(),
-            reason: e.to_string(),
-        })?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
-    let channel = endpoint.connect_lazy();
+    let connection = Connection {
+        url: opts.coordinator.clone(),
+        token: opts.token.clone(),
+        tls: opts.tls.clone(),
+    };
+    let channel = connection.endpoint()?.connect_lazy();
     let ring_ip = match opts.ring_ip {
         Some(ip) => ip,
         None => gang::ring_ip_for(&opts.coordinator).await,
@@ -77,7 +78,7 @@ pub async fn run(
         if *shutdown.borrow() {
             return Ok(());
         }
-        let mut client = CoordinatorClient::new(channel.clone());
+        let mut client = connection.client(channel.clone());
         let request = RegisterRequest {
             name: opts.name.clone(),
             slots: 1,
@@ -144,7 +145,7 @@ fn device_name(device: &candle_core::Device) -> String {
 }
 
 struct Session {
-    client: CoordinatorClient<Channel>,
+    client: CoordinatorRpc,
     ring_ip: std::net::IpAddr,
     worker_id: String,
     heartbeat: Duration,
@@ -443,7 +444,7 @@ impl Session {
 }
 
 async fn heartbeat_loop(
-    mut client: CoordinatorClient<Channel>,
+    mut client: CoordinatorRpc,
     worker_id: String,
     every: Duration,
     lease: Duration,

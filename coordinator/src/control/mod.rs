@@ -17,6 +17,8 @@ use crate::drivers::{Driver, Log, NewTask, Step};
 use crate::scheduler::{Failed, Finished, Joined, Lost, Member, Rejected, Scheduler};
 use crate::state::StateStore;
 
+mod recover;
+
 /// Log lines kept per job (the tail served by GetLogs and WatchJob).
 const LOG_TAIL: usize = 500;
 
@@ -54,6 +56,23 @@ pub struct JobHandle {
 }
 
 impl JobHandle {
+    fn new(job: Job, config_toml: String) -> Arc<JobHandle> {
+        let (events, _) = broadcast::channel(1024);
+        Arc::new(JobHandle {
+            id: job.job_id.clone(),
+            attempt_base: AtomicU32::new(job.attempt_base),
+            config_toml,
+            snapshot: Mutex::new(Snapshot {
+                job,
+                logs: vec![],
+                tasks_done: 0,
+                tasks_total: 0,
+            }),
+            driver: tokio::sync::Mutex::new(None),
+            events,
+        })
+    }
+
     fn push_log(&self, level: &str, message: String) {
         let line = LogLine {
             time: crate::now(),
@@ -127,6 +146,22 @@ fn kind_name(spec: &JobSpec) -> &'static str {
     }
 }
 
+/// Where a training job's next attempt starts, as a clause for a log line ("" for other kinds).
+fn restart_note(job: &Job) -> String {
+    let committed = job.progress.as_ref().map_or(0, |p| p.checkpoint_step);
+    let kind = job.spec.as_ref().map_or("unknown", kind_name);
+    match (kind, committed) {
+        ("sft" | "selfplay", 0) => {
+            "; training resumes from its newest verified checkpoint (none committed yet: from step 0)"
+                .to_string()
+        }
+        ("sft" | "selfplay", step) => format!(
+            "; training resumes from its newest verified checkpoint (last committed: step {step})"
+        ),
+        _ => String::new(),
+    }
+}
+
 fn is_terminal(state: JobState) -> bool {
     matches!(
         state,
@@ -175,19 +210,7 @@ impl ControlPlane {
                     reason,
                 } => {
                     if let Some(h) = self.handle(&job_id) {
-                        let job = h.job();
-                        let committed = job.progress.as_ref().map_or(0, |p| p.checkpoint_step);
-                        let restart = match (kind_name(&job.spec.unwrap_or_default()), committed)
-                        {
-                            ("sft" | "selfplay", 0) => {
-                                "; training resumes from its newest verified checkpoint (none committed yet: from step 0)"
-                                    .to_string()
-                            }
-                            ("sft" | "selfplay", step) => format!(
-                                "; training resumes from its newest verified checkpoint (last committed: step {step})"
-                            ),
-                            _ => String::new(),
-                        };
+                        let restart = restart_note(&h.job());
                         JobLog(&h).warn(format!(
                             "{reason}; task {task_id} re-issued as attempt {attempt}{restart}"
                         ));
@@ -274,21 +297,9 @@ impl ControlPlane {
             progress: Some(JobProgress::default()),
             created_at: now,
             updated_at: now,
+            attempt_base: 0,
         };
-        let (events, _) = broadcast::channel(1024);
-        let handle = Arc::new(JobHandle {
-            id: id.clone(),
-            attempt_base: AtomicU32::new(0),
-            config_toml,
-            snapshot: Mutex::new(Snapshot {
-                job,
-                logs: vec![],
-                tasks_done: 0,
-                tasks_total: 0,
-            }),
-            driver: tokio::sync::Mutex::new(None),
-            events,
-        });
+        let handle = JobHandle::new(job, config_toml);
         self.jobs
             .lock()
             .expect("jobs lock")
@@ -463,7 +474,12 @@ impl ControlPlane {
     }
 
     async fn persist(&self, handle: &JobHandle) {
-        if let Err(e) = self.state.save_job(&handle.job()).await {
+        let job = {
+            let mut s = handle.snapshot.lock().expect("snapshot lock");
+            s.job.attempt_base = handle.attempt_base.load(Ordering::Relaxed);
+            s.job.clone()
+        };
+        if let Err(e) = self.state.save_job(&job).await {
             tracing::error!(job_id = %handle.id, error = %e, "cannot save job state");
         }
     }
