@@ -328,3 +328,5 @@ pub fn shard(n: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod loop_tests;
