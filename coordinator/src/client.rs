@@ -12,6 +12,7 @@ use mirrorplay_proto::v1::{
 use tonic::transport::Channel;
 
 use crate::exit::Exit;
+use crate::progress::MetricsView;
 
 /// A failed client RPC: a job that does not exist or a request the coordinator refuses is a
 /// usage error (exit 2); anything else is a runtime error (exit 1).
@@ -25,6 +26,7 @@ fn rpc_error(s: tonic::Status) -> anyhow::Error {
 }
 
 pub async fn connect(url: &str) -> Result<CoordinatorClient<Channel>> {
+    check_url(url)?;
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .map_err(|e| Exit::Config(format!("invalid coordinator URL `{url}`: {e}")))?
         .connect_timeout(Duration::from_secs(5));
@@ -33,6 +35,17 @@ pub async fn connect(url: &str) -> Result<CoordinatorClient<Channel>> {
         .await
         .with_context(|| format!("cannot reach the coordinator at {url}"))?;
     Ok(CoordinatorClient::new(channel).max_decoding_message_size(64 << 20))
+}
+
+/// A coordinator address is an `http` or `https` URL with a host; anything else is a usage
+/// error (exit 2), not a connection failure.
+fn check_url(url: &str) -> Result<(), Exit> {
+    let bad = |why: String| Exit::Config(format!("invalid coordinator URL `{url}`: {why}"));
+    let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(bad("expected http://HOST:PORT or https://HOST:PORT".into()));
+    }
+    Ok(())
 }
 
 pub async fn submit(
@@ -185,7 +198,11 @@ pub async fn cancel(client: &mut CoordinatorClient<Channel>, job: String) -> Res
     Ok(())
 }
 
-/// Follows a job to its end; returns its final state.
+/// Follows a job to its end; returns its final state. On stderr: the job's log lines, a
+/// progress bar carrying the latest training step's loss, KL and step time, and a short line
+/// per evaluation (`progress::MetricsView`); with `json`, one JSON object per event on stdout
+/// instead of the bar and the readable metric lines. The failure itself is left to
+/// [`outcome`], so that it is printed once.
 pub async fn watch(
     client: &mut CoordinatorClient<Channel>,
     job_id: &str,
@@ -201,6 +218,7 @@ pub async fn watch(
     let bar = if json {
         ProgressBar::hidden()
     } else {
+        // Drawn only when stderr is a terminal (indicatif's default target).
         let bar = ProgressBar::new(1000);
         bar.set_style(
             ProgressStyle::with_template(
@@ -211,8 +229,9 @@ pub async fn watch(
         );
         bar
     };
+    let mut view = MetricsView::default();
     let mut last: Option<Job> = None;
-    while let Some(event) = stream.message().await? {
+    while let Some(event) = stream.message().await.map_err(rpc_error)? {
         if json {
             let value = serde_json::json!({
                 "job": event.job.as_ref().map(job_json),
@@ -221,11 +240,13 @@ pub async fn watch(
             });
             println!("{value}");
         }
-        for line in &event.logs {
+        for line in event.logs.iter().filter(|l| !l.message.starts_with(FAILED)) {
             bar.suspend(|| eprintln!("[{}] {}", line.level, line.message));
         }
-        for m in &event.metrics {
-            bar.suspend(|| eprintln!("metrics {m}"));
+        if !json {
+            for text in event.metrics.iter().filter_map(|m| view.read(m)) {
+                bar.suspend(|| eprintln!("{text}"));
+            }
         }
         if let Some(job) = event.job {
             let p = job.progress.clone().unwrap_or_default();
@@ -240,8 +261,12 @@ pub async fn watch(
                 .iter()
                 .map(|g| format!(" {}", gang_text(g)))
                 .collect();
+            let train = match view.summary() {
+                "" => String::new(),
+                s => format!(" · {s}"),
+            };
             bar.set_message(format!(
-                "{} {}/{} tasks{stage}{gangs}",
+                "{} {}/{} tasks{stage}{gangs}{train}",
                 state_name(job.state()),
                 p.tasks_done,
                 p.tasks_total
@@ -259,6 +284,10 @@ pub async fn watch(
     bar.finish_and_clear();
     last.context("the coordinator closed the watch stream before the job ended")
 }
+
+/// The start of the job log line of a failure (`control::ControlPlane::fail`), which
+/// [`outcome`] reports instead.
+const FAILED: &str = "job failed: ";
 
 /// Maps a finished job to the CLI's exit code, printing a summary on stderr.
 pub fn outcome(job: &Job) -> Exit {

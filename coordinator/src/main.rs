@@ -11,6 +11,7 @@ mod export_model;
 mod generate;
 mod local;
 mod plot;
+mod progress;
 mod scheduler;
 mod server;
 mod state;
@@ -135,6 +136,7 @@ async fn run(cli: Cli) -> Result<Exit> {
             worker_bin,
             lease_ms,
             state,
+            json,
         } => {
             let loaded = load_config(&config)?;
             if workers == 0 {
@@ -148,6 +150,7 @@ async fn run(cli: Cli) -> Result<Exit> {
                 lease: Duration::from_millis(lease_ms),
                 state,
                 log_format,
+                json,
             };
             local::run(loaded.spec, loaded.resolved_toml, opts).await
         }
@@ -228,10 +231,12 @@ fn main() {
         }
     };
     // Only `serve` logs at info by default; client commands show warnings and their own output.
-    let level = if matches!(cli.command, Command::Serve { .. }) {
-        "info"
-    } else {
-        "warn"
+    // `local`'s in-process coordinator logs each job log line, which `local` already shows as
+    // it follows the job, so its control plane logs errors only (no line printed twice).
+    let level = match cli.command {
+        Command::Serve { .. } => "info",
+        Command::Local { .. } => "warn,mirrorplay::control=error",
+        _ => "warn",
     };
     mirrorplay_worker::logging::init(&cli.log_format, level);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");

@@ -72,7 +72,10 @@ fn shortened_quickstart_raises_the_held_out_win_rate_above_one_half() {
     assert!(o.status.success(), "quickstart failed: {err}");
     // The driver's closing lines and streamed metrics reach the CLI.
     assert!(err.contains("held-out win rate vs the reference"), "{err}");
-    assert!(err.contains("metrics {"), "no streamed metrics: {err}");
+    // Evaluations reach it as readable lines, training steps only the progress bar (no raw
+    // JSON; that is `--json`'s).
+    assert!(err.contains("eval step 80: "), "no streamed evaluation: {err}");
+    assert!(!err.contains("metrics {"), "raw metric lines: {err}");
     // The result on stdout: the job's output location, and nothing else.
     let stdout = String::from_utf8(o.stdout.clone()).unwrap();
     assert_eq!(stdout, format!("file://{}\n", out.display()), "stdout");
