@@ -43,5 +43,7 @@ pub async fn files_at(urls: &[String]) -> Vec<Input> {
             }
         }
     }
+    out.sort();
+    out.dedup();
     out
 }

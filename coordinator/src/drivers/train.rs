@@ -34,9 +34,10 @@ impl TrainDriver {
         self.inputs.clone()
     }
 
-    /// The locations the task reads: its models (policy, reference, SFT init, reward models)
-    /// and its JSONL data; tiny models and built-in tasks read none.
+    /// The locations the task reads: its models (policy, reference, SFT init, reward models),
+    /// an ensemble's manifest and its JSONL data; tiny models and built-in tasks read none.
     fn input_urls(&self) -> Vec<String> {
+        let mut manifest = None;
         let (models, data) = match &self.task.spec {
             Some(train_task::Spec::Sft(s)) => (vec![s.init.as_ref()], vec![s.data.as_ref()]),
             Some(train_task::Spec::Selfplay(s)) => {
@@ -44,6 +45,7 @@ impl TrainDriver {
                 if let Some(p) = &s.preference {
                     models.push(p.model.as_ref());
                     models.extend(p.members.iter().map(Some));
+                    manifest = Some(p.ensemble.clone()).filter(|m| !m.is_empty());
                 }
                 (models, vec![s.prompts.as_ref()])
             }
@@ -51,6 +53,7 @@ impl TrainDriver {
         };
         let mut urls: Vec<String> = models.into_iter().filter_map(inputs::model_url).collect();
         urls.extend(data.into_iter().filter_map(inputs::data_url));
+        urls.extend(manifest);
         urls.sort();
         urls.dedup();
         urls
