@@ -116,11 +116,11 @@ mod tests {
             view.read(eval).as_deref(),
             Some("eval step 3: gold 2.313  win_rate 0.7500")
         );
-        assert_eq!(view.summary(), "step 3 · loss 0.04213 · kl 0.01235 · 0.75 s/step");
         assert_eq!(
-            view.read("not json").as_deref(),
-            Some("metrics not json")
+            view.summary(),
+            "step 3 · loss 0.04213 · kl 0.01235 · 0.75 s/step"
         );
+        assert_eq!(view.read("not json").as_deref(), Some("metrics not json"));
     }
 
     #[test]

@@ -121,14 +121,20 @@ fn local_json_streams_events_on_stdout_and_readable_lines_otherwise() {
         !err.contains("{\"step\"") && !err.contains("metrics {"),
         "raw metric lines on stderr: {err}"
     );
-    assert!(err.contains("eval step 2: "), "no readable eval line: {err}");
+    assert!(
+        err.contains("eval step 2: "),
+        "no readable eval line: {err}"
+    );
     assert!(err.contains("win_rate "), "{err}");
     assert!(!err.contains(ESC), "colour codes on a pipe: {err}");
 
     let o = run_args(args(true));
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");
-    assert!(!err.contains("{\"step\"") && !err.contains("eval step"), "{err}");
+    assert!(
+        !err.contains("{\"step\"") && !err.contains("eval step"),
+        "{err}"
+    );
     let stdout = String::from_utf8(o.stdout).unwrap();
     let events: Vec<serde_json::Value> = stdout
         .lines()
@@ -158,7 +164,11 @@ fn an_unknown_job_and_a_malformed_coordinator_url_exit_2() {
     for url in ["localhost:50051", "not a url", "ftp://127.0.0.1:1"] {
         let o = run(&["status", "--coordinator", url]);
         assert_eq!(o.status.code(), Some(2), "{url}: {}", stderr(&o));
-        assert!(stderr(&o).contains("invalid coordinator URL"), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("invalid coordinator URL"),
+            "{}",
+            stderr(&o)
+        );
     }
     let tmp = tempfile::tempdir().unwrap();
     let url = format!("http://127.0.0.1:{}", free_port());
@@ -166,6 +176,10 @@ fn an_unknown_job_and_a_malformed_coordinator_url_exit_2() {
     for command in ["watch", "status", "cancel", "resume"] {
         let o = run(&[command, "no-such-job", "--coordinator", &url]);
         assert_eq!(o.status.code(), Some(2), "{command}: {}", stderr(&o));
-        assert!(stderr(&o).contains("no-such-job"), "{command}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("no-such-job"),
+            "{command}: {}",
+            stderr(&o)
+        );
     }
 }

@@ -74,7 +74,10 @@ fn shortened_quickstart_raises_the_held_out_win_rate_above_one_half() {
     assert!(err.contains("held-out win rate vs the reference"), "{err}");
     // Evaluations reach it as readable lines, training steps only the progress bar (no raw
     // JSON; that is `--json`'s).
-    assert!(err.contains("eval step 80: "), "no streamed evaluation: {err}");
+    assert!(
+        err.contains("eval step 80: "),
+        "no streamed evaluation: {err}"
+    );
     assert!(!err.contains("metrics {"), "raw metric lines: {err}");
     // The result on stdout: the job's output location, and nothing else.
     let stdout = String::from_utf8(o.stdout.clone()).unwrap();
@@ -91,7 +94,10 @@ fn shortened_quickstart_raises_the_held_out_win_rate_above_one_half() {
         .collect();
     let weights = format!("file://{}/sft/model/model.safetensors", out.display());
     assert!(inputs.contains(&weights.as_str()), "{inputs:?}");
-    assert!(inputs.iter().all(|u| u.contains("/sft/model/")), "{inputs:?}");
+    assert!(
+        inputs.iter().all(|u| u.contains("/sft/model/")),
+        "{inputs:?}"
+    );
     for stage in ["sft", "selfplay"] {
         let model = out.join(stage).join("model");
         for f in ["config.json", "tokenizer.json", "model.safetensors"] {

@@ -111,8 +111,8 @@ fn by_hand(case: Case, s: &Scored, policy: &[Vec<f64>]) -> (f64, Vec<Vec<f64>>) 
     // Adds dL/dh · ∂h/∂ℓ: +1 on y's completion tokens, −1 on y′'s.
     let through_h = |grad: &mut Vec<Vec<f64>>, row: usize, dh: f64| {
         for (r, sign) in [(row, 1.0), (b + row, -1.0)] {
-            for t in 0..s.mask[r].len() {
-                grad[r][t] += sign * dh * s.mask[r][t];
+            for (g, m) in grad[r].iter_mut().zip(&s.mask[r]) {
+                *g += sign * dh * m;
             }
         }
     };
@@ -259,7 +259,8 @@ fn rescore(
         .map(|g| prompts.get(0, BATCH as u64, g).unwrap())
         .collect();
     let ids: Vec<Vec<u32>> = rows.iter().map(|r| r.ids.clone()).collect();
-    let rules = rollout::rules(task, &sampling, &policy.eos_token_ids, policy.pad_token_id).unwrap();
+    let rules =
+        rollout::rules(task, &sampling, &policy.eos_token_ids, policy.pad_token_id).unwrap();
     let config = rollout::generate_config(&rules, &sampling, SEED, 0);
     let sampler = policy.model.detached().unwrap();
     let mixture = Source::Mixture {
@@ -274,14 +275,11 @@ fn rescore(
     let both_keys: Vec<_> = y_keys.iter().chain(&y_prime_keys).cloned().collect();
     let completions = match case.algorithm {
         SelfplayAlgorithm::NashMd => {
-            let mut y =
-                rollout::sample(Source::Policy(&sampler), &ids, &y_keys, &config).unwrap();
+            let mut y = rollout::sample(Source::Policy(&sampler), &ids, &y_keys, &config).unwrap();
             y.extend(rollout::sample(mixture, &ids, &y_prime_keys, &config).unwrap());
             y
         }
-        SelfplayAlgorithm::IpoMd => {
-            rollout::sample(mixture, &twice, &both_keys, &config).unwrap()
-        }
+        SelfplayAlgorithm::IpoMd => rollout::sample(mixture, &twice, &both_keys, &config).unwrap(),
         _ => rollout::sample(Source::Policy(&sampler), &twice, &both_keys, &config).unwrap(),
     };
     let judge = judges::gold(Task::GoodhartDigits, &policy);
@@ -316,7 +314,9 @@ fn rescore(
 /// the hand gradient: the gradient is that of the loss written above it.
 fn check_hand_gradient(case: Case, s: &Scored, grad: &[Vec<f64>]) {
     for row in [0, BATCH] {
-        let t = (0..s.mask[row].len()).find(|&t| s.mask[row][t] > 0.0).unwrap();
+        let t = (0..s.mask[row].len())
+            .find(|&t| s.mask[row][t] > 0.0)
+            .unwrap();
         let step = 1e-6;
         let at = |d: f64| {
             let mut lp = s.policy.clone();
@@ -389,7 +389,11 @@ fn check(case: Case) {
         let hand = grads
             .get(var.as_tensor())
             .map_or_else(|| vec![0.0; var.elem_count()], flat);
-        let after = flat(saved.get(name).unwrap_or_else(|| panic!("{name} not saved")));
+        let after = flat(
+            saved
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} not saved")),
+        );
         let before = flat(var.as_tensor());
         for ((h, a), b) in hand.iter().zip(&after).zip(&before) {
             let delta = a - b;
@@ -400,7 +404,10 @@ fn check(case: Case) {
         }
     }
     let hand_norm = f64::sqrt(hand_sq);
-    assert!(compared > 1000 && hand_norm > 1e-6, "{case:?}: {compared} {hand_norm}");
+    assert!(
+        compared > 1000 && hand_norm > 1e-6,
+        "{case:?}: {compared} {hand_norm}"
+    );
     assert!(
         (loop_norm - hand_norm).abs() <= 1e-4 * hand_norm,
         "{case:?}: the loop's grad_norm {loop_norm}, by hand {hand_norm}"
