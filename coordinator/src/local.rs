@@ -213,8 +213,13 @@ pub async fn run(spec: JobSpec, config_toml: String, opts: LocalOptions) -> Resu
     let _ = server.await;
     sweeper.abort();
     control.state().release().await.ok();
-    // A failed run keeps its worker logs (the failure itself was printed once, by `outcome`).
-    if !matches!(outcome, Ok(Exit::Ok) | Ok(Exit::Cancelled)) {
+    // A failed job (or a cluster that failed to run it) keeps its worker logs; the failure
+    // itself is printed once, by `outcome`. A refused submit (exit 2) ran nothing worth keeping.
+    let keep = match &outcome {
+        Ok(exit) => matches!(exit, Exit::JobFailed(_)),
+        Err(e) => !matches!(e.downcast_ref::<Exit>(), Some(Exit::Config(_))),
+    };
+    if keep {
         let dir = temp.keep();
         eprintln!("worker logs kept in {}", dir.display());
     }

@@ -113,7 +113,9 @@ fn local(tmp: &Path, name: &str, text: &str) -> std::process::Output {
     let config = tmp.join(format!("{name}.toml"));
     let out = tmp.join(name);
     std::fs::write(&config, text.replace("OUT", out.to_str().unwrap())).unwrap();
-    run(&["local", config.to_str().unwrap(), "--workers", "2"])
+    let o = run(&["local", config.to_str().unwrap(), "--workers", "2"]);
+    remove_kept_logs(&o);
+    o
 }
 
 #[test]
