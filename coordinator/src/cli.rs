@@ -146,6 +146,10 @@ pub enum Command {
         /// Keep the coordinator state here instead of a fresh temporary directory.
         #[arg(long)]
         state: Option<String>,
+        /// One JSON object per job event on stdout (as `watch --json`) instead of the progress
+        /// bar and the output location.
+        #[arg(long)]
+        json: bool,
     },
     /// Convert another tool's config into mirrorplay TOML (printed on stdout).
     Convert {

@@ -12,6 +12,7 @@ use mirrorplay_worker::connect::{ClientTls, ConnectError, Connection, Coordinato
 
 use crate::cli::CoordinatorArg;
 use crate::exit::Exit;
+use crate::progress::MetricsView;
 
 /// A failed client RPC: a job that does not exist or a request the coordinator refuses is a
 /// usage error (exit 2); anything else is a runtime error (exit 1).
@@ -50,6 +51,7 @@ pub async fn connect_arg(arg: &CoordinatorArg) -> Result<CoordinatorRpc> {
 /// coordinator (or a refused TLS handshake) a runtime error.
 pub async fn connect(connection: &Connection) -> Result<CoordinatorRpc> {
     let url = &connection.url;
+    check_url(url)?;
     let endpoint = connection.endpoint().map_err(|e| match e {
         ConnectError::BadUrl { .. } | ConnectError::Tls(_) => Exit::Config(e.to_string()),
     })?;
@@ -72,6 +74,17 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// A coordinator address is an `http` or `https` URL with a host; anything else is a usage
+/// error (exit 2), not a connection failure.
+fn check_url(url: &str) -> Result<(), Exit> {
+    let bad = |why: String| Exit::Config(format!("invalid coordinator URL `{url}`: {why}"));
+    let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(bad("expected http://HOST:PORT or https://HOST:PORT".into()));
+    }
+    Ok(())
 }
 
 pub async fn submit(
@@ -221,7 +234,11 @@ pub async fn cancel(client: &mut CoordinatorRpc, job: String) -> Result<()> {
     Ok(())
 }
 
-/// Follows a job to its end; returns its final state.
+/// Follows a job to its end; returns its final state. On stderr: the job's log lines, a
+/// progress bar carrying the latest training step's loss, KL and step time, and a short line
+/// per evaluation (`progress::MetricsView`); with `json`, one JSON object per event on stdout
+/// instead of the bar and the readable metric lines. The failure itself is left to
+/// [`outcome`], so that it is printed once.
 pub async fn watch(client: &mut CoordinatorRpc, job_id: &str, json: bool) -> Result<Job> {
     let mut stream = client
         .watch_job(WatchJobRequest {
@@ -233,6 +250,7 @@ pub async fn watch(client: &mut CoordinatorRpc, job_id: &str, json: bool) -> Res
     let bar = if json {
         ProgressBar::hidden()
     } else {
+        // Drawn only when stderr is a terminal (indicatif's default target).
         let bar = ProgressBar::new(1000);
         bar.set_style(
             ProgressStyle::with_template(
@@ -243,8 +261,9 @@ pub async fn watch(client: &mut CoordinatorRpc, job_id: &str, json: bool) -> Res
         );
         bar
     };
+    let mut view = MetricsView::default();
     let mut last: Option<Job> = None;
-    while let Some(event) = stream.message().await? {
+    while let Some(event) = stream.message().await.map_err(rpc_error)? {
         if json {
             let value = serde_json::json!({
                 "job": event.job.as_ref().map(job_json),
@@ -253,11 +272,13 @@ pub async fn watch(client: &mut CoordinatorRpc, job_id: &str, json: bool) -> Res
             });
             println!("{value}");
         }
-        for line in &event.logs {
+        for line in event.logs.iter().filter(|l| !l.message.starts_with(FAILED)) {
             bar.suspend(|| eprintln!("[{}] {}", line.level, line.message));
         }
-        for m in &event.metrics {
-            bar.suspend(|| eprintln!("metrics {m}"));
+        if !json {
+            for text in event.metrics.iter().filter_map(|m| view.read(m)) {
+                bar.suspend(|| eprintln!("{text}"));
+            }
         }
         if let Some(job) = event.job {
             let p = job.progress.clone().unwrap_or_default();
@@ -272,8 +293,12 @@ pub async fn watch(client: &mut CoordinatorRpc, job_id: &str, json: bool) -> Res
                 .iter()
                 .map(|g| format!(" {}", gang_text(g)))
                 .collect();
+            let train = match view.summary() {
+                "" => String::new(),
+                s => format!(" · {s}"),
+            };
             bar.set_message(format!(
-                "{} {}/{} tasks{stage}{gangs}",
+                "{} {}/{} tasks{stage}{gangs}{train}",
                 state_name(job.state()),
                 p.tasks_done,
                 p.tasks_total
@@ -291,6 +316,10 @@ pub async fn watch(client: &mut CoordinatorRpc, job_id: &str, json: bool) -> Res
     bar.finish_and_clear();
     last.context("the coordinator closed the watch stream before the job ended")
 }
+
+/// The start of the job log line of a failure (`control::ControlPlane::fail`), which
+/// [`outcome`] reports instead.
+const FAILED: &str = "job failed: ";
 
 /// Maps a finished job to the CLI's exit code, printing a summary on stderr.
 pub fn outcome(job: &Job) -> Exit {

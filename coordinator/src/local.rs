@@ -1,7 +1,8 @@
 //! `mirrorplay local CONFIG --workers N`: a whole cluster on this machine. Starts the
 //! coordinator in this process on a loopback port with a fresh state directory, spawns N
 //! `mirrorplay-worker` processes, submits the job over gRPC, shows its progress, then stops the
-//! workers (SIGTERM) and the coordinator. Exit 0 only if the job succeeded.
+//! workers (SIGTERM) and the coordinator. Exit 0 only if the job succeeded; after a failure the
+//! directory of worker logs is kept (and named), otherwise it is removed.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,9 @@ pub struct LocalOptions {
     pub state: Option<String>,
     /// `text` or `json`, passed on to the workers (their logs go to files under the log dir).
     pub log_format: String,
+    /// Follow the job as `watch --json` does (JSON events on stdout, instead of the progress
+    /// bar and the output location).
+    pub json: bool,
 }
 
 /// `--worker-bin`, else `$MIRRORPLAY_WORKER_BIN`, else next to this executable, else `PATH`.
@@ -223,10 +227,10 @@ pub async fn run(spec: JobSpec, config_toml: String, opts: LocalOptions) -> Resu
         let job_id = client::submit(&mut c, spec, config_toml).await?;
         eprintln!("submitted job {job_id}");
         tokio::select! {
-            job = client::watch(&mut c, &job_id, false) => {
+            job = client::watch(&mut c, &job_id, opts.json) => {
                 let job = job?;
                 let exit = client::outcome(&job);
-                if matches!(exit, Exit::Ok) {
+                if matches!(exit, Exit::Ok) && !opts.json {
                     // The result, for scripts: where the job's outputs are.
                     println!("{}", job.spec.as_ref().map_or("", |s| s.output.as_str()));
                 }
@@ -246,22 +250,15 @@ pub async fn run(spec: JobSpec, config_toml: String, opts: LocalOptions) -> Resu
     let _ = server.await;
     sweeper.abort();
     control.state().release().await.ok();
-    if matches!(outcome, Ok(Exit::JobFailed(_))) {
-        for entry in std::fs::read_dir(temp.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let path = entry.path();
-            if path.extension().is_some_and(|e| e == "log") {
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(20).collect();
-                if !tail.is_empty() {
-                    eprintln!("--- last lines of {} ---", path.display());
-                    tail.iter().rev().for_each(|l| eprintln!("{l}"));
-                }
-            }
-        }
+    // A failed job (or a cluster that failed to run it) keeps its worker logs; the failure
+    // itself is printed once, by `outcome`. A refused submit (exit 2) ran nothing worth keeping.
+    let keep = match &outcome {
+        Ok(exit) => matches!(exit, Exit::JobFailed(_)),
+        Err(e) => !matches!(e.downcast_ref::<Exit>(), Some(Exit::Config(_))),
+    };
+    if keep {
+        let dir = temp.keep();
+        eprintln!("worker logs kept in {}", dir.display());
     }
     outcome
 }

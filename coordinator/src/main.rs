@@ -12,6 +12,7 @@ mod export_model;
 mod generate;
 mod local;
 mod plot;
+mod progress;
 mod random_id;
 mod scheduler;
 mod serve;
@@ -152,6 +153,7 @@ async fn run(cli: Cli) -> Result<Exit> {
             worker_bin,
             lease_ms,
             state,
+            json,
         } => {
             let loaded = load_config(&config)?;
             if workers == 0 {
@@ -165,6 +167,7 @@ async fn run(cli: Cli) -> Result<Exit> {
                 lease: Duration::from_millis(lease_ms),
                 state,
                 log_format,
+                json,
             };
             local::run(loaded.spec, loaded.resolved_toml, opts).await
         }
@@ -245,10 +248,12 @@ fn main() {
         }
     };
     // Only `serve` logs at info by default; client commands show warnings and their own output.
-    let level = if matches!(cli.command, Command::Serve { .. }) {
-        "info"
-    } else {
-        "warn"
+    // `local`'s in-process coordinator logs each job log line, which `local` already shows as
+    // it follows the job, so its control plane logs errors only (no line printed twice).
+    let level = match cli.command {
+        Command::Serve { .. } => "info",
+        Command::Local { .. } => "warn,mirrorplay::control=error",
+        _ => "warn",
     };
     mirrorplay_worker::logging::init(&cli.log_format, level);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");

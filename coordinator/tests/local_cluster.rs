@@ -155,6 +155,7 @@ fn a_model_missing_a_base_tensor_fails_the_job_naming_both() {
         "--set",
         "merge.weights=[1.0]",
     ]);
+    remove_kept_logs(&o);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(

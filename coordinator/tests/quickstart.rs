@@ -72,10 +72,32 @@ fn shortened_quickstart_raises_the_held_out_win_rate_above_one_half() {
     assert!(o.status.success(), "quickstart failed: {err}");
     // The driver's closing lines and streamed metrics reach the CLI.
     assert!(err.contains("held-out win rate vs the reference"), "{err}");
-    assert!(err.contains("metrics {"), "no streamed metrics: {err}");
+    // Evaluations reach it as readable lines, training steps only the progress bar (no raw
+    // JSON; that is `--json`'s).
+    assert!(
+        err.contains("eval step 80: "),
+        "no streamed evaluation: {err}"
+    );
+    assert!(!err.contains("metrics {"), "raw metric lines: {err}");
     // The result on stdout: the job's output location, and nothing else.
     let stdout = String::from_utf8(o.stdout.clone()).unwrap();
     assert_eq!(stdout, format!("file://{}\n", out.display()), "stdout");
+    // job.json records the files training read: self-play's policy and reference are the SFT
+    // stage's model (the tiny SFT init and the built-in task read none).
+    let job: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("job.json")).unwrap()).unwrap();
+    let inputs: Vec<&str> = job["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["url"].as_str().unwrap())
+        .collect();
+    let weights = format!("file://{}/sft/model/model.safetensors", out.display());
+    assert!(inputs.contains(&weights.as_str()), "{inputs:?}");
+    assert!(
+        inputs.iter().all(|u| u.contains("/sft/model/")),
+        "{inputs:?}"
+    );
     for stage in ["sft", "selfplay"] {
         let model = out.join(stage).join("model");
         for f in ["config.json", "tokenizer.json", "model.safetensors"] {

@@ -137,7 +137,9 @@ fn local(tmp: &Path, name: &str, text: &str) -> std::process::Output {
     let config = tmp.join(format!("{name}.toml"));
     let out = tmp.join(name);
     std::fs::write(&config, text.replace("OUT", out.to_str().unwrap())).unwrap();
-    run(&["local", config.to_str().unwrap(), "--workers", "2"])
+    let o = run(&["local", config.to_str().unwrap(), "--workers", "2"]);
+    remove_kept_logs(&o);
+    o
 }
 
 #[test]
@@ -152,6 +154,23 @@ fn ensembles_train_score_best_of_n_and_drive_self_play() {
     let err = stderr(&o);
     assert!(o.status.success(), "pipeline failed: {err}");
     let out = tmp.path().join("pipe");
+
+    // job.json records what the stages read: the scored JSONL, the manifest, its members'
+    // files and the SFT stage's model.
+    let inputs: Vec<String> = json(&out.join("job.json"))["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["url"].as_str().unwrap().to_string())
+        .collect();
+    for want in [
+        format!("file://{}", data.display()),
+        format!("file://{}/reward/ensemble.json", out.display()),
+        format!("file://{}/reward/member-1/model.safetensors", out.display()),
+        format!("file://{}/sft/model/model.safetensors", out.display()),
+    ] {
+        assert!(inputs.contains(&want), "{want} not in {inputs:?}");
+    }
 
     // The manifest: two members, their accuracies and normalisation statistics.
     let manifest = json(&out.join("reward/ensemble.json"));

@@ -1,5 +1,8 @@
 //! Logging set-up shared by both binaries: `tracing` to stderr, text or JSON, filtered by
-//! `RUST_LOG` (else the caller's default level). Also the shutdown signal (SIGTERM or Ctrl-C).
+//! `RUST_LOG` (else the caller's default level); ANSI colours only when stderr is a terminal
+//! (never in a log file or a pipe). Also the shutdown signal (SIGTERM or Ctrl-C).
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -8,6 +11,7 @@ pub fn init(format: &str, default_level: &str) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = if format == "json" {
         builder.json().try_init()

@@ -141,7 +141,7 @@ pub const KEYS: &[KeyDoc] = &[
     k("merge", "lambdas", "PCB: one scale per model."),
     k("merge", "inter", "PCB: inter-model balancing, `sum_raw` \\| `pairwise`."),
     k("merge", "scope", "PCB and TIES: `global` \\| `per_tensor` statistics."),
-    k("merge", "density", "TIES, DARE: a number, or one per model (DARE: in [0, 1])."),
+    k("merge", "density", "TIES, DARE: a number, or one per model (TIES: in (0, 1]; DARE: in [0, 1])."),
     k("merge", "normalize", "TIES and `dare_ties`: divide by the summed weights of the models agreeing with the elected sign (docs/algorithms.md §5, \"TIES\")."),
     k("merge", "rescale", "DARE: `inv_density` \\| `l1` \\| `none` (mergekit's DARE rescales with `l1`)."),
     k("merge", "seed", "DARE: the seed of the drop masks (default: the job's or stage's `seed`)."),

@@ -119,7 +119,7 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<MergeSpec, ConfigErro
         }
         "ties" => merge_spec::Method::Ties(Ties {
             scope: scope(t, "per_tensor")?,
-            density: density(t, n, f64::MAX, true)?,
+            density: density(t, n, 1.0, true)?,
             normalize: t.bool_or("normalize", true)?,
         }),
         dare => {

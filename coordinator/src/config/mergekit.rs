@@ -27,7 +27,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_yaml::Value as Yaml;
+use serde_norway::Value as Yaml;
 use toml::{Table, Value};
 
 use super::ConfigError;
@@ -50,7 +50,7 @@ struct Conv<'a> {
 
 impl Conv<'_> {
     fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
-        // Lines are known for top-level keys only (serde_yaml's values carry no positions).
+        // Lines are known for top-level keys only (serde_norway's values carry no positions).
         let top = key.split(['.', '[']).next().unwrap_or(key);
         let line = self
             .text
@@ -136,7 +136,7 @@ const PARAMETERS: &[(&str, bool)] = &[
 /// `stem` names the default output directory.
 pub fn to_toml(file: &str, text: &str, stem: &str) -> Result<String, ConfigError> {
     let c = Conv { file, text };
-    let doc: Yaml = serde_yaml::from_str(text).map_err(|e| ConfigError {
+    let doc: Yaml = serde_norway::from_str(text).map_err(|e| ConfigError {
         file: file.to_string(),
         line: e.location().map(|l| l.line()),
         key: String::new(),

@@ -8,7 +8,7 @@ use mirrorplay_worker::io::Location;
 use mirrorplay_worker::preference::bon::kl_bon;
 use mirrorplay_worker::preference::manifest::Manifest;
 
-use super::{DriverError, Log, NewTask, Step};
+use super::{inputs, DriverError, Log, NewTask, Step};
 
 pub struct BonDriver {
     spec: BonSpec,
@@ -21,6 +21,8 @@ pub struct BonDriver {
     ns: Vec<u32>,
     proxy: Vec<f64>,
     gold: Vec<f64>,
+    /// The files it reads, found when planning (job.json).
+    inputs: Vec<inputs::Input>,
 }
 
 impl BonDriver {
@@ -36,17 +38,27 @@ impl BonDriver {
             ns: vec![],
             proxy: vec![],
             gold: vec![],
+            inputs: vec![],
         }
     }
 
     pub fn inputs(&self) -> Vec<(String, u64, Option<String>)> {
-        vec![]
+        self.inputs.clone()
     }
 
     pub async fn plan(&mut self, log: &dyn Log) -> Result<Vec<NewTask>, DriverError> {
-        Manifest::read(&self.spec.ensemble)
+        let (_, members) = Manifest::read(&self.spec.ensemble)
             .await
             .map_err(|e| DriverError::Invalid(e.to_string()))?;
+        let urls: Vec<String> = [
+            Some(self.spec.ensemble.clone()),
+            inputs::model_url(self.spec.policy.as_ref()),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(members)
+        .collect();
+        self.inputs = inputs::files_at(&urls).await;
         let per = self.spec.prompts_per_shard.max(1);
         let total = self.spec.prompts;
         let tasks: Vec<NewTask> = (0..total)

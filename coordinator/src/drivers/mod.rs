@@ -4,6 +4,7 @@
 //! I/O through the worker library's `io` module and know nothing about workers or gRPC.
 
 pub mod bon;
+pub mod inputs;
 pub mod merge;
 pub mod pipeline;
 pub mod reward_train;

@@ -11,13 +11,15 @@ use mirrorplay_worker::preference::manifest::{
     Manifest, MemberEntry, MemberNorm, FILE_NAME, FORMAT,
 };
 
-use super::{DriverError, Log, NewTask, Step};
+use super::{inputs, DriverError, Log, NewTask, Step};
 
 pub struct RewardTrainDriver {
     spec: RewardTrainSpec,
     output: String,
     seed: u64,
     results: Vec<Option<RewardMemberResult>>,
+    /// The files it reads, found when planning (job.json).
+    inputs: Vec<inputs::Input>,
 }
 
 impl RewardTrainDriver {
@@ -28,11 +30,12 @@ impl RewardTrainDriver {
             output: output.trim_end_matches('/').to_string(),
             seed,
             results: vec![None; k],
+            inputs: vec![],
         }
     }
 
     pub fn inputs(&self) -> Vec<(String, u64, Option<String>)> {
-        vec![]
+        self.inputs.clone()
     }
 
     fn member_dir(k: usize) -> String {
@@ -45,6 +48,19 @@ impl RewardTrainDriver {
                 "reward_train needs members ≥ 1".into(),
             ));
         }
+        let data = match self.spec.data.as_ref().and_then(|d| d.source.as_ref()) {
+            Some(mirrorplay_proto::v1::pair_source::Source::JsonlUrl(u)) => Some(u.clone()),
+            _ => None,
+        };
+        let urls: Vec<String> = [
+            inputs::model_url(self.spec.init.as_ref()),
+            inputs::model_url(self.spec.norm_policy.as_ref()),
+            data,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        self.inputs = inputs::files_at(&urls).await;
         log.info(format!(
             "reward_train: {} Bradley–Terry members, {} steps each, writing under {}",
             self.results.len(),

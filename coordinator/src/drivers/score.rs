@@ -10,7 +10,7 @@ use mirrorplay_worker::preference::manifest::Manifest;
 use mirrorplay_worker::train::prompts::example_text;
 use serde_json::json;
 
-use super::{DriverError, Log, NewTask, Step};
+use super::{inputs, DriverError, Log, NewTask, Step};
 
 pub struct ScoreDriver {
     spec: ScoreSpec,
@@ -22,6 +22,8 @@ pub struct ScoreDriver {
     scorers: Vec<String>,
     sums: Vec<f64>,
     variance_sum: f64,
+    /// The files it reads, found when planning (job.json).
+    inputs: Vec<inputs::Input>,
 }
 
 impl ScoreDriver {
@@ -36,17 +38,28 @@ impl ScoreDriver {
             scorers: vec![],
             sums: vec![],
             variance_sum: 0.0,
+            inputs: vec![],
         }
     }
 
     pub fn inputs(&self) -> Vec<(String, u64, Option<String>)> {
-        vec![]
+        self.inputs.clone()
     }
 
     pub async fn plan(&mut self, log: &dyn Log) -> Result<Vec<NewTask>, DriverError> {
-        Manifest::read(&self.spec.ensemble)
+        let (_, members) = Manifest::read(&self.spec.ensemble)
             .await
             .map_err(|e| DriverError::Invalid(e.to_string()))?;
+        let urls: Vec<String> = [
+            Some(self.spec.ensemble.clone()),
+            Some(self.spec.data_url.clone()),
+            inputs::model_url(self.spec.reference.as_ref()),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(members)
+        .collect();
+        self.inputs = inputs::files_at(&urls).await;
         let url = &self.spec.data_url;
         let objects = read_objects(url).await?;
         for (line, obj) in &objects {

@@ -4,11 +4,13 @@
 
 use mirrorplay_proto::v1::{task, task_result, train_task, TaskResult, TrainTask};
 
-use super::{DriverError, Log, NewTask, Step};
+use super::{inputs, DriverError, Log, NewTask, Step};
 
 pub struct TrainDriver {
     task: TrainTask,
     kind: &'static str,
+    /// The files its models and data come from, found when planning (job.json).
+    inputs: Vec<inputs::Input>,
 }
 
 impl TrainDriver {
@@ -24,11 +26,37 @@ impl TrainDriver {
                 spec: Some(spec),
             },
             kind,
+            inputs: vec![],
         }
     }
 
     pub fn inputs(&self) -> Vec<(String, u64, Option<String>)> {
-        vec![]
+        self.inputs.clone()
+    }
+
+    /// The locations the task reads: its models (policy, reference, SFT init, reward models),
+    /// an ensemble's manifest and its JSONL data; tiny models and built-in tasks read none.
+    fn input_urls(&self) -> Vec<String> {
+        let mut manifest = None;
+        let (models, data) = match &self.task.spec {
+            Some(train_task::Spec::Sft(s)) => (vec![s.init.as_ref()], vec![s.data.as_ref()]),
+            Some(train_task::Spec::Selfplay(s)) => {
+                let mut models = vec![s.policy.as_ref(), s.reference.as_ref()];
+                if let Some(p) = &s.preference {
+                    models.push(p.model.as_ref());
+                    models.extend(p.members.iter().map(Some));
+                    manifest = Some(p.ensemble.clone()).filter(|m| !m.is_empty());
+                }
+                (models, vec![s.prompts.as_ref()])
+            }
+            None => (vec![], vec![]),
+        };
+        let mut urls: Vec<String> = models.into_iter().filter_map(inputs::model_url).collect();
+        urls.extend(data.into_iter().filter_map(inputs::data_url));
+        urls.extend(manifest);
+        urls.sort();
+        urls.dedup();
+        urls
     }
 
     pub async fn plan(&mut self, log: &dyn Log) -> Result<Vec<NewTask>, DriverError> {
@@ -46,6 +74,7 @@ impl TrainDriver {
             "{} training: {steps} steps on {world}, writing under {}",
             self.kind, self.task.output
         ));
+        self.inputs = inputs::files_at(&self.input_urls()).await;
         Ok(vec![NewTask {
             key: "train".into(),
             work: task::Work::Train(self.task.clone()),

@@ -73,6 +73,18 @@ fn run_in_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("run mirrorplay")
 }
 
+/// Removes the worker-log directory `mirrorplay local` keeps after a failed job (named on its
+/// stderr as `worker logs kept in DIR`), so that failing runs leave nothing behind.
+pub fn remove_kept_logs(o: &Output) {
+    let err = stderr(o);
+    if let Some(dir) = err
+        .lines()
+        .find_map(|l| l.strip_prefix("worker logs kept in "))
+    {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }

@@ -286,10 +286,30 @@ fn merge_error(e: merge::MergeError) -> JobError {
     match e {
         merge::MergeError::Nan { tensor, input } => JobError::Tensor {
             tensor,
-            reason: format!("NaN in {input}"),
+            reason: format!("NaN or infinity in {input}"),
         },
         merge::MergeError::Tensor { tensor, reason } => JobError::Tensor { tensor, reason },
         other => JobError::InvalidTask(other.to_string()),
+    }
+}
+
+/// [`merge_error`] for a chunk of tensor `t`, an input named by its location rather than its
+/// position (docs/algorithms.md §5, "Inputs and validation").
+fn tensor_error(t: &MergeTensor) -> impl FnOnce(merge::MergeError) -> JobError + '_ {
+    move |e| match e {
+        merge::MergeError::Nan { tensor, input } => {
+            let source = match &input {
+                merge::Input::Base => t.base.as_ref(),
+                merge::Input::Model(i) => t.models.get(*i),
+                merge::Input::Other(_) => None,
+            };
+            let input = match source {
+                Some(s) => merge::Input::Other(s.url.clone()),
+                None => input,
+            };
+            merge_error(merge::MergeError::Nan { tensor, input })
+        }
+        other => merge_error(other),
     }
 }
 
@@ -355,7 +375,8 @@ pub async fn run_stats(
                 })?;
                 let models: Vec<&[f32]> = data.models.iter().map(Vec::as_slice).collect();
                 let c = chunk(tensor, start, data, &models);
-                let stats = passes::chunk_stats(&method, sweep, &c).map_err(merge_error)?;
+                let stats =
+                    passes::chunk_stats(&method, sweep, &c).map_err(tensor_error(tensor))?;
                 Ok((
                     tensor.unit,
                     tensor.first_chunk + start / chunk_elements,
@@ -463,14 +484,14 @@ pub async fn run_write(
             let dtype = dtype_from_proto(tensor.dtype).expect("checked in the layout");
             let mut out = vec![0f32; data.base.len()];
             if tensor.models.is_empty() {
-                merge::validate::check_no_nan(&tensor.name, "the copied source", &data.base)
-                    .map_err(merge_error)?;
+                merge::validate::check_finite_input(&tensor.name, merge::Input::Base, &data.base)
+                    .map_err(tensor_error(tensor))?;
                 out.copy_from_slice(&data.base);
             } else {
                 let models: Vec<&[f32]> = data.models.iter().map(Vec::as_slice).collect();
                 let c = chunk(tensor, start, data, &models);
                 if tensor.local {
-                    passes::merge_local(&method, &c, &mut out).map_err(merge_error)?;
+                    passes::merge_local(&method, &c, &mut out).map_err(tensor_error(tensor))?;
                 } else {
                     let f = finals.get(&tensor.unit).ok_or_else(|| {
                         JobError::InvalidTask(format!(
@@ -479,7 +500,8 @@ pub async fn run_write(
                         ))
                     })?;
                     let index = (tensor.first_chunk + start / chunk_elements) as usize;
-                    passes::write_chunk(&method, f, index, &c, &mut out).map_err(merge_error)?;
+                    passes::write_chunk(&method, f, index, &c, &mut out)
+                        .map_err(tensor_error(tensor))?;
                 }
             }
             Ok(encode_f32_owned(dtype, out))

@@ -45,8 +45,10 @@ pub const DEFAULT_CHUNK_ELEMS: usize = 4 << 20;
 /// Errors of the merge math. Every variant about data names the tensor.
 #[derive(Debug, thiserror::Error)]
 pub enum MergeError {
-    #[error("tensor `{tensor}`: NaN in {input}")]
-    Nan { tensor: String, input: String },
+    /// A NaN or an infinity where only finite values may be: in an input (named by
+    /// [`Input`], which the worker turns into the input's location) or in a statistic.
+    #[error("tensor `{tensor}`: NaN or infinity in {input}")]
+    Nan { tensor: String, input: Input },
     #[error("invalid `{name}` = {value}: {reason}")]
     Param {
         name: String,
@@ -60,6 +62,27 @@ pub enum MergeError {
 }
 
 pub type Result<T, E = MergeError> = std::result::Result<T, E>;
+
+/// Where a bad value was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The base model.
+    Base,
+    /// Model `i` of the merge, in the spec's order.
+    Model(usize),
+    /// Anything else, described.
+    Other(String),
+}
+
+impl std::fmt::Display for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Input::Base => write!(f, "the base"),
+            Input::Model(i) => write!(f, "model {i}"),
+            Input::Other(s) => write!(f, "{s}"),
+        }
+    }
+}
 
 /// Over which elements global statistics run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,7 +225,7 @@ impl Chunk<'_> {
         self.models[i][e] - self.base[e]
     }
 
-    /// Checks lengths and that no input holds a NaN (the error names the tensor and the input).
+    /// Checks lengths and that every input is finite (the error names the tensor and the input).
     /// The entry points ([`passes`]' worker functions and the methods' `*_local`) call it once
     /// per chunk, or [`Chunk::check_lengths`] and then [`Chunk::check_nan`] block by block
     /// while each block is in cache; the methods' chunk functions assume it was done.
@@ -228,12 +251,13 @@ impl Chunk<'_> {
         Ok(())
     }
 
-    /// Checks that no input holds a NaN in elements `start..start + len` (lengths checked).
+    /// Checks that no input holds a NaN or an infinity in elements `start..start + len`
+    /// (lengths checked).
     pub fn check_nan(&self, start: usize, len: usize) -> Result<()> {
         let range = start..start + len;
-        validate::check_no_nan(self.tensor, "the base", &self.base[range.clone()])?;
+        validate::check_finite_input(self.tensor, Input::Base, &self.base[range.clone()])?;
         for (i, m) in self.models.iter().enumerate() {
-            validate::check_no_nan(self.tensor, format_args!("model {i}"), &m[range.clone()])?;
+            validate::check_finite_input(self.tensor, Input::Model(i), &m[range.clone()])?;
         }
         Ok(())
     }

@@ -484,10 +484,10 @@ pub fn count_chunk(
             };
             c.add_slice(values).map_err(|NanAt(e)| MergeError::Nan {
                 tensor: chunk.tensor.to_string(),
-                input: format!(
-                    "a statistic of model {i} at element {} (inf in an input?)",
+                input: super::Input::Other(format!(
+                    "a statistic of model {i} at element {}",
                     chunk.start + (start + e) as u64
-                ),
+                )),
             })?;
         }
     }

@@ -182,11 +182,12 @@ pub fn ties_local(p: &Ties, chunk: &Chunk, out: &mut [f32]) -> Result<Vec<u64>> 
     Ok(ties_chunk(p, &keep, chunk, out))
 }
 
-/// The error for a NaN task vector from finite-checked inputs (inf − inf).
+/// The error for a NaN task vector (unreachable from finite-checked inputs, whose differences
+/// are at worst infinite).
 pub(crate) fn nan_tau(tensor: &str, i: usize) -> MergeError {
     MergeError::Nan {
         tensor: tensor.to_string(),
-        input: format!("the task vector of model {i} (inf − inf)"),
+        input: super::Input::Other(format!("the task vector of model {i}")),
     }
 }
 

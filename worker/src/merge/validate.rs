@@ -1,8 +1,8 @@
 //! Checks a merge can run before any byte is written (docs/algorithms.md §5, "Inputs and
-//! validation"): parameter ranges and counts, NaN in inputs (named). Shape/dtype checks across
+//! validation"): parameter ranges and counts, NaN or infinity in inputs (named). Shape/dtype checks across
 //! files live with the planner, which sees headers; here tensors are flat f32 slices.
 
-use super::{Dare, MergeError, Method, Pcb, Result, TaskArithmetic, Ties};
+use super::{Dare, Input, MergeError, Method, Pcb, Result, TaskArithmetic, Ties};
 
 /// An error naming a parameter.
 pub fn param_error(name: &str, value: impl std::fmt::Display, reason: &str) -> MergeError {
@@ -30,12 +30,12 @@ pub fn check_range(name: &str, value: f64, lo: (f64, bool), hi: (f64, bool)) -> 
     }
 }
 
-/// A NaN anywhere in `values` is an error naming the tensor and the input (`"model 1"`).
-pub fn check_no_nan(tensor: &str, input: impl std::fmt::Display, values: &[f32]) -> Result<()> {
-    if first_nan(values).is_some() {
+/// A NaN or an infinity anywhere in `values` is an error naming the tensor and the input.
+pub fn check_finite_input(tensor: &str, input: Input, values: &[f32]) -> Result<()> {
+    if any_non_finite(values) {
         return Err(MergeError::Nan {
             tensor: tensor.to_string(),
-            input: input.to_string(),
+            input,
         });
     }
     Ok(())
@@ -56,6 +56,13 @@ pub fn first_nan(values: &[f32]) -> Option<usize> {
 crate::simd_fn! {
     fn any_nan(values: &[f32]) -> bool {
         values.iter().fold(false, |nan, x| nan | x.is_nan())
+    }
+}
+
+crate::simd_fn! {
+    fn any_non_finite(values: &[f32]) -> bool {
+        // Branch-free (|x| < inf), so it vectorises like `any_nan`.
+        values.iter().fold(false, |bad, x| bad | !x.is_finite())
     }
 }
 
@@ -98,8 +105,8 @@ impl Method {
                 check_len("density", density, num_models)?;
                 check_len("weights", weights, num_models)?;
                 for &d in density {
-                    // ≥ 1 keeps all (mergekit); k_i = int(density·numel) = 0 is an error per unit.
-                    check_range("density", d, (0.0, false), (f64::MAX, true))?;
+                    // 1 keeps all; k_i = int(density·numel) = 0 is an error per unit.
+                    check_range("density", d, (0.0, false), (1.0, true))?;
                 }
                 check_finite("weights", weights)?;
                 check_finite("lambda", &[*lambda])
@@ -195,16 +202,30 @@ mod tests {
                 lambda: 1.0,
             })
         };
-        assert!(ties(2.0).validate(1).is_ok());
+        assert!(ties(1.0).validate(1).is_ok());
+        // Above 1 is refused as for DARE, with a readable range (not f64::MAX in full).
+        let e = ties(2.0).validate(1).unwrap_err().to_string();
+        assert!(
+            e.contains("density") && e.contains("(0, 1]") && e.len() < 80,
+            "{e}"
+        );
         assert!(ties(0.0).validate(1).is_err());
         assert!(ties(0.5).validate(0).is_err());
     }
 
     #[test]
-    fn nan_names_the_tensor() {
-        let e = check_no_nan("layers.0.w", "model 2", &[1.0, f32::NAN])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("layers.0.w") && e.contains("model 2"), "{e}");
+    fn nan_and_infinities_name_the_tensor_and_the_input() {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut values = vec![1.0; 9000];
+            values[8999] = bad;
+            let e = check_finite_input("layers.0.w", Input::Model(2), &values)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("layers.0.w") && e.contains("model 2"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(check_finite_input("w", Input::Base, &[f32::MAX, f32::MIN, 0.0]).is_ok());
     }
 }

@@ -327,4 +327,6 @@ pub fn shard(n: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
 }
 
 #[cfg(test)]
+mod loop_tests;
+#[cfg(test)]
 mod tests;

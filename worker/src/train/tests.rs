@@ -13,7 +13,7 @@ use mirrorplay_proto::v1::{
 };
 use serde_json::Value;
 
-fn tiny() -> ModelSource {
+pub(super) fn tiny() -> ModelSource {
     ModelSource {
         source: Some(model_source::Source::Tiny(TinyModel {
             task: "goodhart_digits".into(),
@@ -51,7 +51,7 @@ fn sampling() -> SamplingSpec {
     }
 }
 
-fn selfplay() -> train_task::Spec {
+pub(super) fn selfplay() -> train_task::Spec {
     let mut s = SelfplaySpec {
         algorithm: 0,
         kl_coef: 0.05,
@@ -110,7 +110,7 @@ fn sft() -> train_task::Spec {
 
 /// Runs a task in-process as a single rank writing under `dir`; returns its result and the
 /// metric lines it streamed.
-fn try_run(
+pub(super) fn try_run(
     spec: train_task::Spec,
     dir: &std::path::Path,
 ) -> (
