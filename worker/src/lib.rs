@@ -7,6 +7,7 @@ pub mod clock;
 pub mod collective;
 pub mod io;
 pub mod jobs;
+pub mod kernels;
 pub mod logging;
 pub mod merge;
 pub mod model;

@@ -181,8 +181,10 @@ fn run(
     };
     let reference = reference.as_ref().map(|(m, beta)| (m, *beta));
     let (ids, valid) = left_pad(prompts);
-    let mut cache = KvCache::new();
-    let mut ref_cache = KvCache::new();
+    // Room for the whole sequence up front: decoding writes the cache in place.
+    let room = ids[0].len() + rules.max_new_tokens;
+    let mut cache = KvCache::with_capacity(room);
+    let mut ref_cache = KvCache::with_capacity(room);
     let mut logits = last_logits(policy, &ids, &valid, &mut cache)?;
     let mut ref_logits = match reference {
         Some((m, _)) => Some(last_logits(m, &ids, &valid, &mut ref_cache)?),
