@@ -2,21 +2,22 @@
 //! the batch), W [n, k] in the row-major layout of torch's `nn.Linear`, y [rows, n], all f32.
 //!
 //! At decode time a linear layer is memory-bound: every weight is read once per token and used
-//! for `rows` multiply-adds. The kernel therefore streams W exactly once: the columns n are
-//! split into one contiguous range per thread (rayon's pool, which candle-core already uses),
-//! and within a range blocks of 4 weight rows are held in L1 while every input row is
-//! multiplied against them (the input rows, ≤ 16 · k floats, stay in L2).
+//! for `rows` multiply-adds. The kernel therefore streams W exactly once: the columns n, in
+//! blocks of 4 weight rows, are handed out in contiguous chunks to the threads of candle-core's
+//! own barrier pool (`candle_core::utils::barrier_pool`, the one its element-wise ops run on:
+//! no second pool of threads competing for the cores; the calling thread takes part, and a
+//! shared cursor lets a fast thread take a descheduled one's chunks on a loaded machine). Each
+//! block of 4 weight rows stays in L1 while every input row is multiplied against it (the input
+//! rows, ≤ 16 · k floats, stay in L2).
 //!
 //! Why hand-written rather than candle's gemm (the `gemm` crate): at the SmolLM2-135M shape
 //! candle's CPU matmul reached 22.3 tokens/s at batch 1 against a memory roofline of ≈ 45
 //! (docs/architecture.md#decoding-kernels, BENCHMARKS.md#decoding-kernels): a general gemm
 //! packs or re-reads operands for few rows, and its threading is tuned for square shapes.
 //!
-//! Deterministic: each output element is computed by exactly one task, in a fixed order that
-//! does not depend on the split (see `skinny_simd`), so results are the same for any number of
-//! threads and any timing on a given binary and machine.
-
-use rayon::prelude::*;
+//! Deterministic: each output element is computed by exactly one thread, in a fixed order that
+//! does not depend on the chunking (see `skinny_simd`), so results are the same for any number
+//! of threads and any timing on a given binary and machine.
 
 use super::skinny_simd::block_portable;
 
@@ -25,9 +26,9 @@ const COLS_PER_BLOCK: usize = 4;
 /// Input rows per micro-kernel block (4 weight rows × 2 input rows = 8 accumulators + 4 weight
 /// registers: fits AVX2's 16 registers).
 const ROWS_PER_BLOCK: usize = 2;
-/// Fewest weights (elements) a thread is given: below ≈ 128 KiB waking a thread costs about as
-/// much as the work.
-const MIN_WEIGHTS_PER_TASK: usize = 1 << 15;
+/// Below this many weights (elements, 256 KiB) the calling thread does the whole product:
+/// waking the pool costs about as much as the work.
+const MIN_WEIGHTS_TO_SPLIT: usize = 1 << 16;
 
 /// Bad arguments (lengths that do not match the shape).
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +73,7 @@ fn avx2_fma_available() -> bool {
     }
 }
 
-/// `y[r][j] = Σ_i x[r][i] · w[j][i]` on the machine's best kernel and rayon's threads.
+/// `y[r][j] = Σ_i x[r][i] · w[j][i]` on the machine's best kernel and candle's threads.
 pub fn matmul_wt(
     x: &[f32],
     rows: usize,
@@ -81,11 +82,11 @@ pub fn matmul_wt(
     k: usize,
     y: &mut [f32],
 ) -> Result<(), SkinnyError> {
-    matmul_wt_with(x, rows, w, n, k, y, rayon::current_num_threads(), detect())
+    matmul_wt_with(x, rows, w, n, k, y, true, detect())
 }
 
-/// [`matmul_wt`] with at most `max_tasks` threads and the given kernel (`Isa::Avx2Fma` falls
-/// back to `Portable` on a CPU without it). For tests and benchmarks.
+/// [`matmul_wt`] on the calling thread alone (`parallel` false) or on the pool, with the given
+/// kernel (`Isa::Avx2Fma` falls back to `Portable` on a CPU without it). For tests.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_wt_with(
     x: &[f32],
@@ -94,7 +95,7 @@ pub fn matmul_wt_with(
     n: usize,
     k: usize,
     y: &mut [f32],
-    max_tasks: usize,
+    parallel: bool,
     isa: Isa,
 ) -> Result<(), SkinnyError> {
     let check = |what, found: usize, expected: usize| {
@@ -119,30 +120,25 @@ pub fn matmul_wt_with(
     }
     let avx2 = isa == Isa::Avx2Fma && avx2_fma_available();
     let blocks = n.div_ceil(COLS_PER_BLOCK);
-    let tasks = max_tasks
-        .min((n * k / MIN_WEIGHTS_PER_TASK).max(1))
-        .min(blocks)
-        .max(1);
     let out = Out {
         ptr: y.as_mut_ptr(),
         len: y.len(),
     };
-    let task = |t: usize| {
-        // A fixed split: task t gets blocks [t·blocks/tasks, (t+1)·blocks/tasks).
-        let j0 = t * blocks / tasks * COLS_PER_BLOCK;
-        let j1 = ((t + 1) * blocks / tasks * COLS_PER_BLOCK).min(n);
-        let cols = Columns { x, rows, w, n, k };
-        cols.compute(j0, j1, avx2, out);
+    let cols = Columns { x, rows, w, n, k };
+    // Blocks [b0, b1) are columns [4·b0, min(4·b1, n)); chunks never share a column.
+    let run = |blocks: std::ops::Range<usize>| {
+        let j1 = (blocks.end * COLS_PER_BLOCK).min(n);
+        cols.compute(blocks.start * COLS_PER_BLOCK, j1, avx2, out);
     };
-    if tasks == 1 {
-        task(0);
+    if parallel && n * k >= MIN_WEIGHTS_TO_SPLIT {
+        candle_core::utils::barrier_pool().execute_chunked(blocks, run);
     } else {
-        (0..tasks).into_par_iter().for_each(task);
+        run(0..blocks);
     }
     Ok(())
 }
 
-/// The output as a raw pointer, so tasks can write their disjoint column ranges of the same
+/// The output as a raw pointer, so chunks can write their disjoint column ranges of the same
 /// row-major buffer.
 #[derive(Clone, Copy)]
 struct Out {
@@ -150,8 +146,8 @@ struct Out {
     len: usize,
 }
 
-// SAFETY: tasks write disjoint elements (distinct column ranges) and the buffer outlives the
-// parallel loop, which returns before `matmul_wt_with` does.
+// SAFETY: chunks write disjoint elements (distinct column ranges) and the buffer outlives the
+// pool's call, which returns only when every chunk is done.
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
@@ -159,7 +155,7 @@ impl Out {
     /// Writes y[idx].
     ///
     /// # Safety
-    /// No other task may access `idx` concurrently.
+    /// No other chunk may access `idx` concurrently.
     unsafe fn write(self, idx: usize, v: f32) {
         assert!(idx < self.len, "skinny matmul output index out of range");
         // SAFETY: in bounds (checked above); exclusivity is the caller's promise.
@@ -230,8 +226,8 @@ impl Columns<'_> {
         }
         for (dr, acc_r) in acc.iter().enumerate() {
             for (dc, &v) in acc_r.iter().enumerate() {
-                // SAFETY: column j + dc lies in this task's range [j0, j1), which no other
-                // task writes.
+                // SAFETY: column j + dc lies in this chunk's range [j0, j1), which no other
+                // chunk writes.
                 unsafe { out.write((r + dr) * self.n + j + dc, v) };
             }
         }

@@ -9,8 +9,9 @@
 //! depend on which rows share its batch, on rank or on world size.
 //! Runs without gradients (frozen or detached use of the model); must not compute losses.
 
+use std::sync::OnceLock;
+
 use candle_core::{DType, Tensor};
-use rayon::prelude::*;
 
 use super::filter::{
     apply_mask, draw, log_softmax_row, mix_logprobs, token_distribution, SamplingParams,
@@ -206,7 +207,7 @@ fn run(
     for t in 0..rules.max_new_tokens {
         let forbidden = masks.at(t);
         // The host work of a row (log-softmaxes over the vocabulary, the mix, the draw) does
-        // not depend on the other rows: rows run on rayon's threads, in the same arithmetic.
+        // not depend on the other rows: rows run on candle's thread pool, same arithmetic.
         let draw_row = |i: usize| -> Result<Drawn> {
             let lp = log_softmax_row(&logits[i]);
             let lr = ref_logits.as_ref().map(|r| log_softmax_row(&r[i]));
@@ -230,7 +231,21 @@ fn run(
             })
         };
         let drawn: Vec<Result<Drawn>> = if active.len() > 1 {
-            (0..active.len()).into_par_iter().map(draw_row).collect()
+            let slots: Vec<OnceLock<Result<Drawn>>> =
+                (0..active.len()).map(|_| OnceLock::new()).collect();
+            candle_core::utils::barrier_pool().execute_chunked(active.len(), |rows| {
+                for i in rows {
+                    let _ = slots[i].set(draw_row(i));
+                }
+            });
+            slots
+                .into_iter()
+                .map(|slot| {
+                    slot.into_inner().unwrap_or_else(|| {
+                        Err(ModelError::Input("internal: a row was not drawn".into()))
+                    })
+                })
+                .collect()
         } else {
             vec![draw_row(0)]
         };
