@@ -3,10 +3,9 @@
 //!
 //! At decode time a linear layer is memory-bound: every weight is read once per token and used
 //! for `rows` multiply-adds. The kernel therefore streams W exactly once: the columns n, in
-//! blocks of 4 weight rows, are handed out in contiguous chunks to the threads of candle-core's
-//! own barrier pool (`candle_core::utils::barrier_pool`, the one its element-wise ops run on:
-//! no second pool of threads competing for the cores; the calling thread takes part, and a
-//! shared cursor lets a fast thread take a descheduled one's chunks on a loaded machine). Each
+//! blocks of 4 weight rows, are cut into about 8 pieces per thread on rayon's global pool (the
+//! one candle-core's gemm runs on: no extra threads); the caller runs every piece no other
+//! thread took, so a descheduled thread on a loaded machine never holds a call up. Each
 //! block of 4 weight rows stays in L1 while every input row is multiplied against it (the input
 //! rows, ≤ 16 · k floats, stay in L2).
 //!
@@ -19,6 +18,8 @@
 //! does not depend on the chunking (see `skinny_simd`), so results are the same for any number
 //! of threads and any timing on a given binary and machine.
 
+use rayon::prelude::*;
+
 use super::skinny_simd::block_portable;
 
 /// Weight rows per micro-kernel block.
@@ -29,6 +30,8 @@ const ROWS_PER_BLOCK: usize = 2;
 /// Below this many weights (elements, 256 KiB) the calling thread does the whole product:
 /// waking the pool costs about as much as the work.
 const MIN_WEIGHTS_TO_SPLIT: usize = 1 << 16;
+/// Pieces per thread a parallel call is cut into, so idle threads can take a late one's share.
+const PIECES_PER_THREAD: usize = 8;
 
 /// Bad arguments (lengths that do not match the shape).
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +134,16 @@ pub fn matmul_wt_with(
         cols.compute(blocks.start * COLS_PER_BLOCK, j1, avx2, out);
     };
     if parallel && n * k >= MIN_WEIGHTS_TO_SPLIT {
-        candle_core::utils::barrier_pool().execute_chunked(blocks, run);
+        // Many small stealable pieces on rayon's global pool (where candle's gemm runs): the
+        // caller runs every piece no other thread took, so a descheduled thread on a loaded
+        // machine never holds the call up (a fixed split per thread, and candle's spinning
+        // barrier pool, did: BENCHMARKS.md#decoding-kernels).
+        let pieces = rayon::current_num_threads() * PIECES_PER_THREAD;
+        let min_len = blocks.div_ceil(pieces).max(1);
+        (0..blocks)
+            .into_par_iter()
+            .with_min_len(min_len)
+            .for_each(|b| run(b..b + 1));
     } else {
         run(0..blocks);
     }
