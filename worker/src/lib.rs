@@ -8,6 +8,7 @@ pub mod collective;
 pub mod connect;
 pub mod io;
 pub mod jobs;
+pub mod kernels;
 pub mod logging;
 pub mod merge;
 pub mod model;

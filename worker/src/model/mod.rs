@@ -26,6 +26,8 @@ pub mod tokenizer;
 pub mod word_level;
 
 #[cfg(test)]
+mod cache_tests;
+#[cfg(test)]
 mod chat_tests;
 #[cfg(test)]
 mod gguf_tests;

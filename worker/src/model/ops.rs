@@ -1,7 +1,9 @@
 //! Train-safe tensor ops composed from candle-core primitives that all have a backward pass
 //! (docs/architecture.md#devices: candle's fused rms_norm / softmax_last_dim / rope kernels have
 //! none, so gradients would silently stop there). Everything here works for any float dtype and any
-//! rank ≥ 1 (the last dimension is the one normalised). Must not hold state.
+//! rank ≥ 1 (the last dimension is the one normalised). Must not hold state. The one exception
+//! to "composed from candle primitives" is `linear` on the no-gradient decoding path, which
+//! calls `crate::kernels` (gated so it never runs where a gradient is needed).
 
 use candle_core::{DType, Result, Tensor, D};
 
@@ -44,7 +46,17 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     // For a few rows (decoding) (W·xᵀ)ᵀ is faster on CPU than x·Wᵀ: the gemm then streams W
     // instead of repacking it (SmolLM2-135M shape, batch 8: ~1.4× tokens/s,
     // BENCHMARKS.md#sampling-throughput-model-core).
-    let y = if rows <= 16 {
+    // Decoding without autograd (sampling), when opted in: the skinny kernel, which streams W
+    // once on all cores (docs/architecture.md#decoding-kernels). It has no backward, so its gate
+    // refuses any operand autograd tracks and training keeps the composed ops below.
+    let skinny = if crate::kernels::skinny_op::enabled() {
+        crate::kernels::skinny_op::try_matmul_wt(&x2, weight)?
+    } else {
+        None
+    };
+    let y = if let Some(y) = skinny {
+        y
+    } else if rows <= 16 {
         weight.matmul(&x2.t()?)?.t()?
     } else {
         x2.matmul(&weight.t()?)?

@@ -9,6 +9,8 @@
 //! depend on which rows share its batch, on rank or on world size.
 //! Runs without gradients (frozen or detached use of the model); must not compute losses.
 
+use std::sync::OnceLock;
+
 use candle_core::{DType, Tensor};
 
 use super::filter::{
@@ -130,6 +132,15 @@ pub(crate) fn left_pad(rows: &[Vec<u32>]) -> (Vec<Vec<u32>>, Vec<Vec<bool>>) {
     (ids, valid)
 }
 
+/// One row's draw at one step.
+struct Drawn {
+    token: u32,
+    /// log π_A(token) under the policy, constrained by the rules.
+    logprob: f32,
+    /// The same under the reference (mixture sampling).
+    ref_logprob: Option<f32>,
+}
+
 /// Next-token logits of the last position of each row, as host rows [b][vocab].
 fn last_logits(
     model: &Model,
@@ -181,8 +192,10 @@ fn run(
     };
     let reference = reference.as_ref().map(|(m, beta)| (m, *beta));
     let (ids, valid) = left_pad(prompts);
-    let mut cache = KvCache::new();
-    let mut ref_cache = KvCache::new();
+    // Room for the whole sequence up front: decoding writes the cache in place.
+    let room = ids[0].len() + rules.max_new_tokens;
+    let mut cache = KvCache::with_capacity(room);
+    let mut ref_cache = KvCache::with_capacity(room);
     let mut logits = last_logits(policy, &ids, &valid, &mut cache)?;
     let mut ref_logits = match reference {
         Some((m, _)) => Some(last_logits(m, &ids, &valid, &mut ref_cache)?),
@@ -190,30 +203,65 @@ fn run(
     };
     // `active[i]` is the original row of batch row i.
     let mut active: Vec<usize> = (0..b).collect();
+    let beta = reference.map(|(_, beta)| beta);
     for t in 0..rules.max_new_tokens {
-        let mut next = Vec::with_capacity(active.len());
-        let mut still = Vec::with_capacity(active.len());
-        for (i, &row) in active.iter().enumerate() {
+        let forbidden = masks.at(t);
+        // The host work of a row (log-softmaxes over the vocabulary, the mix, the draw) does
+        // not depend on the other rows: rows run on candle's thread pool, same arithmetic.
+        let draw_row = |i: usize| -> Result<Drawn> {
             let lp = log_softmax_row(&logits[i]);
             let lr = ref_logits.as_ref().map(|r| log_softmax_row(&r[i]));
             // docs/algorithms.md §1, as `filter::mixed_logits`, reusing the rows' log-softmaxes.
-            let mut mixed = match (reference.map(|(_, beta)| beta), &ref_logits, &lr) {
+            let mut mixed = match (beta, &ref_logits, &lr) {
                 (Some(beta), Some(r), _) if beta >= 1.0 => r[i].iter().map(|&x| x as f64).collect(),
                 (Some(beta), _, Some(lr)) if beta > 0.0 => mix_logprobs(&lp, lr, beta),
                 _ => logits[i].iter().map(|&x| x as f64).collect(),
             };
-            let forbidden = masks.at(t);
             apply_mask(&mut mixed, forbidden);
             if mixed.iter().all(|x| *x == f64::NEG_INFINITY) {
                 return Err(ModelError::Input("every token is masked".into()));
             }
             let probs = token_distribution(&mixed, &config.params);
-            let token = draw(&probs, uniform_at(config, keys[row], t)) as u32;
-            gen.tokens[row].push(token);
+            let token = draw(&probs, uniform_at(config, keys[active[i]], t)) as u32;
             let constrained = |l: &[f64]| constrained_logprobs(l, forbidden)[token as usize] as f32;
-            gen.logprobs[row].push(constrained(&lp));
-            if let (Some(all), Some(lr)) = (gen.ref_logprobs.as_mut(), lr) {
-                all[row].push(constrained(&lr));
+            Ok(Drawn {
+                token,
+                logprob: constrained(&lp),
+                ref_logprob: lr.as_deref().map(constrained),
+            })
+        };
+        let drawn: Vec<Result<Drawn>> = if active.len() > 1 {
+            let slots: Vec<OnceLock<Result<Drawn>>> =
+                (0..active.len()).map(|_| OnceLock::new()).collect();
+            candle_core::utils::barrier_pool().execute_chunked(active.len(), |rows| {
+                for i in rows {
+                    let _ = slots[i].set(draw_row(i));
+                }
+            });
+            slots
+                .into_iter()
+                .map(|slot| {
+                    slot.into_inner().unwrap_or_else(|| {
+                        Err(ModelError::Input("internal: a row was not drawn".into()))
+                    })
+                })
+                .collect()
+        } else {
+            vec![draw_row(0)]
+        };
+        let mut next = Vec::with_capacity(active.len());
+        let mut still = Vec::with_capacity(active.len());
+        for (i, drawn) in drawn.into_iter().enumerate() {
+            let Drawn {
+                token,
+                logprob,
+                ref_logprob,
+            } = drawn?;
+            let row = active[i];
+            gen.tokens[row].push(token);
+            gen.logprobs[row].push(logprob);
+            if let (Some(all), Some(lr)) = (gen.ref_logprobs.as_mut(), ref_logprob) {
+                all[row].push(lr);
             }
             if rules.is_eos(token) {
                 gen.finished[row] = true;

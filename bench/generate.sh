@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Generation throughput, mirrorplay vs transformers `generate`, interleaved, with the machine's
+# memory roofline (BENCHMARKS.md "Decoding kernels"). Each round runs, one after another:
+# mirrorplay's worker/benches/sampling_interleaved.rs on the SmolLM2-135M shape (plain and
+# mixture sampling, batch 1 and 8), the same bench built from an older commit when BASE_EXE is
+# given (the "before"), and bench/generate_peer.py at batch 1 and 8 — all f32 on the CPU,
+# 16-token prompts, NEW_TOKENS new tokens at forced length, T = 1, the same THREADS. The
+# bandwidth (numpy, large read) is measured before the first and after the last round.
+#
+# Usage: bench/generate.sh
+# Env: PROFILE=bench (default; the release settings) | dev; ROUNDS=2 THREADS=2 NEW_TOKENS=64
+#      REPS=1 (timed reps per bench call, after one untimed);
+#      BASE_EXE=path of a sampling_interleaved binary built from another commit (optional);
+#      PY=~/.cache/mirrorplay/peers-venv/bin/python (torch CPU + transformers; benchmarks only).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PROFILE=${PROFILE:-bench}
+ROUNDS=${ROUNDS:-2}
+THREADS=${THREADS:-2}
+PY=${PY:-$HOME/.cache/mirrorplay/peers-venv/bin/python}
+export NEW_TOKENS=${NEW_TOKENS:-64} REPS=${REPS:-1}
+EXE=$(cargo bench -p mirrorplay-worker --bench sampling_interleaved --no-run --profile "$PROFILE" \
+  --message-format=json | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "sampling_interleaved" and m.get("executable"):
+        print(m["executable"])')
+# One thread count for all: candle and the skinny kernel use rayon (RAYON_NUM_THREADS), torch
+# set_num_threads(THREADS) and its OpenMP pool; numpy's BLAS single-threaded per part.
+export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS THREADS
+echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(uname -r), $(date -u +%FT%TZ); profile $PROFILE; threads $THREADS; commit $(git rev-parse --short HEAD)$(git diff --quiet || echo +dirty)"
+echo "load before: $(uptime)"
+OPENBLAS_NUM_THREADS=1 "$PY" bench/generate_peer.py bandwidth
+for r in $(seq 1 "$ROUNDS"); do
+  echo
+  echo "round $r, $(date -u +%T), load $(cut -d' ' -f1-3 /proc/loadavg)"
+  "$EXE" smollm2 | sed -n "s/^| smollm2/| mirrorplay (this build) | smollm2/p"
+  if [ -n "${BASE_EXE:-}" ]; then
+    "$BASE_EXE" smollm2 | sed -n "s/^| smollm2/| mirrorplay (BASE_EXE) | smollm2/p"
+  fi
+  for b in 1 8; do
+    B=$b "$PY" bench/generate_peer.py 2>/dev/null
+  done
+done
+echo
+OPENBLAS_NUM_THREADS=1 "$PY" bench/generate_peer.py bandwidth
+echo "load after: $(uptime)"
+echo "(mirrorplay rows: | build | model | batch × new tokens × reps | plain tokens/s | mixture tokens/s | mixture/plain time |)"

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Generation throughput in transformers: the peer of worker/benches/sampling_interleaved.rs
+(BENCHMARKS.md "Decoding kernels"), and the machine's memory-read bandwidth for the roofline.
+
+`generate` mode (default): a random SmolLM2-135M-shaped LlamaForCausalLM (f32, CPU; the shape of
+worker/benches/common/mod.rs `smollm2_135m_shape`) samples NEW_TOKENS tokens (forced length:
+min_new_tokens = max_new_tokens, no EOS stop) after B prompts of 16 tokens (row r, position i ->
+3 + (r*7 + i*5) mod 20, as the Rust workload), T = 1, no top-k/top-p, KV cache on; warm-up once,
+then REPS timed reps; prints `transformers: batch B: X tokens/s`.
+
+`bandwidth` mode (argument `bandwidth`): reads a 1 GiB f32 array with numpy (`part @ part`, a
+BLAS sdot that reads each element once, on THREADS equal parts in THREADS threads; numpy releases
+the GIL; set OPENBLAS_NUM_THREADS=1 so BLAS does not add threads), best of 5, and prints the GB/s
+and the roofline: bytes of f32 weights read per decode step / bandwidth.
+
+Usage: ~/.cache/mirrorplay/peers-venv/bin/python bench/generate_peer.py [bandwidth]
+Env: B (1), NEW_TOKENS (64), REPS (2), THREADS (2). Benchmarks only, never CI.
+"""
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+THREADS = int(os.environ.get("THREADS", 2))
+SHAPE = dict(vocab=49152, hidden=576, mlp=1536, layers=30, heads=9, kv_heads=3)
+
+
+def weight_bytes_per_token():
+    """f32 bytes of the weights one decode step reads: every linear layer and the tied head."""
+    h, m, d = SHAPE["hidden"], SHAPE["mlp"], SHAPE["hidden"] // SHAPE["heads"]
+    kv = SHAPE["kv_heads"] * d
+    per_layer = h * h * 2 + h * kv * 2 + 3 * h * m + 2 * h  # q, o; k, v; gate, up, down; norms
+    return 4 * (SHAPE["layers"] * per_layer + SHAPE["vocab"] * h + h)
+
+
+def bandwidth():
+    import numpy as np
+
+    a = np.ones(1 << 28, dtype=np.float32)  # 1 GiB
+    parts = np.array_split(a, THREADS)
+    best = float("inf")
+    with ThreadPoolExecutor(THREADS) as pool:
+        for _ in range(5):
+            t = time.perf_counter()
+            list(pool.map(lambda p: p @ p, parts))
+            best = min(best, time.perf_counter() - t)
+    gbs = a.nbytes / best / 1e9
+    per_token = weight_bytes_per_token()
+    print(f"bandwidth: {gbs:.1f} GB/s ({THREADS} threads, numpy sdot over 1 GiB f32, best of 5)")
+    print(
+        f"roofline: {per_token / 1e6:.0f} MB of f32 weights per decode step -> "
+        f"batch 1 {gbs * 1e9 / per_token:.1f} tokens/s, batch 8 {8 * gbs * 1e9 / per_token:.0f} tokens/s"
+    )
+
+
+def generate():
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    b = int(os.environ.get("B", 1))
+    new = int(os.environ.get("NEW_TOKENS", 64))
+    reps = int(os.environ.get("REPS", 2))
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=SHAPE["vocab"],
+        hidden_size=SHAPE["hidden"],
+        intermediate_size=SHAPE["mlp"],
+        num_hidden_layers=SHAPE["layers"],
+        num_attention_heads=SHAPE["heads"],
+        num_key_value_heads=SHAPE["kv_heads"],
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        hidden_act="silu",
+        tie_word_embeddings=True,
+        attention_bias=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    model = LlamaForCausalLM(config).to(torch.float32).eval()
+    ids = torch.tensor(
+        [[3 + (r * 7 + i * 5) % 20 for i in range(16)] for r in range(b)], dtype=torch.long
+    )
+    gen = GenerationConfig(
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        min_new_tokens=new,
+        max_new_tokens=new,
+        use_cache=True,
+        pad_token_id=0,
+        eos_token_id=2,
+    )
+
+    def once():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen)
+        assert tuple(out.shape) == (b, 16 + new), out.shape
+
+    with torch.inference_mode():
+        once()  # warm-up
+        t = time.perf_counter()
+        for _ in range(reps):
+            once()
+        dt = time.perf_counter() - t
+    print(f"transformers: batch {b}: {b * new * reps / dt:.1f} tokens/s ({b} x {new} x {reps} in {dt:.2f} s, {THREADS} threads)")
+
+
+if __name__ == "__main__":
+    bandwidth() if sys.argv[1:] == ["bandwidth"] else generate()

@@ -1,0 +1,11 @@
+//! Hand-written CPU kernels for the shapes where candle's general kernels leave speed on the
+//! table (docs/architecture.md#decoding-kernels). Each kernel works on plain slices, has a
+//! portable fallback, and is deterministic for a given binary and machine; the candle glue
+//! decides when a kernel may replace a candle op (never where a gradient is needed).
+
+pub mod skinny;
+mod skinny_simd;
+pub mod skinny_op;
+
+#[cfg(test)]
+mod skinny_tests;

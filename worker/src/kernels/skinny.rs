@@ -1,0 +1,247 @@
+//! Skinny matmul for decoding: `y = x · Wᵀ` with x [rows, k] of a few rows (one per sequence of
+//! the batch), W [n, k] in the row-major layout of torch's `nn.Linear`, y [rows, n], all f32.
+//!
+//! At decode time a linear layer is memory-bound: every weight is read once per token and used
+//! for `rows` multiply-adds. The kernel therefore streams W exactly once: the columns n, in
+//! blocks of 4 weight rows, are cut into about 8 pieces per thread on rayon's global pool (the
+//! one candle-core's gemm runs on: no extra threads); the caller runs every piece no other
+//! thread took, so a descheduled thread on a loaded machine never holds a call up. Each
+//! block of 4 weight rows stays in L1 while every input row is multiplied against it (the input
+//! rows, ≤ 16 · k floats, stay in L2).
+//!
+//! Why hand-written rather than candle's gemm (the `gemm` crate): at the SmolLM2-135M shape
+//! candle's CPU matmul reached 22.3 tokens/s at batch 1 against a memory roofline of ≈ 45
+//! (docs/architecture.md#decoding-kernels, BENCHMARKS.md#decoding-kernels): a general gemm
+//! packs or re-reads operands for few rows, and its threading is tuned for square shapes.
+//!
+//! Deterministic: each output element is computed by exactly one thread, in a fixed order that
+//! does not depend on the chunking (see `skinny_simd`), so results are the same for any number
+//! of threads and any timing on a given binary and machine.
+
+use rayon::prelude::*;
+
+use super::skinny_simd::block_portable;
+
+/// Weight rows per micro-kernel block.
+const COLS_PER_BLOCK: usize = 4;
+/// Input rows per micro-kernel block (4 weight rows × 2 input rows = 8 accumulators + 4 weight
+/// registers: fits AVX2's 16 registers).
+const ROWS_PER_BLOCK: usize = 2;
+/// Below this many weights (elements, 256 KiB) the calling thread does the whole product:
+/// waking the pool costs about as much as the work.
+const MIN_WEIGHTS_TO_SPLIT: usize = 1 << 16;
+/// Pieces per thread a parallel call is cut into, so idle threads can take a late one's share.
+const PIECES_PER_THREAD: usize = 8;
+
+/// Bad arguments (lengths that do not match the shape).
+#[derive(Debug, thiserror::Error)]
+pub enum SkinnyError {
+    #[error("skinny matmul: {what} has {found} elements, expected {expected} for rows = {rows}, n = {n}, k = {k}")]
+    Length {
+        what: &'static str,
+        found: usize,
+        expected: usize,
+        rows: usize,
+        n: usize,
+        k: usize,
+    },
+}
+
+/// Which micro-kernel a machine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// x86-64 with AVX2 and FMA (detected at run time).
+    Avx2Fma,
+    /// Plain Rust, vectorised by the compiler for the build's baseline target.
+    Portable,
+}
+
+/// The best kernel the running CPU supports.
+pub fn detect() -> Isa {
+    if avx2_fma_available() {
+        Isa::Avx2Fma
+    } else {
+        Isa::Portable
+    }
+}
+
+fn avx2_fma_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `y[r][j] = Σ_i x[r][i] · w[j][i]` on the machine's best kernel and candle's threads.
+pub fn matmul_wt(
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    n: usize,
+    k: usize,
+    y: &mut [f32],
+) -> Result<(), SkinnyError> {
+    matmul_wt_with(x, rows, w, n, k, y, true, detect())
+}
+
+/// [`matmul_wt`] on the calling thread alone (`parallel` false) or on the pool, with the given
+/// kernel (`Isa::Avx2Fma` falls back to `Portable` on a CPU without it). For tests.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_wt_with(
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    n: usize,
+    k: usize,
+    y: &mut [f32],
+    parallel: bool,
+    isa: Isa,
+) -> Result<(), SkinnyError> {
+    let check = |what, found: usize, expected: usize| {
+        if found == expected {
+            Ok(())
+        } else {
+            Err(SkinnyError::Length {
+                what,
+                found,
+                expected,
+                rows,
+                n,
+                k,
+            })
+        }
+    };
+    check("x", x.len(), rows * k)?;
+    check("w", w.len(), n * k)?;
+    check("y", y.len(), rows * n)?;
+    if rows == 0 || n == 0 {
+        return Ok(());
+    }
+    let avx2 = isa == Isa::Avx2Fma && avx2_fma_available();
+    let blocks = n.div_ceil(COLS_PER_BLOCK);
+    let out = Out {
+        ptr: y.as_mut_ptr(),
+        len: y.len(),
+    };
+    let cols = Columns { x, rows, w, n, k };
+    // Blocks [b0, b1) are columns [4·b0, min(4·b1, n)); chunks never share a column.
+    let run = |blocks: std::ops::Range<usize>| {
+        let j1 = (blocks.end * COLS_PER_BLOCK).min(n);
+        cols.compute(blocks.start * COLS_PER_BLOCK, j1, avx2, out);
+    };
+    if parallel && n * k >= MIN_WEIGHTS_TO_SPLIT {
+        // Many small stealable pieces on rayon's global pool (where candle's gemm runs): the
+        // caller runs every piece no other thread took, so a descheduled thread on a loaded
+        // machine never holds the call up (a fixed split per thread, and candle's spinning
+        // barrier pool, did: BENCHMARKS.md#decoding-kernels).
+        let pieces = rayon::current_num_threads() * PIECES_PER_THREAD;
+        let min_len = blocks.div_ceil(pieces).max(1);
+        (0..blocks)
+            .into_par_iter()
+            .with_min_len(min_len)
+            .for_each(|b| run(b..b + 1));
+    } else {
+        run(0..blocks);
+    }
+    Ok(())
+}
+
+/// The output as a raw pointer, so chunks can write their disjoint column ranges of the same
+/// row-major buffer.
+#[derive(Clone, Copy)]
+struct Out {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: chunks write disjoint elements (distinct column ranges) and the buffer outlives the
+// pool's call, which returns only when every chunk is done.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// Writes y[idx].
+    ///
+    /// # Safety
+    /// No other chunk may access `idx` concurrently.
+    unsafe fn write(self, idx: usize, v: f32) {
+        assert!(idx < self.len, "skinny matmul output index out of range");
+        // SAFETY: in bounds (checked above); exclusivity is the caller's promise.
+        unsafe { *self.ptr.add(idx) = v };
+    }
+}
+
+/// The operands of one call.
+struct Columns<'a> {
+    x: &'a [f32],
+    rows: usize,
+    w: &'a [f32],
+    n: usize,
+    k: usize,
+}
+
+impl Columns<'_> {
+    /// Computes y[.., j0..j1] (every row).
+    fn compute(&self, j0: usize, j1: usize, avx2: bool, out: Out) {
+        let mut j = j0;
+        while j + COLS_PER_BLOCK <= j1 {
+            self.block_cols::<COLS_PER_BLOCK>(j, avx2, out);
+            j += COLS_PER_BLOCK;
+        }
+        while j < j1 {
+            self.block_cols::<1>(j, avx2, out);
+            j += 1;
+        }
+    }
+
+    /// Columns j..j+C, every row, in input-row blocks of `ROWS_PER_BLOCK` then single rows.
+    fn block_cols<const C: usize>(&self, j: usize, avx2: bool, out: Out) {
+        let w = &self.w[j * self.k..(j + C) * self.k];
+        let mut r = 0;
+        while r + ROWS_PER_BLOCK <= self.rows {
+            self.block::<C, ROWS_PER_BLOCK>(w, r, j, avx2, out);
+            r += ROWS_PER_BLOCK;
+        }
+        while r < self.rows {
+            self.block::<C, 1>(w, r, j, avx2, out);
+            r += 1;
+        }
+    }
+
+    fn block<const C: usize, const R: usize>(
+        &self,
+        w: &[f32],
+        r: usize,
+        j: usize,
+        avx2: bool,
+        out: Out,
+    ) {
+        let k = self.k;
+        let x = &self.x[r * k..(r + R) * k];
+        let mut acc = [[0f32; C]; R];
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: `avx2` is true only when the CPU has AVX2 and FMA; w holds C rows of k
+            // and x holds R rows of k (slices of exactly that length above).
+            unsafe { super::skinny_simd::block_avx2::<C, R>(w, x, k, &mut acc) };
+        } else {
+            block_portable::<C, R>(w, x, k, &mut acc);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = avx2;
+            block_portable::<C, R>(w, x, k, &mut acc);
+        }
+        for (dr, acc_r) in acc.iter().enumerate() {
+            for (dc, &v) in acc_r.iter().enumerate() {
+                // SAFETY: column j + dc lies in this chunk's range [j0, j1), which no other
+                // chunk writes.
+                unsafe { out.write((r + dr) * self.n + j + dc, v) };
+            }
+        }
+    }
+}

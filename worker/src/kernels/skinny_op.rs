@@ -1,0 +1,94 @@
+//! candle glue of the skinny matmul: `x · Wᵀ` as a forward-only `CustomOp2`, and the gate that
+//! decides when it may replace candle's matmul (docs/architecture.md#decoding-kernels).
+//!
+//! The gate admits only the decoding case: f32 on the CPU, both operands contiguous, x of
+//! 1..=[`MAX_ROWS`] rows, W of at least [`MIN_WEIGHT_ELEMENTS`], and neither operand tracked
+//! by autograd (the op has no backward, so the training path keeps candle's ops).
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+
+use super::skinny;
+
+/// Most rows (sequences decoded together) the kernel takes; more is a gemm's job.
+pub const MAX_ROWS: usize = 16;
+
+/// Smallest weight matrix (elements, 128 KiB of f32) the kernel takes. Smaller ones — the tiny
+/// test models — keep candle's matmul, so the golden files sampled from them do not move
+/// (docs/development.md#fixtures).
+pub const MIN_WEIGHT_ELEMENTS: usize = 1 << 15;
+
+/// The environment variable that opts the decoding path into the kernel (`1`).
+pub const ENABLE_VAR: &str = "MIRRORPLAY_SKINNY_MATMUL";
+
+/// Whether `model::ops::linear` uses the kernel: only when [`ENABLE_VAR`] is `1` (read once).
+/// Off by default: on the loaded 2-vCPU development VM its two-thread runs were sometimes far
+/// slower than candle's matmul (BENCHMARKS.md, the decoding-kernels section), so it stays opt-in
+/// until a quiet-machine measurement says it wins.
+pub fn enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var(ENABLE_VAR).is_ok_and(|v| v == "1"))
+}
+
+/// `x · Wᵀ` for x [rows, k] and W [n, k] by the skinny kernel, or `None` when the gate does
+/// not admit these operands (then use candle's matmul).
+pub fn try_matmul_wt(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    if !admits(x, w) {
+        return Ok(None);
+    }
+    Ok(Some(x.apply_op2_no_bwd(w, &SkinnyMatmulWt)?))
+}
+
+/// Whether the kernel may compute `x · Wᵀ` (see the module doc).
+pub fn admits(x: &Tensor, w: &Tensor) -> bool {
+    let (Ok((rows, k)), Ok((_, wk))) = (x.dims2(), w.dims2()) else {
+        return false;
+    };
+    x.device().is_cpu()
+        && w.device().is_cpu()
+        && x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && (1..=MAX_ROWS).contains(&rows)
+        && k == wk
+        && w.elem_count() >= MIN_WEIGHT_ELEMENTS
+        && x.is_contiguous()
+        && w.is_contiguous()
+        && !x.track_op()
+        && !w.track_op()
+}
+
+/// The forward-only op: lhs x [rows, k], rhs W [n, k] → [rows, n].
+struct SkinnyMatmulWt;
+
+impl CustomOp2 for SkinnyMatmulWt {
+    fn name(&self) -> &'static str {
+        "skinny-matmul-wt"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(xs), CpuStorage::F32(ws)) = (s1, s2) else {
+            candle_core::bail!("skinny-matmul-wt: f32 operands only");
+        };
+        let (rows, k) = l1.shape().dims2()?;
+        let (n, wk) = l2.shape().dims2()?;
+        if k != wk {
+            candle_core::bail!("skinny-matmul-wt: x has {k} columns but W has {wk}");
+        }
+        let contiguous = |l: &Layout, what: &str| {
+            l.contiguous_offsets().ok_or_else(|| {
+                candle_core::Error::Msg(format!("skinny-matmul-wt: {what} is not contiguous"))
+            })
+        };
+        let (x0, x1) = contiguous(l1, "x")?;
+        let (w0, w1) = contiguous(l2, "W")?;
+        let mut y = vec![0f32; rows * n];
+        skinny::matmul_wt(&xs[x0..x1], rows, &ws[w0..w1], n, k, &mut y)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok((CpuStorage::F32(y), Shape::from((rows, n))))
+    }
+}
