@@ -52,7 +52,8 @@ pub trait Log: Send + Sync {
 pub enum Driver {
     Merge(merge::MergeDriver),
     Pipeline(pipeline::PipelineDriver),
-    Train(train::TrainDriver),
+    /// Boxed: it holds a whole SFT or self-play spec, larger than the other drivers.
+    Train(Box<train::TrainDriver>),
     RewardTrain(reward_train::RewardTrainDriver),
     Score(score::ScoreDriver),
     Bon(bon::BonDriver),
@@ -68,16 +69,18 @@ impl Driver {
             Some(job_spec::Kind::Pipeline(p)) => {
                 Ok(Driver::Pipeline(pipeline::PipelineDriver::new(p.clone())))
             }
-            Some(job_spec::Kind::Sft(s)) => Ok(Driver::Train(train::TrainDriver::new(
+            Some(job_spec::Kind::Sft(s)) => Ok(Driver::Train(Box::new(train::TrainDriver::new(
                 train_task::Spec::Sft(s.clone()),
                 spec.output.clone(),
                 spec.seed,
-            ))),
-            Some(job_spec::Kind::Selfplay(s)) => Ok(Driver::Train(train::TrainDriver::new(
-                train_task::Spec::Selfplay(s.clone()),
-                spec.output.clone(),
-                spec.seed,
-            ))),
+            )))),
+            Some(job_spec::Kind::Selfplay(s)) => {
+                Ok(Driver::Train(Box::new(train::TrainDriver::new(
+                    train_task::Spec::Selfplay(s.clone()),
+                    spec.output.clone(),
+                    spec.seed,
+                ))))
+            }
             Some(job_spec::Kind::RewardTrain(r)) => Ok(Driver::RewardTrain(
                 reward_train::RewardTrainDriver::new(r.clone(), spec.output.clone(), spec.seed),
             )),

@@ -4,8 +4,8 @@
 //! decides when a kernel may replace a candle op (never where a gradient is needed).
 
 pub mod skinny;
-mod skinny_simd;
 pub mod skinny_op;
+mod skinny_simd;
 
 #[cfg(test)]
 mod skinny_tests;

@@ -22,7 +22,7 @@ pub const ENABLE_VAR: &str = "MIRRORPLAY_SKINNY_MATMUL";
 
 /// Whether `model::ops::linear` uses the kernel: only when [`ENABLE_VAR`] is `1` (read once).
 /// Off by default: on the loaded 2-vCPU development VM its two-thread runs were sometimes far
-/// slower than candle's matmul (BENCHMARKS.md, the decoding-kernels section), so it stays opt-in
+/// slower than candle's matmul (BENCHMARKS.md#decoding-kernels), so it stays opt-in
 /// until a quiet-machine measurement says it wins.
 pub fn enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

@@ -74,7 +74,8 @@ pub(super) unsafe fn block_avx2<const C: usize, const R: usize>(
     let mut i = 0;
     while i < body {
         // SAFETY: i + 8 <= body <= k, so every load stays inside row c of w / row r of x.
-        let wv: [__m256; C] = std::array::from_fn(|c| unsafe { _mm256_loadu_ps(wp.add(c * k + i)) });
+        let wv: [__m256; C] =
+            std::array::from_fn(|c| unsafe { _mm256_loadu_ps(wp.add(c * k + i)) });
         for (r, acc_r) in acc.iter_mut().enumerate() {
             // SAFETY: as above.
             let xv = unsafe { _mm256_loadu_ps(xp.add(r * k + i)) };

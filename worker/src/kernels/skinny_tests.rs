@@ -8,7 +8,9 @@ use super::skinny_op::{admits, try_matmul_wt, MAX_ROWS, MIN_WEIGHT_ELEMENTS};
 
 /// Reproducible values in [−1, 1) (a 64-bit LCG).
 fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             s = s
@@ -22,10 +24,20 @@ fn values(len: usize, seed: u64) -> Vec<f32> {
 /// candle's x · Wᵀ in f64, and Σ_i |x_i · w_i| per element (the error scale of a dot product).
 fn reference(x: &[f32], rows: usize, w: &[f32], n: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
     let dev = Device::Cpu;
-    let xt = Tensor::from_slice(x, (rows, k), &dev).unwrap().to_dtype(DType::F64).unwrap();
-    let wt = Tensor::from_slice(w, (n, k), &dev).unwrap().to_dtype(DType::F64).unwrap();
+    let xt = Tensor::from_slice(x, (rows, k), &dev)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let wt = Tensor::from_slice(w, (n, k), &dev)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
     let y = xt.matmul(&wt.t().unwrap()).unwrap();
-    let scale = xt.abs().unwrap().matmul(&wt.abs().unwrap().t().unwrap()).unwrap();
+    let scale = xt
+        .abs()
+        .unwrap()
+        .matmul(&wt.abs().unwrap().t().unwrap())
+        .unwrap();
     let flat = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
     (flat(y), flat(scale))
 }
@@ -86,11 +98,17 @@ fn results_are_bitwise_the_same_across_runs_and_thread_counts() {
     }
     let mut alone = vec![0f32; rows * n];
     matmul_wt_with(&x, rows, &w, n, k, &mut alone, false, detect()).unwrap();
-    assert!(alone == first, "the calling thread alone differs from the pool");
+    assert!(
+        alone == first,
+        "the calling thread alone differs from the pool"
+    );
     // A row's results do not depend on the other rows of the batch.
     let mut one = vec![0f32; n];
     matmul_wt(&x[3 * k..4 * k], 1, &w, n, k, &mut one).unwrap();
-    assert!(one[..] == first[3 * n..4 * n], "row 3 alone differs from row 3 in a batch");
+    assert!(
+        one[..] == first[3 * n..4 * n],
+        "row 3 alone differs from row 3 in a batch"
+    );
 }
 
 #[test]
@@ -99,12 +117,21 @@ fn wrong_lengths_are_errors() {
     let mut y = vec![0f32; 8];
     assert!(matmul_wt(&x, 2, &w, 4, 3, &mut y).is_ok());
     let err = matmul_wt(&x, 2, &w, 5, 3, &mut y).unwrap_err();
-    assert!(matches!(err, SkinnyError::Length { what: "w", .. }), "{err}");
+    assert!(
+        matches!(err, SkinnyError::Length { what: "w", .. }),
+        "{err}"
+    );
     let err = matmul_wt(&x, 3, &w, 4, 3, &mut y).unwrap_err();
-    assert!(matches!(err, SkinnyError::Length { what: "x", .. }), "{err}");
+    assert!(
+        matches!(err, SkinnyError::Length { what: "x", .. }),
+        "{err}"
+    );
     let mut short = vec![0f32; 7];
     let err = matmul_wt(&x, 2, &w, 4, 3, &mut short).unwrap_err();
-    assert!(matches!(err, SkinnyError::Length { what: "y", .. }), "{err}");
+    assert!(
+        matches!(err, SkinnyError::Length { what: "y", .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -132,10 +159,19 @@ fn the_gate_admits_only_untracked_contiguous_f32_decoding_shapes() -> candle_cor
     let refused = [
         ("too many rows", admits(&many, &w)),
         ("small weight", admits(&x, &small)),
-        ("f64", admits(&x.to_dtype(DType::F64)?, &w.to_dtype(DType::F64)?)),
+        (
+            "f64",
+            admits(&x.to_dtype(DType::F64)?, &w.to_dtype(DType::F64)?),
+        ),
         ("tracked weight", admits(&x, var.as_tensor())),
-        ("non-contiguous weight", admits(&x, &w.t()?.t()?.narrow(1, 0, k - 1)?)),
-        ("mismatched k", admits(&x.narrow(1, 0, k - 1)?.contiguous()?, &w)),
+        (
+            "non-contiguous weight",
+            admits(&x, &w.t()?.t()?.narrow(1, 0, k - 1)?),
+        ),
+        (
+            "mismatched k",
+            admits(&x.narrow(1, 0, k - 1)?.contiguous()?, &w),
+        ),
     ];
     for (what, admitted) in refused {
         assert!(!admitted, "{what} was admitted");

@@ -23,10 +23,17 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 #[test]
 fn token_by_token_decoding_matches_a_full_forward_for_every_cache_sizing() -> Result<()> {
     let model = init_random(&ModelConfig::tiny(32), 3, false, &Device::Cpu)?;
-    let rows: Vec<Vec<u32>> = vec![vec![1, 5, 9, 2, 7, 4, 11, 3], vec![6, 8, 10, 12, 14, 16, 18, 20]];
+    let rows: Vec<Vec<u32>> = vec![
+        vec![1, 5, 9, 2, 7, 4, 11, 3],
+        vec![6, 8, 10, 12, 14, 16, 18, 20],
+    ];
     let full = model.logits(&rows, &[vec![true; 8], vec![true; 8]])?;
     let token_at = |r: usize, pos: usize| rows[r][pos];
-    for mut cache in [KvCache::new(), KvCache::with_capacity(2), KvCache::with_capacity(64)] {
+    for mut cache in [
+        KvCache::new(),
+        KvCache::with_capacity(2),
+        KvCache::with_capacity(64),
+    ] {
         // A prompt of 3, then one token per call; row 0 leaves after position 5.
         let prompt: Vec<Vec<u32>> = rows.iter().map(|r| r[..3].to_vec()).collect();
         model.forward_hidden(&prompt, &[vec![true; 3], vec![true; 3]], &mut cache)?;

@@ -349,9 +349,7 @@ impl Model {
         // Query heads sharing a KV head are stacked along the rows: [b, kvh, g·t, d].
         let q = (q.contiguous()?.reshape((b, kvh, g * t, d))? * (1.0 / (d as f64).sqrt()))?;
         // Kᵀ as a strided view: the gemm reads the cache in place (no per-token copy).
-        let scores = q
-            .matmul(&k.transpose(2, 3)?)?
-            .reshape((b, kvh, g, t, s))?;
+        let scores = q.matmul(&k.transpose(2, 3)?)?.reshape((b, kvh, g, t, s))?;
         let probs = ops::softmax(&scores.broadcast_add(mask)?)?.reshape((b, kvh, g * t, s))?;
         let out = probs
             .matmul(&v)?
