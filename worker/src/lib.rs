@@ -22,3 +22,6 @@ pub mod runtime;
 pub mod sample;
 pub mod tasks;
 pub mod train;
+
+#[cfg(test)]
+mod test_support;

@@ -29,7 +29,7 @@ use crate::train::prompts::PromptFormat;
 use crate::train::{self, compute_dtype};
 
 /// The sequence-classification head's tensor (the only one trained with a shared backbone).
-const HEAD: &str = "score.weight";
+pub(crate) const HEAD: &str = "score.weight";
 
 /// Pairs scored per forward pass in evaluation (two rows each).
 const EVAL_BATCH: usize = 64;

@@ -6,15 +6,13 @@
 
 use candle_core::Tensor;
 
+use super::member::HEAD;
 use super::RewardError;
 use crate::model::{Model, Tokenizer};
 use crate::preference::reward_model::{RewardModelJudge, BATCH};
 use crate::preference::PromptRow;
 use crate::sample::classify_completions;
 use crate::train::models::Loaded;
-
-/// The `score` head's tensor name.
-const HEAD: &str = "score.weight";
 
 pub struct SharedHeads {
     /// The shared backbone with the K stacked heads (`num_labels` = K).

@@ -2,6 +2,7 @@
 //! backbone, one forward pass scores every member exactly as each member scores alone, and a
 //! manifest that claims sharing over different backbones is refused.
 
+use crate::test_support::block_on;
 use std::path::Path;
 
 use candle_core::Device;
@@ -40,14 +41,6 @@ fn write_manifest(dir: &Path, members: &[&str], shared_backbone: bool) -> String
     let path = dir.join(FILE_NAME);
     std::fs::write(&path, m.to_json()).unwrap();
     format!("file://{}", path.display())
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
 }
 
 /// Some held-out Goodhart pairs as (prompt rows, completions), both sides of each pair.

@@ -14,6 +14,7 @@
 //! parameter, read back from the saved model: with lr = 1, ε = 1, no weight decay and no
 //! clipping, AdamW's first step is Δθ = −g/(|g| + 1) per element, so g = −Δθ/(1 − |Δθ|).
 
+use crate::test_support::block_on;
 use candle_core::{DType, Device, Tensor};
 use mirrorplay_proto::v1::{
     model_source, train_task, Labels as LabelsSpec, ModelSource, NashKlGrad as NashSpec,
@@ -196,14 +197,6 @@ fn other_reference(dir: &std::path::Path) -> ModelSource {
     ModelSource {
         source: Some(model_source::Source::Url(path.to_str().unwrap().into())),
     }
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
 }
 
 /// The one-step spec of `case`: B prompts in two micro-batches, AdamW with lr = 1 and ε = 1,

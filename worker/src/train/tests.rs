@@ -265,16 +265,12 @@ fn write_model(
     let config = ModelConfig::tiny_with(vocab, 32, 1, 2, 1, 64);
     let model = init_random(&config, 5, false, &candle_core::Device::Cpu).unwrap();
     let path = dir.join("policy");
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(
-            Pretrained::from_parts(model, Some(tokenizer))
-                .unwrap()
-                .save(path.to_str().unwrap(), &SaveOptions::default()),
-        )
-        .unwrap();
+    crate::test_support::block_on(
+        Pretrained::from_parts(model, Some(tokenizer))
+            .unwrap()
+            .save(path.to_str().unwrap(), &SaveOptions::default()),
+    )
+    .unwrap();
     ModelSource {
         source: Some(model_source::Source::Url(path.to_str().unwrap().into())),
     }
