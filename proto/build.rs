@@ -4,6 +4,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "mirrorplay/v1/jobs.proto",
+        "mirrorplay/v1/merge.proto",
         "mirrorplay/v1/coordinator.proto",
     ];
     for file in files {

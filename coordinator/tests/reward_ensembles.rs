@@ -79,6 +79,15 @@ reference = "stage:sft"
 lsc_samples = 4
 
 [[stage]]
+name = "score_pairs"
+kind = "score"
+[stage.score]
+ensemble = "stage:reward"
+data = "PAIRS"
+shard_rows = 5
+normalize = "none"
+
+[[stage]]
 name = "reward_shared"
 kind = "reward_train"
 [stage.reward_train]
@@ -146,10 +155,31 @@ fn local(tmp: &Path, name: &str, text: &str) -> std::process::Output {
 fn ensembles_train_score_best_of_n_and_drive_self_play() {
     let tmp = tempfile::tempdir().unwrap();
     let data = repo_root().join("examples/goodhart-completions.jsonl");
+    // Pairs from the same rows: row 2i's prompt, its completion chosen, row 2i+1's rejected.
+    let rows: Vec<Value> = std::fs::read_to_string(&data)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let pairs_path = tmp.path().join("pairs.jsonl");
+    let pairs: String = rows
+        .chunks(2)
+        .map(|two| {
+            let pair = serde_json::json!({
+                "prompt": two[0]["prompt"],
+                "chosen": two[0]["completion"],
+                "rejected": two[1]["completion"],
+            });
+            format!("{pair}\n")
+        })
+        .collect();
+    std::fs::write(&pairs_path, pairs).unwrap();
     let o = local(
         tmp.path(),
         "pipe",
-        &PIPELINE.replace("DATA", data.to_str().unwrap()),
+        &PIPELINE
+            .replace("DATA", data.to_str().unwrap())
+            .replace("PAIRS", pairs_path.to_str().unwrap()),
     );
     let err = stderr(&o);
     assert!(o.status.success(), "pipeline failed: {err}");
@@ -289,6 +319,76 @@ fn ensembles_train_score_best_of_n_and_drive_self_play() {
         );
     }
 
+    // Pairs: both completions scored; the chosen one's raw scores are the single row's (same
+    // prompt, same completion); prefers_chosen and the summary's accuracy follow from the scores.
+    let single_raw: Vec<Vec<f64>> = parts
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let v: Value = serde_json::from_str(l).unwrap();
+                    v["raw"].as_array().unwrap().iter().map(f).collect()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let pair_summary = json(&out.join("score_pairs/summary.json"));
+    assert_eq!(pair_summary["rows"], 12, "{pair_summary}");
+    assert_eq!(pair_summary["pairs"], 12, "{pair_summary}");
+    assert_eq!(pair_summary["completions"], 24, "{pair_summary}");
+    let mut prefers = [0.0; 6];
+    let mut pair_lines = 0;
+    let mut pair_parts: Vec<_> = std::fs::read_dir(out.join("score_pairs/scores"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    pair_parts.sort();
+    for part in &pair_parts {
+        for line in std::fs::read_to_string(part).unwrap().lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            let i = v["row"].as_u64().unwrap() as usize;
+            let chosen_raw: Vec<f64> = v["chosen"]["raw"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(f)
+                .collect();
+            for k in 0..2 {
+                assert!(
+                    (chosen_raw[k] - single_raw[2 * i][k]).abs() < 1e-4,
+                    "pair {i} member {k}: {v} vs {:?}",
+                    single_raw[2 * i]
+                );
+            }
+            for (s, name) in scorers.iter().enumerate().filter(|(_, n)| **n != "lsc") {
+                let c = f(&v["chosen"]["scores"][*name]);
+                let r = f(&v["rejected"]["scores"][*name]);
+                assert_eq!(v["prefers_chosen"][*name], c > r, "{name}: {v}");
+                prefers[s] += if c > r {
+                    1.0
+                } else if c == r {
+                    0.5
+                } else {
+                    0.0
+                };
+            }
+            pair_lines += 1;
+        }
+    }
+    assert_eq!(pair_lines, 12);
+    for (s, name) in scorers.iter().enumerate().filter(|(_, n)| **n != "lsc") {
+        assert!(
+            (f(&pair_summary["accuracy"][*name]) - prefers[s] / 12.0).abs() < 1e-12,
+            "{name}: {pair_summary}"
+        );
+    }
+    assert!(
+        pair_summary["accuracy"].get("lsc").is_none(),
+        "no reference, no lsc"
+    );
+
     // A shared-backbone ensemble (scored with one forward pass for both heads; that the
     // backbone stays frozen and the pass equals each member alone is checked in the worker's
     // `reward::shared_heads` tests): one raw score per member.
@@ -357,6 +457,20 @@ fn bad_inputs(tmp: &Path, pipe: &Path) {
     let err = score("malformed", &manifest, &bad);
     assert!(
         err.contains(&format!("{}:2", bad.display())) && err.contains("completion"),
+        "{err}"
+    );
+
+    // A file mixing single completions and pairs: file:line of the first row of the other form.
+    let mixed = tmp.join("mixed.jsonl");
+    std::fs::write(
+        &mixed,
+        "{\"prompt\": \"<s> 1 2 3 4 <sep>\", \"completion\": \"1 2\"}\n\
+         {\"prompt\": \"<s> 1 2 3 4 <sep>\", \"chosen\": \"1 2\", \"rejected\": \"3\"}\n",
+    )
+    .unwrap();
+    let err = score("mixed", &manifest, &mixed);
+    assert!(
+        err.contains(&format!("{}:2", mixed.display())) && err.contains("one form per file"),
         "{err}"
     );
 

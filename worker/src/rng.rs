@@ -40,6 +40,9 @@ pub enum Purpose {
     ProxyData = 10,
     /// The seed of one member of a reward-model ensemble (`reward::member`).
     RewardMember = 11,
+    /// SFT examples drawn from a task's base sampler (`Task::sft_example`); kept apart from
+    /// `Sample` so an SFT row and a self-play sample with the same (seed, step, index) differ.
+    SftExample = 12,
 }
 
 /// A key identifying one stream.

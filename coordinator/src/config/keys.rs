@@ -64,7 +64,7 @@ pub const SECTIONS: &[Section] = &[
     Section {
         table: "score",
         heading: "`[score]`",
-        about: "Scores a JSONL of completions with an ensemble, in shards across workers: `OUTPUT/scores/part-NNNNN.jsonl` and `OUTPUT/summary.json` (docs/algorithms.md §2).",
+        about: "Scores a JSONL of completions or of chosen/rejected pairs with an ensemble, in shards across workers: `OUTPUT/scores/part-NNNNN.jsonl` and `OUTPUT/summary.json` (docs/algorithms.md §2).",
     },
     Section {
         table: "bon",
@@ -230,7 +230,7 @@ pub const KEYS: &[KeyDoc] = &[
     k("reward_train.tiny", "initializer_range", "The std of the normal init of every weight matrix (transformers' `initializer_range`); transformers' tiny Llama learns Goodhart-Digits' proxy pairs faster from 0.1 than from 0.02 (`scripts/proxy_learnability.py`, RESULTS.md)."),
     // scoring.rs
     k("score", "ensemble", ENSEMBLE),
-    k("score", "data", "Rows to score, JSONL (path or URL): `{\"prompt\", \"completion\"}` or `{\"messages\": [...]}` ending with the assistant's completion."),
+    k("score", "data", "Rows to score, JSONL (path or URL), one form per file: single completions (`{\"prompt\", \"completion\"}` or `{\"messages\": [...]}` ending with the assistant's completion) or labelled pairs (`{\"prompt\", \"chosen\", \"rejected\"}` or `chosen`/`rejected` message lists), whose summary adds each scorer's accuracy."),
     k("score", "shard_rows", "Rows per shard task."),
     k("score", "normalize", NORMALIZE_SCORING),
     k("score", "uwo_lambda", UWO_LAMBDA),

@@ -19,8 +19,9 @@ use mirrorplay_worker::io::store::Location;
 use mirrorplay_worker::jobs::merge_shard::{
     dtype_from_proto, dtype_to_proto, method_from_spec, num_chunks,
 };
+use mirrorplay_worker::jobs::merge_wire;
 use mirrorplay_worker::merge::passes::{SweepStats, UnitPlan};
-use mirrorplay_worker::merge::{wire, Method, Scope};
+use mirrorplay_worker::merge::{Method, Scope};
 
 use super::{DriverError, Log, NewTask, Step};
 
@@ -154,7 +155,7 @@ impl MergeDriver {
                     i as u32,
                     MergeUnitSweep {
                         unit: i as u32,
-                        sweep: wire::encode_sweep(&sweep),
+                        sweep: Some(merge_wire::sweep_to_proto(&sweep)),
                     },
                 ));
             }
@@ -241,7 +242,13 @@ impl MergeDriver {
                             s.unit
                         ))
                     })?;
-                    let decoded = wire::decode_stats(&s.stats)
+                    let decoded = s
+                        .stats
+                        .as_ref()
+                        .ok_or_else(|| {
+                            mirrorplay_worker::merge::MergeError::Counts("no statistics".into())
+                        })
+                        .and_then(merge_wire::stats_from_proto)
                         .map_err(|e| DriverError::Invalid(format!("task `{key}`: {e}")))?;
                     let acc = unit.stats.as_mut().ok_or_else(|| {
                         DriverError::Invalid(format!(

@@ -1,13 +1,16 @@
-//! The score driver: checks every row of the data and the ensemble manifest before any work,
-//! splits the rows into shards of `shard_rows` (one task each, any worker), and when all are
-//! scored writes `OUTPUT/summary.json`: rows, each scorer's mean and the mean ensemble
-//! variance. Each shard writes its own `OUTPUT/scores/part-NNNNN.jsonl`.
+//! The score driver: checks every row of the data (`reward::score_rows`: single completions or
+//! chosen/rejected pairs, one form per file) and the ensemble manifest before any work, splits
+//! the rows into shards of `shard_rows` (one task each, any worker), and when all are scored
+//! writes `OUTPUT/summary.json`: rows, completions, each scorer's mean over completions and the
+//! mean ensemble variance, and for pairs each scorer's accuracy (the fraction of pairs whose
+//! chosen completion it scores higher, ties ½). Each shard writes its own
+//! `OUTPUT/scores/part-NNNNN.jsonl`.
 
 use mirrorplay_proto::v1::{task, task_result, ScoreShardTask, ScoreSpec, TaskResult};
-use mirrorplay_worker::io::jsonl::{bad, read_objects};
+use mirrorplay_worker::io::jsonl::read_objects;
 use mirrorplay_worker::io::Location;
 use mirrorplay_worker::preference::manifest::Manifest;
-use mirrorplay_worker::train::prompts::example_text;
+use mirrorplay_worker::reward::score_rows::{check_rows, RowForm};
 use serde_json::json;
 
 use super::{inputs, DriverError, Log, NewTask, Step};
@@ -19,9 +22,13 @@ pub struct ScoreDriver {
     shards: usize,
     done: usize,
     rows: u64,
+    completions: u64,
+    pairs: u64,
+    form: Option<RowForm>,
     scorers: Vec<String>,
     sums: Vec<f64>,
     variance_sum: f64,
+    prefers_chosen: Vec<f64>,
     /// The files it reads, found when planning (job.json).
     inputs: Vec<inputs::Input>,
 }
@@ -35,9 +42,13 @@ impl ScoreDriver {
             shards: 0,
             done: 0,
             rows: 0,
+            completions: 0,
+            pairs: 0,
+            form: None,
             scorers: vec![],
             sums: vec![],
             variance_sum: 0.0,
+            prefers_chosen: vec![],
             inputs: vec![],
         }
     }
@@ -62,12 +73,7 @@ impl ScoreDriver {
         self.inputs = inputs::files_at(&urls).await;
         let url = &self.spec.data_url;
         let objects = read_objects(url).await?;
-        for (line, obj) in &objects {
-            example_text(obj).map_err(|r| bad(url, *line, r))?;
-        }
-        if objects.is_empty() {
-            return Err(bad(url, 0, "holds no rows".into()).into());
-        }
+        self.form = Some(check_rows(url, &objects)?);
         let per = self.spec.shard_rows.max(1) as usize;
         let tasks: Vec<NewTask> = (0..objects.len())
             .step_by(per)
@@ -88,8 +94,12 @@ impl ScoreDriver {
             .collect();
         self.shards = tasks.len();
         log.info(format!(
-            "score: {} rows of {url} in {} shards, writing under {}",
+            "score: {} rows ({}) of {url} in {} shards, writing under {}",
             objects.len(),
+            match self.form {
+                Some(RowForm::Pair) => "chosen/rejected pairs",
+                _ => "single completions",
+            },
             tasks.len(),
             self.output
         ));
@@ -110,8 +120,12 @@ impl ScoreDriver {
         if self.scorers.is_empty() {
             self.scorers = r.scorers.clone();
             self.sums = vec![0.0; r.scorers.len()];
+            self.prefers_chosen = vec![0.0; r.scorers.len()];
         }
-        if r.scorers != self.scorers || r.sums.len() != self.sums.len() {
+        if r.scorers != self.scorers
+            || r.sums.len() != self.sums.len()
+            || (r.pairs > 0 && r.prefers_chosen.len() != self.prefers_chosen.len())
+        {
             return Err(DriverError::Invalid(format!(
                 "task `{key}` scored with {:?}, other shards with {:?}",
                 r.scorers, self.scorers
@@ -120,21 +134,29 @@ impl ScoreDriver {
         for (s, v) in self.sums.iter_mut().zip(&r.sums) {
             *s += v;
         }
+        for (s, v) in self.prefers_chosen.iter_mut().zip(&r.prefers_chosen) {
+            *s += v;
+        }
         self.variance_sum += r.variance_sum;
         self.rows += r.rows;
+        self.completions += r.completions;
+        self.pairs += r.pairs;
         self.done += 1;
         if self.done < self.shards {
             return Ok(Step::Wait);
         }
-        let n = self.rows.max(1) as f64;
-        let means: serde_json::Map<String, serde_json::Value> = self
-            .scorers
-            .iter()
-            .zip(&self.sums)
-            .map(|(name, s)| (name.clone(), json!(s / n)))
-            .collect();
-        let summary = json!({
+        let n = self.completions.max(1) as f64;
+        let per_scorer = |values: &[f64], d: f64| -> serde_json::Map<String, serde_json::Value> {
+            self.scorers
+                .iter()
+                .zip(values)
+                .map(|(name, s)| (name.clone(), json!(s / d)))
+                .collect()
+        };
+        let means = per_scorer(&self.sums, n);
+        let mut summary = json!({
             "rows": self.rows,
+            "completions": self.completions,
             "ensemble": self.spec.ensemble,
             "data": self.spec.data_url,
             "normalize": self.spec.normalize,
@@ -143,11 +165,31 @@ impl ScoreDriver {
             "mean_variance": self.variance_sum / n,
             "parts": format!("{}/scores/", self.output),
         });
+        if self.pairs > 0 {
+            let fields = summary.as_object_mut().expect("an object");
+            fields.insert("pairs".into(), json!(self.pairs));
+            fields.insert(
+                "accuracy".into(),
+                json!(per_scorer(&self.prefers_chosen, self.pairs as f64)),
+            );
+        }
         let url = format!("{}/summary.json", self.output);
         Location::parse(&url)?
             .put(serde_json::to_vec_pretty(&summary).expect("JSON"))
             .await?;
         log.info(format!("scored {} rows; summary: {url}", self.rows));
+        if self.pairs > 0 {
+            let acc = |name: &str| {
+                let i = self.scorers.iter().position(|s| s == name)?;
+                Some(self.prefers_chosen[i] / self.pairs as f64)
+            };
+            if let (Some(mean), Some(wco)) = (acc("mean"), acc("wco")) {
+                log.info(format!(
+                    "pair accuracy over {} pairs: mean {mean:.3}, wco {wco:.3} (every scorer in the summary)",
+                    self.pairs
+                ));
+            }
+        }
         Ok(Step::Done)
     }
 }

@@ -15,13 +15,14 @@ use mirrorplay_proto::v1::{
     MergeSpec, MergeStatsResult, MergeTensor, MergeUnitStats, PcbInter, TensorSource,
 };
 
+use super::merge_wire;
 use super::{JobError, Progress};
 use crate::io::dtype::{encode_f32_owned, Dtype};
 use crate::io::safetensors::{pt_metadata, TensorLayout};
 use crate::io::store::Location;
 use crate::io::writer::SafetensorsWriter;
 use crate::merge::passes::{self, ChunkStats, Sweep};
-use crate::merge::{self, wire, Chunk, Method};
+use crate::merge::{self, Chunk, Method};
 
 pub fn dtype_from_proto(d: i32) -> Option<Dtype> {
     match ProtoDtype::try_from(d).ok()? {
@@ -334,7 +335,13 @@ fn decode_sweeps(task: &MergeShardTask) -> Result<HashMap<u32, Sweep>, JobError>
         .map(|s| {
             Ok((
                 s.unit,
-                wire::decode_sweep(&s.sweep).map_err(|e| JobError::InvalidTask(e.to_string()))?,
+                s.sweep
+                    .as_ref()
+                    .ok_or_else(|| JobError::InvalidTask(format!("unit {} has no sweep", s.unit)))
+                    .and_then(|w| {
+                        merge_wire::sweep_from_proto(w)
+                            .map_err(|e| JobError::InvalidTask(e.to_string()))
+                    })?,
             ))
         })
         .collect()
@@ -427,14 +434,14 @@ pub async fn run_stats(
         stats.push(MergeUnitStats {
             unit,
             chunk,
-            stats: wire::encode_stats(&s),
+            stats: Some(merge_wire::stats_to_proto(&s)),
         });
     }
     for (unit, chunk, s) in std::mem::take(&mut *per_chunk.lock().expect("per-chunk lock")) {
         stats.push(MergeUnitStats {
             unit,
             chunk,
-            stats: wire::encode_stats(&s),
+            stats: Some(merge_wire::stats_to_proto(&s)),
         });
     }
     Ok(MergeStatsResult { stats })

@@ -2,6 +2,7 @@
 //! the runtime on a task and knows nothing about gRPC connections, leases or retries.
 
 pub mod merge_shard;
+pub mod merge_wire;
 
 use mirrorplay_proto::v1::{task, task_result, Task, TaskResult};
 

@@ -27,7 +27,6 @@ pub mod task_arithmetic;
 pub mod ties;
 pub mod validate;
 pub mod vmath;
-pub mod wire;
 
 #[cfg(test)]
 mod fixture_tests;

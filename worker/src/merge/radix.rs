@@ -144,59 +144,67 @@ impl Histogram {
         None
     }
 
-    /// Sparse: `u8 0, u32 nnz, nnz × (u16 index, varint count)`; dense: `u8 1, 65 536 × varint
-    /// count`; whichever is shorter (LEB128 varints: counts below 128 take one byte).
-    fn encode(&self, out: &mut Vec<u8>) {
-        let nonzero: Vec<(u16, u64)> = self.nonzero().collect();
-        let sparse_len: usize = nonzero.iter().map(|&(_, c)| 2 + varint_len(c)).sum();
-        let dense_len: usize = self.counts.iter().map(|&c| varint_len(c)).sum();
-        if sparse_len + 4 <= dense_len {
-            out.push(0);
-            out.extend_from_slice(&(nonzero.len() as u32).to_le_bytes());
-            for (b, c) in nonzero {
-                out.extend_from_slice(&b.to_le_bytes());
-                put_varint(out, c);
-            }
-        } else {
-            out.push(1);
-            for &c in &self.counts {
-                put_varint(out, c);
-            }
-        }
+    /// Every bucket's count, bucket 0 first (the dense form).
+    pub fn dense(&self) -> &[u64] {
+        &self.counts
     }
 
-    fn decode(bytes: &mut &[u8]) -> Result<Histogram> {
+    /// Whether listing the non-zero buckets with their counts is shorter than every count in
+    /// bucket order, both as protobuf varints (a high round over model weights uses a few
+    /// hundred buckets; a low round over a full bucket uses most of them).
+    pub fn prefers_sparse(&self) -> bool {
+        let sparse: usize = self
+            .nonzero()
+            .map(|(b, c)| varint_len(b as u64) + varint_len(c))
+            .sum();
+        let dense: usize = self.counts.iter().map(|&c| varint_len(c)).sum();
+        sparse < dense
+    }
+
+    /// A histogram from its non-zero buckets (strictly increasing, each below [`BUCKETS`]) and
+    /// their counts.
+    pub fn from_sparse(buckets: &[u32], counts: &[u64]) -> Result<Histogram> {
+        if buckets.len() != counts.len() {
+            return Err(MergeError::Counts(format!(
+                "histogram lists {} buckets but {} counts",
+                buckets.len(),
+                counts.len()
+            )));
+        }
         let mut h = Histogram::new();
-        let [form] = take::<1>(bytes)?;
-        match form {
-            0 => {
-                let n = take_u32(bytes)? as usize;
-                if n > BUCKETS {
-                    return Err(MergeError::Counts(format!("{n} buckets in a histogram")));
-                }
-                let mut last: Option<u16> = None;
-                for _ in 0..n {
-                    let b = take_u16(bytes)?;
-                    if last.is_some_and(|l| l >= b) {
-                        return Err(MergeError::Counts(
-                            "histogram buckets not increasing".into(),
-                        ));
-                    }
-                    last = Some(b);
-                    h.counts[b as usize] = take_varint(bytes)?;
-                }
+        let mut last: Option<u32> = None;
+        for (&b, &c) in buckets.iter().zip(counts) {
+            if b as usize >= BUCKETS {
+                return Err(MergeError::Counts(format!(
+                    "histogram bucket {b} ≥ {BUCKETS}"
+                )));
             }
-            1 => {
-                for c in h.counts.iter_mut() {
-                    *c = take_varint(bytes)?;
-                }
+            if last.is_some_and(|l| l >= b) {
+                return Err(MergeError::Counts(
+                    "histogram buckets not increasing".into(),
+                ));
             }
-            f => return Err(MergeError::Counts(format!("unknown histogram form {f}"))),
+            last = Some(b);
+            h.counts[b as usize] = c;
         }
         Ok(h)
     }
+
+    /// A histogram from every bucket's count ([`BUCKETS`] of them).
+    pub fn from_dense(counts: &[u64]) -> Result<Histogram> {
+        if counts.len() != BUCKETS {
+            return Err(MergeError::Counts(format!(
+                "dense histogram has {} counts, not {BUCKETS}",
+                counts.len()
+            )));
+        }
+        Ok(Histogram {
+            counts: counts.to_vec(),
+        })
+    }
 }
 
+/// Bytes of `v` as a LEB128 (protobuf) varint.
 fn varint_len(mut v: u64) -> usize {
     let mut n = 1;
     while v >= 0x80 {
@@ -204,41 +212,6 @@ fn varint_len(mut v: u64) -> usize {
         n += 1;
     }
     n
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn take_varint(bytes: &mut &[u8]) -> Result<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let [b] = take::<1>(bytes)?;
-        v |= ((b & 0x7F) as u64) << shift;
-        if b & 0x80 == 0 {
-            return Ok(v);
-        }
-    }
-    Err(MergeError::Counts("varint longer than 64 bits".into()))
-}
-
-fn take<const N: usize>(bytes: &mut &[u8]) -> Result<[u8; N]> {
-    if bytes.len() < N {
-        return Err(MergeError::Counts("truncated counts".into()));
-    }
-    let (head, rest) = bytes.split_at(N);
-    *bytes = rest;
-    Ok(head.try_into().expect("length checked"))
-}
-fn take_u16(bytes: &mut &[u8]) -> Result<u16> {
-    take::<2>(bytes).map(u16::from_le_bytes)
-}
-fn take_u32(bytes: &mut &[u8]) -> Result<u32> {
-    take::<4>(bytes).map(u32::from_le_bytes)
 }
 
 /// What one counting round of a [`Selection`] needs from every value of the stream.
@@ -255,7 +228,7 @@ pub enum Round {
 pub struct NanAt(pub usize);
 
 /// What workers count for one round of one [`Selection`]: a pure function of the multiset of
-/// values fed, merged by addition ([`Counts::merge`]), sent as [`Counts::to_bytes`].
+/// values fed, merged by addition ([`Counts::merge`]); sent as protobuf by `jobs::merge_wire`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Counts {
     round: Round,
@@ -337,69 +310,40 @@ impl Counts {
         Ok(())
     }
 
-    /// Compact serialisation for task results: little-endian
-    /// `u8 version=1, u8 round (0 high, 1 low), u8 has_max, u32 max_key, u32 num_buckets,
-    /// num_buckets × u16 bucket`, then each histogram sparse or dense, whichever is shorter (see
-    /// `Histogram::encode`): a few KiB for a high round over model weights, at most ~64 KiB
-    /// (dense, counts < 128) to 128 KiB (counts < 16 384) per histogram for a full low bucket.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = vec![1u8];
-        let buckets: &[u16] = match &self.round {
-            Round::High => {
-                out.push(0);
-                &[]
-            }
-            Round::Low(b) => {
-                out.push(1);
-                b
-            }
-        };
-        out.push(self.max_key.is_some() as u8);
-        out.extend_from_slice(&self.max_key.unwrap_or(0).to_le_bytes());
-        out.extend_from_slice(&(buckets.len() as u32).to_le_bytes());
-        for b in buckets {
-            out.extend_from_slice(&b.to_le_bytes());
-        }
-        for h in &self.hists {
-            h.encode(&mut out);
-        }
-        out
+    /// Largest key seen (round `High` only; `None` before any value).
+    pub fn max_key(&self) -> Option<u32> {
+        self.max_key
     }
 
-    /// Inverse of [`Counts::to_bytes`].
-    pub fn from_bytes(mut bytes: &[u8]) -> Result<Counts> {
-        let b = &mut bytes;
-        let [version, round, has_max] = take::<3>(b)?;
-        if version != 1 {
-            return Err(MergeError::Counts(format!(
-                "unknown counts version {version}"
-            )));
-        }
-        let max_key = take_u32(b)?;
-        let nb = take_u32(b)? as usize;
-        if nb > BUCKETS {
-            return Err(MergeError::Counts(format!("{nb} buckets in a low round")));
-        }
-        let buckets = (0..nb).map(|_| take_u16(b)).collect::<Result<Vec<u16>>>()?;
-        let round = match round {
-            0 if nb == 0 => Round::High,
-            1 => Round::Low(buckets),
-            r => return Err(MergeError::Counts(format!("unknown round tag {r}"))),
+    /// One histogram per bucket of the round (one for `High`).
+    pub fn histograms(&self) -> &[Histogram] {
+        &self.hists
+    }
+
+    /// Counts from their parts as they travel (`jobs::merge_wire`): the number of histograms
+    /// must match the round, a low round's buckets must be strictly increasing.
+    pub fn from_parts(round: Round, max_key: Option<u32>, hists: Vec<Histogram>) -> Result<Counts> {
+        let want = match &round {
+            Round::High => 1,
+            Round::Low(buckets) => {
+                if buckets.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(MergeError::Counts(
+                        "low-round buckets not increasing".into(),
+                    ));
+                }
+                buckets.len()
+            }
         };
-        let n_hists = if round == Round::High { 1 } else { nb };
-        let hists = (0..n_hists)
-            .map(|_| Histogram::decode(b))
-            .collect::<Result<Vec<_>>>()?;
-        if !b.is_empty() {
+        if hists.len() != want {
             return Err(MergeError::Counts(format!(
-                "{} trailing bytes after counts",
-                b.len()
+                "{} histograms for a round of {want} buckets",
+                hists.len()
             )));
         }
         Ok(Counts {
             round,
             hists,
-            max_key: (has_max != 0).then_some(max_key),
+            max_key,
         })
     }
 }
@@ -594,7 +538,7 @@ where
             counts
                 .add_slice(c)
                 .map_err(|NanAt(i)| MergeError::Counts(format!("NaN at {i}")))?;
-            total.merge(&Counts::from_bytes(&counts.to_bytes())?)?;
+            total.merge(&counts)?;
         }
         sel.advance(&total)?;
     }
@@ -682,39 +626,44 @@ mod tests {
     }
 
     #[test]
-    fn counts_roundtrip_and_reject_garbage() {
+    fn counts_from_parts_checks_the_round() {
         let xs = random_values(9, 300);
         let mut c = Counts::new(Round::High);
         c.add_slice(&xs).unwrap();
-        assert_eq!(Counts::from_bytes(&c.to_bytes()).unwrap(), c);
+        let again = Counts::from_parts(Round::High, c.max_key(), c.histograms().to_vec()).unwrap();
+        assert_eq!(again, c);
         let mut l = Counts::new(Round::Low(vec![3, 0x8000, 0xBF80]));
         l.add_slice(&xs).unwrap();
-        let bytes = l.to_bytes();
-        assert_eq!(Counts::from_bytes(&bytes).unwrap(), l);
-        assert!(Counts::from_bytes(&bytes[..bytes.len() - 1]).is_err());
-        assert!(Counts::from_bytes(&[2, 0, 0]).is_err());
+        assert!(Counts::from_parts(l.round().clone(), None, c.histograms().to_vec()).is_err());
+        assert!(
+            Counts::from_parts(Round::Low(vec![5, 5]), None, vec![Histogram::new(); 2]).is_err()
+        );
         assert!(c.clone().merge(&l).is_err());
         assert_eq!(c.add_slice(&[1.0, f32::NAN]), Err(NanAt(1)));
     }
 
     #[test]
-    fn dense_histograms_and_large_counts_roundtrip() {
-        // 300 000 values inside one high bucket: most low buckets are used, so the dense form wins.
+    fn histograms_rebuild_from_sparse_and_dense_forms() {
+        let mut h = Histogram::new();
+        h.counts[7] = u64::MAX;
+        h.counts[65_535] = 1 << 40;
+        assert!(h.prefers_sparse());
+        let (buckets, counts): (Vec<u32>, Vec<u64>) =
+            h.nonzero().map(|(b, c)| (b as u32, c)).unzip();
+        assert_eq!(Histogram::from_sparse(&buckets, &counts).unwrap(), h);
+        assert_eq!(Histogram::from_dense(h.dense()).unwrap(), h);
+        assert!(Histogram::from_sparse(&[9, 3], &[1, 1]).is_err());
+        assert!(Histogram::from_sparse(&[70_000], &[1]).is_err());
+        assert!(Histogram::from_sparse(&[1], &[]).is_err());
+        assert!(Histogram::from_dense(&[0; 10]).is_err());
+        // 300 000 values inside one high bucket: most low buckets are used, so dense is shorter.
         let high = (key(1.0) >> 16) as u16;
         let xs: Vec<f32> = (0..300_000u32)
             .map(|i| from_key(((high as u32) << 16) | (i.wrapping_mul(2_654_435_761) >> 16)))
             .collect();
         let mut c = Counts::new(Round::Low(vec![high]));
         c.add_slice(&xs).unwrap();
-        let bytes = c.to_bytes();
-        assert!(bytes.len() < 70_000, "{} bytes", bytes.len());
-        assert_eq!(Counts::from_bytes(&bytes).unwrap(), c);
-        let mut h = Histogram::new();
-        h.counts[7] = u64::MAX;
-        h.counts[65_535] = 1 << 40;
-        let mut out = vec![];
-        h.encode(&mut out);
-        assert_eq!(Histogram::decode(&mut out.as_slice()).unwrap(), h);
+        assert!(!c.histograms()[0].prefers_sparse());
     }
 
     #[test]

@@ -16,7 +16,6 @@ use super::passes::{
     chunk_stats, count_chunk, empty_counts, merge_local, write_chunk, ChunkStats, Sweep,
     SweepStats, UnitPlan,
 };
-use super::radix::Counts;
 use super::{Chunk, MergeError, Method, Result, Scope, Tensors, DEFAULT_CHUNK_ELEMS};
 
 /// A merge's result: the output tensors (flat, f32) and, per merged tensor, the entries of each
@@ -251,16 +250,7 @@ impl<'a> Ctx<'a> {
                     _ => stats.add(ci, chunk_stats(method, sweep, chunk)?),
                 })?;
             }
-            // A worker's counts travel as bytes.
-            let wire = counts
-                .iter()
-                .map(|c| {
-                    c.as_ref()
-                        .map(|c| Counts::from_bytes(&c.to_bytes()))
-                        .transpose()
-                })
-                .collect::<Result<_>>()?;
-            stats.add(w, ChunkStats::Counts(wire))?;
+            stats.add(w, ChunkStats::Counts(counts))?;
         }
         Ok(stats)
     }

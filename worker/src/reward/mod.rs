@@ -9,6 +9,7 @@ pub mod ensemble;
 pub mod member;
 pub mod norm;
 pub mod pairs;
+pub mod score_rows;
 pub mod score_shard;
 pub mod scorers;
 pub mod shared_heads;

@@ -1,8 +1,9 @@
-//! One shard of a score job: rows `[first_row, first_row + rows)` of a JSONL of
-//! `{prompt, completion}` (or `{messages}` ending with the assistant's completion) scored by
-//! an ensemble: each row's raw member scores, normalised scores z, every scorer's value
-//! (`super::scorers`) and the ensemble variance, written as one JSONL part
-//! (`OUTPUT/scores/part-NNNNN.jsonl`) with the sums the coordinator's summary needs.
+//! One shard of a score job: rows `[first_row, first_row + rows)` of a JSONL of single
+//! completions or of labelled pairs (`super::score_rows`) scored by an ensemble: each
+//! completion's raw member scores, normalised scores z, every scorer's value (`super::scorers`)
+//! and the ensemble variance — for a pair, both completions and whether each scorer ranks the
+//! chosen one higher — written as one JSONL part (`OUTPUT/scores/part-NNNNN.jsonl`) with the sums
+//! the coordinator's summary needs.
 //!
 //! Text is tokenised as SFT examples are (`train::data`): the prompt through `PromptFormat`,
 //! the completion without special tokens and ending with the members' EOS.
@@ -11,17 +12,18 @@ use std::collections::BTreeMap;
 
 use candle_core::Device;
 use mirrorplay_proto::v1::{ScoreShardResult, ScoreShardTask};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::ensemble::LoadedEnsemble;
-use super::scorers::Scorers;
+use super::score_rows::row_text;
+use super::scorers::{Scored, Scorers};
 use super::{samples_of_prompt, RewardError};
 use crate::io::jsonl::{bad, read_objects};
 use crate::io::Location;
 use crate::preference::aggregate::NormKind;
 use crate::preference::{JudgeError, PromptRow};
 use crate::report::Progress;
-use crate::train::prompts::{example_text, PromptFormat};
+use crate::train::prompts::PromptFormat;
 use crate::train::rollout;
 
 /// Rows scored per progress report.
@@ -29,11 +31,12 @@ const BATCH: usize = 64;
 /// Step of LSC's reference samples' streams.
 const STEP_LSC_REFERENCE: u64 = 1;
 
-/// One row to score: its 1-based line, prompt ids and completion ids (ending in EOS).
+/// One row to score: its 1-based line, prompt ids and completion ids (each ending in EOS): one
+/// completion, or a pair's chosen then rejected.
 struct Row {
     line: usize,
     prompt: PromptRow,
-    completion: Vec<u32>,
+    completions: Vec<Vec<u32>>,
 }
 
 pub async fn run(
@@ -66,36 +69,54 @@ pub async fn run(
     );
 
     let mut out = String::new();
-    let mut sums = vec![0.0; scorers.names().len()];
-    let mut variance_sum = 0.0;
+    let mut totals = Totals::new(scorers.names().len());
     for (b, batch) in rows.chunks(BATCH).enumerate() {
-        let prompts: Vec<&PromptRow> = batch.iter().map(|r| &r.prompt).collect();
-        let completions: Vec<Vec<u32>> = batch.iter().map(|r| r.completion.clone()).collect();
+        let mut prompts: Vec<&PromptRow> = vec![];
+        let mut completions: Vec<Vec<u32>> = vec![];
+        for row in batch {
+            for c in &row.completions {
+                prompts.push(&row.prompt);
+                completions.push(c.clone());
+            }
+        }
         let raw = ensemble.member_scores(&prompts, &completions)?;
+        let mut j = 0;
         for (i, row) in batch.iter().enumerate() {
-            let member_raw: Vec<f64> = raw.iter().map(|m| m[i]).collect();
             let reference = references
                 .as_ref()
                 .map_or(&[][..], |r| r[&row.prompt.ids].as_slice());
-            let scored = scorers.score(&member_raw, reference);
-            for (sum, v) in sums.iter_mut().zip(&scored.values) {
-                *sum += v;
+            let mut scored = vec![];
+            for _ in &row.completions {
+                let member_raw: Vec<f64> = raw.iter().map(|m| m[j]).collect();
+                j += 1;
+                let s = scorers.score(&member_raw, reference);
+                totals.add_completion(&s);
+                scored.push((member_raw, s));
             }
-            variance_sum += scored.variance;
-            let values: serde_json::Map<String, Value> = scorers
-                .names()
-                .iter()
-                .zip(&scored.values)
-                .map(|(name, v)| (name.clone(), json!(v)))
-                .collect();
-            let line = json!({
+            let mut line = json!({
                 "row": task.first_row + (b * BATCH + i) as u64,
                 "line": row.line,
-                "raw": member_raw,
-                "z": scored.z,
-                "variance": scored.variance,
-                "scores": values,
             });
+            let fields = line.as_object_mut().expect("an object");
+            match scored.as_slice() {
+                [(raw, one)] => fields.extend(completion_fields(scorers.names(), raw, one)),
+                [(raw_c, chosen), (raw_r, rejected)] => {
+                    let prefers = totals.add_pair(&chosen.values, &rejected.values);
+                    fields.insert(
+                        "chosen".into(),
+                        Value::Object(completion_fields(scorers.names(), raw_c, chosen)),
+                    );
+                    fields.insert(
+                        "rejected".into(),
+                        Value::Object(completion_fields(scorers.names(), raw_r, rejected)),
+                    );
+                    fields.insert(
+                        "prefers_chosen".into(),
+                        Value::Object(named(scorers.names(), prefers.iter().map(|&p| json!(p)))),
+                    );
+                }
+                _ => unreachable!("a row holds one completion or a pair"),
+            }
             out.push_str(&line.to_string());
             out.push('\n');
         }
@@ -107,9 +128,80 @@ pub async fn run(
     Ok(ScoreShardResult {
         rows: rows.len() as u64,
         scorers: scorers.names().to_vec(),
-        sums,
-        variance_sum,
+        sums: totals.sums,
+        variance_sum: totals.variance_sum,
+        completions: totals.completions,
+        pairs: totals.pairs,
+        prefers_chosen: totals.prefers_chosen,
     })
+}
+
+/// What the coordinator's summary adds up over shards.
+struct Totals {
+    /// Per scorer, Σ over completions of its score.
+    sums: Vec<f64>,
+    variance_sum: f64,
+    completions: u64,
+    pairs: u64,
+    /// Per scorer, pairs whose chosen completion it scores higher (a tie counts ½).
+    prefers_chosen: Vec<f64>,
+}
+
+impl Totals {
+    fn new(scorers: usize) -> Self {
+        Totals {
+            sums: vec![0.0; scorers],
+            variance_sum: 0.0,
+            completions: 0,
+            pairs: 0,
+            prefers_chosen: vec![0.0; scorers],
+        }
+    }
+
+    fn add_completion(&mut self, s: &Scored) {
+        for (sum, v) in self.sums.iter_mut().zip(&s.values) {
+            *sum += v;
+        }
+        self.variance_sum += s.variance;
+        self.completions += 1;
+    }
+
+    /// Counts one pair; returns, per scorer, whether it ranks the chosen completion higher.
+    fn add_pair(&mut self, chosen: &[f64], rejected: &[f64]) -> Vec<bool> {
+        self.pairs += 1;
+        chosen
+            .iter()
+            .zip(rejected)
+            .zip(&mut self.prefers_chosen)
+            .map(|((c, r), n)| {
+                *n += if c > r {
+                    1.0
+                } else if c == r {
+                    0.5
+                } else {
+                    0.0
+                };
+                c > r
+            })
+            .collect()
+    }
+}
+
+fn named(names: &[String], values: impl Iterator<Item = Value>) -> Map<String, Value> {
+    names.iter().cloned().zip(values).collect()
+}
+
+/// One completion's columns: raw member scores, z, the ensemble variance and every scorer.
+fn completion_fields(names: &[String], raw: &[f64], s: &Scored) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("raw".into(), json!(raw));
+    m.insert("z".into(), json!(s.z));
+    m.insert("variance".into(), json!(s.variance));
+    m.insert(
+        "scores".into(),
+        Value::Object(named(names, s.values.iter().map(|v| json!(v)))),
+    );
+    m
 }
 
 /// The shard's rows, tokenised; a malformed row is an error naming its line.
@@ -136,12 +228,18 @@ async fn read_rows(
     shard
         .iter()
         .map(|(line, obj)| {
-            let (prompt, completion) = example_text(obj).map_err(|r| bad(url, *line, r))?;
+            let (prompt, texts) = row_text(obj).map_err(|r| bad(url, *line, r))?;
             let (ids, truncated) = format.ids(&prompt).map_err(|r| bad(url, *line, r))?;
-            let mut completion = tokenizer
-                .encode(&completion)
-                .map_err(|e| bad(url, *line, e.to_string()))?;
-            completion.extend(eos_token_ids.first());
+            let completions = texts
+                .iter()
+                .map(|text| {
+                    let mut ids = tokenizer
+                        .encode(text)
+                        .map_err(|e| bad(url, *line, e.to_string()))?;
+                    ids.extend(eos_token_ids.first());
+                    Ok(ids)
+                })
+                .collect::<Result<_, RewardError>>()?;
             Ok(Row {
                 line: *line,
                 prompt: PromptRow {
@@ -149,7 +247,7 @@ async fn read_rows(
                     task: None,
                     truncated,
                 },
-                completion,
+                completions,
             })
         })
         .collect()

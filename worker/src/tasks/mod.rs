@@ -131,7 +131,7 @@ impl Task {
             Task::GoodhartDigits => {
                 let prompt = goodhart_digits::prompt(seed, Split::Train, index);
                 let mut stream =
-                    crate::rng::StreamKey::new(seed, step, g, 0, crate::rng::Purpose::Sample)
+                    crate::rng::StreamKey::new(seed, step, g, 0, crate::rng::Purpose::SftExample)
                         .stream();
                 let y = goodhart_digits::base_sample(&prompt, &mut stream);
                 Some((
