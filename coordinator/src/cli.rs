@@ -225,6 +225,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run one job on Kubernetes as a JobSet: render its manifests, submit, status, logs,
+    /// delete (docs/kubernetes.md).
+    K8s {
+        #[command(subcommand)]
+        command: crate::k8s::args::K8sCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -11,6 +11,7 @@ mod exit;
 mod export;
 mod export_model;
 mod generate;
+mod k8s;
 mod local;
 mod plot;
 mod progress;
@@ -211,6 +212,7 @@ async fn run(cli: Cli) -> Result<Exit> {
             };
             run::run(loaded.spec, loaded.resolved_toml, opts).await
         }
+        Command::K8s { command } => k8s::main(command).await,
         Command::ExampleModels {
             dir,
             random_size,
