@@ -63,8 +63,7 @@ fn every_path_the_dockerfiles_copy_exists_and_is_in_the_context() {
         );
         let last_user = text
             .lines()
-            .filter(|l| l.starts_with("USER "))
-            .last()
+            .rfind(|l| l.starts_with("USER "))
             .unwrap_or_else(|| panic!("{name}: no USER"));
         assert_eq!(last_user, "USER 10001:10001", "{name}");
     }
