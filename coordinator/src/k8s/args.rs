@@ -125,7 +125,8 @@ pub struct RenderArgs {
     /// Times the JobSet restarts all its pods after a worker Job fails, before failing.
     #[arg(long, default_value_t = 3)]
     pub max_restarts: u32,
-    /// Times a failed worker pod is replaced before its Job fails.
+    /// Times a failed worker pod (or a crashed coordinator pod) is replaced before its Job
+    /// fails.
     #[arg(long, default_value_t = 3)]
     pub backoff_limit: u32,
 }

@@ -2,8 +2,11 @@
 //!
 //! - `coordinator`: one pod running `mirrorplay run` (serve + submit + watch) on the config
 //!   from the ConfigMap, its state on the PVC or an object-store URL; its exit code is the
-//!   job's, and the JobSet succeeds when it does (`successPolicy`); a failed coordinator fails
-//!   the JobSet at once (`failurePolicy.rules`: the job failed, restarting cannot help);
+//!   job's, and the JobSet succeeds when it does (`successPolicy`). A coordinator pod that
+//!   crashes or is lost is replaced (`backoffLimit`) and resumes the job from its state; one
+//!   that exits with the job's failure (1, 2 or 3) fails its Job at once (`podFailurePolicy`),
+//!   and a failed coordinator Job fails the JobSet (`failurePolicy.rules`: restarting cannot
+//!   help);
 //! - `workers`: W pods (`restartPolicy: Never`, a failed pod replaced up to `backoffLimit`
 //!   times, after which the JobSet restarts every pod up to `failurePolicy.maxRestarts` times;
 //!   the restarted coordinator resumes the job from its state). A GPU pod runs one
@@ -105,7 +108,14 @@ fn coordinator_job(plan: &Plan) -> Value {
             "completionMode": "Indexed",
             "parallelism": 1,
             "completions": 1,
-            "backoffLimit": 0,
+            // A coordinator pod lost to a node or killed (OOM, crash) is replaced and resumes
+            // the job from its state; the job's own outcome (exit 1 failed, 2 refused, 3
+            // cancelled) ends the Job at once; evictions and preemptions do not count.
+            "backoffLimit": plan.backoff_limit,
+            "podFailurePolicy": {"rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": COORDINATOR, "operator": "In", "values": [1, 2, 3]}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]},
             "template": {
                 "metadata": {"labels": role_labels(plan, COORDINATOR)},
                 "spec": pod_spec(plan, vec![container], volumes, 30),
@@ -138,6 +148,10 @@ fn workers_job(plan: &Plan) -> Value {
             "parallelism": plan.workers,
             "completions": plan.workers,
             "backoffLimit": plan.backoff_limit,
+            // A drained or preempted worker pod is replaced without using up the backoff.
+            "podFailurePolicy": {"rules": [
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]},
             "template": {
                 "metadata": {"labels": role_labels(plan, WORKERS)},
                 "spec": spec,
