@@ -207,6 +207,30 @@ pub enum Command {
         #[arg(long, value_name = "WxH")]
         size: Option<String>,
     },
+    /// Serve, submit and watch in one process: a coordinator for this one job (the
+    /// coordinator pod of a Kubernetes JobSet); exits with the job's exit code. A restarted
+    /// `run` on the same state follows the job found there instead of submitting another.
+    Run {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Wait until this many workers have registered before submitting (0: submit at once).
+        #[arg(long, default_value_t = 0)]
+        workers: u32,
+        /// Longest wait for --workers, in seconds.
+        #[arg(long, default_value_t = 600)]
+        workers_timeout_secs: u64,
+        /// One JSON object per job event on stdout (as `watch --json`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one job on Kubernetes as a JobSet: render its manifests, submit, status, logs,
+    /// delete (docs/kubernetes.md).
+    K8s {
+        #[command(subcommand)]
+        command: crate::k8s::args::K8sCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -252,4 +276,36 @@ pub struct GenerateArgs {
     /// Seed of the sampling stream: the same seed gives the same text.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+/// How a coordinator serves (`run`; the same flags as `serve`).
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Address to listen on. Beyond loopback it needs a token (or --insecure-no-auth).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// File holding the bearer token every call must carry (else $MIRRORPLAY_TOKEN).
+    #[arg(long, env = "MIRRORPLAY_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Listen beyond loopback without a token.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+    /// Serve TLS with this certificate (PEM; with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Durable state: a directory or an object-store URL.
+    #[arg(long, default_value = "./mirrorplay-state")]
+    pub state: String,
+    /// Worker lease in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub lease_ms: u64,
+    /// State lock lease in milliseconds.
+    #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(300..))]
+    pub lock_lease_ms: u64,
 }

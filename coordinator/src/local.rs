@@ -4,20 +4,18 @@
 //! workers (SIGTERM) and the coordinator. Exit 0 only if the job succeeded; after a failure the
 //! directory of worker logs is kept (and named), otherwise it is removed.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use mirrorplay_proto::v1::{job_spec, JobSpec};
+use mirrorplay_proto::v1::JobSpec;
 
-use mirrorplay_worker::connect::{Connection, Token, TOKEN_ENV};
+use mirrorplay_worker::connect::{Token, TOKEN_ENV};
 
-use crate::auth::RequireToken;
-use crate::control::ControlPlane;
+use crate::client;
+use crate::embedded::{finished, max_world_size, Embedded};
 use crate::exit::Exit;
-use crate::{client, serve, server};
 
 /// The state lock's lease of `local`'s coordinator (as `serve`'s default).
 const LOCK_LEASE: Duration = Duration::from_secs(15);
@@ -129,22 +127,6 @@ impl Workers {
     }
 }
 
-/// The largest data-parallel world size any training task of `spec` asks for.
-fn max_world_size(spec: &JobSpec) -> u32 {
-    match &spec.kind {
-        Some(job_spec::Kind::Sft(s)) => s.parallel.map_or(1, |p| p.world_size),
-        Some(job_spec::Kind::Selfplay(s)) => s.parallel.map_or(1, |p| p.world_size),
-        Some(job_spec::Kind::Pipeline(p)) => p
-            .stages
-            .iter()
-            .filter_map(|s| s.job.as_ref())
-            .map(max_world_size)
-            .max()
-            .unwrap_or(1),
-        _ => 1,
-    }
-}
-
 pub async fn run(spec: JobSpec, config_toml: String, opts: LocalOptions) -> Result<Exit> {
     let world = max_world_size(&spec);
     if world > opts.workers {
@@ -160,36 +142,20 @@ pub async fn run(spec: JobSpec, config_toml: String, opts: LocalOptions) -> Resu
         Some(s) => s.clone(),
         None => temp.path().join("state").to_string_lossy().to_string(),
     };
-    let addr: SocketAddr = "127.0.0.1:0".parse().expect("address");
-    let listener = serve::listen(addr).await?;
-    let bound = listener.local_addr()?;
-    let state = serve::open_state(&state_url, LOCK_LEASE).await?;
+    let (cluster, lost) = Embedded::start(&state_url, LOCK_LEASE, opts.lease).await?;
     // A lock lost mid-run (a `--state` shared with a coordinator started meanwhile) is only
     // logged: this run's job finishes or fails on its own.
-    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel();
-    state.keep_lease(lost_tx);
     tokio::spawn(async move {
-        if let Ok(e) = lost_rx.await {
+        if let Ok(e) = lost.await {
             tracing::error!(error = %e, "the local coordinator lost its state lock");
         }
     });
-    let control = ControlPlane::new(state, opts.lease);
-    let sweeper = control.spawn_lease_sweeper();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    // The cluster is authenticated too: a fresh random token, handed to the workers in their
-    // environment (not on their command line, which other users can read).
-    let token = Token::parse(&crate::random_id::random_hex(32)?, "the local token")?;
-    let serve = server::serve(
-        control.clone(),
-        listener,
-        RequireToken::new(Some(&token)),
-        None,
-        async {
-            let _ = stop_rx.await;
-        },
-    )?;
-    let server = tokio::spawn(serve);
-    let url = format!("http://{bound}");
+    let url = cluster.loopback.url.clone();
+    let token = cluster
+        .loopback
+        .token
+        .clone()
+        .expect("the loopback server has a token");
     eprintln!(
         "local cluster: coordinator {url}, {} worker(s) of {} thread(s), logs in {}",
         opts.workers,
@@ -205,51 +171,25 @@ pub async fn run(spec: JobSpec, config_toml: String, opts: LocalOptions) -> Resu
     )?;
 
     let outcome = async {
-        // Every worker registers before the job goes in, so that `world_size = 0` (every
-        // registered worker) means all of them and a gang never waits for a late starter.
-        let started = tokio::time::Instant::now();
-        while control.scheduler.worker_count() < opts.workers as usize {
-            if started.elapsed() > Duration::from_secs(120) {
-                anyhow::bail!(
-                    "only {} of {} workers registered within 120 s (see their logs)",
-                    control.scheduler.worker_count(),
-                    opts.workers
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let connection = Connection {
-            url: url.clone(),
-            token: Some(token.clone()),
-            tls: Default::default(),
-        };
-        let mut c = client::connect(&connection).await?;
+        cluster
+            .wait_for_workers(opts.workers, Duration::from_secs(120))
+            .await?;
+        let mut c = client::connect(&cluster.loopback).await?;
         let job_id = client::submit(&mut c, spec, config_toml).await?;
         eprintln!("submitted job {job_id}");
         tokio::select! {
-            job = client::watch(&mut c, &job_id, opts.json) => {
-                let job = job?;
-                let exit = client::outcome(&job);
-                if matches!(exit, Exit::Ok) && !opts.json {
-                    // The result, for scripts: where the job's outputs are.
-                    println!("{}", job.spec.as_ref().map_or("", |s| s.output.as_str()));
-                }
-                Ok::<_, anyhow::Error>(exit)
-            }
+            job = client::watch(&mut c, &job_id, opts.json) => Ok(finished(&job?, opts.json)),
             _ = mirrorplay_worker::logging::shutdown_signal() => {
                 eprintln!("interrupted; cancelling job {job_id}");
                 let _ = client::cancel(&mut c, job_id).await;
-                Ok(Exit::Cancelled)
+                Ok::<_, anyhow::Error>(Exit::Cancelled)
             }
         }
     }
     .await;
 
     workers.stop().await;
-    let _ = stop_tx.send(());
-    let _ = server.await;
-    sweeper.abort();
-    control.state().release().await.ok();
+    cluster.stop(false).await;
     // A failed job (or a cluster that failed to run it) keeps its worker logs; the failure
     // itself is printed once, by `outcome`. A refused submit (exit 2) ran nothing worth keeping.
     let keep = match &outcome {

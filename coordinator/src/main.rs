@@ -6,14 +6,17 @@ mod client;
 mod config;
 mod control;
 mod drivers;
+mod embedded;
 mod exit;
 mod export;
 mod export_model;
 mod generate;
+mod k8s;
 mod local;
 mod plot;
 mod progress;
 mod random_id;
+mod run;
 mod scheduler;
 mod serve;
 mod server;
@@ -36,6 +39,28 @@ fn load_config(args: &ConfigArgs) -> Result<config::Loaded> {
     let cwd = std::env::current_dir()?;
     config::load(&args.config, &args.sets, &cwd)
         .map_err(|e| anyhow::Error::new(Exit::Config(e.to_string())))
+}
+
+/// `serve`'s options from `run`'s flags.
+fn serve_options(a: cli::ServerArgs) -> Result<serve::ServeOptions, Exit> {
+    let token = Token::resolve(a.token_file.as_deref()).map_err(|e| Exit::Config(e.to_string()))?;
+    let tls = match (a.tls_cert, a.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::ServerTls {
+            cert,
+            key,
+            client_ca: a.tls_client_ca,
+        }),
+        _ => None,
+    };
+    Ok(serve::ServeOptions {
+        listen: a.listen,
+        state: a.state,
+        worker_lease: Duration::from_millis(a.lease_ms),
+        lock_lease: Duration::from_millis(a.lock_lease_ms),
+        token,
+        insecure_no_auth: a.insecure_no_auth,
+        tls,
+    })
 }
 
 async fn run(cli: Cli) -> Result<Exit> {
@@ -171,6 +196,23 @@ async fn run(cli: Cli) -> Result<Exit> {
             };
             local::run(loaded.spec, loaded.resolved_toml, opts).await
         }
+        Command::Run {
+            config,
+            server,
+            workers,
+            workers_timeout_secs,
+            json,
+        } => {
+            let loaded = load_config(&config)?;
+            let opts = run::RunOptions {
+                serve: serve_options(server)?,
+                workers,
+                workers_timeout: Duration::from_secs(workers_timeout_secs),
+                json,
+            };
+            run::run(loaded.spec, loaded.resolved_toml, opts).await
+        }
+        Command::K8s { command } => k8s::main(command).await,
         Command::ExampleModels {
             dir,
             random_size,
@@ -253,6 +295,8 @@ fn main() {
     let level = match cli.command {
         Command::Serve { .. } => "info",
         Command::Local { .. } => "warn,mirrorplay::control=error",
+        // As `serve`, but the job's log lines are shown once, by the followed job.
+        Command::Run { .. } => "info,mirrorplay::control=error",
         _ => "warn",
     };
     mirrorplay_worker::logging::init(&cli.log_format, level);

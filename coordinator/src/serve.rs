@@ -36,7 +36,7 @@ pub struct ServeOptions {
 
 /// Who may call: a token, or nobody checked, which is allowed only on a loopback address or
 /// when asked for in so many words.
-fn check_auth_policy(opts: &ServeOptions) -> Result<(), Exit> {
+pub fn check_auth_policy(opts: &ServeOptions) -> Result<(), Exit> {
     let loopback = opts.listen.ip().is_loopback();
     match (&opts.token, opts.insecure_no_auth) {
         (Some(_), true) => Err(Exit::Config(
