@@ -167,7 +167,10 @@ fn failure_line(f: &TaskFailure) -> String {
             f.delay_ms as f64 / 1000.0
         )
     };
-    format!("  task {}{attempt}{worker}: {} ({outcome})", f.task_id, f.reason)
+    format!(
+        "  task {}{attempt}{worker}: {} ({outcome})",
+        f.task_id, f.reason
+    )
 }
 
 fn job_line(job: &Job) -> String {
@@ -242,7 +245,12 @@ pub async fn status(client: &mut CoordinatorRpc, job: Option<String>, json: bool
         } else {
             println!("{}", job_line(j));
             // One job: why its tasks failed, one line each.
-            for f in j.progress.iter().flat_map(|p| &p.failures).filter(|_| single) {
+            for f in j
+                .progress
+                .iter()
+                .flat_map(|p| &p.failures)
+                .filter(|_| single)
+            {
                 println!("{}", failure_line(f));
             }
         }

@@ -17,9 +17,9 @@ use crate::auth::RequireToken;
 use crate::control::ControlPlane;
 use crate::exit::Exit;
 use crate::scheduler::RetryPolicy;
-use crate::{metrics, server};
 use crate::state::{LeaseError, StateError, StateStore};
 use crate::tls::ServerTls;
+use crate::{metrics, server};
 
 pub struct ServeOptions {
     pub listen: SocketAddr,

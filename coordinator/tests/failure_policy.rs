@@ -77,12 +77,19 @@ fn a_transient_store_error_is_retried_after_a_backoff_up_to_the_limit_and_logs_s
     let failures = failed["failures"].as_array().unwrap();
     assert_eq!(failures.len(), 2, "{failures:?}");
     assert_eq!(
-        (&failures[0]["retry"], &failures[0]["delay_ms"], &failures[0]["worker"]),
+        (
+            &failures[0]["retry"],
+            &failures[0]["delay_ms"],
+            &failures[0]["worker"]
+        ),
         (&1.into(), &300.into(), &"flaky".into())
     );
     assert_eq!(failures[1]["retry"], 0);
     for f in failures {
-        assert!(f["reason"].as_str().unwrap().contains("injected failure"), "{f}");
+        assert!(
+            f["reason"].as_str().unwrap().contains("injected failure"),
+            "{f}"
+        );
     }
     let text = stdout_of(&["status", &first, "--coordinator", &url]);
     assert!(text.contains("(retry 1 after 0.3 s)"), "{text}");
@@ -138,7 +145,9 @@ fn a_hand_back_is_not_a_failure_and_an_invalid_spec_fails_at_once() {
     ]);
     assert_eq!(twice.status.code(), Some(2), "{}", stderr(&twice));
     assert!(
-        stderr(&twice).contains(&format!("is the output of job `{job}`, which is still running")),
+        stderr(&twice).contains(&format!(
+            "is the output of job `{job}`, which is still running"
+        )),
         "{}",
         stderr(&twice)
     );
@@ -186,7 +195,10 @@ fn a_hand_back_is_not_a_failure_and_an_invalid_spec_fails_at_once() {
     });
     let failed = wait_for(&url, &bad, "failed");
     assert!(
-        failed["error"].as_str().unwrap().contains("without a method"),
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("without a method"),
         "{failed}"
     );
     assert_eq!(failed["progress"]["tasks_total"], 0);

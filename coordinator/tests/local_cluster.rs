@@ -348,7 +348,9 @@ fn a_job_failing_before_it_writes_leaves_no_claim_and_overwrite_replaces_the_pre
         .map(|v| v.as_str().unwrap())
         .collect();
     assert!(
-        before.iter().all(|n| listed.contains(&format!("model/{n}").as_str())),
+        before
+            .iter()
+            .all(|n| listed.contains(&format!("model/{n}").as_str())),
         "{listed:?}"
     );
     // A file of someone else's beside them is never listed, so never removed.
@@ -356,7 +358,7 @@ fn a_job_failing_before_it_writes_leaves_no_claim_and_overwrite_replaces_the_pre
     // `overwrite` with another shard size: only the new shard set is left.
     let second = local(&["job.overwrite=true", "merge.max_shard_size=\"1GB\""]);
     assert!(second.status.success(), "{}", stderr(&second));
-    assert_eq!(shard_names(&out), vec!["model.safetensors".to_string()]);
+    assert_eq!(shard_names(&out), vec!["model-00001-of-00001.safetensors".to_string()]);
     assert!(out.join("notes.txt").exists());
     assert_models_close(
         &read_model(&out.join("model")),
@@ -443,6 +445,12 @@ fn a_sigkilled_local_takes_its_workers_with_it() {
     }
     // The killed `local` could not remove its directory of worker logs.
     let err = std::fs::read_to_string(tmp.path().join("local.err")).unwrap();
-    let logs = err.split("logs in ").nth(1).unwrap().lines().next().unwrap();
+    let logs = err
+        .split("logs in ")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap();
     std::fs::remove_dir_all(logs.trim()).unwrap();
 }

@@ -109,8 +109,13 @@ fn the_metrics_endpoint_matches_a_running_merge_and_training_job() {
     let url = format!("http://127.0.0.1:{}", free_port());
     let metrics = format!("127.0.0.1:{}", free_port());
     let env = [("MIRRORPLAY_TOKEN", TOKEN)];
-    let _coordinator =
-        spawn_coordinator_with(tmp.path(), &url, &["--metrics-listen", &metrics], &env, None);
+    let _coordinator = spawn_coordinator_with(
+        tmp.path(),
+        &url,
+        &["--metrics-listen", &metrics],
+        &env,
+        None,
+    );
 
     // Open: no token needed; only /metrics is served.
     let (s, _) = scrape(&metrics);
@@ -129,7 +134,10 @@ fn the_metrics_endpoint_matches_a_running_merge_and_training_job() {
     let mut checked = 0;
     let start = Instant::now();
     while checked < 2 {
-        assert!(start.elapsed() < Duration::from_secs(60), "no stable scrape");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no stable scrape"
+        );
         let before = status(&url, &job);
         let (s, _) = scrape(&metrics);
         let after = status(&url, &job);
@@ -144,7 +152,10 @@ fn the_metrics_endpoint_matches_a_running_merge_and_training_job() {
             p["tasks_running"].as_f64().unwrap(),
         );
         expect_jobs(&s, 1.0, 0.0);
-        assert_eq!(s.value("mirrorplay_tasks", &[("state", "running")]), running);
+        assert_eq!(
+            s.value("mirrorplay_tasks", &[("state", "running")]),
+            running
+        );
         assert_eq!(
             s.value("mirrorplay_tasks", &[("state", "queued")]),
             total - done - running
@@ -163,7 +174,9 @@ fn the_metrics_endpoint_matches_a_running_merge_and_training_job() {
     let count = |m: &str| s.value("mirrorplay_rpc_duration_seconds_count", &[("method", m)]);
     assert_eq!(count("Register"), 2.0);
     assert_eq!(count("SubmitJob"), 1.0);
-    let tasks = status(&url, &job)["progress"]["tasks_total"].as_f64().unwrap();
+    let tasks = status(&url, &job)["progress"]["tasks_total"]
+        .as_f64()
+        .unwrap();
     assert!(
         count("ReportTask") >= tasks,
         "{} reports for {tasks} tasks",
@@ -171,7 +184,7 @@ fn the_metrics_endpoint_matches_a_running_merge_and_training_job() {
     );
     // Written: the output shards. Read: every round (tasks / shards of them) reads the base's
     // and the three models' tensors once.
-    let out = tmp.path().join("merged");
+    let out = tmp.path().join("merged").join("model");
     let shards: Vec<_> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -194,7 +207,10 @@ fn the_metrics_endpoint_matches_a_running_merge_and_training_job() {
         rounds * inputs as f64
     );
     assert_eq!(
-        s.value("mirrorplay_tasks_retried_total", &[("cause", "lost_worker")]),
+        s.value(
+            "mirrorplay_tasks_retried_total",
+            &[("cause", "lost_worker")]
+        ),
         0.0
     );
 
@@ -224,7 +240,13 @@ fn the_metrics_endpoint_matches_a_running_merge_and_training_job() {
 
     // Neither the token nor anything of the specs shows.
     for text in [&merge_text, &train_text] {
-        for secret in [TOKEN, "examples", "merged", "trained", tmp.path().to_str().unwrap()] {
+        for secret in [
+            TOKEN,
+            "examples",
+            "merged",
+            "trained",
+            tmp.path().to_str().unwrap(),
+        ] {
             assert!(!text.contains(secret), "`{secret}` in the metrics");
         }
     }

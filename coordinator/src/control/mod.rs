@@ -18,8 +18,8 @@ use crate::scheduler::{Cause, Lost, RetryPolicy, Scheduler};
 use crate::state::StateStore;
 
 mod claim;
-mod reports;
 mod recover;
+mod reports;
 mod scrape;
 
 /// Log lines kept per job (the tail served by GetLogs and WatchJob).
@@ -217,9 +217,13 @@ impl ControlPlane {
 
     /// A control plane whose failed tasks are retried as `retry` says.
     pub fn with_retry(state: StateStore, lease: Duration, retry: RetryPolicy) -> Arc<Self> {
+        let metrics = Metrics::default();
+        for cause in Cause::ALL {
+            metrics.declare_retry_cause(cause.label());
+        }
         Arc::new(ControlPlane {
             scheduler: Scheduler::with_retry(lease, retry),
-            metrics: Metrics::default(),
+            metrics,
             jobs: Mutex::new(BTreeMap::new()),
             state,
             next_job: AtomicU64::new(0),

@@ -12,7 +12,6 @@ use crate::drivers::{Log, Step};
 use crate::scheduler::{Failed, FailureKind, Finished, Joined, Member, Rejected};
 
 impl ControlPlane {
-
     /// A progress report: the fraction done, metric lines (streamed to watchers, train lines
     /// feed the job's training rate) and the worker's log lines (added to the job's log, named
     /// by worker).
@@ -154,9 +153,9 @@ impl ControlPlane {
     /// A worker leaves; the tasks it hands back are re-issued at once (not failures), any other
     /// task it held counts as lost.
     pub async fn deregister(&self, worker_id: &str, returned: &[TaskRef]) {
-        let lost = self
-            .scheduler
-            .remove_worker(worker_id, "left without handing its task back", returned);
+        let lost =
+            self.scheduler
+                .remove_worker(worker_id, "left without handing its task back", returned);
         if !returned.is_empty() || !lost.is_empty() {
             self.handle_lost(lost).await;
         }
@@ -242,9 +241,7 @@ fn merge_bytes_read(task: &Task) -> u64 {
         .map(|t| {
             let numel: u64 = t.shape.iter().product();
             let sources = t.base.iter().chain(&t.models);
-            sources
-                .map(|s| numel * dtype_size(s.dtype))
-                .sum::<u64>()
+            sources.map(|s| numel * dtype_size(s.dtype)).sum::<u64>()
         })
         .sum()
 }

@@ -39,7 +39,10 @@ pub async fn serve(listener: TcpListener, scrape: Arc<dyn Fn() -> String + Send 
     }
 }
 
-fn respond<B>(request: &Request<B>, scrape: &(dyn Fn() -> String + Send + Sync)) -> Response<String> {
+fn respond<B>(
+    request: &Request<B>,
+    scrape: &(dyn Fn() -> String + Send + Sync),
+) -> Response<String> {
     let (status, content_type, body) = match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => (StatusCode::OK, CONTENT_TYPE, scrape()),
         (&Method::GET, _) => (

@@ -107,6 +107,13 @@ impl Metrics {
         }
     }
 
+    /// Shows the retry counter of `cause` (at 0) before any retry of it.
+    pub fn declare_retry_cause(&self, cause: &str) {
+        self.retried.get_or_create(&CauseLabel {
+            cause: cause.to_string(),
+        });
+    }
+
     /// A task was queued again; `cause` is `scheduler::Cause::label`.
     pub fn task_retried(&self, cause: &str) {
         self.retried
@@ -164,7 +171,11 @@ impl Metrics {
         );
         let workers = Gauge::<i64>::default();
         workers.set(view.workers_live as i64);
-        registry.register("workers_live", "Workers registered with a live lease", workers);
+        registry.register(
+            "workers_live",
+            "Workers registered with a live lease",
+            workers,
+        );
         registry.register(
             "tasks_retried",
             "Tasks queued again, by cause (handed_back is not a failure)",

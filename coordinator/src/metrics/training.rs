@@ -84,7 +84,10 @@ mod tests {
         r.add_line("j", &line(1, 100.0));
         assert_eq!(r.0["j"].steps_per_second(), None);
         r.add_line("j", &line(3, 100.5));
-        r.add_line("j", r#"{"split":"eval","step":3,"time":100.6,"eval/gold":0.5}"#);
+        r.add_line(
+            "j",
+            r#"{"split":"eval","step":3,"time":100.6,"eval/gold":0.5}"#,
+        );
         r.add_line("j", "not json");
         r.add_line("j", &line(5, 101.0));
         assert_eq!(r.0["j"].steps_per_second(), Some(4.0));

@@ -54,6 +54,13 @@ pub enum Cause {
 }
 
 impl Cause {
+    pub const ALL: [Cause; 4] = [
+        Cause::HandedBack,
+        Cause::LostWorker,
+        Cause::Transient,
+        Cause::GangBroken,
+    ];
+
     /// The label of the cause in metrics.
     pub fn label(self) -> &'static str {
         match self {

@@ -360,7 +360,10 @@ fn a_resumed_gang_starts_its_first_epoch_at_full_size() {
     };
     s.enqueue(vec![(resumed, 2)], 0);
     assert!(s.assign(&a).is_none());
-    assert!(s.assign(&b).is_none(), "two of three ranks are not enough yet");
+    assert!(
+        s.assign(&b).is_none(),
+        "two of three ranks are not enough yet"
+    );
     let ranks = form(&s, &[&a, &b, &c]);
     assert!(ranks.iter().all(|t| t.group_size == 3), "{ranks:?}");
 }

@@ -139,7 +139,11 @@ pub fn parse(text: &str) -> Result<Scrape, String> {
                     if suffixes(t).is_empty() {
                         return Err(at(format!("unknown type `{t}`")));
                     }
-                    if scrape.types.insert(name.to_string(), t.to_string()).is_some() {
+                    if scrape
+                        .types
+                        .insert(name.to_string(), t.to_string())
+                        .is_some()
+                    {
                         return Err(at(format!("family `{name}` declared twice")));
                     }
                 }

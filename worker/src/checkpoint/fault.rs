@@ -264,8 +264,7 @@ fn decide(
     op: FaultOp,
     path: &StorePath,
 ) -> Option<Injected> {
-    if !spec.matches(op)
-        || !(spec.anywhere || path.parts().any(|p| p.as_ref() == CHECKPOINTS_DIR))
+    if !spec.matches(op) || !(spec.anywhere || path.parts().any(|p| p.as_ref() == CHECKPOINTS_DIR))
     {
         return None;
     }
