@@ -339,7 +339,7 @@ pub async fn watch(client: &mut CoordinatorRpc, job_id: &str, json: bool) -> Res
             });
             println!("{value}");
         }
-        for line in event.logs.iter().filter(|l| !l.message.starts_with(FAILED)) {
+        for line in event.logs.iter().filter(|l| !repeats_the_failure(l)) {
             bar.suspend(|| eprintln!("[{}] {}", line.level, line.message));
         }
         if !json {
@@ -387,6 +387,14 @@ pub async fn watch(client: &mut CoordinatorRpc, job_id: &str, json: bool) -> Res
 /// The start of the job log line of a failure (`control::ControlPlane::fail`), which
 /// [`outcome`] reports instead.
 const FAILED: &str = "job failed: ";
+
+/// A log line that only repeats a failure [`outcome`] prints: the job's failure line, or a
+/// worker's own line that its task failed (shipped with its log, `runtime::task_log`); `logs`
+/// shows them, `watch` does not, so that a failure is printed once.
+fn repeats_the_failure(line: &LogLine) -> bool {
+    line.message.starts_with(FAILED)
+        || (line.level == "error" && line.message.contains("] failed error="))
+}
 
 /// Maps a finished job to the CLI's exit code, printing a summary on stderr.
 pub fn outcome(job: &Job) -> Exit {

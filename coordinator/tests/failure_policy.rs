@@ -30,12 +30,18 @@ fn merge_config(dir: &Path, name: &str) -> PathBuf {
 }
 
 fn wait_for(url: &str, job: &str, state: &str) -> serde_json::Value {
-    let mut last = serde_json::Value::Null;
-    wait_until(state, Duration::from_secs(60), || {
-        last = status_json(url, job);
-        last["state"] == state
-    });
-    last
+    let start = std::time::Instant::now();
+    loop {
+        let last = status_json(url, job);
+        if last["state"] == state {
+            return last;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "job {job} never {state}: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn stdout_of(args: &[&str]) -> String {
@@ -125,9 +131,15 @@ fn a_transient_store_error_is_retried_after_a_backoff_up_to_the_limit_and_logs_s
 fn a_hand_back_is_not_a_failure_and_an_invalid_spec_fails_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     let url = format!("http://127.0.0.1:{}", free_port());
-    // No failure allowed: a hand-back counted as one would fail the job.
-    let _coordinator =
-        spawn_coordinator_with(tmp.path(), &url, &["--task-retries", "0"], &[], None);
+    // No failure allowed: a hand-back counted as one would fail the job. A long lease, so that
+    // a loaded machine never loses a worker here.
+    let _coordinator = spawn_coordinator_with(
+        tmp.path(),
+        &url,
+        &["--task-retries", "0", "--lease-ms", "10000"],
+        &[],
+        None,
+    );
     let mut leaving = spawn_worker(&url, "leaving", Some(5_000));
     let job = submit_config(&url, &merge_config(tmp.path(), "handed"), &[]);
     wait_until("the task running", Duration::from_secs(30), || {

@@ -71,8 +71,8 @@ pub fn spawn_coordinator(dir: &Path, url: &str) -> Killed {
     spawn_coordinator_with(dir, url, &[], &[], None)
 }
 
-/// `mirrorplay serve --listen URL's address --state DIR/state --lease-ms 1000 EXTRA...`
-/// (and `--retry-backoff-ms 100` unless EXTRA sets it) with `env`, its stderr into `log` (else
+/// `mirrorplay serve --listen URL's address --state DIR/state EXTRA...` (with `--lease-ms
+/// 1000` and `--retry-backoff-ms 100` unless EXTRA sets them) with `env`, its stderr into `log` (else
 /// discarded); not waited for.
 pub fn start_coordinator(
     dir: &Path,
@@ -102,9 +102,12 @@ pub fn start_coordinator(
         &listen,
         "--state",
         dir.join("state").to_str().unwrap(),
-        "--lease-ms",
-        "1000",
     ])
+    .args(if extra.contains(&"--lease-ms") {
+        &[][..]
+    } else {
+        &["--lease-ms", "1000"][..]
+    })
     .args(extra)
     .args(if extra.contains(&"--retry-backoff-ms") {
         &[][..]
