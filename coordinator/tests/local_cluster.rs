@@ -358,7 +358,10 @@ fn a_job_failing_before_it_writes_leaves_no_claim_and_overwrite_replaces_the_pre
     // `overwrite` with another shard size: only the new shard set is left.
     let second = local(&["job.overwrite=true", "merge.max_shard_size=\"1GB\""]);
     assert!(second.status.success(), "{}", stderr(&second));
-    assert_eq!(shard_names(&out), vec!["model-00001-of-00001.safetensors".to_string()]);
+    assert_eq!(
+        shard_names(&out),
+        vec!["model-00001-of-00001.safetensors".to_string()]
+    );
     assert!(out.join("notes.txt").exists());
     assert_models_close(
         &read_model(&out.join("model")),

@@ -224,7 +224,7 @@ fn the_metrics_endpoint_matches_a_running_merge_and_training_job() {
         if let (Some(step), Some(rate)) = (step, rate) {
             expect_jobs(&s, 1.0, 1.0);
             assert!(rate > 0.0 && rate.is_finite(), "{rate}");
-            assert!(step >= 1.0 && step <= 400.0, "{step}");
+            assert!((1.0..=400.0).contains(&step), "{step}");
             steps.push(step);
         }
         steps.len() >= 2 && steps.last() > steps.first()

@@ -109,7 +109,7 @@ impl Metrics {
 
     /// Shows the retry counter of `cause` (at 0) before any retry of it.
     pub fn declare_retry_cause(&self, cause: &str) {
-        self.retried.get_or_create(&CauseLabel {
+        let _ = self.retried.get_or_create(&CauseLabel {
             cause: cause.to_string(),
         });
     }
