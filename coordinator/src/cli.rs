@@ -87,6 +87,18 @@ pub enum Command {
         /// this; after a crash the next coordinator takes the state over once it has run out.
         #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(300..))]
         lock_lease_ms: u64,
+        /// Serve Prometheus metrics at http://ADDR/metrics. The endpoint is open (no token):
+        /// it shows counts, latencies and job ids, never tokens, specs or paths.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<SocketAddr>,
+        /// Failures (transient errors, lost workers, broken gangs) a task survives; the next
+        /// one fails its job.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=32))]
+        task_retries: u32,
+        /// The delay before a failed task's first retry in milliseconds; it doubles with each
+        /// further retry, up to 60 s.
+        #[arg(long, default_value_t = 1_000)]
+        retry_backoff_ms: u64,
     },
     /// Submit a job; prints its id.
     Submit {
@@ -109,6 +121,16 @@ pub enum Command {
         /// Print events as JSON lines on stdout instead of a progress bar.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        coordinator: CoordinatorArg,
+    },
+    /// Print a job's log (its last 500 lines, workers' lines included); with --follow, then
+    /// each new line until the job ends.
+    Logs {
+        job: String,
+        /// Keep printing new lines until the job ends.
+        #[arg(long, short)]
+        follow: bool,
         #[command(flatten)]
         coordinator: CoordinatorArg,
     },

@@ -5,8 +5,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use mirrorplay_proto::v1::{
-    CancelJobRequest, GetJobRequest, Job, JobSpec, JobState, ListJobsRequest, ResumeJobRequest,
-    SubmitJobRequest, WatchJobRequest,
+    CancelJobRequest, GetJobRequest, GetLogsRequest, Job, JobSpec, JobState, ListJobsRequest,
+    LogLine, ResumeJobRequest, SubmitJobRequest, TaskFailure, WatchJobRequest,
 };
 use mirrorplay_worker::connect::{ClientTls, ConnectError, Connection, CoordinatorRpc, Token};
 
@@ -137,9 +137,40 @@ pub fn job_json(job: &Job) -> serde_json::Value {
             "task_id": g.task_id, "attempt": g.attempt, "world_size": g.world_size,
             "workers": g.workers, "waiting": g.waiting, "last_restart": g.last_restart,
         })).collect::<Vec<_>>(),
+        "failures": p.failures.iter().map(|f| serde_json::json!({
+            "task_id": f.task_id, "attempt": f.attempt, "worker": f.worker, "reason": f.reason,
+            "retry": f.retry, "delay_ms": f.delay_ms, "time": f.time,
+        })).collect::<Vec<_>>(),
         "created_at": job.created_at,
         "updated_at": job.updated_at,
     })
+}
+
+/// One task failure as `status` shows it under its job.
+fn failure_line(f: &TaskFailure) -> String {
+    let worker = if f.worker.is_empty() {
+        String::new()
+    } else {
+        format!(" on worker `{}`", f.worker)
+    };
+    let attempt = if f.attempt == 0 {
+        String::new()
+    } else {
+        format!(" attempt {}", f.attempt)
+    };
+    let outcome = if f.retry == 0 {
+        "failed the job".to_string()
+    } else {
+        format!(
+            "retry {} after {:.1} s",
+            f.retry,
+            f.delay_ms as f64 / 1000.0
+        )
+    };
+    format!(
+        "  task {}{attempt}{worker}: {} ({outcome})",
+        f.task_id, f.reason
+    )
 }
 
 fn job_line(job: &Job) -> String {
@@ -161,6 +192,9 @@ fn job_line(job: &Job) -> String {
     }
     if p.checkpoint_step > 0 {
         line.push_str(&format!("\tcheckpoint step {}", p.checkpoint_step));
+    }
+    if !p.failures.is_empty() {
+        line.push_str(&format!("\t{} task failure(s)", p.failures.len()));
     }
     if !job.error.is_empty() {
         line.push_str(&format!("\terror: {}", job.error));
@@ -189,6 +223,7 @@ fn gang_text(g: &mirrorplay_proto::v1::GangStatus) -> String {
 }
 
 pub async fn status(client: &mut CoordinatorRpc, job: Option<String>, json: bool) -> Result<()> {
+    let single = job.is_some();
     let jobs = match job {
         Some(id) => vec![client
             .get_job(GetJobRequest { job_id: id.clone() })
@@ -209,6 +244,38 @@ pub async fn status(client: &mut CoordinatorRpc, job: Option<String>, json: bool
             println!("{}", job_json(j));
         } else {
             println!("{}", job_line(j));
+            // One job: why its tasks failed, one line each.
+            for f in j
+                .progress
+                .iter()
+                .flat_map(|p| &p.failures)
+                .filter(|_| single)
+            {
+                println!("{}", failure_line(f));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn log_text(line: &LogLine) -> String {
+    format!("{:.3} [{}] {}", line.time, line.level, line.message)
+}
+
+/// Prints a job's log on stdout (GetLogs): its tail, then with `follow` each new line until the
+/// job ends.
+pub async fn logs(client: &mut CoordinatorRpc, job_id: &str, follow: bool) -> Result<()> {
+    let mut stream = client
+        .get_logs(GetLogsRequest {
+            job_id: job_id.to_string(),
+            follow,
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    while let Some(batch) = stream.message().await.map_err(rpc_error)? {
+        for line in &batch.logs {
+            println!("{}", log_text(line));
         }
     }
     Ok(())
@@ -272,7 +339,7 @@ pub async fn watch(client: &mut CoordinatorRpc, job_id: &str, json: bool) -> Res
             });
             println!("{value}");
         }
-        for line in event.logs.iter().filter(|l| !l.message.starts_with(FAILED)) {
+        for line in event.logs.iter().filter(|l| !repeats_the_failure(l)) {
             bar.suspend(|| eprintln!("[{}] {}", line.level, line.message));
         }
         if !json {
@@ -320,6 +387,14 @@ pub async fn watch(client: &mut CoordinatorRpc, job_id: &str, json: bool) -> Res
 /// The start of the job log line of a failure (`control::ControlPlane::fail`), which
 /// [`outcome`] reports instead.
 const FAILED: &str = "job failed: ";
+
+/// A log line that only repeats a failure [`outcome`] prints: the job's failure line, or a
+/// worker's own line that its task failed (shipped with its log, `runtime::task_log`); `logs`
+/// shows them, `watch` does not, so that a failure is printed once.
+fn repeats_the_failure(line: &LogLine) -> bool {
+    line.message.starts_with(FAILED)
+        || (line.level == "error" && line.message.contains("] failed error="))
+}
 
 /// Maps a finished job to the CLI's exit code, printing a summary on stderr.
 pub fn outcome(job: &Job) -> Exit {

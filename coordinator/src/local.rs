@@ -83,7 +83,10 @@ impl Workers {
         let threads = threads_per_worker(n);
         for i in 0..n {
             let log = std::fs::File::create(log_dir.join(format!("worker-{i}.log")))?;
-            let child = tokio::process::Command::new(bin)
+            let mut command = tokio::process::Command::new(bin);
+            // A SIGKILLed `local` takes its workers with it.
+            crate::parent_death::kill_with_parent(&mut command);
+            let child = command
                 .args([
                     "--coordinator",
                     coordinator,

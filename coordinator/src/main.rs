@@ -13,6 +13,8 @@ mod export_model;
 mod generate;
 mod k8s;
 mod local;
+mod metrics;
+mod parent_death;
 mod plot;
 mod progress;
 mod random_id;
@@ -76,6 +78,9 @@ async fn run(cli: Cli) -> Result<Exit> {
             state,
             lease_ms,
             lock_lease_ms,
+            metrics_listen,
+            task_retries,
+            retry_backoff_ms,
         } => {
             let token =
                 Token::resolve(token_file.as_deref()).map_err(|e| Exit::Config(e.to_string()))?;
@@ -95,6 +100,12 @@ async fn run(cli: Cli) -> Result<Exit> {
                 token,
                 insecure_no_auth,
                 tls,
+                metrics_listen,
+                retry: scheduler::RetryPolicy {
+                    max_retries: task_retries,
+                    backoff: Duration::from_millis(retry_backoff_ms),
+                    ..Default::default()
+                },
             })
             .await
         }
@@ -125,6 +136,15 @@ async fn run(cli: Cli) -> Result<Exit> {
             let mut c = client::connect_arg(&coordinator).await?;
             let job = client::watch(&mut c, &job, json).await?;
             Ok(client::outcome(&job))
+        }
+        Command::Logs {
+            job,
+            follow,
+            coordinator,
+        } => {
+            let mut c = client::connect_arg(&coordinator).await?;
+            client::logs(&mut c, &job, follow).await?;
+            Ok(Exit::Ok)
         }
         Command::Cancel { job, coordinator } => {
             let mut c = client::connect_arg(&coordinator).await?;

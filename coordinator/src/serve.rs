@@ -16,9 +16,10 @@ use tonic::transport::ServerTlsConfig;
 use crate::auth::RequireToken;
 use crate::control::ControlPlane;
 use crate::exit::Exit;
-use crate::server;
+use crate::scheduler::RetryPolicy;
 use crate::state::{LeaseError, StateError, StateStore};
 use crate::tls::ServerTls;
+use crate::{metrics, server};
 
 pub struct ServeOptions {
     pub listen: SocketAddr,
@@ -32,6 +33,10 @@ pub struct ServeOptions {
     /// Listen beyond loopback without a token.
     pub insecure_no_auth: bool,
     pub tls: Option<ServerTls>,
+    /// Where to serve Prometheus metrics (`GET /metrics`, no token), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// How failed tasks are retried.
+    pub retry: RetryPolicy,
 }
 
 /// Who may call: a token, or nobody checked, which is allowed only on a loopback address or
@@ -83,10 +88,23 @@ pub async fn run(opts: ServeOptions) -> Result<Exit> {
     let tls = opts.tls.as_ref().map(ServerTls::config).transpose()?;
     let listener = listen(opts.listen).await?;
     let bound = listener.local_addr()?;
+    let metrics_listener = match opts.metrics_listen {
+        Some(addr) => Some(listen(addr).await?),
+        None => None,
+    };
     let store = open_state(&opts.state, opts.lock_lease).await?;
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel();
     store.keep_lease(lost_tx);
-    let control = ControlPlane::new(store, opts.worker_lease);
+    let control = ControlPlane::with_retry(store, opts.worker_lease, opts.retry);
+    if let Some(listener) = metrics_listener {
+        let address = listener.local_addr()?;
+        let scraped = control.clone();
+        tokio::spawn(metrics::http::serve(
+            listener,
+            std::sync::Arc::new(move || scraped.scrape()),
+        ));
+        tracing::info!(%address, "metrics at http://{address}/metrics (no token: counts and job ids only)");
+    }
     let listening = Listening {
         listener,
         bound,

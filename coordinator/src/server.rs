@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::RequireToken;
 
 use crate::control::{job_is_terminal, ControlError, ControlPlane};
-use crate::scheduler::Rejected;
+use crate::scheduler::{FailureKind, Rejected};
 
 /// Longest a PollTask call is held open.
 const MAX_POLL_WAIT: Duration = Duration::from_secs(30);
@@ -38,6 +38,24 @@ fn status(e: ControlError) -> Status {
     }
 }
 
+/// This coordinator's version; a worker must run the same one.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Refuses a worker of another version (or one that does not say), naming both versions.
+fn check_version(name: &str, version: &str) -> Result<(), Status> {
+    if version == VERSION {
+        return Ok(());
+    }
+    let theirs = if version.is_empty() {
+        "an unknown version".to_string()
+    } else {
+        format!("version {version}")
+    };
+    Err(Status::failed_precondition(format!(
+        "worker `{name}` runs mirrorplay-worker {theirs} but this coordinator runs mirrorplay {VERSION}; run workers of version {VERSION}"
+    )))
+}
+
 fn accepted(r: Result<(), Rejected>, task_id: &str) -> ReportTaskResponse {
     if let Err(why) = &r {
         tracing::info!(task_id, ?why, "report rejected");
@@ -53,7 +71,12 @@ impl Coordinator for Service {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
+        let _timer = self.control.metrics.rpc("Register");
         let r = request.into_inner();
+        if let Err(refused) = check_version(&r.name, &r.version) {
+            tracing::warn!(name = %r.name, version = %r.version, "worker refused: another version");
+            return Err(refused);
+        }
         let worker_id = self.control.scheduler.register(&r.name, r.slots);
         tracing::info!(worker_id = %worker_id, name = %r.name, "worker registered");
         let lease_ms = self.control.scheduler.lease.as_millis() as u64;
@@ -68,6 +91,7 @@ impl Coordinator for Service {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        let _timer = self.control.metrics.rpc("Heartbeat");
         let r = request.into_inner();
         Ok(Response::new(
             match self.control.scheduler.heartbeat(&r.worker_id, &r.running) {
@@ -87,6 +111,7 @@ impl Coordinator for Service {
         &self,
         request: Request<DeregisterRequest>,
     ) -> Result<Response<DeregisterResponse>, Status> {
+        let _timer = self.control.metrics.rpc("Deregister");
         let r = request.into_inner();
         tracing::info!(worker_id = %r.worker_id, returned = r.returned.len(), "worker deregistered");
         self.control.deregister(&r.worker_id, &r.returned).await;
@@ -97,6 +122,7 @@ impl Coordinator for Service {
         &self,
         request: Request<PollTaskRequest>,
     ) -> Result<Response<PollTaskResponse>, Status> {
+        let _timer = self.control.metrics.rpc("PollTask");
         let r = request.into_inner();
         let wait = Duration::from_millis(r.wait_ms).min(MAX_POLL_WAIT);
         let deadline = tokio::time::Instant::now() + wait;
@@ -137,20 +163,31 @@ impl Coordinator for Service {
         &self,
         request: Request<ReportTaskRequest>,
     ) -> Result<Response<ReportTaskResponse>, Status> {
+        let _timer = self.control.metrics.rpc("ReportTask");
         let r = request.into_inner();
         let result = match r.report {
-            Some(report_task_request::Report::Progress(p)) => {
-                self.control
-                    .progress(&r.worker_id, &r.task_id, r.attempt, p.fraction, p.metrics)
-            }
+            Some(report_task_request::Report::Progress(p)) => self.control.progress(
+                &r.worker_id,
+                &r.task_id,
+                r.attempt,
+                p.fraction,
+                (p.metrics, p.logs),
+            ),
             Some(report_task_request::Report::Result(result)) => {
                 self.control
                     .task_succeeded(&r.worker_id, &r.task_id, r.attempt, result)
                     .await
             }
             Some(report_task_request::Report::Failure(message)) => {
+                let kind = if r.gang_broken {
+                    FailureKind::GangBroken
+                } else if r.transient {
+                    FailureKind::Transient
+                } else {
+                    FailureKind::Final
+                };
                 self.control
-                    .task_failed(&r.worker_id, &r.task_id, r.attempt, message, r.gang_broken)
+                    .task_failed(&r.worker_id, &r.task_id, r.attempt, message, kind)
                     .await
             }
             None => return Err(Status::invalid_argument("report is empty")),
@@ -162,6 +199,7 @@ impl Coordinator for Service {
         &self,
         request: Request<JoinGroupRequest>,
     ) -> Result<Response<JoinGroupResponse>, Status> {
+        let _timer = self.control.metrics.rpc("JoinGroup");
         let r = request.into_inner();
         let wait = Duration::from_millis(r.wait_ms).min(MAX_JOIN_WAIT);
         let (epoch, members) = self
@@ -195,6 +233,7 @@ impl Coordinator for Service {
         &self,
         request: Request<CommitCheckpointRequest>,
     ) -> Result<Response<CommitCheckpointResponse>, Status> {
+        let _timer = self.control.metrics.rpc("CommitCheckpoint");
         let r = request.into_inner();
         self.control
             .checkpoint_committed(&r.worker_id, &r.task_id, r.attempt, r.step)
@@ -212,6 +251,7 @@ impl Coordinator for Service {
         &self,
         request: Request<SubmitJobRequest>,
     ) -> Result<Response<SubmitJobResponse>, Status> {
+        let _timer = self.control.metrics.rpc("SubmitJob");
         let r = request.into_inner();
         let spec = r.spec.ok_or_else(|| Status::invalid_argument("no spec"))?;
         let job_id = self
@@ -224,6 +264,7 @@ impl Coordinator for Service {
     }
 
     async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
+        let _timer = self.control.metrics.rpc("GetJob");
         self.control
             .get(&request.into_inner().job_id)
             .map(Response::new)
@@ -234,6 +275,7 @@ impl Coordinator for Service {
         &self,
         _: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsResponse>, Status> {
+        let _timer = self.control.metrics.rpc("ListJobs");
         Ok(Response::new(ListJobsResponse {
             jobs: self.control.list(),
         }))
@@ -243,6 +285,7 @@ impl Coordinator for Service {
         &self,
         request: Request<CancelJobRequest>,
     ) -> Result<Response<Job>, Status> {
+        let _timer = self.control.metrics.rpc("CancelJob");
         self.control
             .cancel(&request.into_inner().job_id)
             .await
@@ -254,6 +297,7 @@ impl Coordinator for Service {
         &self,
         request: Request<ResumeJobRequest>,
     ) -> Result<Response<Job>, Status> {
+        let _timer = self.control.metrics.rpc("ResumeJob");
         self.control
             .resume(&request.into_inner().job_id)
             .await
@@ -267,6 +311,7 @@ impl Coordinator for Service {
         &self,
         request: Request<WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let _timer = self.control.metrics.rpc("WatchJob");
         let (first, mut rx) = self
             .control
             .watch(&request.into_inner().job_id)
@@ -293,15 +338,56 @@ impl Coordinator for Service {
         Ok(Response::new(Box::pin(ReceiverStream::new(out))))
     }
 
+    type GetLogsStream = Pin<Box<dyn Stream<Item = Result<GetLogsResponse, Status>> + Send>>;
+
     async fn get_logs(
         &self,
         request: Request<GetLogsRequest>,
-    ) -> Result<Response<GetLogsResponse>, Status> {
-        let logs = self
-            .control
-            .logs(&request.into_inner().job_id)
-            .map_err(status)?;
-        Ok(Response::new(GetLogsResponse { logs }))
+    ) -> Result<Response<Self::GetLogsStream>, Status> {
+        let _timer = self.control.metrics.rpc("GetLogs");
+        let r = request.into_inner();
+        let (first, rx) = self.control.watch(&r.job_id).map_err(status)?;
+        let tail = GetLogsResponse {
+            logs: first.logs.clone(),
+        };
+        let done = first.job.as_ref().is_none_or(job_is_terminal);
+        if !r.follow || done {
+            return Ok(Response::new(Box::pin(tokio_stream::once(Ok(tail)))));
+        }
+        let last = tail.logs.last().map_or(0, |l| l.seq);
+        let (tx, out) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(follow_logs(tail, last, rx, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+}
+
+/// Sends the log tail, then each line after `last` until the job ends or the client leaves.
+async fn follow_logs(
+    tail: GetLogsResponse,
+    mut last: u64,
+    mut rx: tokio::sync::broadcast::Receiver<JobEvent>,
+    tx: tokio::sync::mpsc::Sender<Result<GetLogsResponse, Status>>,
+) {
+    if tx.send(Ok(tail)).await.is_err() {
+        return;
+    }
+    loop {
+        let event = match rx.recv().await {
+            Ok(event) => event,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        // Lines already sent (the tail is read after subscribing) are skipped by number.
+        let logs: Vec<LogLine> = event.logs.into_iter().filter(|l| l.seq > last).collect();
+        if let Some(l) = logs.last() {
+            last = l.seq;
+        }
+        if !logs.is_empty() && tx.send(Ok(GetLogsResponse { logs })).await.is_err() {
+            return;
+        }
+        if event.job.as_ref().is_some_and(job_is_terminal) {
+            return;
+        }
     }
 }
 

@@ -19,7 +19,7 @@ fn sigterm(worker: &mut Killed) {
 }
 
 /// Follows `job` to its end; asserts it succeeded after re-issuing a task that `event` took
-/// away (e.g. "worker `leaver` left"). Returns the watch log.
+/// away (e.g. "worker `leaver` handed it back"). Returns the watch log.
 fn watch_reissued(url: &str, job: &str, event: &str) -> String {
     let watched = run(&["watch", job, "--coordinator", url]);
     let log = stderr(&watched);
@@ -66,7 +66,7 @@ fn a_sigtermed_worker_hands_its_task_back_and_a_worker_started_first_connects_la
     // SIGTERM with --grace-secs 0: the task goes back to the queue at once.
     sigterm(&mut leaver);
     let _finisher = spawn_worker(&url, "finisher", None);
-    watch_reissued(&url, &job, "worker `leaver` left");
+    watch_reissued(&url, &job, "worker `leaver` handed it back");
     assert_merged(&out);
 }
 
@@ -145,7 +145,7 @@ fn a_worker_sigtermed_mid_training_hands_the_task_back_and_the_job_completes_els
     });
     sigterm(&mut leaver);
     let _finisher = spawn_worker(&url, "finisher", None);
-    watch_reissued(&url, &job, "worker `leaver` left");
+    watch_reissued(&url, &job, "worker `leaver` handed it back");
     assert!(out.join("model/model.safetensors").exists());
     // Attempt 2 wrote a complete metrics stream (steps 1..=400 under attempt 2).
     let mut steps = std::collections::BTreeSet::new();

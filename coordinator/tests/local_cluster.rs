@@ -298,3 +298,162 @@ fn every_config_in_configs_validates() {
         assert!(resolved.contains_key("job"), "{}", config.display());
     }
 }
+
+/// The `.safetensors` files under `dir/model`, by name.
+fn shard_names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("model"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".safetensors"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_job_failing_before_it_writes_leaves_no_claim_and_overwrite_replaces_the_previous_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let output = format!("job.output={}", out.display());
+    let local = |sets: &[&str]| {
+        let mut args = vec![
+            "local",
+            "configs/merge-task-arithmetic.toml",
+            "--set",
+            &output,
+        ];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let o = run(&args);
+        remove_kept_logs(&o);
+        o
+    };
+    // A base that does not exist: the job fails when it plans and claims nothing.
+    let missing = format!("merge.base={}", tmp.path().join("no-such-base").display());
+    let failed = local(&[&missing, "job.overwrite=false"]);
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
+    assert!(!out.join("job.json").exists());
+    // The corrected rerun runs without `overwrite`: 32KB shards.
+    let first = local(&["job.overwrite=false"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let before = shard_names(&out);
+    assert!(before.len() > 1, "{before:?}");
+    let claim: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("job.json")).unwrap()).unwrap();
+    let listed: Vec<&str> = claim["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        before
+            .iter()
+            .all(|n| listed.contains(&format!("model/{n}").as_str())),
+        "{listed:?}"
+    );
+    // A file of someone else's beside them is never listed, so never removed.
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    // `overwrite` with another shard size: only the new shard set is left.
+    let second = local(&["job.overwrite=true", "merge.max_shard_size=\"1GB\""]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert_eq!(
+        shard_names(&out),
+        vec!["model-00001-of-00001.safetensors".to_string()]
+    );
+    assert!(out.join("notes.txt").exists());
+    assert_models_close(
+        &read_model(&out.join("model")),
+        &expected_example_merge(),
+        1e-6,
+    );
+}
+
+/// The pids of `parent`'s children whose command is `name`.
+#[cfg(target_os = "linux")]
+fn children_named(parent: u32, name: &str) -> Vec<u32> {
+    let mut out = vec![];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some((comm, rest)) = stat.split_once(") ") else {
+            continue;
+        };
+        let ppid = rest.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) && comm.ends_with(&format!("({name}")) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Whether `pid` has exited (gone, or a zombie waiting for its new parent).
+#[cfg(target_os = "linux")]
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .split_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_sigkilled_local_takes_its_workers_with_it() {
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut local = std::process::Command::new(mirrorplay())
+        .args([
+            "local",
+            "configs/merge-task-arithmetic.toml",
+            "--workers",
+            "2",
+            "--set",
+            &format!("job.output={}", tmp.path().join("out").display()),
+        ])
+        .current_dir(repo_root())
+        .env("MIRRORPLAY_WORKER_BIN", worker_bin())
+        // Each task waits a minute: the workers are busy when `local` dies.
+        .env("MIRRORPLAY_FAULT_TASK_DELAY_MS", "60000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("local.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let workers = loop {
+        let found = children_named(local.id(), "mirrorplay-work");
+        if found.len() == 2 {
+            break found;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{found:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    local.kill().unwrap();
+    local.wait().unwrap();
+    let start = Instant::now();
+    while !workers.iter().all(|&w| exited(w)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "workers {workers:?} outlived the SIGKILLed local"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The killed `local` could not remove its directory of worker logs.
+    let err = std::fs::read_to_string(tmp.path().join("local.err")).unwrap();
+    let logs = err
+        .split("logs in ")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap();
+    std::fs::remove_dir_all(logs.trim()).unwrap();
+}

@@ -4,20 +4,40 @@
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::{Layered, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+/// A layer beside the stderr formatter (the worker's `runtime::task_log`).
+pub type ExtraLayer = Box<dyn Layer<Layered<EnvFilter, Registry>> + Send + Sync>;
 
 pub fn init(format: &str, default_level: &str) {
+    init_with(format, default_level, None)
+}
+
+/// As [`init`], with `extra` also seeing every event the filter lets through.
+pub fn init_with(format: &str, default_level: &str, extra: Option<ExtraLayer>) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let _ = if format == "json" {
-        builder.json().try_init()
+    let ansi = std::io::stderr().is_terminal();
+    let fmt: ExtraLayer = if format == "json" {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .boxed()
     } else {
-        builder.compact().try_init()
+        tracing_subscriber::fmt::layer()
+            .compact()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .boxed()
     };
+    let layers: Vec<ExtraLayer> = std::iter::once(fmt).chain(extra).collect();
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(layers)
+        .try_init();
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -8,19 +8,24 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mirrorplay_proto::v1::{
-    job_spec, Job, JobEvent, JobProgress, JobSpec, JobState, LogLine, Task, TaskRef, TaskResult,
+    job_spec, Job, JobEvent, JobProgress, JobSpec, JobState, LogLine, Task, TaskFailure,
 };
-use mirrorplay_worker::io::Location;
 use tokio::sync::broadcast;
 
-use crate::drivers::{Driver, Log, NewTask, Step};
-use crate::scheduler::{Failed, Finished, Joined, Lost, Member, Rejected, Scheduler};
+use crate::drivers::{Driver, Log, NewTask};
+use crate::metrics::Metrics;
+use crate::scheduler::{Cause, Lost, RetryPolicy, Scheduler};
 use crate::state::StateStore;
 
+mod claim;
 mod recover;
+mod reports;
+mod scrape;
 
 /// Log lines kept per job (the tail served by GetLogs and WatchJob).
 const LOG_TAIL: usize = 500;
+/// Task failures a job keeps (shown by `status`).
+const FAILURES_KEPT: usize = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -40,12 +45,19 @@ pub enum ControlError {
 struct Snapshot {
     job: Job,
     logs: Vec<LogLine>,
+    /// The number of the last log line (LogLine.seq).
+    log_seq: u64,
     tasks_done: u64,
     tasks_total: u64,
 }
 
 pub struct JobHandle {
     id: String,
+    /// Whether this job has written its claim (`OUTPUT/job.json`) in this coordinator; a job
+    /// that failed before has nothing of its own there and leaves it alone.
+    claimed: std::sync::atomic::AtomicBool,
+    /// Files that were under the output when this job claimed it and are not its own.
+    foreign: Mutex<std::collections::BTreeSet<String>>,
     /// Attempt numbers of this run of the job start above this (it grows by MAX_ATTEMPTS with
     /// each `resume`, so metrics parts of different runs never share an attempt).
     attempt_base: AtomicU32,
@@ -60,11 +72,14 @@ impl JobHandle {
         let (events, _) = broadcast::channel(1024);
         Arc::new(JobHandle {
             id: job.job_id.clone(),
+            claimed: Default::default(),
+            foreign: Default::default(),
             attempt_base: AtomicU32::new(job.attempt_base),
             config_toml,
             snapshot: Mutex::new(Snapshot {
                 job,
                 logs: vec![],
+                log_seq: 0,
                 tasks_done: 0,
                 tasks_total: 0,
             }),
@@ -74,14 +89,26 @@ impl JobHandle {
     }
 
     fn push_log(&self, level: &str, message: String) {
-        let line = LogLine {
+        self.push_lines(vec![LogLine {
             time: crate::now(),
             level: level.into(),
             message,
-        };
+            seq: 0,
+        }]);
+    }
+
+    /// Appends lines to the job's log (numbering them) and sends them to watchers.
+    fn push_lines(&self, mut lines: Vec<LogLine>) {
+        if lines.is_empty() {
+            return;
+        }
         let job = {
             let mut s = self.snapshot.lock().expect("snapshot lock");
-            s.logs.push(line.clone());
+            for line in &mut lines {
+                s.log_seq += 1;
+                line.seq = s.log_seq;
+            }
+            s.logs.extend(lines.iter().cloned());
             if s.logs.len() > LOG_TAIL {
                 let excess = s.logs.len() - LOG_TAIL;
                 s.logs.drain(..excess);
@@ -90,20 +117,33 @@ impl JobHandle {
         };
         let _ = self.events.send(JobEvent {
             job: Some(job),
-            logs: vec![line],
+            logs: lines,
             metrics: vec![],
         });
+    }
+
+    /// Records a task failure (status shows the latest ones).
+    fn record_failure(&self, failure: TaskFailure) {
+        let mut s = self.snapshot.lock().expect("snapshot lock");
+        let failures = &mut s.job.progress.get_or_insert_default().failures;
+        failures.push(failure);
+        if failures.len() > FAILURES_KEPT {
+            let excess = failures.len() - FAILURES_KEPT;
+            failures.drain(..excess);
+        }
     }
 
     fn job(&self) -> Job {
         self.snapshot.lock().expect("snapshot lock").job.clone()
     }
 
-    /// The job with its gangs as the scheduler sees them now.
+    /// The job with its running tasks and gangs as the scheduler sees them now.
     fn live_job(&self, scheduler: &Scheduler) -> Job {
         let mut job = self.job();
         if !is_terminal(job.state()) {
-            job.progress.get_or_insert_default().gangs = scheduler.gang_status(&self.id);
+            let progress = job.progress.get_or_insert_default();
+            progress.gangs = scheduler.gang_status(&self.id);
+            progress.tasks_running = scheduler.job_counts(&self.id).1;
         }
         job
     }
@@ -128,6 +168,7 @@ impl Log for JobLog<'_> {
 
 pub struct ControlPlane {
     pub scheduler: Scheduler,
+    pub metrics: Metrics,
     jobs: Mutex<BTreeMap<String, Arc<JobHandle>>>,
     state: StateStore,
     next_job: AtomicU64,
@@ -171,8 +212,18 @@ fn is_terminal(state: JobState) -> bool {
 
 impl ControlPlane {
     pub fn new(state: StateStore, lease: Duration) -> Arc<Self> {
+        ControlPlane::with_retry(state, lease, RetryPolicy::default())
+    }
+
+    /// A control plane whose failed tasks are retried as `retry` says.
+    pub fn with_retry(state: StateStore, lease: Duration, retry: RetryPolicy) -> Arc<Self> {
+        let metrics = Metrics::default();
+        for cause in Cause::ALL {
+            metrics.declare_retry_cause(cause.label());
+        }
         Arc::new(ControlPlane {
-            scheduler: Scheduler::new(lease),
+            scheduler: Scheduler::with_retry(lease, retry),
+            metrics,
             jobs: Mutex::new(BTreeMap::new()),
             state,
             next_job: AtomicU64::new(0),
@@ -193,7 +244,7 @@ impl ControlPlane {
                 tick.tick().await;
                 for worker in this.scheduler.expired_workers() {
                     tracing::warn!(worker = %worker, "lease expired");
-                    let lost = this.scheduler.remove_worker(&worker, "lost its lease");
+                    let lost = this.scheduler.remove_worker(&worker, "lost its lease", &[]);
                     this.handle_lost(lost).await;
                 }
             }
@@ -207,24 +258,61 @@ impl ControlPlane {
                     job_id,
                     task_id,
                     attempt,
+                    cause,
+                    worker,
                     reason,
+                    retry,
+                    delay,
                 } => {
-                    if let Some(h) = self.handle(&job_id) {
-                        let restart = restart_note(&h.job());
-                        JobLog(&h).warn(format!(
-                            "{reason}; task {task_id} re-issued as attempt {attempt}{restart}"
+                    self.metrics.task_retried(cause.label());
+                    let Some(h) = self.handle(&job_id) else {
+                        continue;
+                    };
+                    let restart = restart_note(&h.job());
+                    if cause == Cause::HandedBack {
+                        JobLog(&h).info(format!(
+                            "{reason}; task {task_id} re-issued as attempt {attempt} (not a failure){restart}"
                         ));
+                        continue;
                     }
+                    let max = self.scheduler.retry.max_retries;
+                    JobLog(&h).warn(format!(
+                        "{reason}; task {task_id} re-issued as attempt {attempt} (retry {retry} of {max}, in {:.1} s){restart}",
+                        delay.as_secs_f64()
+                    ));
+                    h.record_failure(TaskFailure {
+                        task_id,
+                        attempt: attempt - 1,
+                        worker,
+                        reason,
+                        retry,
+                        delay_ms: delay.as_millis() as u64,
+                        time: crate::now(),
+                    });
+                    self.update(&h, |_| {});
+                    self.persist(&h).await;
                 }
                 Lost::GaveUp {
                     job_id,
                     task_id,
-                    attempts,
+                    failures,
+                    worker,
+                    reason,
                 } => {
+                    self.metrics.task_failed();
                     if let Some(h) = self.handle(&job_id) {
+                        h.record_failure(TaskFailure {
+                            task_id: task_id.clone(),
+                            attempt: 0,
+                            worker,
+                            reason: reason.clone(),
+                            retry: 0,
+                            delay_ms: 0,
+                            time: crate::now(),
+                        });
                         self.fail(
                             &h,
-                            format!("task {task_id} lost its worker {attempts} times; giving up"),
+                            format!("task {task_id} failed {failures} times; giving up; the last failure: {reason}"),
                         )
                         .await;
                     }
@@ -268,7 +356,9 @@ impl ControlPlane {
         format!("{slug}-{tag:06x}")
     }
 
-    /// Accepts a job: claims its output, records it and starts planning in the background.
+    /// Accepts a job: checks that its output is free (no live job writes there; no other job's
+    /// outputs unless `overwrite`), records it and starts planning in the background. The
+    /// output is claimed only when the job starts (`claim`).
     pub async fn submit(
         self: &Arc<Self>,
         spec: JobSpec,
@@ -285,7 +375,7 @@ impl ControlPlane {
             ));
         }
         let id = self.new_job_id(&spec);
-        self.claim_output(&spec, &id).await?;
+        self.check_output(&spec, &id).await?;
         let now = crate::now();
         let job = Job {
             job_id: id.clone(),
@@ -314,67 +404,6 @@ impl ControlPlane {
         Ok(id)
     }
 
-    /// Refuses an output that already holds another job's outputs (unless `overwrite`), then
-    /// writes the provenance file there.
-    async fn claim_output(&self, spec: &JobSpec, id: &str) -> Result<(), ControlError> {
-        let output = Location::parse(&spec.output)
-            .map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
-        let marker = output.join("job.json");
-        match marker.read().await {
-            Ok(bytes) => {
-                let other = serde_json::from_slice::<serde_json::Value>(&bytes)
-                    .ok()
-                    .and_then(|v| v.get("job_id").and_then(|j| j.as_str()).map(String::from))
-                    .unwrap_or_else(|| "unknown".into());
-                if !spec.overwrite {
-                    return Err(ControlError::FailedPrecondition(format!(
-                        "output {} already holds the outputs of job `{other}`; choose another output or set `job.overwrite = true`",
-                        output
-                    )));
-                }
-            }
-            Err(mirrorplay_worker::io::IoError::NotFound { .. }) => {}
-            Err(e) => {
-                return Err(ControlError::InvalidArgument(format!(
-                    "cannot use output {output}: {e}"
-                )))
-            }
-        }
-        let json = self.provenance(spec, id, "queued", &[], "");
-        marker.put(json.into_bytes()).await.map_err(|e| {
-            ControlError::InvalidArgument(format!("cannot write to output {output}: {e}"))
-        })
-    }
-
-    fn provenance(
-        &self,
-        spec: &JobSpec,
-        id: &str,
-        state: &str,
-        inputs: &[(String, u64, Option<String>)],
-        config_toml: &str,
-    ) -> String {
-        let config_json = toml::from_str::<toml::Table>(config_toml)
-            .ok()
-            .and_then(|t| serde_json::to_value(t).ok());
-        let value = serde_json::json!({
-            "job_id": id,
-            "name": spec.name,
-            "kind": kind_name(spec),
-            "state": state,
-            "output": spec.output,
-            "mirrorplay_version": env!("CARGO_PKG_VERSION"),
-            "git_hash": env!("MIRRORPLAY_GIT_HASH"),
-            "config_toml": config_toml,
-            "config": config_json,
-            "inputs": inputs.iter().map(|(url, size, etag)| serde_json::json!({"url": url, "size": size, "etag": etag})).collect::<Vec<_>>(),
-            "time": crate::now(),
-        });
-        let mut text = serde_json::to_string_pretty(&value).expect("JSON");
-        text.push('\n');
-        text
-    }
-
     async fn start(self: Arc<Self>, handle: Arc<JobHandle>) {
         let spec = handle.job().spec.unwrap_or_default();
         let mut guard = handle.driver.lock().await;
@@ -387,8 +416,12 @@ impl ControlPlane {
         let stage = driver.stage();
         *guard = Some(driver);
         drop(guard);
+        let tasks = match tasks {
+            Ok(tasks) => self.claim(&handle, &spec).await.map(|()| tasks),
+            Err(e) => Err(e.to_string()),
+        };
         match tasks {
-            Err(e) => self.fail(&handle, e.to_string()).await,
+            Err(e) => self.fail(&handle, e).await,
             Ok(tasks) if tasks.is_empty() => self.succeed(&handle).await,
             Ok(tasks) => {
                 self.update(&handle, |s| {
@@ -448,11 +481,17 @@ impl ControlPlane {
             } else {
                 (s.tasks_done as f64 + running_progress) / total
             };
-            let (stage, checkpoint_step) = s
+            let (stage, checkpoint_step, failures) = s
                 .job
                 .progress
-                .as_ref()
-                .map(|p| (p.stage.clone(), p.checkpoint_step))
+                .as_mut()
+                .map(|p| {
+                    (
+                        p.stage.clone(),
+                        p.checkpoint_step,
+                        std::mem::take(&mut p.failures),
+                    )
+                })
                 .unwrap_or_default();
             s.job.progress = Some(JobProgress {
                 tasks_total: s.tasks_total,
@@ -462,6 +501,7 @@ impl ControlPlane {
                 stage,
                 gangs: self.scheduler.gang_status(&handle.id),
                 checkpoint_step,
+                failures,
             });
             s.job.updated_at = crate::now();
             s.job.clone()
@@ -500,198 +540,10 @@ impl ControlPlane {
 
     async fn succeed(&self, handle: &JobHandle) {
         self.write_final_provenance(handle, "succeeded").await;
-        self.update(handle, |s| s.job.state = JobState::Succeeded as i32);
+        // The line goes out before the state, so that a follower ending at the state has it.
         JobLog(handle).info("job succeeded".into());
+        self.update(handle, |s| s.job.state = JobState::Succeeded as i32);
         self.persist(handle).await;
-    }
-
-    async fn write_final_provenance(&self, handle: &JobHandle, state: &str) {
-        let spec = handle.job().spec.unwrap_or_default();
-        let inputs = handle
-            .driver
-            .try_lock()
-            .ok()
-            .and_then(|d| d.as_ref().map(|d| d.inputs()))
-            .unwrap_or_default();
-        let text = self.provenance(&spec, &handle.id, state, &inputs, &handle.config_toml);
-        let written = async {
-            Location::parse(&spec.output)?
-                .join("job.json")
-                .put(text.into_bytes())
-                .await
-        }
-        .await;
-        if let Err(e) = written {
-            tracing::error!(job_id = %handle.id, error = %e, "cannot write job.json");
-        }
-    }
-
-    // ---- worker reports ----
-
-    pub fn progress(
-        &self,
-        worker_id: &str,
-        task_id: &str,
-        attempt: u32,
-        fraction: f64,
-        metrics: Vec<String>,
-    ) -> Result<(), Rejected> {
-        let job_id = self
-            .scheduler
-            .progress(worker_id, task_id, attempt, fraction)?;
-        if let Some(h) = self.handle(&job_id) {
-            self.update(&h, |_| {});
-            if !metrics.is_empty() {
-                let _ = h.events.send(JobEvent {
-                    job: Some(h.job()),
-                    logs: vec![],
-                    metrics,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    pub async fn task_succeeded(
-        self: &Arc<Self>,
-        worker_id: &str,
-        task_id: &str,
-        attempt: u32,
-        result: TaskResult,
-    ) -> Result<(), Rejected> {
-        let task = match self.scheduler.finish(worker_id, task_id, attempt)? {
-            Finished::Task(task) => *task,
-            Finished::Rank => return Ok(()),
-        };
-        let Some(handle) = self.handle(&task.job_id) else {
-            return Ok(());
-        };
-        let this = self.clone();
-        tokio::spawn(async move {
-            let key = task
-                .task_id
-                .strip_prefix(&format!("{}/", handle.id))
-                .unwrap_or(&task.task_id)
-                .to_string();
-            this.update(&handle, |s| s.tasks_done += 1);
-            let mut guard = handle.driver.lock().await;
-            if is_terminal(handle.state()) {
-                return;
-            }
-            let Some(driver) = guard.as_mut() else { return };
-            let step = driver.on_result(&key, result, &JobLog(&handle)).await;
-            let stage = driver.stage();
-            drop(guard);
-            let spec = handle.job().spec.unwrap_or_default();
-            match step {
-                Err(e) => this.fail(&handle, e.to_string()).await,
-                Ok(Step::Wait) => {}
-                Ok(Step::Run(tasks)) => {
-                    this.update(&handle, |s| {
-                        s.job.progress.get_or_insert_default().stage = stage.unwrap_or_default()
-                    });
-                    this.enqueue(&handle, &spec, tasks);
-                }
-                Ok(Step::Done) => this.succeed(&handle).await,
-            }
-        });
-        Ok(())
-    }
-
-    pub async fn task_failed(
-        &self,
-        worker_id: &str,
-        task_id: &str,
-        attempt: u32,
-        message: String,
-        gang_broken: bool,
-    ) -> Result<(), Rejected> {
-        let task = match self
-            .scheduler
-            .fail(worker_id, task_id, attempt, gang_broken, &message)?
-        {
-            Failed::Task(task) => *task,
-            Failed::Gang(lost) => {
-                self.handle_lost(vec![lost]).await;
-                return Ok(());
-            }
-        };
-        if let Some(handle) = self.handle(&task.job_id) {
-            let worker = self
-                .scheduler
-                .worker_name(worker_id)
-                .unwrap_or_else(|| worker_id.to_string());
-            self.fail(
-                &handle,
-                format!("task {task_id} failed on worker `{worker}`: {message}"),
-            )
-            .await;
-        }
-        Ok(())
-    }
-
-    pub async fn deregister(&self, worker_id: &str, returned: &[TaskRef]) {
-        let lost = self.scheduler.remove_worker(worker_id, "left");
-        if !returned.is_empty() || !lost.is_empty() {
-            self.handle_lost(lost).await;
-        }
-    }
-
-    /// A training task committed the checkpoint of `step`: the job remembers it (`status`,
-    /// the restart message) and logs it.
-    pub async fn checkpoint_committed(
-        &self,
-        worker_id: &str,
-        task_id: &str,
-        attempt: u32,
-        step: u64,
-    ) -> Result<(), Rejected> {
-        let job_id = self.scheduler.job_of(worker_id, task_id, attempt)?;
-        if let Some(h) = self.handle(&job_id) {
-            JobLog(&h).info(format!("checkpoint of step {step} committed"));
-            self.update(&h, |s| {
-                s.job.progress.get_or_insert_default().checkpoint_step = step;
-            });
-            self.persist(&h).await;
-        }
-        Ok(())
-    }
-
-    /// Rendezvous of a gang rank: records its endpoint and waits until every rank of the
-    /// epoch has joined (or `wait` passes, or the epoch ends).
-    pub async fn join_group(
-        &self,
-        worker_id: &str,
-        task_id: &str,
-        attempt: u32,
-        rank: u32,
-        endpoint: Vec<u8>,
-        wait: Duration,
-    ) -> Result<(u32, Vec<Member>), ControlError> {
-        let deadline = tokio::time::Instant::now() + wait;
-        let refused = |why: Rejected| {
-            ControlError::FailedPrecondition(format!(
-                "task {task_id} attempt {attempt} rank {rank}: not a member of the current gang ({why:?})"
-            ))
-        };
-        let mut endpoint = Some(endpoint);
-        loop {
-            let notified = self.scheduler.gang_notifier().notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let joined = self
-                .scheduler
-                .join_group(worker_id, task_id, attempt, rank, endpoint.take())
-                .map_err(refused)?;
-            if let Joined::Complete { epoch, members } = joined {
-                return Ok((epoch, members));
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(ControlError::DeadlineExceeded(format!(
-                    "task {task_id} attempt {attempt}: the gang did not assemble within {wait:?}"
-                )));
-            }
-        }
     }
 
     // ---- clients ----
@@ -709,14 +561,6 @@ impl ControlPlane {
             .values()
             .map(|h| h.live_job(&self.scheduler))
             .collect()
-    }
-
-    pub fn logs(&self, job_id: &str) -> Result<Vec<LogLine>, ControlError> {
-        let h = self
-            .handle(job_id)
-            .ok_or_else(|| ControlError::NotFound(format!("no job `{job_id}`")))?;
-        let logs = h.snapshot.lock().expect("snapshot lock").logs.clone();
-        Ok(logs)
     }
 
     pub async fn cancel(&self, job_id: &str) -> Result<Job, ControlError> {

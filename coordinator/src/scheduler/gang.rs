@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use mirrorplay_proto::v1::{GangStatus, Task};
 
+use super::retry::{requeue, RetryPolicy, Stopped};
 use super::{release, Entry, Inner, Lost, Rejected, Scheduler, TaskState};
 
 /// One rank of a gang as the rendezvous hands it out.
@@ -26,9 +27,10 @@ pub enum Joined {
     Waiting,
 }
 
-/// Ranks the gang needs to start: its full size the first time, `min_group_size` after a loss.
+/// Ranks the gang needs to start: its full size the first time (in this run of its job),
+/// `min_group_size` after a loss.
 fn required(entry: &Entry) -> usize {
-    if entry.task.attempt <= 1 {
+    if entry.task.attempt <= entry.first_attempt {
         entry.task.group_size as usize
     } else {
         entry.min_group_size as usize
@@ -108,7 +110,12 @@ pub(super) fn rank_of(entry: &Entry, worker_id: &str) -> Option<u32> {
 
 /// Ends the current epoch of gang `task_id`: every member is released (they learn it through
 /// their heartbeat) and the task is queued again with the next attempt, or given up.
-pub(super) fn end(inner: &mut Inner, task_id: &str, reason: String) -> Option<Lost> {
+pub(super) fn end(
+    inner: &mut Inner,
+    policy: &RetryPolicy,
+    task_id: &str,
+    stopped: Stopped<'_>,
+) -> Option<Lost> {
     let entry = inner.tasks.get_mut(task_id)?;
     let members = match std::mem::replace(&mut entry.state, TaskState::Queued) {
         TaskState::Running { workers } => workers,
@@ -116,30 +123,11 @@ pub(super) fn end(inner: &mut Inner, task_id: &str, reason: String) -> Option<Lo
     };
     entry.endpoints.clear();
     entry.done.clear();
-    entry.progress = 0.0;
-    entry.last_restart = reason.clone();
-    let job_id = entry.task.job_id.clone();
-    let attempt = entry.task.attempt;
-    let lost = if entry.out_of_attempts() {
-        Lost::GaveUp {
-            job_id,
-            task_id: task_id.to_string(),
-            attempts: attempt,
-        }
-    } else {
-        entry.task.attempt += 1;
-        inner.queue.push_front(task_id.to_string());
-        Lost::Requeued {
-            job_id,
-            task_id: task_id.to_string(),
-            attempt: attempt + 1,
-            reason,
-        }
-    };
+    entry.last_restart = stopped.reason.clone();
     for w in &members {
         release(inner, w, task_id);
     }
-    Some(lost)
+    requeue(inner, policy, task_id, stopped)
 }
 
 impl Scheduler {

@@ -7,9 +7,11 @@
 //! attempt with its own rank; the attempt is the gang's epoch. Losing any member (lease, a
 //! failure that says the gang broke, a hand-back) ends the epoch for all of them: the task is
 //! queued again with attempt + 1 and the other members are told through their heartbeat. Gang
-//! formation, rendezvous and status live in `gang.rs`.
+//! formation, rendezvous and status live in `gang.rs`; the failure policy (retries with
+//! backoff) in `retry.rs`.
 
 mod gang;
+mod retry;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -18,9 +20,14 @@ use mirrorplay_proto::v1::{Task, TaskRef};
 use tokio::sync::Notify;
 
 pub use gang::{Joined, Member};
+pub use retry::{Cause, RetryPolicy};
 
-/// A task is re-issued at most this many times after losing its worker (or its gang).
-pub const MAX_ATTEMPTS: u32 = 8;
+use retry::{requeue, Stopped};
+
+/// A task is issued at most this many times in one run of its job (failures, limited further
+/// by the retry policy, and hand-backs together); each resume or restart of a job starts its
+/// attempt numbers this much higher, so attempts of different runs never meet.
+pub const MAX_ATTEMPTS: u32 = 64;
 
 #[derive(Debug)]
 struct Worker {
@@ -62,6 +69,10 @@ struct Entry {
     last_restart: String,
     /// The attempt the task was queued with (a resumed job starts above earlier runs).
     first_attempt: u32,
+    /// Failures so far (hand-backs are not failures).
+    failures: u32,
+    /// A retry waits for its backoff: not assigned before this.
+    not_before: Option<Instant>,
 }
 
 impl Entry {
@@ -74,12 +85,18 @@ impl Entry {
         self.task.attempt + 1 - self.first_attempt >= MAX_ATTEMPTS
     }
 
+    /// False while a retry waits for its backoff.
+    fn ready(&self, now: Instant) -> bool {
+        self.not_before.is_none_or(|t| t <= now)
+    }
+
     fn runs_on(&self, worker_id: &str) -> bool {
         matches!(&self.state, TaskState::Running { workers } if workers.iter().any(|w| w == worker_id))
     }
 }
 
-/// What happened to a task when its worker (or one of its gang) went away.
+/// What happened to a task that stopped without a result: its worker (or one of its gang)
+/// went away, handed it back, or it failed with a transient error.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Lost {
     /// Queued again with a new attempt number.
@@ -87,14 +104,24 @@ pub enum Lost {
         job_id: String,
         task_id: String,
         attempt: u32,
-        /// Why: the worker that was lost, or why the gang ended.
+        cause: Cause,
+        /// The worker that ran it (a gang: the member that was lost or failed).
+        worker: String,
+        /// Why: the worker that was lost, the failure, or why the gang ended.
         reason: String,
+        /// The retry this is (1-based); 0 for a hand-back, which is not a failure.
+        retry: u32,
+        /// The backoff before it may be assigned.
+        delay: Duration,
     },
-    /// Lost too many times: the job should fail.
+    /// Failed too often: the job should fail.
     GaveUp {
         job_id: String,
         task_id: String,
-        attempts: u32,
+        failures: u32,
+        worker: String,
+        /// Why the last attempt failed.
+        reason: String,
     },
 }
 
@@ -120,8 +147,8 @@ pub enum Finished {
 pub enum Failed {
     /// The task failed for good: the job fails.
     Task(Box<Task>),
-    /// The gang broke: it was ended and queued again (or gave up).
-    Gang(Lost),
+    /// A transient failure, or the gang broke: the task was queued again (or gave up).
+    Again(Lost),
 }
 
 pub struct Scheduler {
@@ -131,6 +158,7 @@ pub struct Scheduler {
     /// Wakes JoinGroup calls when a rank joins or a gang ends.
     gangs: Notify,
     pub lease: Duration,
+    pub retry: RetryPolicy,
 }
 
 #[derive(Default)]
@@ -142,12 +170,18 @@ struct Inner {
 }
 
 impl Scheduler {
+    #[cfg(test)]
     pub fn new(lease: Duration) -> Self {
+        Scheduler::with_retry(lease, RetryPolicy::default())
+    }
+
+    pub fn with_retry(lease: Duration, retry: RetryPolicy) -> Self {
         Scheduler {
             inner: Default::default(),
             queued: Notify::new(),
             gangs: Notify::new(),
             lease,
+            retry,
         }
     }
 
@@ -231,6 +265,8 @@ impl Scheduler {
                     done: BTreeSet::new(),
                     last_restart: String::new(),
                     first_attempt,
+                    failures: 0,
+                    not_before: None,
                 },
             );
         }
@@ -259,6 +295,9 @@ impl Scheduler {
             let Some(entry) = inner.tasks.get(id) else {
                 return false;
             };
+            if !entry.ready(now) {
+                return false;
+            }
             if entry.is_gang() {
                 return gang::can_form(inner, entry, fresh);
             }
@@ -379,25 +418,55 @@ impl Scheduler {
         Ok(Finished::Task(Box::new(entry.task)))
     }
 
-    /// Accepts a failure report. A gang rank whose failure says the gang broke ends the epoch
-    /// (the task is queued again); any other failure fails the task for good.
+    /// Accepts a failure report. A gang rank whose failure says the gang broke ends the epoch,
+    /// and a transient failure stops the task: either is queued again after a backoff (or gives
+    /// up, past the retry limit). Any other failure fails the task for good.
     pub fn fail(
         &self,
         worker_id: &str,
         task_id: &str,
         attempt: u32,
-        gang_broken: bool,
+        kind: FailureKind,
         message: &str,
     ) -> Result<Failed, Rejected> {
         let mut inner = self.lock();
         self.check_report(&inner, worker_id, task_id, attempt)?;
         let entry = inner.tasks.get(task_id).ok_or(Rejected::UnknownTask)?;
-        if entry.is_gang() && gang_broken {
-            let name = worker_label(&inner, worker_id);
-            let lost = gang::end(&mut inner, task_id, format!("rank on `{name}`: {message}"));
+        let is_gang = entry.is_gang();
+        let members = match &entry.state {
+            TaskState::Running { workers } => workers.clone(),
+            TaskState::Queued => vec![],
+        };
+        let name = worker_label(&inner, worker_id);
+        let cause = match kind {
+            FailureKind::GangBroken if is_gang => Some(Cause::GangBroken),
+            FailureKind::Transient => Some(Cause::Transient),
+            _ => None,
+        };
+        let again = cause.map(|cause| {
+            let reason = if is_gang {
+                format!("rank on `{name}`: {message}")
+            } else {
+                message.to_string()
+            };
+            let stopped = Stopped {
+                cause,
+                worker: &name,
+                reason,
+            };
+            if is_gang {
+                gang::end(&mut inner, &self.retry, task_id, stopped)
+            } else {
+                for w in &members {
+                    release(&mut inner, w, task_id);
+                }
+                requeue(&mut inner, &self.retry, task_id, stopped)
+            }
+        });
+        if let Some(lost) = again {
             drop(inner);
             self.wake_all();
-            return lost.map(Failed::Gang).ok_or(Rejected::UnknownTask);
+            return lost.map(Failed::Again).ok_or(Rejected::UnknownTask);
         }
         let entry = inner.tasks.remove(task_id).ok_or(Rejected::UnknownTask)?;
         if let TaskState::Running { workers } = &entry.state {
@@ -432,41 +501,44 @@ impl Scheduler {
         self.gangs.notify_waiters();
     }
 
-    /// Removes a worker (deregistered or lease expired) and re-issues its tasks; a gang it
-    /// belonged to ends for every member.
-    pub fn remove_worker(&self, worker_id: &str, why: &str) -> Vec<Lost> {
+    /// Removes a worker (deregistered or lease expired) and re-issues its tasks: those in
+    /// `returned` (handed back on shutdown) at once and without counting a failure, the others
+    /// as failures (lost worker) after a backoff. A gang it belonged to ends for every member.
+    pub fn remove_worker(&self, worker_id: &str, why: &str, returned: &[TaskRef]) -> Vec<Lost> {
         let mut inner = self.lock();
         let Some(worker) = inner.workers.remove(worker_id) else {
             return vec![];
         };
         let mut lost = Vec::new();
         for id in worker.running {
-            let Some(entry) = inner.tasks.get_mut(&id) else {
+            let Some(entry) = inner.tasks.get(&id) else {
                 continue;
             };
+            let handed_back = returned
+                .iter()
+                .any(|r| r.task_id == id && r.attempt == entry.task.attempt);
+            let (cause, reason) = if handed_back {
+                (
+                    Cause::HandedBack,
+                    format!("worker `{}` handed it back", worker.name),
+                )
+            } else {
+                (Cause::LostWorker, format!("worker `{}` {why}", worker.name))
+            };
+            let stopped = Stopped {
+                cause: if entry.is_gang() && !handed_back {
+                    Cause::GangBroken
+                } else {
+                    cause
+                },
+                worker: &worker.name,
+                reason,
+            };
             if entry.is_gang() {
-                let reason = format!("worker `{}` {why}", worker.name);
-                lost.extend(gang::end(&mut inner, &id, reason));
-                continue;
+                lost.extend(gang::end(&mut inner, &self.retry, &id, stopped));
+            } else {
+                lost.extend(requeue(&mut inner, &self.retry, &id, stopped));
             }
-            if entry.out_of_attempts() {
-                lost.push(Lost::GaveUp {
-                    job_id: entry.task.job_id.clone(),
-                    task_id: id.clone(),
-                    attempts: entry.task.attempt,
-                });
-                continue;
-            }
-            entry.task.attempt += 1;
-            entry.state = TaskState::Queued;
-            entry.progress = 0.0;
-            lost.push(Lost::Requeued {
-                job_id: entry.task.job_id.clone(),
-                task_id: id.clone(),
-                attempt: entry.task.attempt,
-                reason: format!("worker `{}` {why}", worker.name),
-            });
-            inner.queue.push_front(id);
         }
         drop(inner);
         self.wake_all();
@@ -489,6 +561,17 @@ impl Scheduler {
             .collect()
     }
 
+    /// Tasks queued (waiting for a worker or a retry's backoff) and running, over all jobs.
+    pub fn task_counts(&self) -> (u64, u64) {
+        let inner = self.lock();
+        let running = inner
+            .tasks
+            .values()
+            .filter(|e| matches!(e.state, TaskState::Running { .. }))
+            .count() as u64;
+        (inner.tasks.len() as u64 - running, running)
+    }
+
     /// (queued, running, summed progress of running tasks) for a job.
     pub fn job_counts(&self, job_id: &str) -> (u64, u64, f64) {
         let inner = self.lock();
@@ -506,6 +589,17 @@ impl Scheduler {
         }
         (queued, running, progress)
     }
+}
+
+/// How a failure report says the task failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The task failed for good (bad input, invalid task): the job fails.
+    Final,
+    /// A transient error (store I/O): retried.
+    Transient,
+    /// A gang rank whose gang broke (a peer died, timed out or left): the gang re-forms.
+    GangBroken,
 }
 
 /// Frees `worker_id`'s slot (and any undelivered rank) of `task_id`.

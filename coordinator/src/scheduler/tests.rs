@@ -29,6 +29,18 @@ fn form(s: &Scheduler, workers: &[&String]) -> Vec<Task> {
     got.into_iter().map(|t| t.expect("a rank")).collect()
 }
 
+/// A scheduler whose retries wait for no backoff (`retries` failures survived).
+fn no_backoff(lease: Duration, retries: u32) -> Scheduler {
+    Scheduler::with_retry(
+        lease,
+        RetryPolicy {
+            max_retries: retries,
+            backoff: Duration::ZERO,
+            max_backoff: Duration::ZERO,
+        },
+    )
+}
+
 fn refs(t: &Task) -> Vec<TaskRef> {
     vec![TaskRef {
         task_id: t.task_id.clone(),
@@ -38,7 +50,7 @@ fn refs(t: &Task) -> Vec<TaskRef> {
 
 #[test]
 fn lease_loss_requeues_with_a_new_attempt_and_fences_the_old_one() {
-    let s = Scheduler::new(Duration::from_millis(10));
+    let s = no_backoff(Duration::from_millis(10), 4);
     let a = s.register("a", 1);
     let b = s.register("b", 1);
     s.enqueue(vec![(task("j", "t1"), 0), (task("j", "t2"), 0)], 0);
@@ -48,14 +60,18 @@ fn lease_loss_requeues_with_a_new_attempt_and_fences_the_old_one() {
     std::thread::sleep(Duration::from_millis(20));
     s.heartbeat(&b, &[]).unwrap();
     assert_eq!(s.expired_workers(), vec![a.clone()]);
-    let lost = s.remove_worker(&a, "lost its lease");
+    let lost = s.remove_worker(&a, "lost its lease", &[]);
     assert_eq!(
         lost,
         vec![Lost::Requeued {
             job_id: "j".into(),
             task_id: "t1".into(),
             attempt: 2,
-            reason: "worker `a` lost its lease".into()
+            cause: Cause::LostWorker,
+            worker: "a".into(),
+            reason: "worker `a` lost its lease".into(),
+            retry: 1,
+            delay: Duration::ZERO,
         }]
     );
     let again = s.assign(&b).unwrap();
@@ -157,7 +173,7 @@ fn the_rendezvous_completes_when_every_rank_joined_and_refuses_other_epochs_and_
 
 #[test]
 fn losing_a_member_ends_the_epoch_for_all_and_the_gang_re_forms_at_min_size() {
-    let s = Scheduler::new(Duration::from_secs(10));
+    let s = no_backoff(Duration::from_secs(10), 4);
     let a = s.register("a", 1);
     let b = s.register("b", 1);
     let c = s.register("c", 1);
@@ -167,14 +183,18 @@ fn losing_a_member_ends_the_epoch_for_all_and_the_gang_re_forms_at_min_size() {
     let tc = s.assign(&c).unwrap();
     let ta = s.assign(&a).unwrap();
     s.assign(&b).unwrap();
-    let lost = s.remove_worker(&c, "lost its lease");
+    let lost = s.remove_worker(&c, "lost its lease", &[]);
     assert_eq!(
         lost,
         vec![Lost::Requeued {
             job_id: "j".into(),
             task_id: "g".into(),
             attempt: 2,
-            reason: "worker `c` lost its lease".into()
+            cause: Cause::GangBroken,
+            worker: "c".into(),
+            reason: "worker `c` lost its lease".into(),
+            retry: 1,
+            delay: Duration::ZERO,
         }]
     );
     // The survivors are told to stop the old epoch.
@@ -198,19 +218,21 @@ fn losing_a_member_ends_the_epoch_for_all_and_the_gang_re_forms_at_min_size() {
 
 #[test]
 fn a_gang_broken_failure_requeues_but_a_task_failure_is_final_and_rank_zero_completes() {
-    let s = Scheduler::new(Duration::from_secs(10));
+    let s = no_backoff(Duration::from_secs(10), 4);
     let a = s.register("a", 1);
     let b = s.register("b", 1);
     s.enqueue(vec![(gang("j", "g", 2), 0)], 0);
     form(&s, &[&a, &b]);
-    let failed = s.fail(&b, "g", 1, true, "peer closed the ring").unwrap();
+    let failed = s
+        .fail(&b, "g", 1, FailureKind::GangBroken, "peer closed the ring")
+        .unwrap();
     assert!(matches!(
         failed,
-        Failed::Gang(Lost::Requeued { attempt: 2, .. })
+        Failed::Again(Lost::Requeued { attempt: 2, .. })
     ));
     // A second survivor's report of the same epoch is stale.
     assert_eq!(
-        s.fail(&a, "g", 1, true, "peer closed the ring"),
+        s.fail(&a, "g", 1, FailureKind::GangBroken, "peer closed the ring"),
         Err(Rejected::StaleAttempt { current: 2 })
     );
     form(&s, &[&a, &b]);
@@ -223,23 +245,125 @@ fn a_gang_broken_failure_requeues_but_a_task_failure_is_final_and_rank_zero_comp
     s.enqueue(vec![(gang("j", "h", 2), 0)], 0);
     form(&s, &[&a, &b]);
     assert!(matches!(
-        s.fail(&a, "h", 1, false, "bad data"),
+        s.fail(&a, "h", 1, FailureKind::Final, "bad data"),
         Ok(Failed::Task(_))
     ));
 }
 
 #[test]
-fn a_gang_gives_up_after_max_attempts() {
-    let s = Scheduler::new(Duration::from_secs(10));
+fn a_gang_gives_up_after_its_retries() {
+    let s = no_backoff(Duration::from_secs(10), 3);
     let a = s.register("a", 1);
     let b = s.register("b", 1);
     s.enqueue(vec![(gang("j", "g", 2), 0)], 0);
     let mut last = None;
-    for _ in 0..MAX_ATTEMPTS {
+    for _ in 0..4 {
         let tb = form(&s, &[&a, &b]).remove(1);
-        last = Some(s.fail(&b, "g", tb.attempt, true, "peer died").unwrap());
+        last = Some(
+            s.fail(&b, "g", tb.attempt, FailureKind::GangBroken, "peer died")
+                .unwrap(),
+        );
     }
     assert!(
-        matches!(last, Some(Failed::Gang(Lost::GaveUp { attempts, .. })) if attempts == MAX_ATTEMPTS)
+        matches!(&last, Some(Failed::Again(Lost::GaveUp { failures: 4, reason, .. })) if reason == "rank on `b`: peer died"),
+        "{last:?}"
     );
+    assert_eq!(s.job_counts("j"), (0, 0, 0.0));
+}
+
+#[test]
+fn a_transient_failure_is_retried_after_a_doubling_backoff_until_the_limit() {
+    let policy = RetryPolicy {
+        max_retries: 2,
+        backoff: Duration::from_millis(150),
+        max_backoff: Duration::from_secs(10),
+    };
+    let s = Scheduler::with_retry(Duration::from_secs(10), policy);
+    let a = s.register("a", 1);
+    s.enqueue(vec![(task("j", "t"), 0)], 0);
+    let mut attempt = s.assign(&a).unwrap().attempt;
+    for retry in 1..=2u32 {
+        let failed = s
+            .fail(&a, "t", attempt, FailureKind::Transient, "store: 503")
+            .unwrap();
+        let delay = policy.delay(retry);
+        assert_eq!(
+            failed,
+            Failed::Again(Lost::Requeued {
+                job_id: "j".into(),
+                task_id: "t".into(),
+                attempt: attempt + 1,
+                cause: Cause::Transient,
+                worker: "a".into(),
+                reason: "store: 503".into(),
+                retry,
+                delay,
+            })
+        );
+        assert_eq!(s.task_counts(), (1, 0), "queued during the backoff");
+        assert!(s.assign(&a).is_none(), "not before the backoff");
+        std::thread::sleep(delay + Duration::from_millis(20));
+        attempt = s.assign(&a).expect("assigned after the backoff").attempt;
+    }
+    // The third failure is one more than the two retries allow.
+    let failed = s
+        .fail(&a, "t", attempt, FailureKind::Transient, "store: 503 again")
+        .unwrap();
+    assert!(
+        matches!(&failed, Failed::Again(Lost::GaveUp { failures: 3, reason, .. }) if reason == "store: 503 again"),
+        "{failed:?}"
+    );
+    assert_eq!(s.task_counts(), (0, 0));
+    // A final failure fails at once, whatever the retries left.
+    s.enqueue(vec![(task("j", "u"), 0)], 0);
+    let u = s.assign(&a).unwrap();
+    assert!(matches!(
+        s.fail(&a, "u", u.attempt, FailureKind::Final, "invalid task"),
+        Ok(Failed::Task(_))
+    ));
+}
+
+#[test]
+fn hand_backs_are_not_failures_but_a_lost_worker_is() {
+    let s = no_backoff(Duration::from_secs(10), 1);
+    s.enqueue(vec![(task("j", "t"), 0)], 0);
+    // Handed back more often than any retry limit: re-issued each time, at once.
+    for n in 1..=5u32 {
+        let w = s.register(&format!("w{n}"), 1);
+        let t = s.assign(&w).unwrap();
+        assert_eq!(t.attempt, n);
+        let lost = s.remove_worker(&w, "left", &refs(&t));
+        assert!(
+            matches!(&lost[..], [Lost::Requeued { cause: Cause::HandedBack, retry: 0, delay, .. }] if delay.is_zero()),
+            "{lost:?}"
+        );
+    }
+    // Two workers lost with it: the first is its one retry, the second fails it.
+    for (n, last) in [(6u32, false), (7, true)] {
+        let w = s.register(&format!("w{n}"), 1);
+        s.assign(&w).unwrap();
+        let lost = s.remove_worker(&w, "lost its lease", &[]);
+        assert_eq!(matches!(&lost[..], [Lost::GaveUp { .. }]), last, "{lost:?}");
+    }
+}
+
+#[test]
+fn a_resumed_gang_starts_its_first_epoch_at_full_size() {
+    let s = no_backoff(Duration::from_secs(10), 4);
+    let a = s.register("a", 1);
+    let b = s.register("b", 1);
+    let c = s.register("c", 1);
+    // A resumed job's tasks start above the earlier runs' attempts.
+    let resumed = Task {
+        attempt: MAX_ATTEMPTS + 1,
+        ..gang("j", "g", 3)
+    };
+    s.enqueue(vec![(resumed, 2)], 0);
+    assert!(s.assign(&a).is_none());
+    assert!(
+        s.assign(&b).is_none(),
+        "two of three ranks are not enough yet"
+    );
+    let ranks = form(&s, &[&a, &b, &c]);
+    assert!(ranks.iter().all(|t| t.group_size == 3), "{ranks:?}");
 }

@@ -35,12 +35,25 @@ pub fn free_port() -> u16 {
 }
 
 pub fn spawn_worker(url: &str, name: &str, delay_ms: Option<u64>) -> Killed {
+    spawn_worker_env(url, name, delay_ms, &[])
+}
+
+/// As `spawn_worker`, with `env` (a token, a fault knob).
+pub fn spawn_worker_env(
+    url: &str,
+    name: &str,
+    delay_ms: Option<u64>,
+    env: &[(&str, &str)],
+) -> Killed {
     let mut cmd = Command::new(worker_bin());
     cmd.args(["--coordinator", url, "--name", name, "--grace-secs", "0"])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     if let Some(ms) = delay_ms {
         cmd.env("MIRRORPLAY_FAULT_TASK_DELAY_MS", ms.to_string());
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     Killed(cmd.spawn().unwrap())
 }
@@ -58,8 +71,9 @@ pub fn spawn_coordinator(dir: &Path, url: &str) -> Killed {
     spawn_coordinator_with(dir, url, &[], &[], None)
 }
 
-/// `mirrorplay serve --listen URL's address --state DIR/state --lease-ms 1000 EXTRA...`
-/// with `env`, its stderr into `log` (else discarded); not waited for.
+/// `mirrorplay serve --listen URL's address --state DIR/state EXTRA...` (with `--lease-ms
+/// 1000` and `--retry-backoff-ms 100` unless EXTRA sets them) with `env`, its stderr into `log` (else
+/// discarded); not waited for.
 pub fn start_coordinator(
     dir: &Path,
     url: &str,
@@ -88,10 +102,18 @@ pub fn start_coordinator(
         &listen,
         "--state",
         dir.join("state").to_str().unwrap(),
-        "--lease-ms",
-        "1000",
     ])
+    .args(if extra.contains(&"--lease-ms") {
+        &[][..]
+    } else {
+        &["--lease-ms", "1000"][..]
+    })
     .args(extra)
+    .args(if extra.contains(&"--retry-backoff-ms") {
+        &[][..]
+    } else {
+        &["--retry-backoff-ms", "100"][..]
+    })
     .stdout(Stdio::null())
     .stderr(stderr);
     for (k, v) in env {

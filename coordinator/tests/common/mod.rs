@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod http;
+pub mod openmetrics;
 pub mod s3;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -56,7 +56,12 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    mirrorplay_worker::logging::init(&args.log_format, "info");
+    // The lines logged while a task runs also go to the coordinator, into the job's log.
+    mirrorplay_worker::logging::init_with(
+        &args.log_format,
+        "info",
+        Some(Box::new(runtime::task_log::Capture)),
+    );
     let delay_ms: u64 = match std::env::var(FAULT_TASK_DELAY_ENV) {
         Ok(v) => v.parse().map_err(|_| {
             anyhow::anyhow!("{FAULT_TASK_DELAY_ENV}={v} is not a number of milliseconds")
@@ -89,7 +94,8 @@ async fn main() -> Result<()> {
         tracing::info!("shutdown signal received");
         let _ = tx.send(true);
     });
-    // The runtime only returns an error for bad connection settings (URL, TLS files).
+    // The runtime only returns an error for bad connection settings (URL, TLS files) and
+    // for a coordinator that refuses this worker (another version).
     if let Err(e) = runtime::run(opts, rx).await {
         usage_error(&e);
     }

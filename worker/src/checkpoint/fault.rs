@@ -5,15 +5,18 @@
 //! [`FAULT_STORE_ENV`], which `Location::parse` applies to every store it returns (one hook in
 //! `io/store.rs`; off unless the variable is set).
 //!
-//! Syntax: `MIRRORPLAY_FAULT_STORE="op=put|part|complete|any,nth=N,mode=error|stall|delay,ms=M"`
+//! Syntax: `MIRRORPLAY_FAULT_STORE="op=put|part|complete|any,nth=N,mode=error|stall|delay,ms=M,times=K,scope=checkpoints|any"`
 //! - `op`: the kind of call counted (`any`: all three kinds).
 //! - `nth`: 1-based; the Nth matching call of the process (all checkpoints together). Default 1.
-//! - `mode=error`: that call fails; `stall`: that call never returns; `delay`: that call and
-//!   every later matching one wait `ms` milliseconds first (slow storage: a checkpoint being
-//!   written lasts long enough for a kill to land in it).
+//! - `mode=error`: that call fails (and the `times - 1` matching calls after it; `times`
+//!   defaults to 1); `stall`: that call never returns; `delay`: that call and every later
+//!   matching one wait `ms` milliseconds first (slow storage: a checkpoint being written lasts
+//!   long enough for a kill to land in it).
+//! - `scope`: `checkpoints` (the default) counts only calls whose path has a `checkpoints`
+//!   segment; `any` counts writes anywhere (a merge's output shards: the failure policy's
+//!   transient store errors).
 //!
-//! Only calls whose path has a `checkpoints` segment count; reads, lists and deletes are never
-//! touched. Must not be used for anything but fault tests.
+//! Reads, lists and deletes are never touched. Must not be used for anything but fault tests.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -61,11 +64,15 @@ pub struct FaultSpec {
     pub op: FaultOp,
     pub nth: usize,
     pub mode: FaultMode,
+    /// With `mode=error`: this many matching calls from the `nth` on fail.
+    pub times: usize,
+    /// Count writes anywhere, not only under `checkpoints/`.
+    pub anywhere: bool,
 }
 
 /// A malformed [`FAULT_STORE_ENV`] value; names the offending item.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{FAULT_STORE_ENV}=`{value}`: {reason} (expected op=put|part|complete|any,nth=N,mode=error|stall|delay[,ms=M])")]
+#[error("{FAULT_STORE_ENV}=`{value}`: {reason} (expected op=put|part|complete|any,nth=N,mode=error|stall|delay[,ms=M][,times=K][,scope=checkpoints|any])")]
 pub struct FaultSpecError {
     pub value: String,
     pub reason: String,
@@ -79,6 +86,7 @@ impl FaultSpec {
             reason,
         };
         let (mut op, mut nth, mut mode, mut ms) = (None, 1usize, None, None);
+        let (mut times, mut anywhere) = (None, false);
         for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let (key, v) = item
                 .split_once('=')
@@ -102,6 +110,22 @@ impl FaultSpec {
                         .ok_or_else(|| bad(format!("nth `{v}` is not a positive integer")))?
                 }
                 "mode" => mode = Some(v.trim().to_string()),
+                "times" => {
+                    times = Some(
+                        v.trim()
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|&n| n >= 1)
+                            .ok_or_else(|| bad(format!("times `{v}` is not a positive integer")))?,
+                    )
+                }
+                "scope" => {
+                    anywhere = match v.trim() {
+                        "checkpoints" => false,
+                        "any" => true,
+                        other => return Err(bad(format!("unknown scope `{other}`"))),
+                    }
+                }
                 "ms" => {
                     ms = Some(
                         v.trim()
@@ -124,7 +148,16 @@ impl FaultSpec {
             (Some(other), _) => return Err(bad(format!("unknown mode `{other}`"))),
             (None, _) => return Err(bad("missing mode".into())),
         };
-        Ok(FaultSpec { op, nth, mode })
+        if times.is_some() && mode != FaultMode::Error {
+            return Err(bad("times is only for mode=error".into()));
+        }
+        Ok(FaultSpec {
+            op,
+            nth,
+            mode,
+            times: times.unwrap_or(1),
+            anywhere,
+        })
     }
 
     /// The spec in [`FAULT_STORE_ENV`], parsed once per process; `Ok(None)` when unset.
@@ -231,14 +264,16 @@ fn decide(
     op: FaultOp,
     path: &StorePath,
 ) -> Option<Injected> {
-    if !spec.matches(op) || !path.parts().any(|p| p.as_ref() == CHECKPOINTS_DIR) {
+    if !spec.matches(op) || !(spec.anywhere || path.parts().any(|p| p.as_ref() == CHECKPOINTS_DIR))
+    {
         return None;
     }
     let n = counter.count()?;
     let what = format!("{op:?} #{n} of {path}").to_lowercase();
     match spec.mode {
         FaultMode::Delay(d) => Some(Injected::Delay(d)),
-        _ if n != counter.nth() => None,
+        FaultMode::Error if n >= counter.nth() + spec.times => None,
+        FaultMode::Stall if n != counter.nth() => None,
         FaultMode::Error => {
             tracing::warn!(call = %what, "fault injection: error");
             Some(Injected::Error(what))
@@ -398,7 +433,9 @@ mod tests {
             FaultSpec {
                 op: FaultOp::Part,
                 nth: 3,
-                mode: FaultMode::Error
+                mode: FaultMode::Error,
+                times: 1,
+                anywhere: false,
             }
         );
         assert_eq!(
@@ -406,7 +443,9 @@ mod tests {
             FaultSpec {
                 op: FaultOp::Any,
                 nth: 1,
-                mode: FaultMode::Delay(Duration::from_millis(40))
+                mode: FaultMode::Delay(Duration::from_millis(40)),
+                times: 1,
+                anywhere: false,
             }
         );
         assert_eq!(
@@ -421,6 +460,9 @@ mod tests {
             ("op=put", "missing mode"),
             ("mode=stall", "missing op"),
             ("op=put,mode=error,x=1", "unknown key `x`"),
+            ("op=put,mode=stall,times=2", "only for mode=error"),
+            ("op=put,mode=error,times=0", "times `0`"),
+            ("op=put,mode=error,scope=all", "unknown scope `all`"),
             ("op=put,mode", "`mode` is not key=value"),
         ] {
             let e = FaultSpec::parse(bad).unwrap_err().to_string();
@@ -447,5 +489,22 @@ mod tests {
         assert!(decide(&spec, &counter, FaultOp::Put, &ckpt).is_none()); // #3: once only
         counter.disarm();
         assert!(decide(&spec, &counter, FaultOp::Put, &ckpt).is_none());
+    }
+
+    #[test]
+    fn scope_any_counts_writes_anywhere_and_times_fails_that_many_in_a_row() {
+        let spec = FaultSpec::parse("op=any,mode=error,times=2,scope=any").unwrap();
+        assert_eq!((spec.times, spec.anywhere), (2, true));
+        let counter = FaultCounter::new(spec.nth);
+        let shard = StorePath::from("out/model-00001-of-00002.safetensors");
+        let failed: Vec<bool> = (0..4)
+            .map(|_| {
+                matches!(
+                    decide(&spec, &counter, FaultOp::Put, &shard),
+                    Some(Injected::Error(_))
+                )
+            })
+            .collect();
+        assert_eq!(failed, vec![true, true, false, false]);
     }
 }

@@ -485,6 +485,8 @@ async fn injected_failures_never_leave_a_valid_looking_step() {
                 op,
                 nth,
                 mode: kind,
+                times: 1,
+                anywhere: false,
             },
             counter.clone(),
         );
@@ -537,6 +539,8 @@ async fn a_failed_write_never_deletes_another_writers_commit() {
             op: FaultOp::Part,
             nth: 1,
             mode: FaultMode::Stall,
+            times: 1,
+            anywhere: false,
         },
         FaultCounter::new(1),
     );

@@ -37,6 +37,29 @@ pub enum IoError {
 pub type Result<T, E = IoError> = std::result::Result<T, E>;
 
 impl IoError {
+    /// True for store I/O that may succeed when tried again: a request the store failed or
+    /// that timed out (object stores), an interrupted or timed-out file operation. A missing
+    /// object, a refused permission or malformed content are not transient.
+    pub fn is_transient(&self) -> bool {
+        use std::io::ErrorKind;
+        match self {
+            IoError::Store { source, .. } => matches!(
+                source,
+                object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }
+            ),
+            IoError::Fs { source, .. } => matches!(
+                source.kind(),
+                ErrorKind::Interrupted
+                    | ErrorKind::TimedOut
+                    | ErrorKind::WouldBlock
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::BrokenPipe
+            ),
+            _ => false,
+        }
+    }
+
     pub(crate) fn store(url: &str, source: object_store::Error) -> Self {
         match source {
             object_store::Error::NotFound { .. } => IoError::NotFound {

@@ -44,6 +44,16 @@ impl JobError {
     pub fn is_gang_broken(&self) -> bool {
         matches!(self, JobError::Gang(_))
     }
+
+    /// True when the same task may succeed if tried again: store I/O that failed on the way
+    /// (the object-store client has already retried its own requests), not a missing or
+    /// malformed input nor an invalid task.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            JobError::Io(e) => e.is_transient(),
+            _ => false,
+        }
+    }
 }
 
 /// Runs one task to completion; a training task runs as one rank of `collective` (a gang's

@@ -18,12 +18,22 @@ use crate::connect::{ClientTls, ConnectError, Connection, CoordinatorRpc, Token}
 use crate::jobs::{run_task, JobError};
 
 mod gang;
+pub mod task_log;
 
 /// No checkpoint committed yet.
 const NO_COMMIT: u64 = u64::MAX;
 
 /// Fault-injection knob for tests: sleep this long after receiving each task, before working.
 pub const FAULT_TASK_DELAY_ENV: &str = "MIRRORPLAY_FAULT_TASK_DELAY_MS";
+
+/// Test knob: the version this worker says it runs when registering (a worker of another
+/// version, without building one).
+pub const FAULT_VERSION_ENV: &str = "MIRRORPLAY_FAULT_WORKER_VERSION";
+
+/// The version sent with Register: this build's, unless [`FAULT_VERSION_ENV`] says otherwise.
+fn registered_version() -> String {
+    std::env::var(FAULT_VERSION_ENV).unwrap_or_else(|_| env!("CARGO_PKG_VERSION").into())
+}
 
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
@@ -48,6 +58,9 @@ pub struct WorkerOptions {
 pub enum RuntimeError {
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// The coordinator refused to register this worker (another version).
+    #[error("the coordinator refused this worker: {0}")]
+    Refused(String),
 }
 
 /// How a session with one registration ended.
@@ -82,11 +95,14 @@ pub async fn run(
         let request = RegisterRequest {
             name: opts.name.clone(),
             slots: 1,
-            version: env!("CARGO_PKG_VERSION").into(),
+            version: registered_version(),
             device: device_name(&opts.device),
         };
         let registered = match client.register(request).await {
             Ok(r) => r.into_inner(),
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                return Err(RuntimeError::Refused(status.message().to_string()));
+            }
             Err(status) => {
                 let wait = backoff.next();
                 tracing::warn!(coordinator = %opts.coordinator, error = %status.message(), retry_in_ms = wait.as_millis() as u64, "cannot register");
@@ -150,6 +166,13 @@ struct Session {
     worker_id: String,
     heartbeat: Duration,
     lease: Duration,
+}
+
+/// What a failure report says of the failure.
+#[derive(Debug, Clone, Copy, Default)]
+struct FailureKind {
+    gang_broken: bool,
+    transient: bool,
 }
 
 /// Signals from the heartbeat loop.
@@ -238,7 +261,8 @@ impl Session {
     ) -> Option<SessionEnd> {
         let span = tracing::info_span!("task", task_id = %task.task_id, attempt = task.attempt);
         let _enter = span.enter();
-        tracing::info!("started");
+        task_log::start();
+        tracing::info!(task_id = %task.task_id, attempt = task.attempt, "started");
         let progress = Arc::new(AtomicU64::new(0f64.to_bits()));
         // The last committed checkpoint step (NO_COMMIT: none yet), forwarded on each tick.
         let committed = Arc::new(AtomicU64::new(NO_COMMIT));
@@ -311,7 +335,7 @@ impl Session {
                         self.commit_checkpoint(&task, step).await;
                     }
                     let fraction = f64::from_bits(progress.load(Ordering::Relaxed));
-                    let report = report_task_request::Report::Progress(TaskProgress { fraction, message: String::new(), metrics: take_metrics() });
+                    let report = report_task_request::Report::Progress(TaskProgress { fraction, message: String::new(), metrics: take_metrics(), logs: task_log::take() });
                     if let Ok(false) = self.report(&task, report).await {
                         tracing::warn!("progress rejected; dropping the task");
                         break None;
@@ -321,7 +345,8 @@ impl Session {
                     let state = hb_rx.borrow().clone();
                     if state.lost {
                         cancel.store(true, Ordering::Relaxed);
-                    handle.abort();
+                        handle.abort();
+                        task_log::stop();
                         return Some(SessionEnd::Lost);
                     }
                     if state.cancel.iter().any(|c| c.task_id == task.task_id && c.attempt == task.attempt) {
@@ -340,6 +365,7 @@ impl Session {
                     handle.abort();
                     let returned = vec![TaskRef { task_id: task.task_id.clone(), attempt: task.attempt }];
                     let _ = self.client.deregister(DeregisterRequest { worker_id: self.worker_id.clone(), returned }).await;
+                    task_log::stop();
                     return Some(SessionEnd::Shutdown);
                 }
             }
@@ -347,41 +373,50 @@ impl Session {
         let Some(joined) = outcome else {
             cancel.store(true, Ordering::Relaxed);
             handle.abort();
+            task_log::stop();
             return None;
         };
-        // The last commit and the metric lines logged since the last tick go out before the
-        // result.
-        let step = committed.load(Ordering::Relaxed);
-        if step != reported_commit {
-            self.commit_checkpoint(&task, step).await;
-        }
-        let last_metrics = take_metrics();
-        if !last_metrics.is_empty() {
-            let fraction = f64::from_bits(progress.load(Ordering::Relaxed));
-            let report = report_task_request::Report::Progress(TaskProgress {
-                fraction,
-                message: String::new(),
-                metrics: last_metrics,
-            });
-            let _ = self.report(&task, report).await;
-        }
-        let mut gang_broken = false;
+        let mut kind = FailureKind::default();
         let report = match joined {
             Ok(Ok(result)) => {
                 tracing::info!("succeeded");
                 report_task_request::Report::Result(result)
             }
             Ok(Err(e)) => {
-                tracing::error!(error = %e, "failed");
-                gang_broken = e.is_gang_broken();
+                kind = FailureKind {
+                    gang_broken: e.is_gang_broken(),
+                    transient: e.is_transient(),
+                };
+                tracing::error!(error = %e, transient = kind.transient, "failed");
                 report_task_request::Report::Failure(e.to_string())
             }
-            Err(e) => report_task_request::Report::Failure(format!("task panicked: {e}")),
+            Err(e) => {
+                tracing::error!(error = %e, "panicked");
+                report_task_request::Report::Failure(format!("task panicked: {e}"))
+            }
         };
+        // The last commit, and the metric and log lines since the last tick, go out before the
+        // result.
+        let step = committed.load(Ordering::Relaxed);
+        if step != reported_commit {
+            self.commit_checkpoint(&task, step).await;
+        }
+        let last_metrics = take_metrics();
+        let last_logs = task_log::stop();
+        if !last_metrics.is_empty() || !last_logs.is_empty() {
+            let fraction = f64::from_bits(progress.load(Ordering::Relaxed));
+            let progress = report_task_request::Report::Progress(TaskProgress {
+                fraction,
+                message: String::new(),
+                metrics: last_metrics,
+                logs: last_logs,
+            });
+            let _ = self.report(&task, progress).await;
+        }
         // The final report is retried until the lease would have run out.
         let give_up = tokio::time::Instant::now() + self.lease * 3;
         loop {
-            match self.report_final(&task, report.clone(), gang_broken).await {
+            match self.report_final(&task, report.clone(), kind).await {
                 Ok(accepted) => {
                     if !accepted {
                         tracing::warn!("result rejected (stale attempt)");
@@ -417,22 +452,25 @@ impl Session {
         task: &Task,
         report: report_task_request::Report,
     ) -> Result<bool, tonic::Status> {
-        self.report_final(task, report, false).await
+        self.report_final(task, report, FailureKind::default())
+            .await
     }
 
-    /// A report; `gang_broken` marks a failure that is the gang's, not the task's.
+    /// A report; with a failure, `kind` says whether it is the gang's rather than the task's,
+    /// and whether it is transient.
     async fn report_final(
         &mut self,
         task: &Task,
         report: report_task_request::Report,
-        gang_broken: bool,
+        kind: FailureKind,
     ) -> Result<bool, tonic::Status> {
         let request = ReportTaskRequest {
             worker_id: self.worker_id.clone(),
             task_id: task.task_id.clone(),
             attempt: task.attempt,
             report: Some(report),
-            gang_broken,
+            gang_broken: kind.gang_broken,
+            transient: kind.transient,
         };
         Ok(self
             .client
