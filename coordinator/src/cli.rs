@@ -330,4 +330,13 @@ pub struct ServerArgs {
     /// State lock lease in milliseconds.
     #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(300..))]
     pub lock_lease_ms: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (open, no token; as `serve`).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Failures a task survives before its job fails (as `serve`).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=32))]
+    pub task_retries: u32,
+    /// The delay before a failed task's first retry in milliseconds, doubling (as `serve`).
+    #[arg(long, default_value_t = 1_000)]
+    pub retry_backoff_ms: u64,
 }

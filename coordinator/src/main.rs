@@ -62,6 +62,12 @@ fn serve_options(a: cli::ServerArgs) -> Result<serve::ServeOptions, Exit> {
         token,
         insecure_no_auth: a.insecure_no_auth,
         tls,
+        metrics_listen: a.metrics_listen,
+        retry: scheduler::RetryPolicy {
+            max_retries: a.task_retries,
+            backoff: Duration::from_millis(a.retry_backoff_ms),
+            ..Default::default()
+        },
     })
 }
 
