@@ -244,7 +244,9 @@ impl ControlPlane {
                 tick.tick().await;
                 for worker in this.scheduler.expired_workers() {
                     tracing::warn!(worker = %worker, "lease expired");
-                    let lost = this.scheduler.remove_worker(&worker, "lost its lease", &[]);
+                    let lost = this
+                        .scheduler
+                        .remove_worker(&worker, "lost its lease", false);
                     this.handle_lost(lost).await;
                 }
             }

@@ -150,12 +150,10 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// A worker leaves; the tasks it hands back are re-issued at once (not failures), any other
-    /// task it held counts as lost.
+    /// A worker leaves on its own: every task it held (those it lists as `returned`, and one
+    /// assigned to it while it was stopping) is handed back, re-issued at once, not a failure.
     pub async fn deregister(&self, worker_id: &str, returned: &[TaskRef]) {
-        let lost =
-            self.scheduler
-                .remove_worker(worker_id, "left without handing its task back", returned);
+        let lost = self.scheduler.remove_worker(worker_id, "left", true);
         if !returned.is_empty() || !lost.is_empty() {
             self.handle_lost(lost).await;
         }

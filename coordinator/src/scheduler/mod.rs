@@ -501,10 +501,12 @@ impl Scheduler {
         self.gangs.notify_waiters();
     }
 
-    /// Removes a worker (deregistered or lease expired) and re-issues its tasks: those in
-    /// `returned` (handed back on shutdown) at once and without counting a failure, the others
-    /// as failures (lost worker) after a backoff. A gang it belonged to ends for every member.
-    pub fn remove_worker(&self, worker_id: &str, why: &str, returned: &[TaskRef]) -> Vec<Lost> {
+    /// Removes a worker and re-issues its tasks. A worker that left on its own (`Deregister`,
+    /// `handed_back`: it was asked to stop) hands every task it held back: re-issued at once,
+    /// not a failure. That includes a task assigned while its poll was in flight, which the
+    /// worker never saw and so cannot list as returned. A worker whose lease ran out lost its
+    /// tasks: failures, re-issued after a backoff. A gang it belonged to ends for every member.
+    pub fn remove_worker(&self, worker_id: &str, why: &str, handed_back: bool) -> Vec<Lost> {
         let mut inner = self.lock();
         let Some(worker) = inner.workers.remove(worker_id) else {
             return vec![];
@@ -514,9 +516,6 @@ impl Scheduler {
             let Some(entry) = inner.tasks.get(&id) else {
                 continue;
             };
-            let handed_back = returned
-                .iter()
-                .any(|r| r.task_id == id && r.attempt == entry.task.attempt);
             let (cause, reason) = if handed_back {
                 (
                     Cause::HandedBack,

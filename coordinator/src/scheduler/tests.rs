@@ -60,7 +60,7 @@ fn lease_loss_requeues_with_a_new_attempt_and_fences_the_old_one() {
     std::thread::sleep(Duration::from_millis(20));
     s.heartbeat(&b, &[]).unwrap();
     assert_eq!(s.expired_workers(), vec![a.clone()]);
-    let lost = s.remove_worker(&a, "lost its lease", &[]);
+    let lost = s.remove_worker(&a, "lost its lease", false);
     assert_eq!(
         lost,
         vec![Lost::Requeued {
@@ -183,7 +183,7 @@ fn losing_a_member_ends_the_epoch_for_all_and_the_gang_re_forms_at_min_size() {
     let tc = s.assign(&c).unwrap();
     let ta = s.assign(&a).unwrap();
     s.assign(&b).unwrap();
-    let lost = s.remove_worker(&c, "lost its lease", &[]);
+    let lost = s.remove_worker(&c, "lost its lease", false);
     assert_eq!(
         lost,
         vec![Lost::Requeued {
@@ -332,7 +332,7 @@ fn hand_backs_are_not_failures_but_a_lost_worker_is() {
         let w = s.register(&format!("w{n}"), 1);
         let t = s.assign(&w).unwrap();
         assert_eq!(t.attempt, n);
-        let lost = s.remove_worker(&w, "left", &refs(&t));
+        let lost = s.remove_worker(&w, "left", true);
         assert!(
             matches!(&lost[..], [Lost::Requeued { cause: Cause::HandedBack, retry: 0, delay, .. }] if delay.is_zero()),
             "{lost:?}"
@@ -342,7 +342,7 @@ fn hand_backs_are_not_failures_but_a_lost_worker_is() {
     for (n, last) in [(6u32, false), (7, true)] {
         let w = s.register(&format!("w{n}"), 1);
         s.assign(&w).unwrap();
-        let lost = s.remove_worker(&w, "lost its lease", &[]);
+        let lost = s.remove_worker(&w, "lost its lease", false);
         assert_eq!(matches!(&lost[..], [Lost::GaveUp { .. }]), last, "{lost:?}");
     }
 }
