@@ -344,7 +344,7 @@ fn a_broken_manifest_fails_the_validation() {
     let errors = schemas().errors(&deployment).join("\n");
     assert!(errors.contains("/spec/replicas"), "{errors}");
     assert!(
-        errors.contains("\"name\" is a required property"),
+        errors.contains("/spec/template/spec/containers/0: missing properties 'name'"),
         "{errors}"
     );
     // A kind the schemas do not know is an error, not a pass.
