@@ -133,18 +133,7 @@ fn a_model_missing_a_base_tensor_fails_the_job_naming_both() {
     let tmp = tempfile::tempdir().unwrap();
     // A "model" that holds a single tensor of the base.
     let single = tmp.path().join("partial.safetensors");
-    let base = read_model(&examples().join("base"));
-    let (shape, values) = &base["model.norm.weight"];
-    let mut header = serde_json::json!({"model.norm.weight": {"dtype": "F32", "shape": shape, "data_offsets": [0, values.len() * 4]}}).to_string();
-    while !header.len().is_multiple_of(8) {
-        header.push(' ');
-    }
-    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(header.as_bytes());
-    values
-        .iter()
-        .for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
-    std::fs::write(&single, bytes).unwrap();
+    write_one_tensor_of_base(&single, "model.norm.weight");
     let o = run(&[
         "local",
         "configs/merge-task-arithmetic.toml",

@@ -131,18 +131,7 @@ fn run_exits_1_when_the_job_fails() {
     let tmp = tempfile::tempdir().unwrap();
     // A "model" holding a single tensor of the base: the config is valid, the merge fails.
     let single = tmp.path().join("partial.safetensors");
-    let base = read_model(&repo_root().join("examples/base"));
-    let (shape, values) = &base["model.norm.weight"];
-    let mut header = serde_json::json!({"model.norm.weight": {"dtype": "F32", "shape": shape, "data_offsets": [0, values.len() * 4]}}).to_string();
-    while !header.len().is_multiple_of(8) {
-        header.push(' ');
-    }
-    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(header.as_bytes());
-    values
-        .iter()
-        .for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
-    std::fs::write(&single, bytes).unwrap();
+    write_one_tensor_of_base(&single, "model.norm.weight");
     let o = run_with_two_workers(
         &tmp.path().join("state"),
         &[

@@ -92,6 +92,23 @@ pub fn stderr(o: &Output) -> String {
 }
 
 /// Tensors of a model directory (single file or sharded index) or file, decoded to f32.
+/// Writes a safetensors file holding only tensor `name` of `examples/base` (f32): a "model"
+/// that is valid on its own but lacks the base's other tensors.
+pub fn write_one_tensor_of_base(path: &Path, name: &str) {
+    let base = read_model(&repo_root().join("examples/base"));
+    let (shape, values) = &base[name];
+    let mut header = serde_json::json!({name: {"dtype": "F32", "shape": shape, "data_offsets": [0, values.len() * 4]}}).to_string();
+    while !header.len().is_multiple_of(8) {
+        header.push(' ');
+    }
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    values
+        .iter()
+        .for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
+    std::fs::write(path, bytes).unwrap();
+}
+
 pub fn read_model(path: &Path) -> BTreeMap<String, (Vec<u64>, Vec<f32>)> {
     let files: Vec<PathBuf> = if path.is_file() {
         vec![path.to_path_buf()]
