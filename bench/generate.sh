@@ -2,7 +2,8 @@
 # Generation throughput, mirrorplay vs transformers `generate`, interleaved, with the machine's
 # memory roofline (BENCHMARKS.md "Decoding kernels"). Each round runs, one after another:
 # mirrorplay's worker/benches/sampling_interleaved.rs on the SmolLM2-135M shape (plain and
-# mixture sampling, batch 1 and 8), the same bench built from an older commit when BASE_EXE is
+# mixture sampling, batch 1 and 8), the same binary with MIRRORPLAY_SKINNY_MATMUL=0 (decoding on
+# candle's matmul instead of the skinny kernel), the same bench built from an older commit when BASE_EXE is
 # given (the "before"), and bench/generate_peer.py at batch 1 and 8 — all f32 on the CPU,
 # 16-token prompts, NEW_TOKENS new tokens at forced length, T = 1, the same THREADS. The
 # bandwidth (numpy, large read) is measured before the first and after the last round.
@@ -36,6 +37,7 @@ for r in $(seq 1 "$ROUNDS"); do
   echo
   echo "round $r, $(date -u +%T), load $(cut -d' ' -f1-3 /proc/loadavg)"
   "$EXE" smollm2 | sed -n "s/^| smollm2/| mirrorplay (this build) | smollm2/p"
+  MIRRORPLAY_SKINNY_MATMUL=0 "$EXE" smollm2 | sed -n "s/^| smollm2/| mirrorplay, candle matmul | smollm2/p"
   if [ -n "${BASE_EXE:-}" ]; then
     "$BASE_EXE" smollm2 | sed -n "s/^| smollm2/| mirrorplay (BASE_EXE) | smollm2/p"
   fi

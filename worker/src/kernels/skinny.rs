@@ -7,7 +7,8 @@
 //! one candle-core's gemm runs on: no extra threads); the caller runs every piece no other
 //! thread took, so a descheduled thread on a loaded machine never holds a call up. Each
 //! block of 4 weight rows stays in L1 while every input row is multiplied against it (the input
-//! rows, ≤ 16 · k floats, stay in L2).
+//! rows, ≤ 16 · k floats, stay in L2); a single input row takes the weight rows one at a time,
+//! so W is one sequential stream.
 //!
 //! Why hand-written rather than candle's gemm (the `gemm` crate): at the SmolLM2-135M shape
 //! candle's CPU matmul reached 22.3 tokens/s at batch 1 against a memory roofline of ≈ 45
@@ -186,9 +187,15 @@ struct Columns<'a> {
 
 impl Columns<'_> {
     /// Computes y[.., j0..j1] (every row).
+    ///
+    /// One input row takes the weight rows one at a time: W is then read as one sequential
+    /// stream, which the hardware prefetcher follows; four rows side by side (four streams
+    /// 4·k floats apart) decoded 25–35 % slower at batch 1 on the development VM, where nothing
+    /// is reused across them anyway (BENCHMARKS.md#decoding-kernels). The per-element sum is
+    /// the same either way, so results do not change.
     fn compute(&self, j0: usize, j1: usize, avx2: bool, out: Out) {
         let mut j = j0;
-        while j + COLS_PER_BLOCK <= j1 {
+        while self.rows > 1 && j + COLS_PER_BLOCK <= j1 {
             self.block_cols::<COLS_PER_BLOCK>(j, avx2, out);
             j += COLS_PER_BLOCK;
         }

@@ -194,7 +194,7 @@ fn linear_keeps_gradients_for_shapes_the_kernel_would_take() -> candle_core::Res
     for (a, b) in got.iter().zip(&want) {
         assert!((a - b).abs() < 1e-5);
     }
-    // Detached (the kernel's case when opted in with MIRRORPLAY_SKINNY_MATMUL=1), the same call
+    // Detached (the kernel's case unless MIRRORPLAY_SKINNY_MATMUL=0), the same call
     // agrees with the tracked result.
     let fast = crate::model::ops::linear(&x, &w.as_tensor().detach(), None)?;
     let diff = (fast - y)?.abs()?.max_all()?.to_scalar::<f32>()?;

@@ -73,3 +73,38 @@ fn a_tracked_forward_through_a_sized_cache_keeps_its_gradients() -> Result<()> {
     assert!(norm > 0.0, "k_proj got a zero gradient through the cache");
     Ok(())
 }
+
+#[test]
+fn decoding_on_the_inference_kernels_matches_a_tracked_forward_on_the_composed_ops() -> Result<()> {
+    // Hidden 256: the skinny gate admits the projections, so the frozen model decodes on the
+    // skinny matmul and the fused row-wise kernels, while the trainable one (same seed, same
+    // weights) is tracked and runs the train-safe compositions.
+    let config = ModelConfig::tiny_with(300, 256, 2, 4, 2, 512);
+    assert!(crate::kernels::rowwise_op::model_takes_kernels(
+        config.hidden_size
+    ));
+    let frozen = init_random(&config, 7, false, &Device::Cpu)?;
+    let trainable = init_random(&config, 7, true, &Device::Cpu)?;
+    let rows: Vec<Vec<u32>> = vec![
+        vec![1, 50, 99, 2, 7, 240, 11],
+        vec![6, 8, 10, 12, 14, 16, 18],
+    ];
+    let valid = vec![vec![true; 7]; 2];
+    let want = trainable.logits(&rows, &valid)?;
+    let mut cache = KvCache::with_capacity(7);
+    let prompt: Vec<Vec<u32>> = rows.iter().map(|r| r[..3].to_vec()).collect();
+    let hidden = frozen.forward_hidden(&prompt, &[vec![true; 3], vec![true; 3]], &mut cache)?;
+    let first = frozen.lm_logits(&hidden)?;
+    assert!(
+        max_diff(&first, &want.narrow(1, 0, 3)?) < 1e-4,
+        "prompt logits"
+    );
+    for pos in 3..7 {
+        let ids: Vec<Vec<u32>> = rows.iter().map(|r| vec![r[pos]]).collect();
+        let hidden = frozen.forward_hidden(&ids, &vec![vec![true]; 2], &mut cache)?;
+        let got = frozen.lm_logits(&hidden)?;
+        let d = max_diff(&got, &want.narrow(1, pos, 1)?);
+        assert!(d < 1e-4, "position {pos}: {d}");
+    }
+    Ok(())
+}

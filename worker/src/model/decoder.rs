@@ -16,6 +16,7 @@ use super::cache::KvCache;
 use super::config::{Head, ModelConfig};
 use super::error::{ModelError, Result};
 use super::{ops, rope};
+use crate::kernels::rowwise_op;
 
 struct Linear {
     weight: Tensor,
@@ -51,6 +52,8 @@ pub struct Model {
     /// [vocab, hidden] (the embedding when tied) or `score.weight` [num_labels, hidden].
     head: Tensor,
     inv_freq: Vec<f64>,
+    /// Whether untracked forwards take the fused row-wise kernels (`kernels::rowwise_op`).
+    inference_kernels: bool,
 }
 
 impl std::fmt::Debug for Model {
@@ -130,6 +133,7 @@ impl Model {
         };
         Model {
             inv_freq: rope::inv_freq(&config),
+            inference_kernels: rowwise_op::model_takes_kernels(config.hidden_size),
             embed: get("model.embed_tokens.weight"),
             norm: get("model.norm.weight"),
             layers,
@@ -308,17 +312,57 @@ impl Model {
             .index_select(&Tensor::from_vec(flat, b * t, &dev)?, 0)?
             .reshape((b, t, self.config.hidden_size))?;
         for (l, layer) in self.layers.iter().enumerate() {
-            let h = ops::rms_norm(&x, &layer.input_norm, self.config.rms_norm_eps)?;
+            let h = self.rms_norm(&x, &layer.input_norm)?;
             let att = self.attention(layer, &h, &cos, &sin, &mask, cache, l)?;
             x = (x + att)?;
-            let h = ops::rms_norm(&x, &layer.post_attention_norm, self.config.rms_norm_eps)?;
-            let mlp = layer.down.forward(&ops::swiglu(
-                &layer.gate.forward(&h)?,
-                &layer.up.forward(&h)?,
-            )?)?;
+            let h = self.rms_norm(&x, &layer.post_attention_norm)?;
+            let mlp = layer
+                .down
+                .forward(&self.swiglu(&layer.gate.forward(&h)?, &layer.up.forward(&h)?)?)?;
             x = (x + mlp)?;
         }
-        Ok(ops::rms_norm(&x, &self.norm, self.config.rms_norm_eps)?)
+        self.rms_norm(&x, &self.norm)
+    }
+
+    // The row-wise steps of the forward: the fused inference kernels where the model takes
+    // them (f32 on the CPU, nothing tracked by autograd: sampling and scoring), else the
+    // train-safe compositions (docs/architecture.md#decoding-kernels).
+
+    fn rms_norm(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        let eps = self.config.rms_norm_eps;
+        if self.inference_kernels {
+            if let Some(y) = rowwise_op::try_rms_norm(x, weight, eps)? {
+                return Ok(y);
+            }
+        }
+        Ok(ops::rms_norm(x, weight, eps)?)
+    }
+
+    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        if self.inference_kernels {
+            if let Some(y) = rowwise_op::try_rope(x, cos, sin)? {
+                return Ok(y);
+            }
+        }
+        Ok(ops::rope(x, cos, sin)?)
+    }
+
+    fn masked_softmax(&self, scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        if self.inference_kernels {
+            if let Some(y) = rowwise_op::try_masked_softmax(scores, mask)? {
+                return Ok(y);
+            }
+        }
+        Ok(ops::softmax(&scores.broadcast_add(mask)?)?)
+    }
+
+    fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        if self.inference_kernels {
+            if let Some(y) = rowwise_op::try_swiglu(gate, up)? {
+                return Ok(y);
+            }
+        }
+        Ok(ops::swiglu(gate, up)?)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -341,8 +385,8 @@ impl Model {
             c.group_size(),
         );
         let heads = |x: Tensor, n: usize| x.reshape((b, t, n, d))?.transpose(1, 2);
-        let q = ops::rope(&heads(layer.q.forward(h)?, nh)?, cos, sin)?;
-        let k = ops::rope(&heads(layer.k.forward(h)?, kvh)?, cos, sin)?;
+        let q = self.rope(&heads(layer.q.forward(h)?, nh)?, cos, sin)?;
+        let k = self.rope(&heads(layer.k.forward(h)?, kvh)?, cos, sin)?;
         let v = heads(layer.v.forward(h)?, kvh)?.contiguous()?;
         let (k, v) = cache.append(l, k.contiguous()?, v)?; // [b, kvh, s, d]
         let s = k.dim(2)?;
@@ -350,7 +394,9 @@ impl Model {
         let q = (q.contiguous()?.reshape((b, kvh, g * t, d))? * (1.0 / (d as f64).sqrt()))?;
         // Kᵀ as a strided view: the gemm reads the cache in place (no per-token copy).
         let scores = q.matmul(&k.transpose(2, 3)?)?.reshape((b, kvh, g, t, s))?;
-        let probs = ops::softmax(&scores.broadcast_add(mask)?)?.reshape((b, kvh, g * t, s))?;
+        let probs = self
+            .masked_softmax(&scores, mask)?
+            .reshape((b, kvh, g * t, s))?;
         let out = probs
             .matmul(&v)?
             .reshape((b, nh, t, d))?

@@ -46,7 +46,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     // For a few rows (decoding) (W·xᵀ)ᵀ is faster on CPU than x·Wᵀ: the gemm then streams W
     // instead of repacking it (SmolLM2-135M shape, batch 8: ~1.4× tokens/s,
     // BENCHMARKS.md#sampling-throughput-model-core).
-    // Decoding without autograd (sampling), when opted in: the skinny kernel, which streams W
+    // Decoding without autograd (sampling), unless opted out: the skinny kernel, which streams W
     // once on all cores (docs/architecture.md#decoding-kernels). It has no backward, so its gate
     // refuses any operand autograd tracks and training keeps the composed ops below.
     let skinny = if crate::kernels::skinny_op::enabled() {

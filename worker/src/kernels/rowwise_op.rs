@@ -1,0 +1,202 @@
+//! candle glue of the fused row-wise kernels (`rowwise`): forward-only custom ops, each tried
+//! by `model::decoder` before its train-safe composition (docs/architecture.md#decoding-kernels).
+//!
+//! Every `try_*` returns `None` — use the composed ops — unless its operands are f32 on the CPU
+//! in the layout the kernel takes and none is tracked by autograd (the ops have no backward, so
+//! a training forward keeps the composed ops and its gradients). The decoder asks only for a
+//! model whose projections the skinny matmul takes ([`model_takes_kernels`]), so the tiny test
+//! models keep the composed ops and their golden files.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+
+use super::rowwise::{self, Strided4};
+use super::skinny_op;
+
+/// Whether a model of this hidden size decodes on the kernels: when the skinny matmul is on and
+/// takes its attention projections (a [hidden, hidden] weight).
+pub fn model_takes_kernels(hidden_size: usize) -> bool {
+    skinny_op::enabled() && hidden_size * hidden_size >= skinny_op::MIN_WEIGHT_ELEMENTS
+}
+
+fn plain_f32(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op())
+}
+
+fn slice<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &str,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{op}: {what} is not f32");
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op}: {what} is not contiguous");
+    };
+    Ok(&v[a..b])
+}
+
+fn kernel_err(e: rowwise::RowwiseError) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}
+
+/// RMS norm over the last dimension (`model::ops::rms_norm`) by the fused kernel.
+pub fn try_rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Option<Tensor>> {
+    let width = x.dims().last().copied().unwrap_or(0);
+    if !plain_f32(&[x, w]) || w.dims() != [width] || !x.is_contiguous() || !w.is_contiguous() {
+        return Ok(None);
+    }
+    Ok(Some(x.apply_op2_no_bwd(w, &RmsNorm { eps })?))
+}
+
+struct RmsNorm {
+    eps: f64,
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, self.name(), "x")?;
+        let w = slice(s2, l2, self.name(), "weight")?;
+        let mut y = vec![0f32; x.len()];
+        rowwise::rms_norm(x, w, self.eps, &mut y).map_err(kernel_err)?;
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+}
+
+/// `softmax(scores + mask)` over the last dimension for attention scores [b, kvh, g, t, s] and
+/// the causal/padding mask [b, 1, 1, t, s], by the fused kernel.
+pub fn try_masked_softmax(scores: &Tensor, mask: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    let (Ok((b, _, _, t, s)), Ok(mask_dims)) = (scores.dims5(), mask.dims5()) else {
+        return Ok(None);
+    };
+    if !plain_f32(&[scores, mask])
+        || mask_dims != (b, 1, 1, t, s)
+        || !scores.is_contiguous()
+        || !mask.is_contiguous()
+    {
+        return Ok(None);
+    }
+    Ok(Some(scores.apply_op2_no_bwd(mask, &MaskedSoftmax)?))
+}
+
+struct MaskedSoftmax;
+
+impl CustomOp2 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "fused-masked-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let scores = slice(s1, l1, self.name(), "scores")?;
+        let mask = slice(s2, l2, self.name(), "mask")?;
+        let (b, _, _, t, s) = l1.shape().dims5()?;
+        let mut y = vec![0f32; scores.len()];
+        rowwise::masked_softmax(scores, mask, b, t, s, &mut y).map_err(kernel_err)?;
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+}
+
+/// Rotary embedding (`model::ops::rope`) of x [b, h, t, d] — any strides, e.g. the per-head
+/// transposed view — with cos, sin [b, 1, t, d/2], by the fused kernel; the result is
+/// contiguous.
+pub fn try_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    let (Ok((b, _, t, d)), Ok(cs_dims)) = (x.dims4(), cos.dims4()) else {
+        return Ok(None);
+    };
+    if !plain_f32(&[x, cos, sin])
+        || !d.is_multiple_of(2)
+        || cs_dims != (b, 1, t, d / 2)
+        || sin.dims() != cos.dims()
+        || !cos.is_contiguous()
+        || !sin.is_contiguous()
+    {
+        return Ok(None);
+    }
+    Ok(Some(x.apply_op3_no_bwd(cos, sin, &Rope)?))
+}
+
+struct Rope;
+
+impl CustomOp3 for Rope {
+    fn name(&self) -> &'static str {
+        "fused-rope"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(x) = s1 else {
+            candle_core::bail!("fused-rope: x is not f32");
+        };
+        let cos = slice(s2, l2, self.name(), "cos")?;
+        let sin = slice(s3, l3, self.name(), "sin")?;
+        let (b, h, t, d) = l1.shape().dims4()?;
+        let st = l1.stride();
+        let layout = Strided4 {
+            dims: [b, h, t, d],
+            strides: [st[0], st[1], st[2], st[3]],
+            offset: l1.start_offset(),
+        };
+        let mut y = vec![0f32; b * h * t * d];
+        rowwise::rope(x, layout, cos, sin, &mut y).map_err(kernel_err)?;
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+}
+
+/// `silu(gate) ⊙ up` (`model::ops::swiglu`) by the fused kernel.
+pub fn try_swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    if !plain_f32(&[gate, up])
+        || gate.dims() != up.dims()
+        || !gate.is_contiguous()
+        || !up.is_contiguous()
+    {
+        return Ok(None);
+    }
+    Ok(Some(gate.apply_op2_no_bwd(up, &Swiglu)?))
+}
+
+struct Swiglu;
+
+impl CustomOp2 for Swiglu {
+    fn name(&self) -> &'static str {
+        "fused-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let gate = slice(s1, l1, self.name(), "gate")?;
+        let up = slice(s2, l2, self.name(), "up")?;
+        let mut y = vec![0f32; gate.len()];
+        rowwise::swiglu(gate, up, &mut y).map_err(kernel_err)?;
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+}
