@@ -147,10 +147,15 @@ pub enum Command {
         #[command(flatten)]
         coordinator: CoordinatorArg,
     },
-    /// Check a config without running anything; prints the resolved config.
+    /// Check a config without running anything; prints the resolved config. Local input paths
+    /// (models, data, prompts, manifests; not object-store URLs) must exist.
     Validate {
         #[command(flatten)]
         config: ConfigArgs,
+        /// Do not check that local input paths exist (for a config whose inputs live on the
+        /// machines that will run it).
+        #[arg(long)]
+        no_input_check: bool,
     },
     /// Run a job on a local cluster: a coordinator and N worker processes on loopback.
     Local {

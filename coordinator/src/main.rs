@@ -37,9 +37,12 @@ use mirrorplay_worker::connect::Token;
 /// Seconds since the Unix epoch.
 pub use mirrorplay_worker::clock::unix_now as now;
 
-fn load_config(args: &ConfigArgs) -> Result<config::Loaded> {
+/// Loads a config; with `InputCheck::Local` its local inputs must exist on this machine
+/// (docs/architecture.md#job-flow, step 1).
+fn load_config(args: &ConfigArgs, check: config::InputCheck) -> Result<config::Loaded> {
     let cwd = std::env::current_dir()?;
     config::load(&args.config, &args.sets, &cwd)
+        .and_then(|loaded| loaded.check_inputs(check).map(|()| loaded))
         .map_err(|e| anyhow::Error::new(Exit::Config(e.to_string())))
 }
 
@@ -119,7 +122,8 @@ async fn run(cli: Cli) -> Result<Exit> {
             config,
             coordinator,
         } => {
-            let loaded = load_config(&config)?;
+            // The coordinator's machines read the inputs, not necessarily this one.
+            let loaded = load_config(&config, config::InputCheck::Skip)?;
             let mut c = client::connect_arg(&coordinator).await?;
             let id = client::submit(&mut c, loaded.spec, loaded.resolved_toml).await?;
             println!("{id}");
@@ -162,8 +166,16 @@ async fn run(cli: Cli) -> Result<Exit> {
             client::resume(&mut c, job).await?;
             Ok(Exit::Ok)
         }
-        Command::Validate { config } => {
-            let loaded = load_config(&config)?;
+        Command::Validate {
+            config,
+            no_input_check,
+        } => {
+            let check = if no_input_check {
+                config::InputCheck::Skip
+            } else {
+                config::InputCheck::Local
+            };
+            let loaded = load_config(&config, check)?;
             print!("{}", loaded.resolved_toml);
             eprintln!("{}: ok", config.config.display());
             Ok(Exit::Ok)
@@ -206,7 +218,8 @@ async fn run(cli: Cli) -> Result<Exit> {
             state,
             json,
         } => {
-            let loaded = load_config(&config)?;
+            // The workers run here and read the inputs from this machine.
+            let loaded = load_config(&config, config::InputCheck::Local)?;
             if workers == 0 {
                 return Err(anyhow::Error::new(Exit::Config(
                     "--workers must be at least 1".into(),
@@ -229,7 +242,8 @@ async fn run(cli: Cli) -> Result<Exit> {
             workers_timeout_secs,
             json,
         } => {
-            let loaded = load_config(&config)?;
+            // Workers in other pods or on other machines read the inputs.
+            let loaded = load_config(&config, config::InputCheck::Skip)?;
             let opts = run::RunOptions {
                 serve: serve_options(server)?,
                 workers,

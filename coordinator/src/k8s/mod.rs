@@ -24,7 +24,8 @@ use args::{K8sCommand, RenderArgs};
 /// Label every rendered object carries: the JobSet (job) it belongs to.
 pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
 
-/// Loads the config (every check `validate` makes) and plans its manifests; warnings go to
+/// Loads the config (every check `validate` makes but the local-input check: the pods read
+/// the inputs, relative paths resolving in the image) and plans its manifests; warnings go to
 /// stderr. `namespace` is the one to render into.
 pub fn plan(args: &RenderArgs, namespace: &str) -> Result<render::Plan, Exit> {
     let cwd = std::env::current_dir().map_err(|e| Exit::Config(e.to_string()))?;
