@@ -351,7 +351,7 @@ fn main() {
     match &exit {
         Exit::Ok => {}
         Exit::Config(m) => eprintln!("error: {m}"),
-        Exit::JobFailed(m) => eprintln!("{m}"),
+        Exit::JobFailed(m) | Exit::Interrupted(m) => eprintln!("{m}"),
         Exit::Cancelled => eprintln!("job cancelled"),
     }
     // Dropping the runtime would wait for background tasks; exit directly.
