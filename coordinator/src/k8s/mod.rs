@@ -5,13 +5,15 @@
 //!   pure: no cluster needed;
 //! - `jobset`: the JobSet and its pod templates;
 //! - `kubeconfig`, `api`: the user's kubeconfig and a small Kubernetes API client;
-//! - `commands`: `submit`, `status`, `logs`, `delete` on top of them.
+//! - `commands`: `submit`, `status`, `logs`, `delete` on top of them; `log_cursor`: where
+//!   `submit`'s followed log stands, so that a broken stream resumes.
 
 pub mod api;
 pub mod args;
 pub mod commands;
 pub mod jobset;
 pub mod kubeconfig;
+pub mod log_cursor;
 pub mod render;
 
 use std::path::Path;
