@@ -46,7 +46,7 @@ fn load_config(args: &ConfigArgs, check: config::InputCheck) -> Result<config::L
         .map_err(|e| anyhow::Error::new(Exit::Config(e.to_string())))
 }
 
-/// `serve`'s options from `run`'s flags.
+/// A coordinator's options from its flags (`serve`, `run`).
 fn serve_options(a: cli::ServerArgs) -> Result<serve::ServeOptions, Exit> {
     let token = Token::resolve(a.token_file.as_deref()).map_err(|e| Exit::Config(e.to_string()))?;
     let tls = match (a.tls_cert, a.tls_key) {
@@ -77,47 +77,7 @@ fn serve_options(a: cli::ServerArgs) -> Result<serve::ServeOptions, Exit> {
 async fn run(cli: Cli) -> Result<Exit> {
     let log_format = cli.log_format.clone();
     match cli.command {
-        Command::Serve {
-            listen,
-            token_file,
-            insecure_no_auth,
-            tls_cert,
-            tls_key,
-            tls_client_ca,
-            state,
-            lease_ms,
-            lock_lease_ms,
-            metrics_listen,
-            task_retries,
-            retry_backoff_ms,
-        } => {
-            let token =
-                Token::resolve(token_file.as_deref()).map_err(|e| Exit::Config(e.to_string()))?;
-            let tls = match (tls_cert, tls_key) {
-                (Some(cert), Some(key)) => Some(tls::ServerTls {
-                    cert,
-                    key,
-                    client_ca: tls_client_ca,
-                }),
-                _ => None,
-            };
-            serve::run(serve::ServeOptions {
-                listen,
-                state,
-                worker_lease: Duration::from_millis(lease_ms),
-                lock_lease: Duration::from_millis(lock_lease_ms),
-                token,
-                insecure_no_auth,
-                tls,
-                metrics_listen,
-                retry: scheduler::RetryPolicy {
-                    max_retries: task_retries,
-                    backoff: Duration::from_millis(retry_backoff_ms),
-                    ..Default::default()
-                },
-            })
-            .await
-        }
+        Command::Serve { server } => serve::run(serve_options(server)?).await,
         Command::Submit {
             config,
             coordinator,
