@@ -2,8 +2,8 @@
 //! becomes an absolute URL, so workers apply no defaults. Every error names the file, the line
 //! and the dotted key, and is raised before anything runs or is written.
 
-// docs/configuration.md: the key descriptions and the generator (a test checks the page).
 mod inputs;
+// docs/configuration.md: the key descriptions and the generator (a test checks the page).
 #[cfg(test)]
 mod keydoc;
 #[cfg(test)]

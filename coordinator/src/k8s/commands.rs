@@ -203,12 +203,15 @@ async fn follow(api: &Api, ns: &str, job: &str, start_timeout: Duration) -> Resu
             let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
             if phase != "Pending" && !streamed.contains(&name) {
                 let stopped = exit_code(pod, COORDINATOR).is_some();
-                if !cursors.iter().any(|(n, _)| *n == name) {
-                    eprintln!("following the coordinator pod {name}");
-                    cursors.push((name.clone(), LogCursor::default()));
-                }
-                let cursor = &mut cursors.iter_mut().find(|(n, _)| *n == name).unwrap().1;
-                let printed = stream_logs(api, ns, &name, COORDINATOR, cursor).await?;
+                let at = match cursors.iter().position(|(n, _)| *n == name) {
+                    Some(at) => at,
+                    None => {
+                        eprintln!("following the coordinator pod {name}");
+                        cursors.push((name.clone(), LogCursor::default()));
+                        cursors.len() - 1
+                    }
+                };
+                let printed = stream_logs(api, ns, &name, COORDINATOR, &mut cursors[at].1).await?;
                 if stopped {
                     // The stream of a stopped container ends with its last line.
                     streamed.push(name);
