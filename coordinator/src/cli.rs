@@ -58,47 +58,8 @@ pub struct ConfigArgs {
 pub enum Command {
     /// Run the coordinator.
     Serve {
-        /// Address to listen on. Beyond loopback it needs a token (or --insecure-no-auth).
-        #[arg(long, default_value = "127.0.0.1:50051")]
-        listen: SocketAddr,
-        /// File holding the bearer token every call must carry (else $MIRRORPLAY_TOKEN).
-        #[arg(long, env = "MIRRORPLAY_TOKEN_FILE")]
-        token_file: Option<PathBuf>,
-        /// Listen beyond loopback without a token: anyone who can reach the port can submit,
-        /// cancel and read jobs and act as a worker.
-        #[arg(long)]
-        insecure_no_auth: bool,
-        /// Serve TLS with this certificate (PEM; with --tls-key).
-        #[arg(long, requires = "tls_key")]
-        tls_cert: Option<PathBuf>,
-        /// The private key of --tls-cert (PEM).
-        #[arg(long, requires = "tls_cert")]
-        tls_key: Option<PathBuf>,
-        /// Require client certificates signed by this CA (PEM): mutual TLS.
-        #[arg(long, requires = "tls_cert")]
-        tls_client_ca: Option<PathBuf>,
-        /// Durable state: a directory or an object-store URL.
-        #[arg(long, default_value = "./mirrorplay-state")]
-        state: String,
-        /// Worker lease in milliseconds: a worker silent this long loses its tasks.
-        #[arg(long, default_value_t = 10_000)]
-        lease_ms: u64,
-        /// State lock lease in milliseconds: the coordinator renews its lock every third of
-        /// this; after a crash the next coordinator takes the state over once it has run out.
-        #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(300..))]
-        lock_lease_ms: u64,
-        /// Serve Prometheus metrics at http://ADDR/metrics. The endpoint is open (no token):
-        /// it shows counts, latencies and job ids, never tokens, specs or paths.
-        #[arg(long, value_name = "ADDR")]
-        metrics_listen: Option<SocketAddr>,
-        /// Failures (transient errors, lost workers, broken gangs) a task survives; the next
-        /// one fails its job.
-        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=32))]
-        task_retries: u32,
-        /// The delay before a failed task's first retry in milliseconds; it doubles with each
-        /// further retry, up to 60 s.
-        #[arg(long, default_value_t = 1_000)]
-        retry_backoff_ms: u64,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Submit a job; prints its id.
     Submit {
@@ -147,10 +108,15 @@ pub enum Command {
         #[command(flatten)]
         coordinator: CoordinatorArg,
     },
-    /// Check a config without running anything; prints the resolved config.
+    /// Check a config without running anything; prints the resolved config. Local input paths
+    /// (models, data, prompts, manifests; not object-store URLs) must exist.
     Validate {
         #[command(flatten)]
         config: ConfigArgs,
+        /// Do not check that local input paths exist (for a config whose inputs live on the
+        /// machines that will run it).
+        #[arg(long)]
+        no_input_check: bool,
     },
     /// Run a job on a local cluster: a coordinator and N worker processes on loopback.
     Local {
@@ -300,7 +266,7 @@ pub struct GenerateArgs {
     pub seed: u64,
 }
 
-/// How a coordinator serves (`run`; the same flags as `serve`).
+/// How a coordinator serves: the flags of `serve`, which `run` takes too.
 #[derive(Args, Debug, Clone)]
 pub struct ServerArgs {
     /// Address to listen on. Beyond loopback it needs a token (or --insecure-no-auth).
@@ -309,7 +275,8 @@ pub struct ServerArgs {
     /// File holding the bearer token every call must carry (else $MIRRORPLAY_TOKEN).
     #[arg(long, env = "MIRRORPLAY_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// Listen beyond loopback without a token.
+    /// Listen beyond loopback without a token: anyone who can reach the port can submit,
+    /// cancel and read jobs and act as a worker.
     #[arg(long)]
     pub insecure_no_auth: bool,
     /// Serve TLS with this certificate (PEM; with --tls-key).
@@ -324,19 +291,23 @@ pub struct ServerArgs {
     /// Durable state: a directory or an object-store URL.
     #[arg(long, default_value = "./mirrorplay-state")]
     pub state: String,
-    /// Worker lease in milliseconds.
+    /// Worker lease in milliseconds: a worker silent this long loses its tasks.
     #[arg(long, default_value_t = 10_000)]
     pub lease_ms: u64,
-    /// State lock lease in milliseconds.
+    /// State lock lease in milliseconds: the coordinator renews its lock every third of
+    /// this; after a crash the next coordinator takes the state over once it has run out.
     #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(300..))]
     pub lock_lease_ms: u64,
-    /// Serve Prometheus metrics at http://ADDR/metrics (open, no token; as `serve`).
+    /// Serve Prometheus metrics at http://ADDR/metrics. The endpoint is open (no token):
+    /// it shows counts, latencies and job ids, never tokens, specs or paths.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Failures a task survives before its job fails (as `serve`).
+    /// Failures (transient errors, lost workers, broken gangs) a task survives; the next
+    /// one fails its job.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(0..=32))]
     pub task_retries: u32,
-    /// The delay before a failed task's first retry in milliseconds, doubling (as `serve`).
+    /// The delay before a failed task's first retry in milliseconds; it doubles with each
+    /// further retry, up to 60 s.
     #[arg(long, default_value_t = 1_000)]
     pub retry_backoff_ms: u64,
 }

@@ -14,6 +14,10 @@ pub enum Exit {
     /// The job was cancelled: exit 3.
     #[error("job cancelled")]
     Cancelled,
+    /// `run` stopped by a signal, its job unfinished: exit 143 (128 + SIGTERM), so that a
+    /// Kubernetes pod failure policy tells it from the job's outcome (docs/kubernetes.md).
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 impl Exit {
@@ -23,6 +27,7 @@ impl Exit {
             Exit::JobFailed(_) => 1,
             Exit::Config(_) => 2,
             Exit::Cancelled => 3,
+            Exit::Interrupted(_) => 143,
         }
     }
 }

@@ -37,13 +37,16 @@ use mirrorplay_worker::connect::Token;
 /// Seconds since the Unix epoch.
 pub use mirrorplay_worker::clock::unix_now as now;
 
-fn load_config(args: &ConfigArgs) -> Result<config::Loaded> {
+/// Loads a config; with `InputCheck::Local` its local inputs must exist on this machine
+/// (docs/architecture.md#job-flow, step 1).
+fn load_config(args: &ConfigArgs, check: config::InputCheck) -> Result<config::Loaded> {
     let cwd = std::env::current_dir()?;
     config::load(&args.config, &args.sets, &cwd)
+        .and_then(|loaded| loaded.check_inputs(check).map(|()| loaded))
         .map_err(|e| anyhow::Error::new(Exit::Config(e.to_string())))
 }
 
-/// `serve`'s options from `run`'s flags.
+/// A coordinator's options from its flags (`serve`, `run`).
 fn serve_options(a: cli::ServerArgs) -> Result<serve::ServeOptions, Exit> {
     let token = Token::resolve(a.token_file.as_deref()).map_err(|e| Exit::Config(e.to_string()))?;
     let tls = match (a.tls_cert, a.tls_key) {
@@ -74,52 +77,13 @@ fn serve_options(a: cli::ServerArgs) -> Result<serve::ServeOptions, Exit> {
 async fn run(cli: Cli) -> Result<Exit> {
     let log_format = cli.log_format.clone();
     match cli.command {
-        Command::Serve {
-            listen,
-            token_file,
-            insecure_no_auth,
-            tls_cert,
-            tls_key,
-            tls_client_ca,
-            state,
-            lease_ms,
-            lock_lease_ms,
-            metrics_listen,
-            task_retries,
-            retry_backoff_ms,
-        } => {
-            let token =
-                Token::resolve(token_file.as_deref()).map_err(|e| Exit::Config(e.to_string()))?;
-            let tls = match (tls_cert, tls_key) {
-                (Some(cert), Some(key)) => Some(tls::ServerTls {
-                    cert,
-                    key,
-                    client_ca: tls_client_ca,
-                }),
-                _ => None,
-            };
-            serve::run(serve::ServeOptions {
-                listen,
-                state,
-                worker_lease: Duration::from_millis(lease_ms),
-                lock_lease: Duration::from_millis(lock_lease_ms),
-                token,
-                insecure_no_auth,
-                tls,
-                metrics_listen,
-                retry: scheduler::RetryPolicy {
-                    max_retries: task_retries,
-                    backoff: Duration::from_millis(retry_backoff_ms),
-                    ..Default::default()
-                },
-            })
-            .await
-        }
+        Command::Serve { server } => serve::run(serve_options(server)?).await,
         Command::Submit {
             config,
             coordinator,
         } => {
-            let loaded = load_config(&config)?;
+            // The coordinator's machines read the inputs, not necessarily this one.
+            let loaded = load_config(&config, config::InputCheck::Skip)?;
             let mut c = client::connect_arg(&coordinator).await?;
             let id = client::submit(&mut c, loaded.spec, loaded.resolved_toml).await?;
             println!("{id}");
@@ -162,8 +126,16 @@ async fn run(cli: Cli) -> Result<Exit> {
             client::resume(&mut c, job).await?;
             Ok(Exit::Ok)
         }
-        Command::Validate { config } => {
-            let loaded = load_config(&config)?;
+        Command::Validate {
+            config,
+            no_input_check,
+        } => {
+            let check = if no_input_check {
+                config::InputCheck::Skip
+            } else {
+                config::InputCheck::Local
+            };
+            let loaded = load_config(&config, check)?;
             print!("{}", loaded.resolved_toml);
             eprintln!("{}: ok", config.config.display());
             Ok(Exit::Ok)
@@ -206,7 +178,8 @@ async fn run(cli: Cli) -> Result<Exit> {
             state,
             json,
         } => {
-            let loaded = load_config(&config)?;
+            // The workers run here and read the inputs from this machine.
+            let loaded = load_config(&config, config::InputCheck::Local)?;
             if workers == 0 {
                 return Err(anyhow::Error::new(Exit::Config(
                     "--workers must be at least 1".into(),
@@ -229,7 +202,8 @@ async fn run(cli: Cli) -> Result<Exit> {
             workers_timeout_secs,
             json,
         } => {
-            let loaded = load_config(&config)?;
+            // Workers in other pods or on other machines read the inputs.
+            let loaded = load_config(&config, config::InputCheck::Skip)?;
             let opts = run::RunOptions {
                 serve: serve_options(server)?,
                 workers,
@@ -337,7 +311,7 @@ fn main() {
     match &exit {
         Exit::Ok => {}
         Exit::Config(m) => eprintln!("error: {m}"),
-        Exit::JobFailed(m) => eprintln!("{m}"),
+        Exit::JobFailed(m) | Exit::Interrupted(m) => eprintln!("{m}"),
         Exit::Cancelled => eprintln!("job cancelled"),
     }
     // Dropping the runtime would wait for background tasks; exit directly.

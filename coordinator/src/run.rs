@@ -8,7 +8,7 @@
 //! recovered first, and when the state already holds a job `run` follows the newest one (an
 //! unfinished one resumes from its newest verified checkpoint; a finished one just gives its
 //! exit code). A signal (SIGTERM, Ctrl-C) stops the coordinator without cancelling the job,
-//! which stays in the state for the next `run`.
+//! which stays in the state for the next `run`; it exits 143, not a job outcome (1, 2, 3).
 
 use std::time::Duration;
 
@@ -86,7 +86,7 @@ pub async fn run(spec: JobSpec, config_toml: String, opts: RunOptions) -> Result
         };
         tokio::select! {
             job = client::watch(&mut c, &job_id, opts.json) => Ok(finished(&job?, opts.json)),
-            _ = mirrorplay_worker::logging::shutdown_signal() => Ok(Exit::JobFailed(format!(
+            _ = mirrorplay_worker::logging::shutdown_signal() => Ok(Exit::Interrupted(format!(
                 "interrupted; job {job_id} stays unfinished in the state, and `mirrorplay run` on the same state resumes it"
             ))),
             Ok(e) = &mut lost => {

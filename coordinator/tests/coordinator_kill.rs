@@ -88,16 +88,13 @@ fn trial(i: usize, config: &Path, reference: &Path, kill_after_ms: u64) -> Resul
     let tmp = tempfile::tempdir().unwrap();
     let url = format!("http://127.0.0.1:{}", free_port());
     let log = tmp.path().join("coordinator.log");
-    let mut coordinator = start_coordinator(
+    let mut coordinator = spawn_coordinator_with(
         tmp.path(),
         &url,
         &["--lock-lease-ms", LOCK_LEASE_MS],
         &[],
         Some(&log),
     );
-    wait_until("the coordinator", Duration::from_secs(20), || {
-        run(&["status", "--coordinator", &url]).status.success()
-    });
     let _workers = [
         spawn_worker(&url, "w0", Some(TASK_DELAY_MS)),
         spawn_worker(&url, "w1", Some(TASK_DELAY_MS)),
@@ -204,16 +201,13 @@ fn a_training_job_survives_a_sigkill_of_its_coordinator_from_its_last_checkpoint
 
     let url = format!("http://127.0.0.1:{}", free_port());
     let log = tmp.path().join("coordinator.log");
-    let mut coordinator = start_coordinator(
+    let mut coordinator = spawn_coordinator_with(
         tmp.path(),
         &url,
         &["--lock-lease-ms", LOCK_LEASE_MS],
         &[],
         Some(&log),
     );
-    wait_until("the coordinator", Duration::from_secs(20), || {
-        run(&["status", "--coordinator", &url]).status.success()
-    });
     let _worker = spawn_worker(&url, "trainer", None);
     let resumed = tmp.path().join("resumed");
     let cfg = tmp.path().join("resumed.toml");

@@ -1,9 +1,11 @@
 //! The failure policy (docs/architecture.md#failure-policy) with real processes: a transient
 //! store error (injected with `MIRRORPLAY_FAULT_STORE` on the worker's output writes) is retried
 //! after a backoff up to `--task-retries`, then fails the job, and `status` and `logs` say why
-//! (the worker's own lines included); a task handed back on SIGTERM is re-issued without
-//! counting as a failure (with `--task-retries 0` any failure would fail the job); an invalid
-//! spec fails its job at once; a worker of another version is refused, naming both versions.
+//! (the worker's own lines included); a store error inside a training task (a checkpoint
+//! write) is transient too, so the task is retried and the job completes; a task handed back
+//! on SIGTERM is re-issued without counting as a failure (with `--task-retries 0` any failure
+//! would fail the job); an invalid spec fails its job at once; a worker of another version is
+//! refused, naming both versions.
 
 mod common;
 
@@ -235,4 +237,60 @@ fn a_worker_of_another_version_is_refused_naming_both_versions() {
             && err.contains(&format!("this coordinator runs mirrorplay {ours}")),
         "{err}"
     );
+}
+
+#[test]
+fn a_store_error_inside_a_training_task_is_transient_so_the_task_is_retried_and_the_job_completes()
+{
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let _coordinator = spawn_coordinator_with(
+        tmp.path(),
+        &url,
+        &["--task-retries", "1", "--retry-backoff-ms", "200"],
+        &[],
+        None,
+    );
+    // The first put of the worker's first checkpoint fails (a store error, transient); the
+    // store calls after it succeed.
+    let _worker = spawn_worker_env(
+        &url,
+        "flaky",
+        None,
+        &[("MIRRORPLAY_FAULT_STORE", "op=put,nth=1,mode=error")],
+    );
+    let out = tmp.path().join("sft");
+    let config = tmp.path().join("sft.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[job]\nkind = \"sft\"\noutput = \"{}\"\n[sft]\ninit = \"tiny\"\ntask = \"goodhart_digits\"\nbatch_size = 8\nsteps = 8\neval_every = 1000\neval_prompts = 4\ncheckpoint_every = 4\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    let job = submit_config(&url, &config, &[]);
+    let done = wait_for(&url, &job, "succeeded");
+    let failures = done["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{done}");
+    assert_eq!(
+        (&failures[0]["retry"], &failures[0]["worker"]),
+        (&1.into(), &"flaky".into()),
+        "{done}"
+    );
+    assert!(
+        failures[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("injected failure"),
+        "{done}"
+    );
+    let logs = stdout_of(&["logs", &job, "--coordinator", &url]);
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("[error] [flaky] failed") && l.contains("transient=true")),
+        "{logs}"
+    );
+    assert!(out.join("model/model.safetensors").exists());
+    assert!(out.join("checkpoints/step-000008/manifest.json").exists());
 }

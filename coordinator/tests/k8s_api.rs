@@ -39,6 +39,10 @@ impl Request {
 
 type Script = dyn Fn(&Request) -> (u16, String) + Send + Sync;
 
+/// An answer ending with this is cut short: its Content-Length promises more bytes than are
+/// sent before the connection closes (a log stream that breaks off).
+const CUT: &str = "\u{0}cut";
+
 struct MockApi {
     url: String,
     requests: Arc<Mutex<Vec<Request>>>,
@@ -105,12 +109,17 @@ fn serve(stream: std::net::TcpStream, script: &Script, recorded: &Mutex<Vec<Requ
         };
         let (code, answer) = script(&request);
         recorded.lock().unwrap().push(request);
+        let (answer, cut) = match answer.strip_suffix(CUT) {
+            Some(sent) => (sent.to_string(), true),
+            None => (answer, false),
+        };
+        let promised = answer.len() + if cut { 100 } else { 0 };
         let head = format!(
-            "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            answer.len()
+            "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {promised}\r\n\r\n"
         );
         if writer.write_all(head.as_bytes()).is_err()
             || writer.write_all(answer.as_bytes()).is_err()
+            || cut
         {
             return;
         }
@@ -225,7 +234,13 @@ fn submit_follows_the_coordinator_and_exits_with_the_jobs_code() {
                 return (200, String::from_utf8_lossy(&r.body).to_string());
             }
             if r.target.contains("/log?") {
-                return (200, "[info] job 3f2a started\njob 3f2a done\n".into());
+                // Asked for again once the coordinator has stopped: the same lines.
+                return (
+                    200,
+                    "2026-01-01T00:00:00.1Z [info] job 3f2a started\n\
+                     2026-01-01T00:00:00.2Z job 3f2a done\n"
+                        .into(),
+                );
             }
             if r.target.starts_with(JOBSET_PATH) {
                 let n = p.load(Ordering::SeqCst);
@@ -270,9 +285,10 @@ fn submit_follows_the_coordinator_and_exits_with_the_jobs_code() {
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(want_exit), "{err}");
         assert!(err.contains("ContainerCreating"), "{err}");
-        assert!(
-            err.contains("job 3f2a done"),
-            "the coordinator's log is streamed: {err}"
+        assert_eq!(
+            err.matches("job 3f2a done").count(),
+            1,
+            "the coordinator's log is streamed, once: {err}"
         );
         let log = api
             .requests()
@@ -282,7 +298,7 @@ fn submit_follows_the_coordinator_and_exits_with_the_jobs_code() {
         assert_eq!(log.method, "GET");
         assert_eq!(
             log.target,
-            "/api/v1/namespaces/ml/pods/merge-ta-coordinator-0-0-a/log?container=coordinator&follow=true"
+            "/api/v1/namespaces/ml/pods/merge-ta-coordinator-0-0-a/log?container=coordinator&follow=true&timestamps=true"
         );
         if want_exit == 1 {
             assert!(err.contains("coordinator exit code 1"), "{err}");
@@ -488,4 +504,87 @@ fn api_errors_are_reported_with_what_failed() {
     let o = k8s("status", &bad, &["merge-ta"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("user `ghost`"), "{}", stderr(&o));
+}
+
+#[test]
+fn submit_resumes_a_broken_log_stream_after_the_last_line_printed() {
+    const T1: &str = "2026-01-01T00:00:00.500000000Z";
+    const T2: &str = "2026-01-01T00:00:01.000000002Z";
+    const T3: &str = "2026-01-01T00:00:02.000000000Z";
+    let polls = Arc::new(AtomicUsize::new(0));
+    let log_requests = Arc::new(AtomicUsize::new(0));
+    let (p, l) = (polls.clone(), log_requests.clone());
+    let api = MockApi::start(move |r| {
+        if r.method == "PATCH" {
+            return (200, String::from_utf8_lossy(&r.body).to_string());
+        }
+        if r.target.contains("/log?") {
+            return (
+                200,
+                match l.fetch_add(1, Ordering::SeqCst) {
+                    // The first stream breaks off in the middle of its third line.
+                    0 => format!("{T1} line one\n{T2} line two\n{T2} line thr{CUT}"),
+                    // Asked again from the second of `line two`: it is sent again.
+                    _ => format!("{T2} line two\n{T2} line three\n{T3} line four\n"),
+                },
+            );
+        }
+        if r.target.starts_with(JOBSET_PATH) {
+            let ended = p.load(Ordering::SeqCst) >= 4;
+            let status = if ended {
+                json!({"terminalState": "Completed"})
+            } else {
+                json!({})
+            };
+            return (200, json!({ "status": status }).to_string());
+        }
+        if r.target.contains("component%3Dcoordinator") {
+            let name = "merge-ta-coordinator-0-0-a";
+            let pod = match p.fetch_add(1, Ordering::SeqCst) {
+                0 | 1 => pod(name, "coordinator", "Running", json!({})),
+                _ => pod(
+                    name,
+                    "coordinator",
+                    "Succeeded",
+                    json!({"containerStatuses": [{"name": "coordinator", "state": {"terminated": {"exitCode": 0}}}]}),
+                ),
+            };
+            return (200, json!({ "items": [pod] }).to_string());
+        }
+        (404, status_json(404, "NotFound", "unexpected"))
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let o = k8s("submit", &kubeconfig(tmp.path(), &api.url), RENDER);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    // Every line once, in order; the broken-off half line only as part of its whole line.
+    let lines = ["line one\n", "line two\n", "line three\n", "line four\n"];
+    for line in lines {
+        assert_eq!(err.matches(line).count(), 1, "`{line}` in: {err}");
+    }
+    assert_eq!(err.matches("line thr").count(), 1, "{err}");
+    assert!(
+        err.contains("the log stream broke off; resuming it"),
+        "{err}"
+    );
+    let at: Vec<usize> = lines.iter().map(|l| err.find(l).unwrap()).collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{err}");
+    let log_targets: Vec<String> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.target.contains("/log?"))
+        .map(|r| r.target)
+        .collect();
+    let path = "/api/v1/namespaces/ml/pods/merge-ta-coordinator-0-0-a/log?container=coordinator&follow=true&timestamps=true";
+    assert_eq!(log_targets[0], path);
+    // Resumed from the second of the last line printed: after the break, then (the
+    // coordinator stopped) once more to read the log to its end.
+    assert_eq!(
+        log_targets[1..],
+        [
+            format!("{path}&sinceTime=2026-01-01T00:00:01Z"),
+            format!("{path}&sinceTime=2026-01-01T00:00:02Z"),
+        ],
+        "{log_targets:?}"
+    );
 }

@@ -175,6 +175,17 @@ fn a_rendered_jobset_runs_the_job_as_the_issue_asks() {
     ] {
         assert!(args.windows(2).any(|w| w == pair), "{pair:?} in {args:?}");
     }
+    // Probed by gRPC health (open without a token): ready, and alive, or replaced.
+    let container = &coordinator["template"]["spec"]["containers"][0];
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(container[probe]["grpc"]["port"], 50051, "{probe}");
+    }
+    // An evicted coordinator is replaced whatever its exit code (the first matching rule
+    // applies); the job's own outcome fails the Job; `run` stopped by SIGTERM (143) does not.
+    let rules = coordinator["podFailurePolicy"]["rules"].as_array().unwrap();
+    assert_eq!(rules[0]["action"], "Ignore");
+    assert_eq!(rules[0]["onPodConditions"][0]["type"], "DisruptionTarget");
+    assert_eq!(rules[1]["onExitCodes"]["values"], json!([1, 2, 3]));
     let workers = &spec["replicatedJobs"][1]["template"]["spec"];
     assert_eq!(workers["parallelism"], 2);
     let pod = &workers["template"]["spec"];

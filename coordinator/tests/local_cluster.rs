@@ -270,6 +270,10 @@ fn every_merge_config_in_configs_runs() {
     }
 }
 
+/// The model the SmolLM2 configs read: it exists only after `bash scripts/fetch_smollm2.sh
+/// models/smollm2` (README "Set up").
+const SMOLLM2_GGUF: &str = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+
 #[test]
 fn every_config_in_configs_validates() {
     let mut configs: Vec<_> = std::fs::read_dir(repo_root().join("configs"))
@@ -279,13 +283,78 @@ fn every_config_in_configs_validates() {
         .collect();
     configs.sort();
     assert!(configs.len() >= 10, "{configs:?}");
+    let gguf_fetched = repo_root().join(SMOLLM2_GGUF).exists();
     for config in configs {
-        let o = run(&["validate", config.to_str().unwrap()]);
+        let path = config.to_str().unwrap();
+        let needs_fetch = std::fs::read_to_string(&config)
+            .unwrap()
+            .contains(SMOLLM2_GGUF);
+        let o = if needs_fetch && !gguf_fetched {
+            // Without the fetched model the input check refuses the config, naming the path;
+            // the rest of the config is checked with the input check off.
+            let refused = run(&["validate", path]);
+            assert_eq!(
+                refused.status.code(),
+                Some(2),
+                "{path}: {}",
+                stderr(&refused)
+            );
+            assert!(
+                stderr(&refused).contains(SMOLLM2_GGUF),
+                "{}",
+                stderr(&refused)
+            );
+            eprintln!(
+                "{path}: input check skipped: {SMOLLM2_GGUF} is not fetched \
+                 (bash scripts/fetch_smollm2.sh models/smollm2)"
+            );
+            run(&["validate", "--no-input-check", path])
+        } else {
+            run(&["validate", path])
+        };
         assert!(o.status.success(), "{}: {}", config.display(), stderr(&o));
         let resolved: toml::Table = toml::from_str(&String::from_utf8_lossy(&o.stdout))
             .unwrap_or_else(|e| panic!("{}: the resolved config: {e}", config.display()));
         assert!(resolved.contains_key("job"), "{}", config.display());
     }
+}
+
+#[test]
+fn validate_and_local_refuse_a_missing_local_input_naming_its_key_and_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let missing = tmp.path().join("no-such-model");
+    let sets = [
+        format!("job.output={}", out.display()),
+        format!("merge.models.1={}", missing.display()),
+    ];
+    let config = "configs/merge-task-arithmetic.toml";
+    let with_sets = |command: &str, extra: &[&str]| {
+        let mut args = vec![command, config];
+        args.extend(extra);
+        for s in &sets {
+            args.extend(["--set", s.as_str()]);
+        }
+        run(&args)
+    };
+    for command in ["validate", "local"] {
+        let o = with_sets(command, &[]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{command}: {err}");
+        assert!(o.stdout.is_empty(), "{command} printed on stdout");
+        assert!(err.contains("`merge.models.1`"), "{command}: {err}");
+        assert!(
+            err.contains(&format!("input `{}` does not exist", missing.display())),
+            "{command}: {err}"
+        );
+        assert!(!out.exists(), "{command} wrote its output");
+    }
+    // `--no-input-check` leaves the path to the machines that run the job.
+    let o = with_sets("validate", &["--no-input-check"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // An existing path passes (the config as committed names examples/ that exist).
+    let o = run(&["validate", config]);
+    assert!(o.status.success(), "{}", stderr(&o));
 }
 
 /// The `.safetensors` files under `dir/model`, by name.
@@ -318,9 +387,13 @@ fn a_job_failing_before_it_writes_leaves_no_claim_and_overwrite_replaces_the_pre
         remove_kept_logs(&o);
         o
     };
-    // A base that does not exist: the job fails when it plans and claims nothing.
-    let missing = format!("merge.base={}", tmp.path().join("no-such-base").display());
-    let failed = local(&[&missing, "job.overwrite=false"]);
+    // A base that exists but holds no model: the job fails when it plans and claims nothing.
+    // (A base that does not exist is refused before the job is submitted: exit 2, see
+    // `validate_and_local_refuse_a_missing_local_input_naming_its_key_and_path`.)
+    let not_a_model = tmp.path().join("not-a-model");
+    std::fs::create_dir(&not_a_model).unwrap();
+    let not_a_model = format!("merge.base={}", not_a_model.display());
+    let failed = local(&[&not_a_model, "job.overwrite=false"]);
     assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
     assert!(!out.join("job.json").exists());
     // The corrected rerun runs without `overwrite`: 32KB shards.

@@ -1,6 +1,7 @@
 //! `mirrorplay run CONFIG` (serve + submit + watch in one process) with real worker processes
 //! on loopback: its exit code is the job's outcome, and a restarted `run` on the same state
-//! follows the job it finds there instead of submitting a second one.
+//! follows the job it finds there instead of submitting a second one; a signal stops it with
+//! exit 143, which is no job outcome.
 
 mod common;
 
@@ -166,4 +167,35 @@ fn run_refuses_a_public_listener_without_a_token() {
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("without a token"), "{err}");
+}
+
+#[test]
+fn run_stopped_by_a_signal_exits_143_and_leaves_its_job_unfinished() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    // No --workers and no worker: the job is submitted at once and waits for one.
+    let child = start_run(&[
+        "configs/merge-task-arithmetic.toml",
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--state",
+        state.to_str().unwrap(),
+        "--set",
+        &format!("job.output={}", tmp.path().join("out").display()),
+    ]);
+    let submitted = Instant::now();
+    while std::fs::read_dir(state.join("jobs")).map_or(true, |mut d| d.next().is_none()) {
+        assert!(
+            submitted.elapsed() < Duration::from_secs(30),
+            "no job submitted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // `run` is following the job by now.
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let o = finish(child, Duration::from_secs(30));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(143), "{err}");
+    assert!(err.contains("stays unfinished in the state"), "{err}");
 }

@@ -2,6 +2,7 @@
 //! becomes an absolute URL, so workers apply no defaults. Every error names the file, the line
 //! and the dotted key, and is raised before anything runs or is written.
 
+mod inputs;
 // docs/configuration.md: the key descriptions and the generator (a test checks the page).
 #[cfg(test)]
 mod keydoc;
@@ -17,6 +18,7 @@ mod selfplay;
 mod sft;
 mod training;
 
+use std::cell::RefCell;
 use std::path::Path;
 
 use mirrorplay_proto::v1::{job_spec, JobSpec, PipelineSpec, StageSpec};
@@ -24,6 +26,9 @@ use mirrorplay_worker::io::store::absolute_url;
 use toml::{Table, Value};
 
 use reader::{Doc, Tbl};
+
+pub use inputs::InputCheck;
+use inputs::LocalInput;
 
 /// A config error: where it is and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +60,19 @@ impl std::error::Error for ConfigError {}
 pub struct Loaded {
     pub spec: JobSpec,
     pub resolved_toml: String,
+    /// Every input location the config names (models, data, prompts, manifests).
+    inputs: Vec<LocalInput>,
+}
+
+impl Loaded {
+    /// With `InputCheck::Local`, the first local input that does not exist as an error naming
+    /// its key and path (`inputs::check`).
+    pub fn check_inputs(&self, check: InputCheck) -> Result<(), ConfigError> {
+        match check {
+            InputCheck::Local => inputs::check(&self.inputs),
+            InputCheck::Skip => Ok(()),
+        }
+    }
 }
 
 /// Job kinds a config may name.
@@ -78,6 +96,8 @@ struct Resolver<'a> {
     in_pipeline: bool,
     /// The job's seed (default for seeded methods such as DARE).
     seed: u64,
+    /// The input locations resolved so far, with their keys.
+    inputs: RefCell<Vec<LocalInput>>,
 }
 
 impl Resolver<'_> {
@@ -106,7 +126,19 @@ impl Resolver<'_> {
                     )
                 });
         }
-        self.path(tbl, key, value)
+        self.input(tbl, key, value)
+    }
+
+    /// A location the job reads (a model, a dataset): resolved as `path`, and recorded for
+    /// the input check.
+    fn input(&self, tbl: &Tbl, key: &str, value: &str) -> Result<String, ConfigError> {
+        let url = self.path(tbl, key, value)?;
+        self.inputs.borrow_mut().push(LocalInput {
+            at: tbl.error(key, String::new()),
+            raw: value.to_string(),
+            url: url.clone(),
+        });
+        Ok(url)
     }
 
     fn path(&self, tbl: &Tbl, key: &str, value: &str) -> Result<String, ConfigError> {
@@ -130,11 +162,17 @@ pub fn load(path: &Path, sets: &[String], cwd: &Path) -> Result<Loaded, ConfigEr
     if mergekit::is_mergekit_yaml(path) {
         let converted = mergekit::to_toml(&file, &text, &default_name)?;
         // Errors past conversion concern the converted TOML: name its keys, not its lines.
-        return parse(&file, &converted, sets, cwd, &default_name).map_err(|e| ConfigError {
+        let converted_error = |e: ConfigError| ConfigError {
             file: format!("{file} (as converted by `mirrorplay convert mergekit {file}`)"),
             line: None,
             ..e
-        });
+        };
+        let mut loaded =
+            parse(&file, &converted, sets, cwd, &default_name).map_err(converted_error)?;
+        for input in &mut loaded.inputs {
+            input.at = converted_error(input.at.clone());
+        }
+        return Ok(loaded);
     }
     parse(&file, &text, sets, cwd, &default_name)
 }
@@ -162,6 +200,7 @@ pub fn parse(
         stages: vec![],
         in_pipeline: kind == "pipeline",
         seed,
+        inputs: RefCell::default(),
     };
     let output = resolver.path(&job, "output", &output_raw)?;
     job.record("output", Value::String(output.clone()));
@@ -248,6 +287,7 @@ pub fn parse(
     Ok(Loaded {
         spec,
         resolved_toml: toml::to_string(&resolved).unwrap_or_default(),
+        inputs: resolver.inputs.into_inner(),
     })
 }
 

@@ -31,7 +31,7 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<RewardTrainSpec, Conf
     }
     let data = match t.opt_str("data")? {
         Some(raw) => {
-            let url = resolver.path(t, "data", &raw)?;
+            let url = resolver.input(t, "data", &raw)?;
             t.record("data", Value::String(url.clone()));
             pair_source::Source::JsonlUrl(url)
         }

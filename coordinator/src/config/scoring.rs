@@ -52,7 +52,7 @@ fn scoring(t: &Tbl, resolver: &Resolver) -> Result<Scoring, ConfigError> {
 pub(super) fn read_score(t: &Tbl, resolver: &Resolver) -> Result<ScoreSpec, ConfigError> {
     let s = scoring(t, resolver)?;
     let raw = t.req_str("data")?;
-    let data_url = resolver.path(t, "data", &raw)?;
+    let data_url = resolver.input(t, "data", &raw)?;
     t.record("data", Value::String(data_url.clone()));
     let shard_rows = count(t, "shard_rows", 256, 1 << 24)? as u32;
     let (chat, max_prompt_tokens) = prompt_format(t)?;

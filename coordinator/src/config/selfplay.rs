@@ -91,7 +91,7 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<SelfplaySpec, ConfigE
     }
     let prompts = match t.opt_str("prompts")? {
         Some(raw) => {
-            let url = resolver.path(t, "prompts", &raw)?;
+            let url = resolver.input(t, "prompts", &raw)?;
             t.record("prompts", Value::String(url.clone()));
             data_source::Source::JsonlUrl(url)
         }

@@ -28,7 +28,7 @@ pub(super) fn read(t: &Tbl, resolver: &Resolver) -> Result<SftSpec, ConfigError>
     let init = model(t, "init", task.as_deref(), resolver)?;
     let data = match t.opt_str("data")? {
         Some(raw) => {
-            let url = resolver.path(t, "data", &raw)?;
+            let url = resolver.input(t, "data", &raw)?;
             t.record("data", Value::String(url.clone()));
             data_source::Source::JsonlUrl(url)
         }

@@ -193,6 +193,24 @@ impl Api {
     }
 
     /// A pod container's log as a stream of chunks (`follow`: until the container ends).
+    /// A container's log, followed, each line after its timestamp (`timestamps=true`), from
+    /// `since_time` (RFC 3339, whole seconds) when given.
+    pub async fn follow_logs(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        since_time: Option<&str>,
+    ) -> Result<reqwest::Response, ApiError> {
+        let mut path = format!(
+            "/api/v1/namespaces/{namespace}/pods/{pod}/log?container={container}&follow=true&timestamps=true"
+        );
+        if let Some(since) = since_time {
+            path.push_str(&format!("&sinceTime={}", since.replace('+', "%2B")));
+        }
+        self.send(reqwest::Method::GET, &path, None).await
+    }
+
     pub async fn logs(
         &self,
         namespace: &str,

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::api::{collection_path, object_path, Api, ApiError};
 use super::args::{ClusterArgs, RenderArgs};
 use super::jobset::COORDINATOR;
+use super::log_cursor::LogCursor;
 use super::{kubeconfig, render, INSTANCE_LABEL};
 use crate::exit::Exit;
 
@@ -183,8 +184,13 @@ pub async fn submit(
 }
 
 /// Waits for the job's coordinator pod, streams its log, and gives the job's exit code once
-/// the JobSet has ended. When the JobSet restarts its pods, the new coordinator is followed.
+/// the JobSet has ended. When the JobSet restarts its pods, the new coordinator is followed. A
+/// stream that ends while the coordinator still runs (broken off, or closed by the API server)
+/// is resumed after the last line printed (`LogCursor`).
 async fn follow(api: &Api, ns: &str, job: &str, start_timeout: Duration) -> Result<Exit> {
+    // Each coordinator pod followed, with where its log stands.
+    let mut cursors: Vec<(String, LogCursor)> = Vec::new();
+    // The pods whose log was read to its end after the coordinator stopped.
     let mut streamed: Vec<String> = Vec::new();
     let mut waited = tokio::time::Instant::now();
     let mut last_reason = String::new();
@@ -196,9 +202,22 @@ async fn follow(api: &Api, ns: &str, job: &str, start_timeout: Duration) -> Resu
             let name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
             let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
             if phase != "Pending" && !streamed.contains(&name) {
-                eprintln!("following the coordinator pod {name}");
-                stream_logs(api, ns, &name, COORDINATOR, true).await?;
-                streamed.push(name);
+                let stopped = exit_code(pod, COORDINATOR).is_some();
+                let at = match cursors.iter().position(|(n, _)| *n == name) {
+                    Some(at) => at,
+                    None => {
+                        eprintln!("following the coordinator pod {name}");
+                        cursors.push((name.clone(), LogCursor::default()));
+                        cursors.len() - 1
+                    }
+                };
+                let printed = stream_logs(api, ns, &name, COORDINATOR, &mut cursors[at].1).await?;
+                if stopped {
+                    // The stream of a stopped container ends with its last line.
+                    streamed.push(name);
+                } else if !printed {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
                 waited = tokio::time::Instant::now();
                 continue;
             }
@@ -218,14 +237,14 @@ async fn follow(api: &Api, ns: &str, job: &str, start_timeout: Duration) -> Resu
         }
         match ended.as_deref() {
             Some("Completed") => return Ok(Exit::Ok),
-            Some(other) if coordinator.is_none() || !streamed.is_empty() => {
+            Some(other) if coordinator.is_none() || !cursors.is_empty() => {
                 return Ok(Exit::JobFailed(format!(
                     "job {job}: the JobSet ended {other}; `mirrorplay k8s status {job}` shows its pods"
                 )))
             }
             _ => {}
         }
-        if streamed.is_empty() && waited.elapsed() > start_timeout {
+        if cursors.is_empty() && waited.elapsed() > start_timeout {
             return Ok(Exit::JobFailed(format!(
                 "the coordinator of job {job} did not start within {} s (last: {}); the job stays submitted",
                 start_timeout.as_secs(),
@@ -236,28 +255,48 @@ async fn follow(api: &Api, ns: &str, job: &str, start_timeout: Duration) -> Resu
     }
 }
 
-/// Copies a container's log to stderr as it comes.
-async fn stream_logs(api: &Api, ns: &str, pod: &str, container: &str, follow: bool) -> Result<()> {
+/// Copies a container's log to stderr as it comes, from the line after the last one
+/// `cursor` printed; returns whether it printed any. A stream that breaks off ends here: the
+/// caller resumes it.
+async fn stream_logs(
+    api: &Api,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    cursor: &mut LogCursor,
+) -> Result<bool> {
+    cursor.restart();
+    let since = cursor.since_time();
     let response = api
-        .logs(ns, pod, container, follow)
+        .follow_logs(ns, pod, container, since.as_deref())
         .await
         .map_err(api_error)?;
     let mut body = response.bytes_stream();
-    use std::io::Write;
+    let mut printed = false;
+    let mut print = |text: String| {
+        use std::io::Write;
+        if !text.is_empty() {
+            printed = true;
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(text.as_bytes());
+            let _ = err.flush();
+        }
+    };
+    let mut broken = false;
     while let Some(chunk) = body.next().await {
         match chunk {
-            Ok(bytes) => {
-                let mut err = std::io::stderr().lock();
-                let _ = err.write_all(&bytes);
-                let _ = err.flush();
-            }
+            Ok(bytes) => print(cursor.take(&bytes)),
             Err(e) => {
-                tracing::warn!(error = %e, pod, "the log stream broke off");
+                tracing::warn!(error = %e, pod, "the log stream broke off; resuming it");
+                broken = true;
                 break;
             }
         }
     }
-    Ok(())
+    if !broken {
+        print(cursor.finish());
+    }
+    Ok(printed)
 }
 
 pub async fn status(

@@ -3,7 +3,8 @@
 //! - `coordinator`: one pod running `mirrorplay run` (serve + submit + watch) on the config
 //!   from the ConfigMap, its state on the PVC or an object-store URL; its exit code is the
 //!   job's, and the JobSet succeeds when it does (`successPolicy`). A coordinator pod that
-//!   crashes or is lost is replaced (`backoffLimit`) and resumes the job from its state; one
+//!   crashes, is lost or fails its gRPC liveness probe is replaced (`backoffLimit`) and
+//!   resumes the job from its state; one
 //!   that exits with the job's failure (1, 2 or 3) fails its Job at once (`podFailurePolicy`),
 //!   and a failed coordinator Job fails the JobSet (`failurePolicy.rules`: restarting cannot
 //!   help);
@@ -94,7 +95,11 @@ fn coordinator_job(plan: &Plan) -> Value {
         "env": env(plan, vec![]),
         "envFrom": env_from(plan),
         "ports": [{"name": "grpc", "containerPort": GRPC_PORT}],
+        // gRPC health needs no token (docs/architecture.md#authentication); the liveness
+        // probe replaces a coordinator that stops answering for a minute (the timings of
+        // k8s/base), which resumes the job from its state.
         "readinessProbe": {"grpc": {"port": GRPC_PORT}, "periodSeconds": 5},
+        "livenessProbe": {"grpc": {"port": GRPC_PORT}, "periodSeconds": 20, "failureThreshold": 3},
         "resources": {
             "requests": {"cpu": "500m", "memory": "512Mi"},
             "limits": {"memory": "2Gi"},
@@ -108,13 +113,15 @@ fn coordinator_job(plan: &Plan) -> Value {
             "completionMode": "Indexed",
             "parallelism": 1,
             "completions": 1,
-            // A coordinator pod lost to a node or killed (OOM, crash) is replaced and resumes
-            // the job from its state; the job's own outcome (exit 1 failed, 2 refused, 3
-            // cancelled) ends the Job at once; evictions and preemptions do not count.
+            // A coordinator pod lost to a node or killed (OOM, crash, a failed liveness probe:
+            // `run` stopped by SIGTERM exits 143) is replaced and resumes the job from its
+            // state; the job's own outcome (exit 1 failed, 2 refused, 3 cancelled) ends the Job
+            // at once; evictions and preemptions do not count. The first rule that matches
+            // applies, so the eviction rule comes first.
             "backoffLimit": plan.backoff_limit,
             "podFailurePolicy": {"rules": [
-                {"action": "FailJob", "onExitCodes": {"containerName": COORDINATOR, "operator": "In", "values": [1, 2, 3]}},
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                {"action": "FailJob", "onExitCodes": {"containerName": COORDINATOR, "operator": "In", "values": [1, 2, 3]}},
             ]},
             "template": {
                 "metadata": {"labels": role_labels(plan, COORDINATOR)},

@@ -5,13 +5,15 @@
 //!   pure: no cluster needed;
 //! - `jobset`: the JobSet and its pod templates;
 //! - `kubeconfig`, `api`: the user's kubeconfig and a small Kubernetes API client;
-//! - `commands`: `submit`, `status`, `logs`, `delete` on top of them.
+//! - `commands`: `submit`, `status`, `logs`, `delete` on top of them; `log_cursor`: where
+//!   `submit`'s followed log stands, so that a broken stream resumes.
 
 pub mod api;
 pub mod args;
 pub mod commands;
 pub mod jobset;
 pub mod kubeconfig;
+pub mod log_cursor;
 pub mod render;
 
 use std::path::Path;
@@ -24,7 +26,8 @@ use args::{K8sCommand, RenderArgs};
 /// Label every rendered object carries: the JobSet (job) it belongs to.
 pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
 
-/// Loads the config (every check `validate` makes) and plans its manifests; warnings go to
+/// Loads the config (every check `validate` makes but the local-input check: the pods read
+/// the inputs, relative paths resolving in the image) and plans its manifests; warnings go to
 /// stderr. `namespace` is the one to render into.
 pub fn plan(args: &RenderArgs, namespace: &str) -> Result<render::Plan, Exit> {
     let cwd = std::env::current_dir().map_err(|e| Exit::Config(e.to_string()))?;

@@ -76,6 +76,17 @@ pub enum CheckpointError {
 pub type Result<T, E = CheckpointError> = std::result::Result<T, E>;
 
 impl CheckpointError {
+    /// True when the store failed on the way (`IoError::is_transient`) or a checkpoint did not
+    /// finish in time: writing it again may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CheckpointError::Io(e) => e.is_transient(),
+            // The store took too long: the next attempt writes it again.
+            CheckpointError::Timeout { .. } => true,
+            _ => false,
+        }
+    }
+
     /// True when the error says the checkpoint's content is invalid (torn, corrupt, malformed),
     /// as opposed to the store failing to answer: only such a directory may be deleted.
     pub fn is_torn(&self) -> bool {

@@ -17,8 +17,9 @@ pub enum JobError {
     Io(#[from] IoError),
     #[error("tensor `{tensor}`: {reason}")]
     Tensor { tensor: String, reason: String },
-    #[error("{0}")]
-    Train(String),
+    /// Boxed, as `Reward`: kept whole (not as text) so that its classification survives.
+    #[error(transparent)]
+    Train(Box<crate::train::TrainError>),
     /// The gang broke (a peer died, stalled or left; the rendezvous failed): the coordinator
     /// re-forms it rather than failing the job.
     #[error("gang broken: {0}")]
@@ -46,11 +47,14 @@ impl JobError {
     }
 
     /// True when the same task may succeed if tried again: store I/O that failed on the way
-    /// (the object-store client has already retried its own requests), not a missing or
-    /// malformed input nor an invalid task.
+    /// (the object-store client has already retried its own requests), also inside a training
+    /// or reward-model task (a checkpoint write, a dataset read); not a missing or malformed
+    /// input nor an invalid task (docs/architecture.md#failure-policy).
     pub fn is_transient(&self) -> bool {
         match self {
             JobError::Io(e) => e.is_transient(),
+            JobError::Train(e) => e.is_transient(),
+            JobError::Reward(e) => e.is_transient(),
             _ => false,
         }
     }
@@ -88,7 +92,7 @@ pub async fn run_task(
                 tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(run))
                     .map_err(|e| match e {
                         crate::train::TrainError::Collective(e) => JobError::Gang(e.to_string()),
-                        e => JobError::Train(e.to_string()),
+                        e => JobError::Train(Box::new(e)),
                     })?;
             task_result::Result::Train(result)
         }
@@ -121,4 +125,37 @@ where
 {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(work))
         .map_err(JobError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::JobError;
+    use crate::checkpoint::CheckpointError;
+    use crate::io::IoError;
+    use crate::train::TrainError;
+
+    fn store_error(source: object_store::Error) -> IoError {
+        IoError::store("file:///out/checkpoints/step-000004/manifest.json", source)
+    }
+
+    #[test]
+    fn a_store_error_inside_a_training_task_stays_transient() {
+        let failed_put = object_store::Error::Generic {
+            store: "test",
+            source: "connection reset".into(),
+        };
+        let checkpoint = CheckpointError::Io(store_error(failed_put));
+        let e = JobError::Train(Box::new(TrainError::Checkpoint(checkpoint)));
+        assert!(e.is_transient());
+        assert!(e.to_string().contains("connection reset"), "{e}");
+        // A missing object is not: trying again would find it missing again.
+        let missing = object_store::Error::NotFound {
+            path: "x".into(),
+            source: "gone".into(),
+        };
+        let e = JobError::Train(Box::new(TrainError::Io(store_error(missing))));
+        assert!(!e.is_transient());
+        let e = JobError::Train(Box::new(TrainError::Invalid("bad spec".into())));
+        assert!(!e.is_transient());
+    }
 }

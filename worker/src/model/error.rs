@@ -57,3 +57,11 @@ pub enum ModelError {
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+impl ModelError {
+    /// True for store I/O that failed on the way while reading or writing a model
+    /// (`IoError::is_transient`).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ModelError::Io(e) if e.is_transient())
+    }
+}

@@ -30,6 +30,13 @@ pub enum JudgeError {
     Invalid(String),
 }
 
+impl JudgeError {
+    /// True when loading the judge's model failed on the way (`ModelError::is_transient`).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, JudgeError::Model(e) if e.is_transient())
+    }
+}
+
 /// A prompt as training sees it: the token ids the model reads, and, for a built-in task's
 /// prompt, what the task's gold judge needs.
 #[derive(Debug, Clone, PartialEq, Eq)]

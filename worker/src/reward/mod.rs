@@ -43,6 +43,20 @@ pub enum RewardError {
     Invalid(String),
 }
 
+impl RewardError {
+    /// True for store I/O that failed on the way (`IoError::is_transient`), wherever it
+    /// happened.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RewardError::Io(e) => e.is_transient(),
+            RewardError::Model(e) => e.is_transient(),
+            RewardError::Judge(e) => e.is_transient(),
+            RewardError::Train(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
 macro_rules! boxed_from {
     ($($variant:ident($source:ty)),* $(,)?) => {$(
         impl From<$source> for RewardError {

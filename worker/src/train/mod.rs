@@ -49,6 +49,20 @@ pub enum TrainError {
     Invalid(String),
 }
 
+impl TrainError {
+    /// True for store I/O that failed on the way (`IoError::is_transient`), wherever in the
+    /// loop it happened: reading a model or data, writing a checkpoint, metrics or the model.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TrainError::Io(e) => e.is_transient(),
+            TrainError::Model(e) => e.is_transient(),
+            TrainError::Judge(e) => e.is_transient(),
+            TrainError::Checkpoint(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
 /// What every loop needs besides its spec: where to write, the seed, the attempt (for metric
 /// lines), how to report progress and metrics, and the device.
 pub struct Ctx<'a> {
