@@ -181,7 +181,10 @@ pub async fn run(
         let compute = policy.model.for_compute(dtype)?;
         let sampler = policy.model.detached()?.for_compute(dtype)?;
         let mut accumulated = GradAccumulator::new();
+        // Seconds in each phase (the `step phases` debug event: RUST_LOG=debug).
+        let mut phases = Phases::default();
         if b > 0 {
+            let t = Instant::now();
             // 2. Samples (no graph).
             let config = rollout::generate_config(&rules, &sampling, ctx.seed, step);
             let mixture = Source::Mixture {
@@ -213,8 +216,10 @@ pub async fn run(
                 ),
             };
             sums.tokens += (rollout::num_tokens(&y) + rollout::num_tokens(&y_prime)) as f64;
+            phases.sample_s = t.elapsed().as_secs_f64();
 
             // 3. Preferences from the preference source.
+            let t = Instant::now();
             let refs: Vec<&PromptRow> = step_prompts.iter().collect();
             let (s_y, stats_y) = judge.scores_with_stats(&refs, &y)?;
             let (s_y_prime, stats_y_prime) = judge.scores_with_stats(&refs, &y_prime)?;
@@ -224,6 +229,8 @@ pub async fn run(
             let pref = preferences(&s_y, &s_y_prime, judge.unit(), temperature);
             sums.pref += pref.iter().sum::<f64>();
             sums.score += s_y.iter().chain(&s_y_prime).sum::<f64>() / judge.unit();
+            phases.judge_s = t.elapsed().as_secs_f64();
+            let t = Instant::now();
 
             // 4. Score, loss and backward per micro-batch; each micro-batch's mean loss is
             // scaled by its share of the global batch, so the sum over micro-batches and ranks
@@ -278,17 +285,33 @@ pub async fn run(
                 )?);
             }
             sums.add_kl(&kl_rows)?;
+            phases.train_s = t.elapsed().as_secs_f64();
         }
+        let t = Instant::now();
         let grads = accumulated.finish(&params)?;
 
         // 5. All-reduce, clip, AdamW.
         let (grad_norm, lr) =
             super::reduce_clip_step(collective, grads, max_grad_norm, &mut opt, &params)?;
 
+        phases.optimizer_s = t.elapsed().as_secs_f64();
+
         // 6. Metrics, reduced over the ranks (row- and token-weighted).
+        let local_tokens = sums.tokens;
         let totals = sums.reduce(collective)?;
         let step_done = step + 1;
         let secs = t0.elapsed().as_secs_f64();
+        tracing::debug!(
+            step = step_done,
+            rank = collective.rank(),
+            tokens = local_tokens,
+            sample_s = phases.sample_s,
+            judge_s = phases.judge_s,
+            train_s = phases.train_s,
+            optimizer_s = phases.optimizer_s,
+            step_s = secs,
+            "step phases"
+        );
         let mut logged = vec![
             ("loss", totals.loss / batch as f64),
             ("kl/k1", totals.k1 / totals.sequences.max(1.0)),
@@ -368,6 +391,17 @@ fn detached(c: &Completions) -> Result<Completions, TrainError> {
         reference: c.reference.detach(),
         mask: c.mask.clone(),
     })
+}
+
+/// Where a step's time goes on this rank (seconds): sampling y and y′, the preference source
+/// scoring them, scoring under π and μ with the loss and backward pass (and the KL metric's
+/// extra sample for IPO-MD), and the gradient all-reduce, clip and AdamW step.
+#[derive(Debug, Default, Clone, Copy)]
+struct Phases {
+    sample_s: f64,
+    judge_s: f64,
+    train_s: f64,
+    optimizer_s: f64,
 }
 
 /// One rank's sums of a step's metrics; [`StepSums::reduce`] adds them over the ranks.
