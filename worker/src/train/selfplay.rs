@@ -7,8 +7,9 @@
 //!    not depend on the world size;
 //! 3. preferences p = P(y ≻ y′) from the preference source (`crate::preference`: the task's
 //!    gold judge or a reward model);
-//! 4. per micro-batch: score y, y′ under π (graph) and μ, the batch-mean loss scaled by the
-//!    micro-batch's share of the global batch, backward, accumulate;
+//! 4. per micro-batch: score y, y′ (Nash-MD-PG: y alone, all its loss reads) under π (graph)
+//!    and μ, the batch-mean loss scaled by the micro-batch's share of the global batch,
+//!    backward, accumulate;
 //! 5. all-reduce (sum) the gradients, clip, AdamW: the step of the global batch's mean loss;
 //! 6. metrics summed over the ranks: loss, kl/k1, kl/k3 (on samples of π), pref/mean,
 //!    score/mean, the source's own statistics (an ensemble's `ensemble/variance`,
@@ -235,24 +236,30 @@ pub async fn run(
             // 4. Score, loss and backward per micro-batch; each micro-batch's mean loss is
             // scaled by its share of the global batch, so the sum over micro-batches and ranks
             // is the gradient of the global batch's mean loss.
+            // Nash-MD-PG's loss reads only y's log-probs (y′ only sets p), so only y is scored
+            // there: half the forward and backward work of scoring both.
+            let y_only = objective.algorithm == Algorithm::NashMd;
             let mut kl_rows: Vec<Completions> = vec![];
             for start in (0..b).step_by(micro) {
                 let n = micro.min(b - start);
-                let both: Vec<Vec<u32>> = y[start..start + n]
-                    .iter()
-                    .chain(&y_prime[start..start + n])
-                    .cloned()
-                    .collect();
-                let prompts2: Vec<Vec<u32>> = prompt_ids[start..start + n]
-                    .iter()
-                    .chain(&prompt_ids[start..start + n])
-                    .cloned()
-                    .collect();
+                let mut both: Vec<Vec<u32>> = y[start..start + n].to_vec();
+                let mut prompts2: Vec<Vec<u32>> = prompt_ids[start..start + n].to_vec();
+                if !y_only {
+                    both.extend_from_slice(&y_prime[start..start + n]);
+                    prompts2.extend_from_slice(&prompt_ids[start..start + n]);
+                }
                 let scored =
                     rollout::score(&compute, &reference.model, &prompts2, &both, &config.rules)?;
+                let y_rows = rollout::rows(&scored, 0, n)?;
                 let pair = PairBatch {
-                    y: rollout::rows(&scored, 0, n)?,
-                    y_prime: rollout::rows(&scored, n, n)?,
+                    // Unscored under Nash-MD-PG: the pair carries y's rows in y′'s place,
+                    // which its loss never reads.
+                    y_prime: if y_only {
+                        y_rows.clone()
+                    } else {
+                        rollout::rows(&scored, n, n)?
+                    },
+                    y: y_rows,
                     pref: Tensor::from_iter(
                         pref[start..start + n].iter().map(|&p| p as f32),
                         &ctx.device,
