@@ -7,8 +7,9 @@
 //!    not depend on the world size;
 //! 3. preferences p = P(y ≻ y′) from the preference source (`crate::preference`: the task's
 //!    gold judge or a reward model);
-//! 4. per micro-batch: score y, y′ under π (graph) and μ, the batch-mean loss scaled by the
-//!    micro-batch's share of the global batch, backward, accumulate;
+//! 4. per micro-batch: score y, y′ (Nash-MD-PG: y alone, all its loss reads) under π (graph)
+//!    and μ, the batch-mean loss scaled by the micro-batch's share of the global batch,
+//!    backward, accumulate;
 //! 5. all-reduce (sum) the gradients, clip, AdamW: the step of the global batch's mean loss;
 //! 6. metrics summed over the ranks: loss, kl/k1, kl/k3 (on samples of π), pref/mean,
 //!    score/mean, the source's own statistics (an ensemble's `ensemble/variance`,
@@ -181,7 +182,10 @@ pub async fn run(
         let compute = policy.model.for_compute(dtype)?;
         let sampler = policy.model.detached()?.for_compute(dtype)?;
         let mut accumulated = GradAccumulator::new();
+        // Seconds in each phase (the `step phases` debug event: RUST_LOG=debug).
+        let mut phases = Phases::default();
         if b > 0 {
+            let t = Instant::now();
             // 2. Samples (no graph).
             let config = rollout::generate_config(&rules, &sampling, ctx.seed, step);
             let mixture = Source::Mixture {
@@ -213,8 +217,10 @@ pub async fn run(
                 ),
             };
             sums.tokens += (rollout::num_tokens(&y) + rollout::num_tokens(&y_prime)) as f64;
+            phases.sample_s = t.elapsed().as_secs_f64();
 
             // 3. Preferences from the preference source.
+            let t = Instant::now();
             let refs: Vec<&PromptRow> = step_prompts.iter().collect();
             let (s_y, stats_y) = judge.scores_with_stats(&refs, &y)?;
             let (s_y_prime, stats_y_prime) = judge.scores_with_stats(&refs, &y_prime)?;
@@ -224,28 +230,36 @@ pub async fn run(
             let pref = preferences(&s_y, &s_y_prime, judge.unit(), temperature);
             sums.pref += pref.iter().sum::<f64>();
             sums.score += s_y.iter().chain(&s_y_prime).sum::<f64>() / judge.unit();
+            phases.judge_s = t.elapsed().as_secs_f64();
+            let t = Instant::now();
 
             // 4. Score, loss and backward per micro-batch; each micro-batch's mean loss is
             // scaled by its share of the global batch, so the sum over micro-batches and ranks
             // is the gradient of the global batch's mean loss.
+            // Nash-MD-PG's loss reads only y's log-probs (y′ only sets p), so only y is scored
+            // there: half the forward and backward work of scoring both.
+            let y_only = objective.algorithm == Algorithm::NashMd;
             let mut kl_rows: Vec<Completions> = vec![];
             for start in (0..b).step_by(micro) {
                 let n = micro.min(b - start);
-                let both: Vec<Vec<u32>> = y[start..start + n]
-                    .iter()
-                    .chain(&y_prime[start..start + n])
-                    .cloned()
-                    .collect();
-                let prompts2: Vec<Vec<u32>> = prompt_ids[start..start + n]
-                    .iter()
-                    .chain(&prompt_ids[start..start + n])
-                    .cloned()
-                    .collect();
+                let mut both: Vec<Vec<u32>> = y[start..start + n].to_vec();
+                let mut prompts2: Vec<Vec<u32>> = prompt_ids[start..start + n].to_vec();
+                if !y_only {
+                    both.extend_from_slice(&y_prime[start..start + n]);
+                    prompts2.extend_from_slice(&prompt_ids[start..start + n]);
+                }
                 let scored =
                     rollout::score(&compute, &reference.model, &prompts2, &both, &config.rules)?;
+                let y_rows = rollout::rows(&scored, 0, n)?;
                 let pair = PairBatch {
-                    y: rollout::rows(&scored, 0, n)?,
-                    y_prime: rollout::rows(&scored, n, n)?,
+                    // Unscored under Nash-MD-PG: the pair carries y's rows in y′'s place,
+                    // which its loss never reads.
+                    y_prime: if y_only {
+                        y_rows.clone()
+                    } else {
+                        rollout::rows(&scored, n, n)?
+                    },
+                    y: y_rows,
                     pref: Tensor::from_iter(
                         pref[start..start + n].iter().map(|&p| p as f32),
                         &ctx.device,
@@ -278,17 +292,33 @@ pub async fn run(
                 )?);
             }
             sums.add_kl(&kl_rows)?;
+            phases.train_s = t.elapsed().as_secs_f64();
         }
+        let t = Instant::now();
         let grads = accumulated.finish(&params)?;
 
         // 5. All-reduce, clip, AdamW.
         let (grad_norm, lr) =
             super::reduce_clip_step(collective, grads, max_grad_norm, &mut opt, &params)?;
 
+        phases.optimizer_s = t.elapsed().as_secs_f64();
+
         // 6. Metrics, reduced over the ranks (row- and token-weighted).
+        let local_tokens = sums.tokens;
         let totals = sums.reduce(collective)?;
         let step_done = step + 1;
         let secs = t0.elapsed().as_secs_f64();
+        tracing::debug!(
+            step = step_done,
+            rank = collective.rank(),
+            tokens = local_tokens,
+            sample_s = phases.sample_s,
+            judge_s = phases.judge_s,
+            train_s = phases.train_s,
+            optimizer_s = phases.optimizer_s,
+            step_s = secs,
+            "step phases"
+        );
         let mut logged = vec![
             ("loss", totals.loss / batch as f64),
             ("kl/k1", totals.k1 / totals.sequences.max(1.0)),
@@ -368,6 +398,17 @@ fn detached(c: &Completions) -> Result<Completions, TrainError> {
         reference: c.reference.detach(),
         mask: c.mask.clone(),
     })
+}
+
+/// Where a step's time goes on this rank (seconds): sampling y and y′, the preference source
+/// scoring them, scoring under π and μ with the loss and backward pass (and the KL metric's
+/// extra sample for IPO-MD), and the gradient all-reduce, clip and AdamW step.
+#[derive(Debug, Default, Clone, Copy)]
+struct Phases {
+    sample_s: f64,
+    judge_s: f64,
+    train_s: f64,
+    optimizer_s: f64,
 }
 
 /// One rank's sums of a step's metrics; [`StepSums::reduce`] adds them over the ranks.
