@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Tensor};
 
+use super::adamw_fused::{self, Coefficients};
 use super::grads::Gradients;
 use super::schedule::Schedule;
 use super::{OptimError, Params, Result};
@@ -129,15 +130,20 @@ impl AdamW {
                 });
             }
             let p = var.as_tensor().detach().to_dtype(DType::F32)?;
-            let p = if weight_decay != 0.0 {
-                p.affine(1.0 - lr * weight_decay, 0.0)?
-            } else {
-                p
+            let k = Coefficients {
+                decay: (weight_decay != 0.0).then_some(1.0 - lr * weight_decay),
+                one_minus_beta1: 1.0 - beta1,
+                beta2,
+                one_minus_beta2: 1.0 - beta2,
+                inv_bias_correction2_sqrt: 1.0 / bias_correction2_sqrt,
+                eps,
+                neg_step_size: -step_size,
             };
-            let m = (m + (&g - m)?.affine(1.0 - beta1, 0.0)?)?;
-            let v = (v.affine(beta2, 0.0)? + (g.affine(1.0 - beta2, 0.0)? * &g)?)?;
-            let denom = v.sqrt()?.affine(1.0 / bias_correction2_sqrt, eps)?;
-            let p = (p + (m.broadcast_div(&denom))?.affine(-step_size, 0.0)?)?;
+            // f32 on the CPU: the same update in one pass, bit for bit (`adamw_fused`).
+            let (p, m, v) = match adamw_fused::try_update(&p, &g, m, v, k)? {
+                Some(updated) => updated,
+                None => composed_update(&p, &g, m, v, k)?,
+            };
             var.set(&p.to_dtype(var.dtype())?)?;
             self.exp_avg.insert(name.clone(), m);
             self.exp_avg_sq.insert(name.clone(), v);
@@ -244,4 +250,25 @@ impl AdamW {
         }
         Ok(opt)
     }
+}
+
+/// The update of [`AdamW::step`] for one parameter as candle ops (any device, f32 operands):
+/// θ ← θ·(1 − lr·λ); m ← m + (g − m)(1 − β1); v ← v·β2 + (1 − β2)·g·g;
+/// θ ← θ − lr/(1 − β1^t) · m / (sqrt(v)/sqrt(1 − β2^t) + ε). Returns the new (θ, m, v).
+pub(super) fn composed_update(
+    p: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    k: Coefficients,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let p = match k.decay {
+        Some(d) => p.affine(d, 0.0)?,
+        None => p.clone(),
+    };
+    let m = (m + (g - m)?.affine(k.one_minus_beta1, 0.0)?)?;
+    let v = (v.affine(k.beta2, 0.0)? + (g.affine(k.one_minus_beta2, 0.0)? * g)?)?;
+    let denom = v.sqrt()?.affine(k.inv_bias_correction2_sqrt, k.eps)?;
+    let p = (p + (m.broadcast_div(&denom))?.affine(k.neg_step_size, 0.0)?)?;
+    Ok((p, m, v))
 }

@@ -7,6 +7,7 @@
 //! disk (the checkpointer does).
 
 mod adamw;
+mod adamw_fused;
 mod grads;
 mod schedule;
 

@@ -1,0 +1,212 @@
+//! AdamW's per-parameter update as one pass over f32 slices on the CPU: reads θ, g, m, v once
+//! and writes the new θ, m, v, where the composition of candle ops in [`super::adamw`] sweeps
+//! the parameter about twelve times and allocates a buffer per op (the optimizer was ≈ 8× its
+//! memory floor in the self-play step, BENCHMARKS.md#self-play-step-vs-trl-nashmdtrainer).
+//!
+//! Bit-identical to the composition: the same f32 operations in the same order, each rounded
+//! as candle rounds it (an affine op is `x · f32(mul) + f32(add)`, unfused), so checkpoints and
+//! golden files do not move (a test compares the two bit for bit). Elements are independent,
+//! so the split over rayon's pool cannot change a result.
+
+use candle_core::{DType, Storage, Tensor};
+use rayon::prelude::*;
+
+/// The step's scalars exactly as the composed update passes them to candle (f64, rounded to
+/// f32 per op, as candle's affine does).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Coefficients {
+    /// `1 − lr·λ` when weight decay is on.
+    pub decay: Option<f64>,
+    /// `1 − β1`.
+    pub one_minus_beta1: f64,
+    pub beta2: f64,
+    /// `1 − β2`.
+    pub one_minus_beta2: f64,
+    /// `1 / sqrt(1 − β2^t)`.
+    pub inv_bias_correction2_sqrt: f64,
+    pub eps: f64,
+    /// `−lr / (1 − β1^t)`.
+    pub neg_step_size: f64,
+}
+
+/// Elements per piece of the parallel split.
+const PIECE: usize = 1 << 14;
+
+/// The new (θ, m, v) for f32 CPU tensors of one shape, all contiguous; `None` when the
+/// operands are anything else (then the caller composes candle ops).
+pub(super) fn try_update(
+    p: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    k: Coefficients,
+) -> candle_core::Result<Option<(Tensor, Tensor, Tensor)>> {
+    let all = [p, g, m, v];
+    if !all
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous())
+        || all.iter().any(|t| t.shape() != p.shape())
+    {
+        return Ok(None);
+    }
+    let n = p.elem_count();
+    let (mut new_p, mut new_m, mut new_v) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    {
+        let guards: Vec<_> = all.iter().map(|t| t.storage_and_layout()).collect();
+        let mut slices: Vec<&[f32]> = Vec::with_capacity(4);
+        for (storage, layout) in &guards {
+            let Storage::Cpu(candle_core::CpuStorage::F32(data)) = &**storage else {
+                return Ok(None);
+            };
+            let Some((a, b)) = layout.contiguous_offsets() else {
+                return Ok(None);
+            };
+            slices.push(&data[a..b]);
+        }
+        let [p, g, m, v] = [slices[0], slices[1], slices[2], slices[3]];
+        (
+            new_p.par_chunks_mut(PIECE),
+            new_m.par_chunks_mut(PIECE),
+            new_v.par_chunks_mut(PIECE),
+        )
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(i, (op, om, ov))| {
+                let at = i * PIECE;
+                let end = at + op.len();
+                update(
+                    &p[at..end],
+                    &g[at..end],
+                    &m[at..end],
+                    &v[at..end],
+                    k,
+                    op,
+                    om,
+                    ov,
+                );
+            });
+    }
+    let shape = p.shape().clone();
+    let dev = p.device();
+    Ok(Some((
+        Tensor::from_vec(new_p, shape.clone(), dev)?,
+        Tensor::from_vec(new_m, shape.clone(), dev)?,
+        Tensor::from_vec(new_v, shape, dev)?,
+    )))
+}
+
+/// The update of [`super::adamw::AdamW::step`] element by element (PyTorch's order):
+/// θ ← θ·(1 − lr·λ); m ← m + (g − m)(1 − β1); v ← v·β2 + (1 − β2)·g·g;
+/// θ ← θ − lr/(1 − β1^t) · m / (sqrt(v)/sqrt(1 − β2^t) + ε). Each line mirrors one candle op.
+#[allow(clippy::too_many_arguments)]
+fn update(
+    p: &[f32],
+    g: &[f32],
+    m: &[f32],
+    v: &[f32],
+    k: Coefficients,
+    out_p: &mut [f32],
+    out_m: &mut [f32],
+    out_v: &mut [f32],
+) {
+    let affine = |x: f32, mul: f64, add: f64| x * (mul as f32) + (add as f32);
+    for i in 0..p.len() {
+        let (gi, mi, vi) = (g[i], m[i], v[i]);
+        let pi = match k.decay {
+            Some(d) => affine(p[i], d, 0.0),
+            None => p[i],
+        };
+        let m_new = mi + affine(gi - mi, k.one_minus_beta1, 0.0);
+        let v_new = affine(vi, k.beta2, 0.0) + affine(gi, k.one_minus_beta2, 0.0) * gi;
+        let denom = affine(v_new.sqrt(), k.inv_bias_correction2_sqrt, k.eps);
+        out_p[i] = pi + affine(m_new / denom, k.neg_step_size, 0.0);
+        out_m[i] = m_new;
+        out_v[i] = v_new;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Reproducible values in [lo, hi) (a 64-bit LCG).
+    fn values(len: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
+            })
+            .collect()
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect()
+    }
+
+    #[test]
+    fn the_fused_update_is_bit_identical_to_the_composed_one() -> candle_core::Result<()> {
+        // More than one piece, not a multiple of it; moments at step-3-like magnitudes, a
+        // zero and a negative zero among the gradients.
+        let n = 3 * PIECE + 777;
+        let dev = Device::Cpu;
+        let mut gv = values(n, 2, -1e-2, 1e-2);
+        gv[5] = 0.0;
+        gv[6] = -0.0;
+        let p = Tensor::from_vec(values(n, 1, -0.5, 0.5), n, &dev)?;
+        let g = Tensor::from_vec(gv, p.shape(), &dev)?;
+        let m = Tensor::from_vec(values(n, 3, -1e-3, 1e-3), p.shape(), &dev)?;
+        let v = Tensor::from_vec(values(n, 4, 0.0, 1e-5), p.shape(), &dev)?;
+        for decay in [None, Some(1.0 - 1e-3 * 0.01)] {
+            let (beta1, beta2, t, lr) = (0.9f64, 0.999f64, 3, 1e-3f64);
+            let k = Coefficients {
+                decay,
+                one_minus_beta1: 1.0 - beta1,
+                beta2,
+                one_minus_beta2: 1.0 - beta2,
+                inv_bias_correction2_sqrt: 1.0 / (1.0 - beta2.powi(t)).sqrt(),
+                eps: 1e-8,
+                neg_step_size: -lr / (1.0 - beta1.powi(t)),
+            };
+            let fused = try_update(&p, &g, &m, &v, k)?.expect("f32, contiguous, CPU");
+            let composed = super::super::adamw::composed_update(&p, &g, &m, &v, k)?;
+            assert!(bits(&fused.0) == bits(&composed.0), "θ differs ({decay:?})");
+            assert!(bits(&fused.1) == bits(&composed.1), "m differs ({decay:?})");
+            assert!(bits(&fused.2) == bits(&composed.2), "v differs ({decay:?})");
+            // And it moved: θ changed, v grew where g ≠ 0.
+            assert!(bits(&fused.0) != bits(&p));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn other_operands_take_the_composed_path() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let k = Coefficients {
+            decay: None,
+            one_minus_beta1: 0.1,
+            beta2: 0.999,
+            one_minus_beta2: 0.001,
+            inv_bias_correction2_sqrt: 1.0,
+            eps: 1e-8,
+            neg_step_size: -1e-3,
+        };
+        let a = Tensor::ones((4, 6), DType::F32, &dev)?;
+        let strided = a.t()?;
+        assert!(try_update(&strided, &strided, &strided, &strided, k)?.is_none());
+        let d = a.to_dtype(DType::F64)?;
+        assert!(try_update(&d, &d, &d, &d, k)?.is_none());
+        let other = Tensor::ones((6, 4), DType::F32, &dev)?;
+        assert!(try_update(&a, &other, &a, &a, k)?.is_none());
+        Ok(())
+    }
+}
