@@ -15,18 +15,13 @@
 #      PY=~/.cache/mirrorplay/peers-venv/bin/python (torch CPU + transformers; benchmarks only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 PROFILE=${PROFILE:-bench}
 ROUNDS=${ROUNDS:-2}
 THREADS=${THREADS:-2}
 PY=${PY:-$HOME/.cache/mirrorplay/peers-venv/bin/python}
 export NEW_TOKENS=${NEW_TOKENS:-64} REPS=${REPS:-1}
-EXE=$(cargo bench -p mirrorplay-worker --bench sampling_interleaved --no-run --profile "$PROFILE" \
-  --message-format=json | python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "sampling_interleaved" and m.get("executable"):
-        print(m["executable"])')
+EXE=$(bench_exe sampling_interleaved "$PROFILE")
 # One thread count for all: candle and the skinny kernel use rayon (RAYON_NUM_THREADS), torch
 # set_num_threads(THREADS) and its OpenMP pool; numpy's BLAS single-threaded per part.
 export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS THREADS

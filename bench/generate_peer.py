@@ -55,30 +55,15 @@ def bandwidth():
 
 def generate():
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, LlamaForCausalLM
+    from smollm2_shape import smollm2_config
 
     b = int(os.environ.get("B", 1))
     new = int(os.environ.get("NEW_TOKENS", 64))
     reps = int(os.environ.get("REPS", 2))
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=SHAPE["vocab"],
-        hidden_size=SHAPE["hidden"],
-        intermediate_size=SHAPE["mlp"],
-        num_hidden_layers=SHAPE["layers"],
-        num_attention_heads=SHAPE["heads"],
-        num_key_value_heads=SHAPE["kv_heads"],
-        max_position_embeddings=8192,
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        hidden_act="silu",
-        tie_word_embeddings=True,
-        attention_bias=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
+    config = smollm2_config()  # the shape of SHAPE above
     model = LlamaForCausalLM(config).to(torch.float32).eval()
     ids = torch.tensor(
         [[3 + (r * 7 + i * 5) % 20 for i in range(16)] for r in range(b)], dtype=torch.long

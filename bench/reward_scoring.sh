@@ -15,19 +15,14 @@
 #      BREAKDOWN=1 (round 1 of each also times the linear layers alone; 0 skips).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 PROFILE=${PROFILE:-bench}
 ROUNDS=${ROUNDS:-2}
 THREADS=${THREADS:-2}
 PY=${PY:-$HOME/.cache/mirrorplay/peers-venv/bin/python}
 export B=${B:-16} L=${L:-128} REPS=${REPS:-3} K_REPS=${K_REPS:-1}
 K=${K:-5}
-EXE=$(cargo bench -p mirrorplay-worker --bench reward_scoring --no-run --profile "$PROFILE" \
-  --message-format=json | python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "reward_scoring" and m.get("executable"):
-        print(m["executable"])')
+EXE=$(bench_exe reward_scoring "$PROFILE")
 # One thread count for both: candle's CPU backend (gemm) reads RAYON_NUM_THREADS, torch
 # set_num_threads(THREADS) (and OMP for its OpenMP pool).
 export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS

@@ -15,7 +15,9 @@ import time
 
 import torch
 import transformers
-from transformers import LlamaConfig, LlamaForSequenceClassification
+from transformers import LlamaForSequenceClassification
+
+from smollm2_shape import smollm2_config
 
 B = int(os.environ.get("B", 16))
 L = int(os.environ.get("L", 128))
@@ -24,24 +26,7 @@ THREADS = int(os.environ.get("THREADS", 2))
 
 torch.set_num_threads(THREADS)
 torch.manual_seed(0)
-config = LlamaConfig(
-    vocab_size=49152,
-    hidden_size=576,
-    intermediate_size=1536,
-    num_hidden_layers=30,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    max_position_embeddings=8192,
-    rms_norm_eps=1e-5,
-    rope_theta=10000.0,
-    hidden_act="silu",
-    tie_word_embeddings=True,
-    attention_bias=False,
-    bos_token_id=1,
-    eos_token_id=2,
-    pad_token_id=0,
-    num_labels=1,
-)
+config = smollm2_config(num_labels=1)
 model = LlamaForSequenceClassification(config).to(torch.float32).eval()
 ids = torch.tensor(
     [[3 + (r * 131 + i * 7) % 49000 for i in range(L)] for r in range(B)], dtype=torch.long

@@ -17,19 +17,14 @@
 #      datasets pyarrow dill xxhash multiprocess pandas python-dateutil pytz tzdata).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 PROFILE=${PROFILE:-bench}
 ROUNDS=${ROUNDS:-2}
 THREADS=${THREADS:-2}
 PY=${PY:-$HOME/.cache/mirrorplay/peers-venv/bin/python}
 TRL=${TRL:-$HOME/.cache/mirrorplay/trl-1.12.0}
 export B=${B:-4} NEW=${NEW:-64} STEPS=${STEPS:-3}
-EXE=$(cargo bench -p mirrorplay-worker --bench selfplay_step --no-run --profile "$PROFILE" \
-  --message-format=json | python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "selfplay_step" and m.get("executable"):
-        print(m["executable"])')
+EXE=$(bench_exe selfplay_step "$PROFILE")
 # One thread count for both: candle's CPU backend (gemm) reads RAYON_NUM_THREADS, torch
 # set_num_threads(THREADS) (and OMP for its OpenMP pool).
 export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS

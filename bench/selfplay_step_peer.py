@@ -36,13 +36,14 @@ import transformers  # noqa: E402
 import trl  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
-    LlamaConfig,
     LlamaForCausalLM,
     LlamaForSequenceClassification,
     PreTrainedTokenizerFast,
     TrainerCallback,
 )
 from trl.experimental.nash_md import NashMDConfig, NashMDTrainer  # noqa: E402
+
+from smollm2_shape import smollm2_config  # noqa: E402
 
 B = int(os.environ.get("B", 4))
 NEW = int(os.environ.get("NEW", 64))
@@ -55,24 +56,7 @@ torch.manual_seed(0)
 
 
 def shape(**extra):
-    return LlamaConfig(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        max_position_embeddings=8192,
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        hidden_act="silu",
-        tie_word_embeddings=True,
-        attention_bias=False,
-        bos_token_id=None,
-        eos_token_id=EOS,
-        pad_token_id=PAD,
-        **extra,
-    )
+    return smollm2_config(bos_token_id=None, eos_token_id=EOS, pad_token_id=PAD, **extra)
 
 
 vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}

@@ -46,6 +46,23 @@ fn wait_for(url: &str, job: &str, state: &str) -> serde_json::Value {
     }
 }
 
+/// A coordinator that retries a failed task once after `backoff_ms`, and one worker "flaky"
+/// whose store calls fail as `MIRRORPLAY_FAULT_STORE=fault` says; the URL and both processes
+/// (killed when dropped).
+fn flaky_cluster(dir: &Path, backoff_ms: u64, fault: &str) -> (String, [Killed; 2]) {
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let backoff = backoff_ms.to_string();
+    let coordinator = spawn_coordinator_with(
+        dir,
+        &url,
+        &["--task-retries", "1", "--retry-backoff-ms", &backoff],
+        &[],
+        None,
+    );
+    let worker = spawn_worker_env(&url, "flaky", None, &[("MIRRORPLAY_FAULT_STORE", fault)]);
+    (url, [coordinator, worker])
+}
+
 fn stdout_of(args: &[&str]) -> String {
     let o = run(args);
     assert!(o.status.success(), "{args:?}: {}", stderr(&o));
@@ -55,24 +72,9 @@ fn stdout_of(args: &[&str]) -> String {
 #[test]
 fn a_transient_store_error_is_retried_after_a_backoff_up_to_the_limit_and_logs_say_why() {
     let tmp = tempfile::tempdir().unwrap();
-    let url = format!("http://127.0.0.1:{}", free_port());
-    let _coordinator = spawn_coordinator_with(
-        tmp.path(),
-        &url,
-        &["--task-retries", "1", "--retry-backoff-ms", "300"],
-        &[],
-        None,
-    );
     // The worker's first three output files fail to complete (a store error, transient).
-    let _worker = spawn_worker_env(
-        &url,
-        "flaky",
-        None,
-        &[(
-            "MIRRORPLAY_FAULT_STORE",
-            "op=complete,mode=error,times=3,scope=any",
-        )],
-    );
+    let (url, _cluster) =
+        flaky_cluster(tmp.path(), 300, "op=complete,mode=error,times=3,scope=any");
 
     // Job 1: its one task fails, is retried once after 300 ms, fails again: the job fails.
     let first = submit_config(&url, &merge_config(tmp.path(), "first"), &[]);
@@ -243,22 +245,9 @@ fn a_worker_of_another_version_is_refused_naming_both_versions() {
 fn a_store_error_inside_a_training_task_is_transient_so_the_task_is_retried_and_the_job_completes()
 {
     let tmp = tempfile::tempdir().unwrap();
-    let url = format!("http://127.0.0.1:{}", free_port());
-    let _coordinator = spawn_coordinator_with(
-        tmp.path(),
-        &url,
-        &["--task-retries", "1", "--retry-backoff-ms", "200"],
-        &[],
-        None,
-    );
     // The first put of the worker's first checkpoint fails (a store error, transient); the
     // store calls after it succeed.
-    let _worker = spawn_worker_env(
-        &url,
-        "flaky",
-        None,
-        &[("MIRRORPLAY_FAULT_STORE", "op=put,nth=1,mode=error")],
-    );
+    let (url, _cluster) = flaky_cluster(tmp.path(), 200, "op=put,nth=1,mode=error");
     let out = tmp.path().join("sft");
     let config = tmp.path().join("sft.toml");
     std::fs::write(

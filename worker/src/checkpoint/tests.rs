@@ -2,6 +2,7 @@
 //! save → resume bit-identical, torn directories, create-only commits, retention, metrics across
 //! attempts, and a failure-injecting store (errors and stalls on puts, parts and completes).
 
+use crate::test_support::bits;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,16 +88,6 @@ impl Run {
             .map(|(n, t)| (n.clone(), bits(t)))
             .collect()
     }
-}
-
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|v| v.to_bits())
-        .collect()
 }
 
 fn options(every: u64, total: u64, retention: Retention) -> CheckpointOptions {

@@ -1,5 +1,6 @@
 //! In-process tests of the TCP ring: one thread per rank on loopback.
 
+use crate::test_support::bits;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -95,16 +96,6 @@ fn tensors_for(rank: usize, shapes: &[(&str, Vec<usize>)]) -> BTreeMap<String, T
                 Tensor::from_vec(v, dims.as_slice(), &Device::Cpu).unwrap(),
             )
         })
-        .collect()
-}
-
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|x| x.to_bits())
         .collect()
 }
 

@@ -13,3 +13,20 @@ mod skinny_simd;
 mod rowwise_tests;
 #[cfg(test)]
 mod skinny_tests;
+
+/// The f32 elements of a contiguous CPU operand of a custom op, or an error naming the op and
+/// the operand (the glue modules' common first step).
+fn contiguous_f32<'a>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    op: &str,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let candle_core::CpuStorage::F32(v) = storage else {
+        candle_core::bail!("{op}: {what} is not f32");
+    };
+    let Some((a, b)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{op}: {what} is not contiguous");
+    };
+    Ok(&v[a..b])
+}

@@ -10,7 +10,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
 use super::rowwise::{self, Strided4};
-use super::skinny_op;
+use super::{contiguous_f32, skinny_op};
 
 /// Whether a model of this hidden size decodes on the kernels: when the skinny matmul is on and
 /// takes its attention projections (a [hidden, hidden] weight).
@@ -23,21 +23,6 @@ fn plain_f32(ts: &[&Tensor]) -> bool {
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op())
 }
 
-fn slice<'a>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    op: &str,
-    what: &str,
-) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("{op}: {what} is not f32");
-    };
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("{op}: {what} is not contiguous");
-    };
-    Ok(&v[a..b])
-}
-
 fn kernel_err(e: rowwise::RowwiseError) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
 }
@@ -48,31 +33,14 @@ pub fn try_rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Opt
     if !plain_f32(&[x, w]) || w.dims() != [width] || !x.is_contiguous() || !w.is_contiguous() {
         return Ok(None);
     }
-    Ok(Some(x.apply_op2_no_bwd(w, &RmsNorm { eps })?))
-}
-
-struct RmsNorm {
-    eps: f64,
-}
-
-impl CustomOp2 for RmsNorm {
-    fn name(&self) -> &'static str {
-        "fused-rms-norm"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = slice(s1, l1, self.name(), "x")?;
-        let w = slice(s2, l2, self.name(), "weight")?;
-        let mut y = vec![0f32; x.len()];
-        rowwise::rms_norm(x, w, self.eps, &mut y).map_err(kernel_err)?;
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
-    }
+    let op = SameShapeOp2 {
+        name: "fused-rms-norm",
+        operands: ["x", "weight"],
+        kernel: move |x: &[f32], w: &[f32], _: &Shape, y: &mut [f32]| {
+            rowwise::rms_norm(x, w, eps, y)
+        },
+    };
+    Ok(Some(x.apply_op2_no_bwd(w, &op)?))
 }
 
 /// `softmax(scores + mask)` over the last dimension for attention scores [b, kvh, g, t, s] and
@@ -88,30 +56,15 @@ pub fn try_masked_softmax(scores: &Tensor, mask: &Tensor) -> candle_core::Result
     {
         return Ok(None);
     }
-    Ok(Some(scores.apply_op2_no_bwd(mask, &MaskedSoftmax)?))
-}
-
-struct MaskedSoftmax;
-
-impl CustomOp2 for MaskedSoftmax {
-    fn name(&self) -> &'static str {
-        "fused-masked-softmax"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let scores = slice(s1, l1, self.name(), "scores")?;
-        let mask = slice(s2, l2, self.name(), "mask")?;
-        let (b, _, _, t, s) = l1.shape().dims5()?;
-        let mut y = vec![0f32; scores.len()];
-        rowwise::masked_softmax(scores, mask, b, t, s, &mut y).map_err(kernel_err)?;
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
-    }
+    let op = SameShapeOp2 {
+        name: "fused-masked-softmax",
+        operands: ["scores", "mask"],
+        // (b, t, s) as the gate read them from the scores' shape.
+        kernel: move |scores: &[f32], mask: &[f32], _: &Shape, y: &mut [f32]| {
+            rowwise::masked_softmax(scores, mask, b, t, s, y)
+        },
+    };
+    Ok(Some(scores.apply_op2_no_bwd(mask, &op)?))
 }
 
 /// Rotary embedding (`model::ops::rope`) of x [b, h, t, d] — any strides, e.g. the per-head
@@ -152,8 +105,8 @@ impl CustomOp3 for Rope {
         let CpuStorage::F32(x) = s1 else {
             candle_core::bail!("fused-rope: x is not f32");
         };
-        let cos = slice(s2, l2, self.name(), "cos")?;
-        let sin = slice(s3, l3, self.name(), "sin")?;
+        let cos = contiguous_f32(s2, l2, self.name(), "cos")?;
+        let sin = contiguous_f32(s3, l3, self.name(), "sin")?;
         let (b, h, t, d) = l1.shape().dims4()?;
         let st = l1.stride();
         let layout = Strided4 {
@@ -176,14 +129,28 @@ pub fn try_swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Option<Tens
     {
         return Ok(None);
     }
-    Ok(Some(gate.apply_op2_no_bwd(up, &Swiglu)?))
+    let op = SameShapeOp2 {
+        name: "fused-swiglu",
+        operands: ["gate", "up"],
+        kernel: |gate: &[f32], up: &[f32], _: &Shape, y: &mut [f32]| rowwise::swiglu(gate, up, y),
+    };
+    Ok(Some(gate.apply_op2_no_bwd(up, &op)?))
 }
 
-struct Swiglu;
+/// A forward-only op of two contiguous f32 operands whose result has the first one's shape:
+/// `kernel(lhs, rhs, lhs shape, out)`.
+struct SameShapeOp2<F> {
+    name: &'static str,
+    operands: [&'static str; 2],
+    kernel: F,
+}
 
-impl CustomOp2 for Swiglu {
+impl<F> CustomOp2 for SameShapeOp2<F>
+where
+    F: Fn(&[f32], &[f32], &Shape, &mut [f32]) -> Result<(), rowwise::RowwiseError> + Send + Sync,
+{
     fn name(&self) -> &'static str {
-        "fused-swiglu"
+        self.name
     }
 
     fn cpu_fwd(
@@ -193,10 +160,10 @@ impl CustomOp2 for Swiglu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let gate = slice(s1, l1, self.name(), "gate")?;
-        let up = slice(s2, l2, self.name(), "up")?;
-        let mut y = vec![0f32; gate.len()];
-        rowwise::swiglu(gate, up, &mut y).map_err(kernel_err)?;
+        let a = contiguous_f32(s1, l1, self.name, self.operands[0])?;
+        let b = contiguous_f32(s2, l2, self.name, self.operands[1])?;
+        let mut y = vec![0f32; a.len()];
+        (self.kernel)(a, b, l1.shape(), &mut y).map_err(kernel_err)?;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 }

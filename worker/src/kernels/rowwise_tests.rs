@@ -7,17 +7,9 @@ use super::rowwise;
 use super::rowwise_op::{try_masked_softmax, try_rms_norm, try_rope, try_swiglu};
 use crate::model::ops;
 
-/// Reproducible values in [−scale, scale) (a 64-bit LCG).
+/// Reproducible values in [−scale, scale).
 fn values(len: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
-        })
-        .collect()
+    crate::test_support::uniform(len, seed, -scale, scale)
 }
 
 fn tensor(v: Vec<f32>, shape: &[usize]) -> Result<Tensor> {

@@ -71,23 +71,15 @@ impl CustomOp2 for SkinnyMatmulWt {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(xs), CpuStorage::F32(ws)) = (s1, s2) else {
-            candle_core::bail!("skinny-matmul-wt: f32 operands only");
-        };
         let (rows, k) = l1.shape().dims2()?;
         let (n, wk) = l2.shape().dims2()?;
         if k != wk {
             candle_core::bail!("skinny-matmul-wt: x has {k} columns but W has {wk}");
         }
-        let contiguous = |l: &Layout, what: &str| {
-            l.contiguous_offsets().ok_or_else(|| {
-                candle_core::Error::Msg(format!("skinny-matmul-wt: {what} is not contiguous"))
-            })
-        };
-        let (x0, x1) = contiguous(l1, "x")?;
-        let (w0, w1) = contiguous(l2, "W")?;
+        let x = super::contiguous_f32(s1, l1, self.name(), "x")?;
+        let w = super::contiguous_f32(s2, l2, self.name(), "W")?;
         let mut y = vec![0f32; rows * n];
-        skinny::matmul_wt(&xs[x0..x1], rows, &ws[w0..w1], n, k, &mut y)
+        skinny::matmul_wt(x, rows, w, n, k, &mut y)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok((CpuStorage::F32(y), Shape::from((rows, n))))
     }

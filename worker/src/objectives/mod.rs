@@ -112,6 +112,14 @@ pub enum Algorithm {
     Slic,
 }
 
+impl Algorithm {
+    /// Whether the loss reads y′'s log-probs under π and μ. Nash-MD-PG's does not (y′ only
+    /// sets the preference p), so the training loop scores y alone for it.
+    pub fn reads_y_prime_logprobs(self) -> bool {
+        self != Algorithm::NashMd
+    }
+}
+
 /// Everything that decides a self-play loss; the coordinator resolves defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Objective {

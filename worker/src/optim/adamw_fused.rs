@@ -128,30 +128,8 @@ fn update(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{bits, uniform as values};
     use candle_core::Device;
-
-    /// Reproducible values in [lo, hi) (a 64-bit LCG).
-    fn values(len: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
-            })
-            .collect()
-    }
-
-    fn bits(t: &Tensor) -> Vec<u32> {
-        t.flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .map(|x| x.to_bits())
-            .collect()
-    }
 
     #[test]
     fn the_fused_update_is_bit_identical_to_the_composed_one() -> candle_core::Result<()> {

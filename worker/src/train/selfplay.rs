@@ -238,7 +238,7 @@ pub async fn run(
             // is the gradient of the global batch's mean loss.
             // Nash-MD-PG's loss reads only y's log-probs (y′ only sets p), so only y is scored
             // there: half the forward and backward work of scoring both.
-            let y_only = objective.algorithm == Algorithm::NashMd;
+            let y_only = !objective.algorithm.reads_y_prime_logprobs();
             let mut kl_rows: Vec<Completions> = vec![];
             for start in (0..b).step_by(micro) {
                 let n = micro.min(b - start);
