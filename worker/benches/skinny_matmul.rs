@@ -1,0 +1,75 @@
+//! Throughput of the decoding matmul (`kernels::skinny`) at the SmolLM2-135M projection shapes,
+//! in GFLOP/s and GB/s of weights streamed, for 1, 4, 8 and 16 input rows, on one thread and on
+//! the pool (RAYON_NUM_THREADS). The weights of all shapes together (≈ 28 MB per layer's worth
+//! × LAYERS) exceed the L3 cache, as in a real decode step.
+//!
+//! Usage: cargo bench -p mirrorplay-worker --bench skinny_matmul [-- REPS]
+
+use std::time::Instant;
+
+use mirrorplay_worker::kernels::skinny::{detect, matmul_wt_with};
+
+/// (name, n, k) of one decoder layer of SmolLM2-135M: q, k, v, o, gate, up, down.
+const LAYER: [(&str, usize, usize); 7] = [
+    ("q", 576, 576),
+    ("k", 192, 576),
+    ("v", 192, 576),
+    ("o", 576, 576),
+    ("gate", 1536, 576),
+    ("up", 1536, 576),
+    ("down", 576, 1536),
+];
+const LAYERS: usize = 30;
+
+fn main() {
+    let reps: usize = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(5);
+    let isa = detect();
+    let weights: Vec<Vec<Vec<f32>>> = (0..LAYERS)
+        .map(|l| {
+            LAYER
+                .iter()
+                .enumerate()
+                .map(|(i, &(_, n, k))| {
+                    (0..n * k)
+                        .map(|e| ((e * 31 + l * 7 + i) % 97) as f32 / 97.0 - 0.5)
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    let bytes: usize = LAYERS * LAYER.iter().map(|&(_, n, k)| n * k * 4).sum::<usize>();
+    println!("isa {isa:?}, threads {}, {LAYERS} layers, {:.0} MB of weights", rayon::current_num_threads(), bytes as f64 / 1e6);
+    println!("| rows | parallel | ms per pass | GFLOP/s | weight GB/s |");
+    println!("|---|---|---|---|---|");
+    for rows in [1usize, 4, 8, 16] {
+        for parallel in [false, true] {
+            let x: Vec<f32> = (0..rows * 1536).map(|e| (e % 13) as f32 / 13.0).collect();
+            let mut y = vec![0f32; rows * 1536];
+            let mut pass = || {
+                for layer in &weights {
+                    for (w, &(_, n, k)) in layer.iter().zip(LAYER.iter()) {
+                        matmul_wt_with(&x[..rows * k], rows, w, n, k, &mut y[..rows * n], parallel, isa)
+                            .expect("shapes match");
+                    }
+                }
+            };
+            pass();
+            let t = Instant::now();
+            for _ in 0..reps {
+                pass();
+            }
+            let secs = t.elapsed().as_secs_f64() / reps as f64;
+            let flops = 2.0 * rows as f64 * bytes as f64 / 4.0;
+            println!(
+                "| {rows} | {parallel} | {:.2} | {:.1} | {:.1} |",
+                secs * 1e3,
+                flops / secs / 1e9,
+                bytes as f64 / secs / 1e9
+            );
+        }
+    }
+}
