@@ -3,12 +3,17 @@
 //! portable fallback, and is deterministic for a given binary and machine; the candle glue
 //! decides when a kernel may replace a candle op (never where a gradient is needed).
 
+pub mod packed;
+pub mod packed_op;
+mod packed_simd;
 pub mod rowwise;
 pub mod rowwise_op;
 pub mod skinny;
 pub mod skinny_op;
 mod skinny_simd;
 
+#[cfg(test)]
+mod packed_tests;
 #[cfg(test)]
 mod rowwise_tests;
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! share a batch. Must not sample, load or save (see `sample`, `model::hf`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 
@@ -16,16 +17,19 @@ use super::cache::KvCache;
 use super::config::{Head, ModelConfig};
 use super::error::{ModelError, Result};
 use super::{ops, rope};
+use crate::kernels::packed_op::PackedSlot;
 use crate::kernels::rowwise_op;
 
 struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    /// Where the packed copy of `weight` for decoding is kept (see [`Model::for_decoding`]).
+    packed: Option<Arc<PackedSlot>>,
 }
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        ops::linear(x, &self.weight, self.bias.as_ref())
+        ops::linear_with(x, &self.weight, self.bias.as_ref(), self.packed.as_deref())
     }
 }
 
@@ -54,6 +58,11 @@ pub struct Model {
     inv_freq: Vec<f64>,
     /// Whether untracked forwards take the fused row-wise kernels (`kernels::rowwise_op`).
     inference_kernels: bool,
+    /// Where the packed copy of the LM head for decoding is kept (see [`Model::for_decoding`]).
+    head_packed: Option<Arc<PackedSlot>>,
+    /// Whether the weights can never change: a frozen model's own tensors, not a view of a
+    /// trainable model's `Var`s. Such a model keeps its packed copies for its whole life.
+    weights_fixed: bool,
 }
 
 impl std::fmt::Debug for Model {
@@ -96,7 +105,13 @@ impl Model {
                 None,
             )
         };
-        Ok(Self::assemble(config, tensors, vars))
+        let fixed = vars.is_none();
+        let mut model = Self::assemble(config, tensors, vars);
+        if fixed {
+            model.weights_fixed = true;
+            model.add_packing_slots();
+        }
+        Ok(model)
     }
 
     /// Wires checked tensors into layers; keeps them as given (graph included).
@@ -109,6 +124,7 @@ impl Model {
         let lin = |prefix: &str, bias: bool| Linear {
             weight: get(&format!("{prefix}.weight")),
             bias: bias.then(|| get(&format!("{prefix}.bias"))),
+            packed: None,
         };
         let layers = (0..config.num_hidden_layers)
             .map(|l| {
@@ -134,6 +150,8 @@ impl Model {
         Model {
             inv_freq: rope::inv_freq(&config),
             inference_kernels: rowwise_op::model_takes_kernels(config.hidden_size),
+            head_packed: None,
+            weights_fixed: false,
             embed: get("model.embed_tokens.weight"),
             norm: get("model.norm.weight"),
             layers,
@@ -235,7 +253,63 @@ impl Model {
             .map(|(n, t)| (n.clone(), t.detach()))
             .collect();
         // Same names and shapes as this (already checked) model: no re-check per step.
-        Ok(Self::assemble(self.config.clone(), tensors, None))
+        let mut view = Self::assemble(self.config.clone(), tensors, None);
+        if self.weights_fixed {
+            // The same fixed weights: share the packed copies made so far and to come.
+            view.weights_fixed = true;
+            view.share_packing_slots(self);
+        }
+        Ok(view)
+    }
+
+    /// A [`Model::detached`] view for decoding: its projections and LM head decode on copies
+    /// of their weights packed into column panels (`kernels::packed`), made on first use. A
+    /// frozen model's copies are its own and live as long as it does (its weights never
+    /// change); a trainable model's view gets fresh ones that die with the view, so make a new
+    /// view after every update of the weights (each `sample::generate` call does).
+    pub fn for_decoding(&self) -> Result<Model> {
+        let mut view = self.detached()?;
+        if !view.weights_fixed {
+            view.add_packing_slots();
+        }
+        Ok(view)
+    }
+
+    /// Empty packed-copy slots for every projection and the LM head.
+    fn add_packing_slots(&mut self) {
+        for linear in self.linears_mut() {
+            linear.packed = Some(Arc::default());
+        }
+        self.head_packed = Some(Arc::default());
+    }
+
+    /// `other`'s slots (the same weights), layer by layer.
+    fn share_packing_slots(&mut self, other: &Model) {
+        let theirs: Vec<Option<Arc<PackedSlot>>> = other
+            .layers
+            .iter()
+            .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
+            .map(|linear| linear.packed.clone())
+            .collect();
+        for (linear, slot) in self.linears_mut().zip(theirs) {
+            linear.packed = slot;
+        }
+        self.head_packed = other.head_packed.clone();
+    }
+
+    /// Every projection, layer by layer in a fixed order.
+    fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
+        self.layers.iter_mut().flat_map(|l| {
+            [
+                &mut l.q,
+                &mut l.k,
+                &mut l.v,
+                &mut l.o,
+                &mut l.gate,
+                &mut l.up,
+                &mut l.down,
+            ]
+        })
     }
 
     /// A trainable copy (fresh `Var`s) of this model.
@@ -410,7 +484,12 @@ impl Model {
     /// log-prob metrics are always computed in at least f32.
     pub fn lm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
         match self.config.head {
-            Head::CausalLm => Ok(upcast(ops::linear(hidden, &self.head, None)?)?),
+            Head::CausalLm => Ok(upcast(ops::linear_with(
+                hidden,
+                &self.head,
+                None,
+                self.head_packed.as_deref(),
+            )?)?),
             Head::SequenceClassification { .. } => Err(ModelError::Input(
                 "lm_logits called on a sequence-classification model".into(),
             )),

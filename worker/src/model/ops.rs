@@ -7,6 +7,8 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
+use crate::kernels::packed_op::PackedSlot;
+
 /// `x · w / sqrt(mean(x², last dim) + eps)` (Zhang & Sennrich 2019, "Root Mean Square Layer
 /// Normalization", eq. 4; transformers' `LlamaRMSNorm`, which normalises in f32).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
@@ -39,6 +41,17 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
 
 /// `x · Wᵀ (+ b)` for x [.., in] and W [out, in] (the layout of torch's `nn.Linear`).
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    linear_with(x, weight, bias, None)
+}
+
+/// [`linear`], decoding on W's packed copy in `packed` when given and the gate admits the
+/// operands (`kernels::packed_op`: models made by `Model::for_decoding`).
+pub fn linear_with(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    packed: Option<&PackedSlot>,
+) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let (in_dim, out_dim) = (dims[dims.len() - 1], weight.dim(0)?);
     let rows: usize = dims[..dims.len() - 1].iter().product();
@@ -49,10 +62,17 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     // Decoding without autograd (sampling), unless opted out: the skinny kernel, which streams W
     // once on all cores (docs/architecture.md#decoding-kernels). It has no backward, so its gate
     // refuses any operand autograd tracks and training keeps the composed ops below.
-    let skinny = if crate::kernels::skinny_op::enabled() {
-        crate::kernels::skinny_op::try_matmul_wt(&x2, weight)?
-    } else {
+    // With a packed copy (generation), the panel kernel, which streams W once for all rows
+    // (docs/architecture.md#decoding-kernels).
+    let skinny = if !crate::kernels::skinny_op::enabled() {
         None
+    } else if let Some(y) = match packed {
+        Some(slot) => crate::kernels::packed_op::try_matmul_wt(&x2, weight, slot)?,
+        None => None,
+    } {
+        Some(y)
+    } else {
+        crate::kernels::skinny_op::try_matmul_wt(&x2, weight)?
     };
     let y = if let Some(y) = skinny {
         y

@@ -184,10 +184,11 @@ fn run(
     if b == 0 || rules.max_new_tokens == 0 {
         return Ok(gen);
     }
-    // Sampling records no graph, even for a trainable policy.
-    let policy = &policy.detached()?;
+    // Sampling records no graph, even for a trainable policy; the decoding views pack their
+    // weights for the panel kernel once per generation.
+    let policy = &policy.for_decoding()?;
     let reference = match reference {
-        Some((m, beta)) => Some((m.detached()?, beta)),
+        Some((m, beta)) => Some((m.for_decoding()?, beta)),
         None => None,
     };
     let reference = reference.as_ref().map(|(m, beta)| (m, *beta));

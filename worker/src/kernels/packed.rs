@@ -1,0 +1,254 @@
+//! Decoding matmul on weights packed into column panels: `y = x · Wᵀ` for x [rows, k] of a few
+//! rows and W [n, k] (torch's `nn.Linear` layout), with W repacked once per generation into
+//! panels of [`PANEL`] output columns, each panel stored k-major ([k][PANEL]).
+//!
+//! Why a second decoding kernel beside [`super::skinny`]: the dot-product form there streams W
+//! at memory speed for one row, but for 4–8 rows it re-reads each block of weight rows from L1
+//! once per pair of input rows and reduces lanes horizontally per output, and the memory stream
+//! stalls while it computes: 9.6 GB/s at 4 rows and 7.7 GB/s at 8 rows on one core of the
+//! development VM (AMD EPYC, Zen 4), against 25 GB/s at one row. In the panel form every weight
+//! is loaded once, as one sequential stream, and multiplied into all rows at once
+//! (`acc[r][0..16] += x[r][i] · panel[i][0..16]`, a broadcast of x and no horizontal sums):
+//! 27.7 GB/s at 4 rows and 21.7 GB/s at 8 rows on the same core with AVX-512
+//! (BENCHMARKS.md#packed-decoding-weights). Packing costs one pass over W, paid once per
+//! `sample::generate` call for each model (`Model::for_decoding`).
+//!
+//! Deterministic everywhere: each output element is one fused multiply-add chain over
+//! i = 0..k in order starting from 0 — on AVX-512, AVX2 and the portable path alike (the
+//! portable path uses `f32::mul_add`) — so results are the same for any row count, blocking,
+//! thread count, timing, instruction set and machine. In particular a row's output does not
+//! depend on which rows share its batch.
+
+use rayon::prelude::*;
+
+/// Output columns per panel (one AVX-512 register, two AVX2 registers of f32).
+pub const PANEL: usize = 16;
+/// Below this many weights (elements) the calling thread does the whole product.
+const MIN_WEIGHTS_TO_SPLIT: usize = 1 << 16;
+/// Pieces per thread a parallel call is cut into, so idle threads can take a late one's share.
+const PIECES_PER_THREAD: usize = 8;
+
+/// Bad arguments.
+#[derive(Debug, thiserror::Error)]
+pub enum PackedError {
+    #[error("packed matmul: {what} has {found} elements, expected {expected} (rows = {rows}, n = {n}, k = {k})")]
+    Length {
+        what: &'static str,
+        found: usize,
+        expected: usize,
+        rows: usize,
+        n: usize,
+        k: usize,
+    },
+}
+
+/// Which micro-kernel a machine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// x86-64 with AVX-512F (detected at run time).
+    Avx512,
+    /// x86-64 with AVX2 and FMA.
+    Avx2Fma,
+    /// `f32::mul_add` in plain Rust.
+    Portable,
+}
+
+/// The best kernel the running CPU supports.
+pub fn detect() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Isa::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Isa::Avx2Fma;
+        }
+    }
+    Isa::Portable
+}
+
+/// W [n, k] repacked into ⌈n / 16⌉ panels; panel p holds columns 16p..16p+16 of Wᵀ, k-major:
+/// `data[p·16k + i·16 + c] = W[16p + c][i]` (zero where 16p + c ≥ n).
+#[derive(Debug, Clone)]
+pub struct PackedWeight {
+    n: usize,
+    k: usize,
+    data: Vec<f32>,
+}
+
+impl PackedWeight {
+    /// Packs a row-major W [n, k] (panels in parallel on rayon's pool).
+    pub fn pack(w: &[f32], n: usize, k: usize) -> Result<Self, PackedError> {
+        if w.len() != n * k {
+            return Err(PackedError::Length {
+                what: "W",
+                found: w.len(),
+                expected: n * k,
+                rows: 0,
+                n,
+                k,
+            });
+        }
+        let panels = n.div_ceil(PANEL);
+        let mut data = vec![0f32; panels * PANEL * k];
+        if k > 0 {
+            data.par_chunks_mut(PANEL * k)
+                .enumerate()
+                .for_each(|(p, panel)| pack_panel(w, n, k, p, panel));
+        }
+        Ok(PackedWeight { n, k, data })
+    }
+
+    /// Output columns (W's rows).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Input columns (W's columns).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    fn panels(&self) -> usize {
+        self.n.div_ceil(PANEL)
+    }
+}
+
+/// Fills one panel, writing it sequentially (16 read streams, one per row of W): faster than
+/// reading rows sequentially and writing columns with a 64-byte stride.
+fn pack_panel(w: &[f32], n: usize, k: usize, p: usize, panel: &mut [f32]) {
+    let cols = PANEL.min(n - p * PANEL);
+    let rows: Vec<&[f32]> = (0..cols)
+        .map(|c| &w[(p * PANEL + c) * k..(p * PANEL + c + 1) * k])
+        .collect();
+    for (i, out) in panel.chunks_exact_mut(PANEL).enumerate() {
+        for (o, row) in out.iter_mut().zip(&rows) {
+            *o = row[i];
+        }
+    }
+}
+
+/// `y[r][j] = Σ_i x[r][i] · W[j][i]` on the machine's best kernel and rayon's pool.
+pub fn matmul(x: &[f32], rows: usize, w: &PackedWeight, y: &mut [f32]) -> Result<(), PackedError> {
+    matmul_with(x, rows, w, y, true, detect())
+}
+
+/// [`matmul`] on the calling thread alone (`parallel` false) or on the pool, with the given
+/// kernel (one the CPU lacks falls back to the next it has). For tests and benchmarks.
+pub fn matmul_with(
+    x: &[f32],
+    rows: usize,
+    w: &PackedWeight,
+    y: &mut [f32],
+    parallel: bool,
+    isa: Isa,
+) -> Result<(), PackedError> {
+    let (n, k) = (w.n, w.k);
+    let check = |what, found: usize, expected: usize| {
+        if found == expected {
+            Ok(())
+        } else {
+            Err(PackedError::Length {
+                what,
+                found,
+                expected,
+                rows,
+                n,
+                k,
+            })
+        }
+    };
+    check("x", x.len(), rows * k)?;
+    check("y", y.len(), rows * n)?;
+    if rows == 0 || n == 0 {
+        return Ok(());
+    }
+    let isa = supported(isa);
+    let out = Out {
+        ptr: y.as_mut_ptr(),
+        len: y.len(),
+    };
+    let groups = w
+        .panels()
+        .div_ceil(super::packed_simd::panels_per_group(isa, rows));
+    let run = |g: usize| compute_group(x, rows, w, g, isa, out);
+    if parallel && n * k >= MIN_WEIGHTS_TO_SPLIT {
+        let pieces = rayon::current_num_threads() * PIECES_PER_THREAD;
+        let min_len = groups.div_ceil(pieces).max(1);
+        (0..groups)
+            .into_par_iter()
+            .with_min_len(min_len)
+            .for_each(run);
+    } else {
+        (0..groups).for_each(run);
+    }
+    Ok(())
+}
+
+/// `isa`, or the best one below it the CPU has.
+fn supported(isa: Isa) -> Isa {
+    let best = detect();
+    match (isa, best) {
+        (Isa::Avx512, b) => b,
+        (Isa::Avx2Fma, Isa::Portable) => Isa::Portable,
+        (Isa::Avx2Fma, _) => Isa::Avx2Fma,
+        (Isa::Portable, _) => Isa::Portable,
+    }
+}
+
+/// Panel group g (panels_per_group panels), every row, in row blocks the micro-kernels take.
+fn compute_group(x: &[f32], rows: usize, w: &PackedWeight, g: usize, isa: Isa, out: Out) {
+    let per_group = super::packed_simd::panels_per_group(isa, rows);
+    let p0 = g * per_group;
+    let p1 = (p0 + per_group).min(w.panels());
+    let k = w.k;
+    let mut r = 0;
+    while r < rows {
+        let block_rows = super::packed_simd::rows_per_block(isa, rows - r);
+        let mut tile = [[0f32; PANEL]; super::packed_simd::MAX_TILE];
+        let panels = &w.data[p0 * PANEL * k..p1 * PANEL * k];
+        super::packed_simd::block(
+            isa,
+            panels,
+            p1 - p0,
+            &x[r * k..(r + block_rows) * k],
+            block_rows,
+            k,
+            &mut tile,
+        );
+        for dr in 0..block_rows {
+            for dp in 0..p1 - p0 {
+                let j0 = (p0 + dp) * PANEL;
+                let cols = PANEL.min(w.n - j0);
+                for (c, &v) in tile[dr * (p1 - p0) + dp][..cols].iter().enumerate() {
+                    // SAFETY: columns of panels p0..p1 belong to this group alone.
+                    unsafe { out.write((r + dr) * w.n + j0 + c, v) };
+                }
+            }
+        }
+        r += block_rows;
+    }
+}
+
+/// The output as a raw pointer, so groups can write their disjoint columns of the same buffer.
+#[derive(Clone, Copy)]
+struct Out {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: groups write disjoint elements (distinct panels' columns) and the buffer outlives the
+// pool's call, which returns only when every group is done.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// # Safety
+    /// No other group may access `idx` concurrently.
+    unsafe fn write(self, idx: usize, v: f32) {
+        assert!(idx < self.len, "packed matmul output index out of range");
+        // SAFETY: in bounds (checked above); exclusivity is the caller's promise.
+        unsafe { *self.ptr.add(idx) = v };
+    }
+}

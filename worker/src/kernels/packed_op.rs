@@ -1,0 +1,83 @@
+//! candle glue of the packed decoding matmul (`kernels::packed`): a per-weight slot that holds
+//! the packed copy once it is made, and `x · Wᵀ` as a forward-only custom op on it.
+//!
+//! Only models made for decoding (`Model::for_decoding`, the models `sample::generate` runs)
+//! carry slots, so a packed copy lives exactly as long as one generation, during which the
+//! weights cannot change. The gate is the skinny kernel's (`skinny_op::admits`): f32 on the
+//! CPU, contiguous, 1..=16 rows, W of at least 32 768 elements, nothing tracked by autograd.
+
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
+
+use super::packed::PackedWeight;
+use super::skinny_op;
+
+/// Where the packed copy of one weight matrix is kept, made on first use.
+#[derive(Debug, Default)]
+pub struct PackedSlot(OnceLock<Arc<PackedWeight>>);
+
+/// `x · Wᵀ` for x [rows, k] and W [n, k] on W's packed copy in `slot` (packed now if the slot is
+/// empty), or `None` when the gate does not admit these operands (then use another path).
+pub fn try_matmul_wt(
+    x: &Tensor,
+    w: &Tensor,
+    slot: &PackedSlot,
+) -> candle_core::Result<Option<Tensor>> {
+    if !skinny_op::admits(x, w) {
+        return Ok(None);
+    }
+    let packed = match slot.0.get() {
+        Some(p) => p.clone(),
+        None => {
+            let p = Arc::new(pack(w)?);
+            // A concurrent first use may have set it meanwhile: either copy is the same.
+            let _ = slot.0.set(p.clone());
+            p
+        }
+    };
+    if packed.n() != w.dim(0)? || packed.k() != w.dim(1)? {
+        candle_core::bail!(
+            "packed-matmul: the slot holds a {}×{} weight, not {:?}",
+            packed.n(),
+            packed.k(),
+            w.dims()
+        );
+    }
+    Ok(Some(x.apply_op1_no_bwd(&PackedMatmulWt(packed))?))
+}
+
+/// Packs a contiguous f32 CPU matrix.
+fn pack(w: &Tensor) -> candle_core::Result<PackedWeight> {
+    let (n, k) = w.dims2()?;
+    let (storage, layout) = w.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("packed-matmul: W is not on the CPU");
+    };
+    let data = super::contiguous_f32(cpu, layout, "packed-matmul", "W")?;
+    PackedWeight::pack(data, n, k).map_err(|e| candle_core::Error::Msg(e.to_string()))
+}
+
+/// The forward-only op: x [rows, k] → [rows, n].
+struct PackedMatmulWt(Arc<PackedWeight>);
+
+impl CustomOp1 for PackedMatmulWt {
+    fn name(&self) -> &'static str {
+        "packed-matmul-wt"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, k) = l.shape().dims2()?;
+        if k != self.0.k() {
+            candle_core::bail!(
+                "packed-matmul-wt: x has {k} columns but W has {}",
+                self.0.k()
+            );
+        }
+        let x = super::contiguous_f32(s, l, self.name(), "x")?;
+        let mut y = vec![0f32; rows * self.0.n()];
+        super::packed::matmul(x, rows, &self.0, &mut y)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok((CpuStorage::F32(y), Shape::from((rows, self.0.n()))))
+    }
+}
