@@ -3,6 +3,8 @@
 //! portable fallback, and is deterministic for a given binary and machine; the candle glue
 //! decides when a kernel may replace a candle op (never where a gradient is needed).
 
+pub mod attention;
+pub mod attention_op;
 pub mod packed;
 pub mod packed_op;
 mod packed_simd;
@@ -12,6 +14,8 @@ pub mod skinny;
 pub mod skinny_op;
 mod skinny_simd;
 
+#[cfg(test)]
+mod attention_tests;
 #[cfg(test)]
 mod packed_tests;
 #[cfg(test)]

@@ -17,6 +17,7 @@ use super::cache::KvCache;
 use super::config::{Head, ModelConfig};
 use super::error::{ModelError, Result};
 use super::{ops, rope};
+use crate::kernels::attention_op;
 use crate::kernels::packed_op::PackedSlot;
 use crate::kernels::rowwise_op;
 
@@ -463,6 +464,14 @@ impl Model {
         let k = self.rope(&heads(layer.k.forward(h)?, kvh)?, cos, sin)?;
         let v = heads(layer.v.forward(h)?, kvh)?.contiguous()?;
         let (k, v) = cache.append(l, k.contiguous()?, v)?; // [b, kvh, s, d]
+        if self.inference_kernels {
+            let q = q.contiguous()?;
+            if let Some(out) =
+                attention_op::try_attention(&q, &k, &v, mask, 1.0 / (d as f64).sqrt())?
+            {
+                return Ok(layer.o.forward(&out)?);
+            }
+        }
         let s = k.dim(2)?;
         // Query heads sharing a KV head are stacked along the rows: [b, kvh, g·t, d].
         let q = (q.contiguous()?.reshape((b, kvh, g * t, d))? * (1.0 / (d as f64).sqrt()))?;

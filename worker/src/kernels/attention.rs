@@ -1,0 +1,346 @@
+//! Fused attention for the inference forward (scoring, prefill, decoding): softmax(q·Kᵀ·scale +
+//! mask)·V per query head over its key/value head (grouped-query attention), straight from the
+//! rotated queries and the KV cache's strided views into the layout the output projection reads,
+//! [b, t, heads·d] — instead of the scaled copy of q, the two batched products on strided views,
+//! the scores and probabilities tensors and the transposing copy of the output that the
+//! train-safe composition in `model::decoder` takes (docs/architecture.md#decoding-kernels).
+//!
+//! One work unit is one (sequence, key/value head): its keys are transposed once into a scratch
+//! [d][s] so the score rows are axpy sweeps over contiguous keys, and its query heads run in
+//! blocks of [`ROWS`] query rows. Keys after the last one any row of a block may see (causal
+//! masking, trailing padding) are skipped: their probability is exactly 0 either way.
+//!
+//! Deterministic everywhere: a score is one fused multiply-add chain over the head dimension in
+//! order, the softmax and the output chains over keys run in order, and the SIMD builds run the
+//! same code with `f32::mul_add` — so results are the same for any thread count, timing and
+//! instruction set, and a row's result does not depend on the other rows of its batch. A query
+//! row whose keys are all masked gets zeros (the composed ops give NaN); the decoder never makes
+//! one (a query always sees itself).
+
+use rayon::prelude::*;
+
+/// Query rows per block (their score rows share each loaded key column).
+const ROWS: usize = 4;
+/// Below this many score elements (b · heads · t · s) a call runs on the calling thread.
+const MIN_SCORES_TO_SPLIT: usize = 1 << 14;
+
+/// The dimensions of one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dims {
+    /// Sequences.
+    pub b: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (divides `heads`).
+    pub kv_heads: usize,
+    /// Query rows per sequence (new tokens).
+    pub t: usize,
+    /// Keys per sequence (cached + new).
+    pub s: usize,
+    /// Head dimension.
+    pub d: usize,
+}
+
+/// A [b, kv_heads, s, d] operand with the last dimension contiguous: element (bi, h, j, e) is
+/// `data[offset + bi·strides[0] + h·strides[1] + j·strides[2] + e]` (the KV cache's views).
+#[derive(Debug, Clone, Copy)]
+pub struct Strided<'a> {
+    pub data: &'a [f32],
+    pub offset: usize,
+    pub strides: [usize; 3],
+}
+
+impl Strided<'_> {
+    /// Row (bi, h, j): its d elements.
+    fn row(&self, bi: usize, h: usize, j: usize, d: usize) -> &[f32] {
+        let at = self.offset + bi * self.strides[0] + h * self.strides[1] + j * self.strides[2];
+        &self.data[at..at + d]
+    }
+
+    /// The largest index read plus one, for a bounds check up front.
+    fn end(&self, dims: &Dims) -> usize {
+        if dims.b == 0 || dims.kv_heads == 0 || dims.s == 0 || dims.d == 0 {
+            return 0;
+        }
+        self.offset
+            + (dims.b - 1) * self.strides[0]
+            + (dims.kv_heads - 1) * self.strides[1]
+            + (dims.s - 1) * self.strides[2]
+            + dims.d
+    }
+}
+
+/// Bad arguments.
+#[derive(Debug, thiserror::Error)]
+pub enum AttentionError {
+    #[error("fused attention: {what} has {found} elements, expected {expected} for {dims:?}")]
+    Length {
+        what: &'static str,
+        found: usize,
+        expected: usize,
+        dims: Dims,
+    },
+    #[error("fused attention: {heads} query heads do not share {kv_heads} key/value heads evenly")]
+    Heads { heads: usize, kv_heads: usize },
+}
+
+/// `out[bi, i, h·d + e] = Σ_j softmax_j(q[bi,h,i]·k[bi,h/g,j]·scale + mask[bi,i,j]) · v[bi,h/g,j,e]`
+/// for q contiguous [b, heads, t, d], k and v [b, kv_heads, s, d] strided, the additive mask
+/// [b, t, s] (0 or −∞) and out [b, t, heads·d].
+pub fn attention(
+    q: &[f32],
+    k: Strided,
+    v: Strided,
+    mask: &[f32],
+    dims: Dims,
+    scale: f32,
+    out: &mut [f32],
+) -> Result<(), AttentionError> {
+    let Dims {
+        b,
+        heads,
+        kv_heads,
+        t,
+        s,
+        d,
+    } = dims;
+    if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+        return Err(AttentionError::Heads { heads, kv_heads });
+    }
+    let check = |what, found: usize, expected: usize| {
+        if found == expected {
+            Ok(())
+        } else {
+            Err(AttentionError::Length {
+                what,
+                found,
+                expected,
+                dims,
+            })
+        }
+    };
+    check("q", q.len(), b * heads * t * d)?;
+    check("mask", mask.len(), b * t * s)?;
+    check("out", out.len(), b * t * heads * d)?;
+    for (what, x) in [("k", &k), ("v", &v)] {
+        let end = x.end(&dims);
+        if end > x.data.len() {
+            return Err(AttentionError::Length {
+                what,
+                found: x.data.len(),
+                expected: end,
+                dims,
+            });
+        }
+    }
+    if out.is_empty() {
+        return Ok(());
+    }
+    let dst = Out {
+        ptr: out.as_mut_ptr(),
+        len: out.len(),
+    };
+    let unit = |u: usize| {
+        let args = Unit {
+            q,
+            k,
+            v,
+            mask,
+            dims,
+            scale,
+            bi: u / kv_heads,
+            kh: u % kv_heads,
+            out: dst,
+        };
+        run_unit(&args);
+    };
+    let units = b * kv_heads;
+    if b * heads * t * s >= MIN_SCORES_TO_SPLIT {
+        (0..units).into_par_iter().for_each(unit);
+    } else {
+        (0..units).for_each(unit);
+    }
+    Ok(())
+}
+
+/// One (sequence, key/value head) and everything it needs.
+struct Unit<'a> {
+    q: &'a [f32],
+    k: Strided<'a>,
+    v: Strided<'a>,
+    mask: &'a [f32],
+    dims: Dims,
+    scale: f32,
+    bi: usize,
+    kh: usize,
+    out: Out,
+}
+
+/// Runs a unit on the best instruction set the CPU has (the same arithmetic on each).
+fn run_unit(u: &Unit) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { unit_avx512(u) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above.
+            return unsafe { unit_avx2(u) };
+        }
+    }
+    unit_body(u)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn unit_avx512(u: &Unit) {
+    unit_body(u)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn unit_avx2(u: &Unit) {
+    unit_body(u)
+}
+
+/// The unit's work: transpose its keys, then every block of query rows of its query heads.
+#[inline(always)]
+fn unit_body(u: &Unit) {
+    let Dims {
+        heads,
+        kv_heads,
+        t,
+        s,
+        d,
+        ..
+    } = u.dims;
+    let group = heads / kv_heads;
+    // Kᵀ [d][s]: a score row is then a sweep over contiguous keys per head dimension.
+    let mut kt = vec![0f32; d * s];
+    for j in 0..s {
+        for (e, &x) in u.k.row(u.bi, u.kh, j, d).iter().enumerate() {
+            kt[e * s + j] = x;
+        }
+    }
+    let mut scores = vec![0f32; ROWS * s];
+    let mut acc = vec![0f32; ROWS * d];
+    let mut qs = vec![0f32; ROWS * d];
+    for h in u.kh * group..(u.kh + 1) * group {
+        let mut i0 = 0;
+        while i0 < t {
+            let rows = ROWS.min(t - i0);
+            block(u, h, i0, rows, &kt, &mut scores, &mut qs, &mut acc);
+            i0 += rows;
+        }
+    }
+}
+
+/// Query rows i0..i0+rows of head h: scores, masked softmax, the weighted sum of values.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn block(
+    u: &Unit,
+    h: usize,
+    i0: usize,
+    rows: usize,
+    kt: &[f32],
+    scores: &mut [f32],
+    qs: &mut [f32],
+    acc: &mut [f32],
+) {
+    let Dims { heads, t, s, d, .. } = u.dims;
+    let mask_row = |r: usize| &u.mask[(u.bi * t + i0 + r) * s..(u.bi * t + i0 + r + 1) * s];
+    // Keys any row of the block may see: the rest have probability exactly 0.
+    let seen = (0..rows)
+        .map(|r| {
+            mask_row(r)
+                .iter()
+                .rposition(|&m| m != f32::NEG_INFINITY)
+                .map_or(0, |j| j + 1)
+        })
+        .max()
+        .unwrap_or(0);
+    // The scaled queries (as the composed path scales q before its product).
+    for r in 0..rows {
+        let q = &u.q[((u.bi * heads + h) * t + i0 + r) * d..][..d];
+        for (o, &x) in qs[r * d..(r + 1) * d].iter_mut().zip(q) {
+            *o = x * u.scale;
+        }
+    }
+    // Scores: for each head dimension e, score[r][j] += q[r][e] · Kᵀ[e][j] (in order of e).
+    scores[..rows * s].fill(0.0);
+    for e in 0..d {
+        let kcol = &kt[e * s..e * s + seen];
+        for r in 0..rows {
+            let qe = qs[r * d + e];
+            for (sc, &kv) in scores[r * s..r * s + seen].iter_mut().zip(kcol) {
+                *sc = qe.mul_add(kv, *sc);
+            }
+        }
+    }
+    // Masked softmax per row over the keys it may see (the rest are −∞ → 0).
+    for r in 0..rows {
+        let row = &mut scores[r * s..r * s + seen];
+        let mut max = f32::NEG_INFINITY;
+        for (x, &m) in row.iter_mut().zip(mask_row(r)) {
+            *x += m;
+            max = max.max(*x);
+        }
+        if max == f32::NEG_INFINITY {
+            row.fill(0.0);
+            continue;
+        }
+        let mut sum = 0f32;
+        for x in row.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        for x in row.iter_mut() {
+            *x /= sum;
+        }
+    }
+    // Output: acc[r][e] += p[r][j] · v[j][e] (in order of j).
+    acc[..rows * d].fill(0.0);
+    for j in 0..seen {
+        let vj = u.v.row(u.bi, u.kh, j, d);
+        for r in 0..rows {
+            let p = scores[r * s + j];
+            for (a, &x) in acc[r * d..(r + 1) * d].iter_mut().zip(vj) {
+                *a = p.mul_add(x, *a);
+            }
+        }
+    }
+    for r in 0..rows {
+        let at = ((u.bi * t + i0 + r) * heads + h) * d;
+        for (e, &x) in acc[r * d..(r + 1) * d].iter().enumerate() {
+            // SAFETY: element (bi, i0 + r, h, e) belongs to this unit's (bi, kv head) alone.
+            unsafe { u.out.write(at + e, x) };
+        }
+    }
+}
+
+/// The output as a raw pointer: units write disjoint elements of the same buffer.
+#[derive(Clone, Copy)]
+struct Out {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: units write disjoint elements and the buffer outlives the pool's call.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// # Safety
+    /// No other unit may access `idx` concurrently.
+    #[inline(always)]
+    unsafe fn write(self, idx: usize, v: f32) {
+        assert!(idx < self.len, "fused attention output index out of range");
+        // SAFETY: in bounds (checked above); exclusivity is the caller's promise.
+        unsafe { *self.ptr.add(idx) = v };
+    }
+}
