@@ -13,6 +13,8 @@ pub mod rowwise_op;
 pub mod skinny;
 pub mod skinny_op;
 mod skinny_simd;
+pub mod token_logprobs;
+pub mod token_logprobs_op;
 
 #[cfg(test)]
 mod attention_tests;
@@ -22,6 +24,8 @@ mod packed_tests;
 mod rowwise_tests;
 #[cfg(test)]
 mod skinny_tests;
+#[cfg(test)]
+mod token_logprobs_tests;
 
 /// The f32 elements of a contiguous CPU operand of a custom op, or an error naming the op and
 /// the operand (the glue modules' common first step).

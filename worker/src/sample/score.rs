@@ -14,6 +14,7 @@ use candle_core::Tensor;
 
 use super::generate::left_pad;
 use super::rules::{Masks, Slot, TokenRules};
+use crate::kernels::token_logprobs_op;
 use crate::model::{gather_last, log_softmax, KvCache, Model, ModelError, Result};
 
 /// Per-token log-probs of a batch of completions.
@@ -59,13 +60,10 @@ pub fn score_constrained(
     score(model, prompts, completions, Some(&masks))
 }
 
-/// The additive logit masks [b, l, vocab] of a scored batch: each completion position gets its
-/// slot's row of [`Masks::additive_table`], padding the unconstrained row.
-fn additive_masks(masks: &Masks, lengths: &[usize], l: usize, model: &Model) -> Result<Tensor> {
-    let vocab = model.config().vocab_size;
-    let dev = model.device();
-    let table = Tensor::from_vec(masks.additive_table(), (4, vocab), dev)?;
-    let slots: Vec<u32> = lengths
+/// Each position's mask slot, row-major over [b, l]: a completion position gets its rule
+/// slot, padding the unconstrained one.
+fn mask_slots(masks: &Masks, lengths: &[usize], l: usize) -> Vec<u32> {
+    lengths
         .iter()
         .flat_map(|&len| {
             (0..l).map(move |t| match t < len {
@@ -73,8 +71,16 @@ fn additive_masks(masks: &Masks, lengths: &[usize], l: usize, model: &Model) -> 
                 false => Slot::Free as u32,
             })
         })
-        .collect();
-    let idx = Tensor::from_vec(slots, lengths.len() * l, dev)?;
+        .collect()
+}
+
+/// The additive logit masks [b, l, vocab] of a scored batch: each position gets its slot's row
+/// of [`Masks::additive_table`].
+fn additive_masks(masks: &Masks, lengths: &[usize], l: usize, model: &Model) -> Result<Tensor> {
+    let vocab = model.config().vocab_size;
+    let dev = model.device();
+    let table = Tensor::from_vec(masks.additive_table(), (4, vocab), dev)?;
+    let idx = Tensor::from_vec(mask_slots(masks, lengths, l), lengths.len() * l, dev)?;
     Ok(table
         .index_select(&idx, 0)?
         .reshape((lengths.len(), l, vocab))?
@@ -128,11 +134,19 @@ fn score(
     let hidden = model.forward_hidden(&ids, &valid, &mut KvCache::new())?;
     // Position p−1+i predicts completion token i.
     let mut logits = model.lm_logits(&hidden.narrow(1, p - 1, l)?)?;
-    if let Some(masks) = masks {
-        let lengths: Vec<usize> = completions.iter().map(Vec::len).collect();
-        logits = (logits + additive_masks(masks, &lengths, l, model)?)?;
-    }
-    let logp = gather_last(&log_softmax(&logits)?, &targets)?;
+    let lengths: Vec<usize> = completions.iter().map(Vec::len).collect();
+    // One pass per row forward and two backward where the kernel takes the logits
+    // (`kernels::token_logprobs`); else the composed mask, log-softmax and gather.
+    let fused_mask = masks.map(|m| (m.additive_table(), mask_slots(m, &lengths, l)));
+    let logp = match token_logprobs_op::try_token_logprobs(&logits, &targets, fused_mask)? {
+        Some(logp) => logp,
+        None => {
+            if let Some(masks) = masks {
+                logits = (logits + additive_masks(masks, &lengths, l, model)?)?;
+            }
+            gather_last(&log_softmax(&logits)?, &targets)?
+        }
+    };
     let logprobs = (logp * &mask)?;
     Ok(Scored { logprobs, mask })
 }
