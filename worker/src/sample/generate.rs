@@ -1,12 +1,19 @@
-//! Batched, KV-cached generation from one model or from the geometric mixture of a policy and
-//! a reference (docs/algorithms.md §1). Prompts are left-padded; each row stops at its first EOS
+//! Batched, KV-cached generation from one model, from the geometric mixture of a policy and
+//! a reference (docs/algorithms.md §1), or from both at once with a mixture coefficient per row
+//! ([`generate_rows`]: one policy forward over every row and one reference forward over the
+//! mixture rows alone per token). Prompts are left-padded; each row stops at its first EOS
 //! (which is kept in its completion) or after `max_new_tokens`; finished rows leave the batch.
 //! The [`TokenRules`] are logit masks applied before the draw (so a length-forced EOS is drawn,
 //! with probability 1), and the recorded log-probs are under the same constrained distribution
 //! p_A at T = 1 (`rules` module doc), which is what [`super::score_constrained`] returns.
 //! The draw for token t of a row uses draw t of the counter-based stream keyed by
 //! (seed, step, global prompt index, sample index, `Purpose::Sample`), so a row's tokens do not
-//! depend on which rows share its batch, on rank or on world size.
+//! depend on which rows share its batch, on rank or on world size. Its logits' last bits can:
+//! the decoding matmul (`kernels::skinny`) is batch-invariant, but candle's gemm (tiny models,
+//! prefill, batches over `kernels::skinny_op::MAX_ROWS`) rounds a row differently with the
+//! row count, and so does left padding to a longer prompt. Log-probs then differ in the last
+//! bits, and a token could in principle flip where a uniform falls within rounding of a
+//! cumulative-probability boundary.
 //! Runs without gradients (frozen or detached use of the model); must not compute losses.
 
 use std::sync::OnceLock;
@@ -49,11 +56,33 @@ pub struct Generation {
     /// log π_A(y_t | x, y_<t) of the sampled tokens under the policy (the sampled model)
     /// constrained by the rules, at T = 1 and without top-k/top-p (`rules` module doc).
     pub logprobs: Vec<Vec<f32>>,
-    /// The same under the reference, for mixture sampling (None for plain sampling).
+    /// The same under the reference: None from [`generate`]; from [`generate_mixture`] every
+    /// row's; from [`generate_rows`] a mixture row's, and an empty vector for a plain row (the
+    /// reference never reads a plain row, so it has no log-probs to give).
     pub ref_logprobs: Option<Vec<Vec<f32>>>,
     /// Whether the row ended with an EOS (false: cut by `max_new_tokens` without
     /// `eos_at_limit`).
     pub finished: Vec<bool>,
+}
+
+/// Mixture settings that cannot be sampled; reported as [`ModelError::Input`], the error of
+/// every sampler, so callers handle one type.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MixtureError {
+    #[error("mixture_coef must be in [0, 1], got {beta}")]
+    Coefficient { beta: f64 },
+    #[error("the mixture coefficient of row {row} must be in [0, 1], got {beta}")]
+    RowCoefficient { row: usize, beta: f64 },
+    #[error("{betas} mixture coefficients for {prompts} prompts: give one per prompt row")]
+    Coefficients { betas: usize, prompts: usize },
+    #[error("policy vocabulary {policy} differs from the reference's {reference}")]
+    Vocabulary { policy: usize, reference: usize },
+}
+
+impl From<MixtureError> for ModelError {
+    fn from(e: MixtureError) -> Self {
+        ModelError::Input(e.to_string())
+    }
 }
 
 /// Samples one completion per prompt from `model`.
@@ -68,7 +97,8 @@ pub fn generate(
 
 /// Samples from the geometric mixture π^(1−β)·μ^β token by token (`mixture_coef` = β ∈ [0, 1],
 /// docs/algorithms.md §1): policy and reference each keep their own KV cache and advance one token
-/// per step. β = 0 gives exactly `generate(policy, ..)`, β = 1 exactly `generate(reference, ..)`.
+/// per step. β = 0 gives exactly `generate(policy, ..)`, β = 1 exactly `generate(reference, ..)`;
+/// either way both models' log-probs are recorded for every row.
 pub fn generate_mixture(
     policy: &Model,
     reference: &Model,
@@ -77,25 +107,74 @@ pub fn generate_mixture(
     keys: &[RowKey],
     config: &GenerateConfig,
 ) -> Result<Generation> {
-    if !(0.0..=1.0).contains(&mixture_coef) {
-        return Err(ModelError::Input(format!(
-            "mixture_coef must be in [0, 1], got {mixture_coef}"
-        )));
+    if !in_unit_interval(mixture_coef) {
+        return Err(MixtureError::Coefficient { beta: mixture_coef }.into());
     }
-    if policy.config().vocab_size != reference.config().vocab_size {
-        return Err(ModelError::Input(format!(
-            "policy vocabulary {} differs from the reference's {}",
-            policy.config().vocab_size,
-            reference.config().vocab_size
-        )));
+    check_vocabularies(policy, reference)?;
+    let mixed = vec![Some(mixture_coef); prompts.len()];
+    run(policy, Some((reference, &mixed)), prompts, keys, config)
+}
+
+/// Samples each row from its own source in one decode pass. Row r with `betas[r]` = 0 is a
+/// plain row, drawn from the policy as [`generate`] draws it; with β = `betas[r]` ∈ (0, 1] it
+/// is a mixture row, drawn from π^(1−β)·μ^β as [`generate_mixture`] with that β draws it
+/// (docs/algorithms.md §1): the same stream, the same arithmetic on the row's logits, a
+/// reference batch of exactly the mixture rows. So the tokens are those calls' tokens, and the
+/// log-probs their bits wherever the forward pass is batch-invariant (module doc). Every token
+/// costs one policy forward over all rows and one reference forward over the mixture rows
+/// alone, where separate calls cost a policy forward each: decoding is memory-bound, so
+/// Nash-MD-PG's y ~ π and y′ ~ π_mix^β read the policy's weights once per token, not twice.
+///
+/// `ref_logprobs` is always Some: the reference's log-probs of a mixture row, an empty vector
+/// for a plain row. Errors, without panicking, on a number of betas other than the number of
+/// prompts, a β outside [0, 1] (NaN included) and vocabularies that differ.
+pub fn generate_rows(
+    policy: &Model,
+    reference: &Model,
+    betas: &[f64],
+    prompts: &[Vec<u32>],
+    keys: &[RowKey],
+    config: &GenerateConfig,
+) -> Result<Generation> {
+    if betas.len() != prompts.len() {
+        return Err(MixtureError::Coefficients {
+            betas: betas.len(),
+            prompts: prompts.len(),
+        }
+        .into());
     }
-    run(
-        policy,
-        Some((reference, mixture_coef)),
-        prompts,
-        keys,
-        config,
-    )
+    if let Some((row, &beta)) = betas
+        .iter()
+        .enumerate()
+        .find(|(_, &beta)| !in_unit_interval(beta))
+    {
+        return Err(MixtureError::RowCoefficient { row, beta }.into());
+    }
+    check_vocabularies(policy, reference)?;
+    // β = 0 is plain: the mixture would draw exactly the policy's token, and the reference
+    // forward it would need is the cost this entry saves.
+    let mixed: Vec<Option<f64>> = betas
+        .iter()
+        .map(|&beta| (beta > 0.0).then_some(beta))
+        .collect();
+    run(policy, Some((reference, &mixed)), prompts, keys, config)
+}
+
+/// Whether β is a mixture coefficient (false for NaN).
+fn in_unit_interval(beta: f64) -> bool {
+    (0.0..=1.0).contains(&beta)
+}
+
+/// The mixture adds log-probabilities token by token: both models need one vocabulary.
+fn check_vocabularies(policy: &Model, reference: &Model) -> std::result::Result<(), MixtureError> {
+    let (p, r) = (policy.config().vocab_size, reference.config().vocab_size);
+    if p != r {
+        return Err(MixtureError::Vocabulary {
+            policy: p,
+            reference: r,
+        });
+    }
+    Ok(())
 }
 
 /// The uniform draw t of a row's sampling stream.
@@ -137,7 +216,7 @@ struct Drawn {
     token: u32,
     /// log π_A(token) under the policy, constrained by the rules.
     logprob: f32,
-    /// The same under the reference (mixture sampling).
+    /// The same under the reference (a mixture row).
     ref_logprob: Option<f32>,
 }
 
@@ -155,9 +234,174 @@ fn last_logits(
     Ok(logits.to_vec2::<f32>()?)
 }
 
+/// Next-token logits after feeding each cached row its one new token.
+fn next_logits(model: &Model, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<Vec<f32>>> {
+    let ids: Vec<Vec<u32>> = tokens.iter().map(|&tok| vec![tok]).collect();
+    last_logits(model, &ids, &vec![vec![true]; tokens.len()], cache)
+}
+
+/// The reference's side of a decode with mixture rows: its model and a KV cache over the
+/// mixture rows alone, in batch order (a plain row never costs a reference forward). Rows
+/// finish in any order, so which reference row a batch row reads is recomputed every step
+/// ([`reference_rows`]) rather than stored.
+struct ReferenceBatch {
+    model: Model,
+    cache: KvCache,
+    /// Next-token logits of its rows, in its own row order.
+    logits: Vec<Vec<f32>>,
+}
+
+impl ReferenceBatch {
+    /// Prefills the reference on the mixture rows' prompts, left-padded among themselves as a
+    /// call with only those rows would pad them; None when no row is a mixture row.
+    fn start(
+        model: Model,
+        prompts: &[Vec<u32>],
+        betas: &[Option<f64>],
+        max_new_tokens: usize,
+    ) -> Result<Option<Self>> {
+        let mixed: Vec<Vec<u32>> = prompts
+            .iter()
+            .zip(betas)
+            .filter(|(_, beta)| beta.is_some())
+            .map(|(p, _)| p.clone())
+            .collect();
+        if mixed.is_empty() {
+            return Ok(None);
+        }
+        let (ids, valid) = left_pad(&mixed);
+        // Room for the whole sequence up front: decoding writes the cache in place.
+        let mut cache = KvCache::with_capacity(ids[0].len() + max_new_tokens);
+        let logits = last_logits(&model, &ids, &valid, &mut cache)?;
+        Ok(Some(Self {
+            model,
+            cache,
+            logits,
+        }))
+    }
+
+    /// Keeps its rows `rows` (in that order) and feeds each its next token.
+    fn advance(&mut self, rows: &[usize], tokens: &[u32]) -> Result<()> {
+        self.cache.retain_rows(rows)?;
+        self.logits = if rows.is_empty() {
+            Vec::new()
+        } else {
+            next_logits(&self.model, tokens, &mut self.cache)?
+        };
+        Ok(())
+    }
+}
+
+/// For each batch row (`active[i]` is its original row): its row in the reference batch and
+/// its β if it is a mixture row. The reference batch holds the active mixture rows in batch
+/// order, so the k-th mixture row of the batch is reference row k.
+fn reference_rows(active: &[usize], betas: &[Option<f64>]) -> Vec<Option<(usize, f64)>> {
+    let mut next = 0;
+    active
+        .iter()
+        .map(|&row| {
+            betas[row].map(|beta| {
+                next += 1;
+                (next - 1, beta)
+            })
+        })
+        .collect()
+}
+
+/// Row `j`'s logits in the reference batch (there is one whenever a row is a mixture row).
+fn reference_logits(batch: Option<&ReferenceBatch>, j: usize) -> Result<&[f32]> {
+    batch
+        .and_then(|b| b.logits.get(j))
+        .map(Vec::as_slice)
+        .ok_or_else(|| ModelError::Input(format!("internal: no reference row {j}")))
+}
+
+/// Draws a row's next token from its policy logits, or for a mixture row from the mixture
+/// with its reference logits and β (docs/algorithms.md §1, as `filter::mixed_logits`, reusing
+/// the log-softmaxes the recorded log-probs need), under the mask `forbidden`, with the row's
+/// uniform `u`.
+fn draw_row(
+    logits: &[f32],
+    reference: Option<(&[f32], f64)>,
+    forbidden: &[bool],
+    params: &SamplingParams,
+    u: f64,
+) -> Result<Drawn> {
+    let lp = log_softmax_row(logits);
+    let lr = reference.map(|(r, _)| log_softmax_row(r));
+    let mut mixed: Vec<f64> = match (reference, &lr) {
+        (Some((r, beta)), _) if beta >= 1.0 => r.iter().map(|&x| x as f64).collect(),
+        (Some((_, beta)), Some(lr)) if beta > 0.0 => mix_logprobs(&lp, lr, beta),
+        _ => logits.iter().map(|&x| x as f64).collect(),
+    };
+    apply_mask(&mut mixed, forbidden);
+    if mixed.iter().all(|x| *x == f64::NEG_INFINITY) {
+        return Err(ModelError::Input("every token is masked".into()));
+    }
+    let token = draw(&token_distribution(&mixed, params), u) as u32;
+    let constrained = |l: &[f64]| constrained_logprobs(l, forbidden)[token as usize] as f32;
+    Ok(Drawn {
+        token,
+        logprob: constrained(&lp),
+        ref_logprob: lr.as_deref().map(constrained),
+    })
+}
+
+/// `draw(i)` for the batch rows 0..n. The host work of a row (log-softmaxes over the
+/// vocabulary, the mix, the draw) does not depend on the other rows: rows run on candle's
+/// thread pool, same arithmetic.
+fn draw_all(n: usize, draw: impl Fn(usize) -> Result<Drawn> + Sync) -> Result<Vec<Drawn>> {
+    if n <= 1 {
+        return (0..n).map(draw).collect();
+    }
+    let slots: Vec<OnceLock<Result<Drawn>>> = (0..n).map(|_| OnceLock::new()).collect();
+    candle_core::utils::barrier_pool().execute_chunked(n, |rows| {
+        for i in rows {
+            let _ = slots[i].set(draw(i));
+        }
+    });
+    slots
+        .into_iter()
+        .map(|slot| {
+            slot.into_inner()
+                .unwrap_or_else(|| Err(ModelError::Input("internal: a row was not drawn".into())))
+        })
+        .collect()
+}
+
+/// Appends batch row i's draw to its original row `active[i]`; returns the batch rows that
+/// go on (no EOS yet) and their new tokens.
+fn record(
+    gen: &mut Generation,
+    active: &[usize],
+    drawn: Vec<Drawn>,
+    rules: &TokenRules,
+) -> (Vec<usize>, Vec<u32>) {
+    let mut still = Vec::with_capacity(active.len());
+    let mut next = Vec::with_capacity(active.len());
+    for (i, d) in drawn.into_iter().enumerate() {
+        let row = active[i];
+        gen.tokens[row].push(d.token);
+        gen.logprobs[row].push(d.logprob);
+        if let (Some(all), Some(lr)) = (gen.ref_logprobs.as_mut(), d.ref_logprob) {
+            all[row].push(lr);
+        }
+        if rules.is_eos(d.token) {
+            gen.finished[row] = true;
+        } else {
+            still.push(i);
+            next.push(d.token);
+        }
+    }
+    (still, next)
+}
+
+/// The decode loop of every sampler. `reference`: the reference and, per row, Some(β) for a
+/// mixture row (the reference runs on it and its log-probs are recorded) or None for a plain
+/// row; without it every row is plain. Callers check the coefficients and vocabularies.
 fn run(
     policy: &Model,
-    reference: Option<(&Model, f64)>,
+    reference: Option<(&Model, &[Option<f64>])>,
     prompts: &[Vec<u32>],
     keys: &[RowKey],
     config: &GenerateConfig,
@@ -171,6 +415,14 @@ fn run(
     }
     if let Some(r) = prompts.iter().position(Vec::is_empty) {
         return Err(ModelError::Input(format!("prompt {r} is empty")));
+    }
+    let betas: Vec<Option<f64>> = reference.map_or_else(|| vec![None; b], |(_, m)| m.to_vec());
+    if betas.len() != b {
+        return Err(MixtureError::Coefficients {
+            betas: betas.len(),
+            prompts: b,
+        }
+        .into());
     }
     let vocab = policy.config().vocab_size;
     let mut gen = Generation {
@@ -188,99 +440,43 @@ fn run(
     // weights for the panel kernel once per generation.
     let policy = &policy.for_decoding()?;
     let reference = match reference {
-        Some((m, beta)) => Some((m.for_decoding()?, beta)),
+        Some((m, _)) => Some(m.for_decoding()?),
         None => None,
     };
-    let reference = reference.as_ref().map(|(m, beta)| (m, *beta));
     let (ids, valid) = left_pad(prompts);
     // Room for the whole sequence up front: decoding writes the cache in place.
-    let room = ids[0].len() + rules.max_new_tokens;
-    let mut cache = KvCache::with_capacity(room);
-    let mut ref_cache = KvCache::with_capacity(room);
+    let mut cache = KvCache::with_capacity(ids[0].len() + rules.max_new_tokens);
     let mut logits = last_logits(policy, &ids, &valid, &mut cache)?;
-    let mut ref_logits = match reference {
-        Some((m, _)) => Some(last_logits(m, &ids, &valid, &mut ref_cache)?),
+    let mut ref_batch = match reference {
+        Some(m) => ReferenceBatch::start(m, prompts, &betas, rules.max_new_tokens)?,
         None => None,
     };
     // `active[i]` is the original row of batch row i.
     let mut active: Vec<usize> = (0..b).collect();
-    let beta = reference.map(|(_, beta)| beta);
     for t in 0..rules.max_new_tokens {
         let forbidden = masks.at(t);
-        // The host work of a row (log-softmaxes over the vocabulary, the mix, the draw) does
-        // not depend on the other rows: rows run on candle's thread pool, same arithmetic.
-        let draw_row = |i: usize| -> Result<Drawn> {
-            let lp = log_softmax_row(&logits[i]);
-            let lr = ref_logits.as_ref().map(|r| log_softmax_row(&r[i]));
-            // docs/algorithms.md §1, as `filter::mixed_logits`, reusing the rows' log-softmaxes.
-            let mut mixed = match (beta, &ref_logits, &lr) {
-                (Some(beta), Some(r), _) if beta >= 1.0 => r[i].iter().map(|&x| x as f64).collect(),
-                (Some(beta), _, Some(lr)) if beta > 0.0 => mix_logprobs(&lp, lr, beta),
-                _ => logits[i].iter().map(|&x| x as f64).collect(),
+        let ref_rows = reference_rows(&active, &betas);
+        let drawn = draw_all(active.len(), |i| {
+            let mixed = match ref_rows[i] {
+                Some((j, beta)) => Some((reference_logits(ref_batch.as_ref(), j)?, beta)),
+                None => None,
             };
-            apply_mask(&mut mixed, forbidden);
-            if mixed.iter().all(|x| *x == f64::NEG_INFINITY) {
-                return Err(ModelError::Input("every token is masked".into()));
-            }
-            let probs = token_distribution(&mixed, &config.params);
-            let token = draw(&probs, uniform_at(config, keys[active[i]], t)) as u32;
-            let constrained = |l: &[f64]| constrained_logprobs(l, forbidden)[token as usize] as f32;
-            Ok(Drawn {
-                token,
-                logprob: constrained(&lp),
-                ref_logprob: lr.as_deref().map(constrained),
-            })
-        };
-        let drawn: Vec<Result<Drawn>> = if active.len() > 1 {
-            let slots: Vec<OnceLock<Result<Drawn>>> =
-                (0..active.len()).map(|_| OnceLock::new()).collect();
-            candle_core::utils::barrier_pool().execute_chunked(active.len(), |rows| {
-                for i in rows {
-                    let _ = slots[i].set(draw_row(i));
-                }
-            });
-            slots
-                .into_iter()
-                .map(|slot| {
-                    slot.into_inner().unwrap_or_else(|| {
-                        Err(ModelError::Input("internal: a row was not drawn".into()))
-                    })
-                })
-                .collect()
-        } else {
-            vec![draw_row(0)]
-        };
-        let mut next = Vec::with_capacity(active.len());
-        let mut still = Vec::with_capacity(active.len());
-        for (i, drawn) in drawn.into_iter().enumerate() {
-            let Drawn {
-                token,
-                logprob,
-                ref_logprob,
-            } = drawn?;
-            let row = active[i];
-            gen.tokens[row].push(token);
-            gen.logprobs[row].push(logprob);
-            if let (Some(all), Some(lr)) = (gen.ref_logprobs.as_mut(), ref_logprob) {
-                all[row].push(lr);
-            }
-            if rules.is_eos(token) {
-                gen.finished[row] = true;
-            } else {
-                still.push(i);
-                next.push(token);
-            }
-        }
+            let u = uniform_at(config, keys[active[i]], t);
+            draw_row(&logits[i], mixed, forbidden, &config.params, u)
+        })?;
+        let (still, next) = record(&mut gen, &active, drawn, rules);
         if still.is_empty() || t + 1 == rules.max_new_tokens {
             break;
         }
         cache.retain_rows(&still)?;
-        let step_ids: Vec<Vec<u32>> = next.iter().map(|&tok| vec![tok]).collect();
-        let step_valid = vec![vec![true]; next.len()];
-        logits = last_logits(policy, &step_ids, &step_valid, &mut cache)?;
-        if let Some((m, _)) = reference {
-            ref_cache.retain_rows(&still)?;
-            ref_logits = Some(last_logits(m, &step_ids, &step_valid, &mut ref_cache)?);
+        logits = next_logits(policy, &next, &mut cache)?;
+        if let Some(r) = ref_batch.as_mut() {
+            let (rows, tokens): (Vec<usize>, Vec<u32>) = still
+                .iter()
+                .zip(&next)
+                .filter_map(|(&i, &tok)| ref_rows[i].map(|(j, _)| (j, tok)))
+                .unzip();
+            r.advance(&rows, &tokens)?;
         }
         active = still.iter().map(|&i| active[i]).collect();
     }

@@ -19,8 +19,8 @@ use super::TrainError;
 use crate::model::Model;
 use crate::objectives::Completions;
 use crate::sample::{
-    generate, generate_mixture, score_constrained, GenerateConfig, RowKey, SamplingParams,
-    TokenRules,
+    generate, generate_mixture, generate_rows, score_constrained, GenerateConfig, RowKey,
+    SamplingParams, TokenRules,
 };
 use crate::tasks::Task;
 
@@ -96,6 +96,14 @@ pub enum Source<'m> {
         reference: &'m Model,
         mixture_coef: f64,
     },
+    /// Row r from π^(1−β_r)·μ^β_r with β_r = `mixture_coefs[r]` (β = 0: from the policy),
+    /// all rows in one decode pass ([`crate::sample::generate_rows`]): Nash-MD-PG's y ~ π and
+    /// y′ ~ π_mix^β then read the policy's weights once per token, not twice.
+    PerRow {
+        policy: &'m Model,
+        reference: &'m Model,
+        mixture_coefs: &'m [f64],
+    },
 }
 
 /// One completion per (prompt, key), drawn under `config.rules` (with the task's rules every
@@ -113,6 +121,11 @@ pub fn sample(
             reference,
             mixture_coef,
         } => generate_mixture(policy, reference, mixture_coef, prompts, keys, config)?,
+        Source::PerRow {
+            policy,
+            reference,
+            mixture_coefs,
+        } => generate_rows(policy, reference, mixture_coefs, prompts, keys, config)?,
     };
     Ok(generation.tokens)
 }

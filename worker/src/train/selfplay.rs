@@ -206,15 +206,20 @@ pub async fn run(
                 Algorithm::IpoMd => {
                     split(rollout::sample(mixture, &twice, &both_keys, &config)?, b)
                 }
-                Algorithm::NashMd => (
-                    rollout::sample(
-                        Source::Policy(&sampler),
-                        &prompt_ids,
-                        &both_keys[..b],
-                        &config,
-                    )?,
-                    rollout::sample(mixture, &prompt_ids, &both_keys[b..], &config)?,
-                ),
+                Algorithm::NashMd => {
+                    // y ~ π (β = 0) and y′ ~ π_mix^β in one decode pass, which reads the
+                    // policy's weights once per token for both; row for row the draws of two
+                    // separate passes (docs/algorithms.md §1).
+                    let mixture_coefs: Vec<f64> = std::iter::repeat_n(0.0, b)
+                        .chain(std::iter::repeat_n(spec.mixture_coef, b))
+                        .collect();
+                    let per_row = Source::PerRow {
+                        policy: &sampler,
+                        reference: &reference.model,
+                        mixture_coefs: &mixture_coefs,
+                    };
+                    split(rollout::sample(per_row, &twice, &both_keys, &config)?, b)
+                }
             };
             sums.tokens += (rollout::num_tokens(&y) + rollout::num_tokens(&y_prime)) as f64;
             phases.sample_s = t.elapsed().as_secs_f64();

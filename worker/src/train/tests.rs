@@ -1,8 +1,9 @@
 //! The training loops in-process on tiny models: metric schema, bitwise reproducibility with a
-//! fixed seed, and a golden file of the first self-play steps (torchtitan's rule: a change that
-//! should not affect numerics gives bitwise-identical losses). Regenerate the golden file after
-//! a deliberate change with `MIRRORPLAY_BLESS=1 cargo test -p mirrorplay-worker --lib
-//! selfplay_lines_have_the_schema_and_are_bitwise_reproducible`.
+//! fixed seed, and golden files of the first self-play steps of IPO-MD and Nash-MD-PG
+//! (torchtitan's rule: a change that should not affect numerics gives bitwise-identical losses).
+//! Regenerate a golden file after a deliberate change with `MIRRORPLAY_BLESS=1 cargo test -p
+//! mirrorplay-worker --lib selfplay_lines_have_the_schema_and_are_bitwise_reproducible` (IPO-MD)
+//! or `.. --lib nash_md_lines_match_the_golden_file` (Nash-MD-PG).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
@@ -193,17 +194,38 @@ fn selfplay_lines_have_the_schema_and_are_bitwise_reproducible() {
         "same seed, same lines, bit for bit"
     );
 
-    let golden = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/golden/selfplay-ipo-md.jsonl"
+    assert_golden(&streamed, "selfplay-ipo-md.jsonl");
+}
+
+/// Compares metric lines with the golden file `name` (under `tests/fixtures/golden/`), or
+/// writes it under `MIRRORPLAY_BLESS`.
+fn assert_golden(lines: &[Value], name: &str) {
+    let golden = format!(
+        "{}/tests/fixtures/golden/{name}",
+        env!("CARGO_MANIFEST_DIR")
     );
-    let text: String = streamed.iter().map(|v| format!("{v}\n")).collect();
+    let text: String = lines.iter().map(|v| format!("{v}\n")).collect();
     if std::env::var_os("MIRRORPLAY_BLESS").is_some() {
-        std::fs::create_dir_all(std::path::Path::new(golden).parent().unwrap()).unwrap();
-        std::fs::write(golden, &text).unwrap();
+        std::fs::create_dir_all(std::path::Path::new(&golden).parent().unwrap()).unwrap();
+        std::fs::write(&golden, &text).unwrap();
     }
-    let want = std::fs::read_to_string(golden).expect("golden file (MIRRORPLAY_BLESS=1 writes it)");
+    let want =
+        std::fs::read_to_string(&golden).expect("golden file (MIRRORPLAY_BLESS=1 writes it)");
     assert_eq!(text, want, "metrics differ from the golden file {golden}");
+}
+
+/// Nash-MD-PG's first steps, bit for bit: how y ~ π and y′ ~ π_mix^β are decoded (two passes
+/// or one over both) must not move a bit. 12 prompts, so y and y′ together are 24 rows: more
+/// than the 16 up to which `model::ops::linear` takes another matmul formulation.
+#[test]
+fn nash_md_lines_match_the_golden_file() {
+    let mut spec = selfplay();
+    if let train_task::Spec::Selfplay(s) = &mut spec {
+        s.set_algorithm(SelfplayAlgorithm::NashMd);
+        s.batch_prompts = 12;
+    }
+    let (streamed, _) = run(spec);
+    assert_golden(&streamed, "selfplay-nash-md.jsonl");
 }
 
 #[test]
