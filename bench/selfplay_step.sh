@@ -32,7 +32,8 @@ echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1)
 echo "load before: $(uptime)"
 LOG=$(mktemp -d)
 rates() { # numpy: the read bandwidth (1 GiB sdot on THREADS parts) and the sgemm rate (2048³, THREADS BLAS threads)
-  OPENBLAS_NUM_THREADS=1 THREADS=$THREADS "$PY" bench/generate_peer.py bandwidth | head -1
+  # sed, not head: head's early exit would kill the writer with SIGPIPE, failing the pipeline.
+  OPENBLAS_NUM_THREADS=1 THREADS=$THREADS "$PY" bench/generate_peer.py bandwidth | sed -n 1p
   OPENBLAS_NUM_THREADS=$THREADS "$PY" -c '
 import time, numpy as np
 n = 2048
@@ -90,11 +91,12 @@ def fwd(tokens_per_row, ctx, rows, W, macs_per_token):
     kv = 4 * L * 2 * KVH * D * ctx * rows                # KV cache read
     return max((W + kv) / bw, flops / fl), flops, W + kv
 passes = {}
-# Sampling: y from π, y′ from the mixture (π and μ every position): 3 model passes of a prefill of
-# PROMPT tokens and NEW − 1 decode forwards of one token per row.
+# Sampling: y from π, y′ from the mixture (π and μ every position). The least weight traffic is
+# 2 model passes per token: π over y's and y′'s 2B rows together, μ over y′'s B rows — each a
+# prefill of PROMPT tokens and NEW − 1 decode forwards of one token per row.
 t_s = fl_s = by_s = 0.0
-for _ in range(3):
-    for t, f, b in [fwd(PROMPT, PROMPT, B, W_lm, lin + V * H)] + [fwd(1, PROMPT + i, B, W_lm, lin + V * H) for i in range(1, NEW)]:
+for rows in (2 * B, B):
+    for t, f, b in [fwd(PROMPT, PROMPT, rows, W_lm, lin + V * H)] + [fwd(1, PROMPT + i, rows, W_lm, lin + V * H) for i in range(1, NEW)]:
         t_s, fl_s, by_s = t_s + t, fl_s + f, by_s + b
 passes["sample"] = (t_s, fl_s, by_s)
 # Judge: the reward model on y and y′ (B rows of T tokens each).
