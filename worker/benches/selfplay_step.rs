@@ -5,8 +5,8 @@
 //! "reward_model"`), all f32 on the CPU.
 //!
 //! One step: B prompts of 16 tokens; y ~ π and y′ ~ π_mix^β (β = 0.5), each at most
-//! NEW tokens (the last one a forced EOS; the bench checks that every completion reached the
-//! limit, i.e. no EOS was drawn earlier, from the step's token count); the reward model scores
+//! NEW tokens (`min_new_tokens` = NEW: 63 drawn tokens and a forced EOS; the bench also checks
+//! from the step's token count that every completion reached the limit); the reward model scores
 //! y and y′, p = σ(r(y) − r(y′)); scoring under π (graph) and μ, the Nash-MD-PG loss
 //! (τ = 0.1, TRL's per-token KL term: `nash_kl_grad = "token"`), backward; clip at 1.0 and AdamW. One untimed warm-up step, then STEPS timed
 //! steps; the per-phase seconds come from the loop's own `step phases` debug event (sampling,
@@ -147,6 +147,8 @@ fn main() {
             temperature: 1.0,
             top_k: 0,
             top_p: 1.0,
+            // Forced length, as TRL's min_new_tokens = NEW: 63 drawn tokens and the forced EOS.
+            min_new_tokens: new as u32,
         }),
         batch_prompts: b as u32,
         grad_accum: 1,

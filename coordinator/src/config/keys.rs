@@ -260,6 +260,7 @@ pub const KEYS: &[KeyDoc] = &[
     k("optimizer", "weight_decay", "AdamW weight decay, in [0, 1]."),
     k("optimizer", "max_grad_norm", "Clip the gradient's global norm to this (0 = off)."),
     k("sampling", "max_new_tokens", "Tokens generated per completion at most, in [1, 4096]."),
+    k("sampling", "min_new_tokens", "No EOS before this many new tokens, in [0, max_new_tokens] (0 = the rules' own minimum, 1; = max_new_tokens forces every completion to that length)."),
     k("sampling", "temperature", "Sampling temperature, in [0, 100]."),
     k("sampling", "top_k", "Sample among the k most likely tokens (0 = off)."),
     k("sampling", "top_p", "Nucleus sampling mass, in (0, 1] (1 = off)."),

@@ -398,3 +398,36 @@ fn save_dtype_and_max_shard_size_default_to_the_source_and_5gb() {
         "{err}"
     );
 }
+
+#[test]
+fn min_new_tokens_defaults_to_0_and_may_not_exceed_max_new_tokens() {
+    let sampling = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        parse("t.toml", SELFPLAY, &sets, Path::new("/r"), "t")
+    };
+    let Some(job_spec::Kind::Selfplay(sp)) = sampling(&[]).unwrap().spec.kind else {
+        panic!("not selfplay")
+    };
+    assert_eq!(sp.sampling.unwrap().min_new_tokens, 0);
+    let forced = sampling(&[
+        "selfplay.sampling.max_new_tokens=12",
+        "selfplay.sampling.min_new_tokens=12",
+    ])
+    .unwrap();
+    let Some(job_spec::Kind::Selfplay(sp)) = forced.spec.kind else {
+        panic!("not selfplay")
+    };
+    let s = sp.sampling.unwrap();
+    assert_eq!((s.min_new_tokens, s.max_new_tokens), (12, 12));
+    let err = sampling(&[
+        "selfplay.sampling.max_new_tokens=12",
+        "selfplay.sampling.min_new_tokens=13",
+    ])
+    .unwrap_err();
+    assert_eq!(err.key, "selfplay.sampling.min_new_tokens");
+    assert!(
+        err.message
+            .contains("must be in [0, max_new_tokens = 12], found 13"),
+        "{err}"
+    );
+}

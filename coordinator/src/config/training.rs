@@ -126,8 +126,8 @@ pub(super) fn optimizer(parent: &Tbl, default_lr: f64) -> Result<OptimizerSpec, 
     Ok(spec)
 }
 
-/// `[sampling]`: max_new_tokens, temperature, top_k, top_p (docs/algorithms.md §1; defaults T = 1,
-/// no top-k, no top-p).
+/// `[sampling]`: max_new_tokens, min_new_tokens, temperature, top_k, top_p (docs/algorithms.md
+/// §0–§1; defaults: no minimum beyond the rules' own, T = 1, no top-k, no top-p).
 pub(super) fn sampling(parent: &Tbl) -> Result<SamplingSpec, ConfigError> {
     let t = parent.opt_table("sampling")?;
     let empty;
@@ -145,12 +145,20 @@ pub(super) fn sampling(parent: &Tbl) -> Result<SamplingSpec, ConfigError> {
     if top_p <= 0.0 {
         return Err(t.error("top_p", "must be in (0, 1]"));
     }
+    let min_new_tokens = t.u64_or("min_new_tokens", 0)?;
+    if min_new_tokens > max_new_tokens {
+        return Err(t.error(
+            "min_new_tokens",
+            format!("must be in [0, max_new_tokens = {max_new_tokens}], found {min_new_tokens}"),
+        ));
+    }
     parent.record_table("sampling", t.finish()?);
     Ok(SamplingSpec {
         max_new_tokens: max_new_tokens as u32,
         temperature,
         top_k: top_k as u32,
         top_p,
+        min_new_tokens: min_new_tokens as u32,
     })
 }
 

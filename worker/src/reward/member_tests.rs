@@ -61,6 +61,7 @@ pub(crate) fn spec(steps: u64, lr: f64, train_pairs: u32, label_noise: f64) -> R
             temperature: 1.0,
             top_k: 0,
             top_p: 1.0,
+            min_new_tokens: 0,
         }),
         ..Default::default()
     }

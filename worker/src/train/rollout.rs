@@ -37,7 +37,8 @@ pub const SAMPLE_EVAL_REFERENCE: u64 = 1001;
 /// The rules of a job's completions: a task's own vocabulary brings its rules
 /// ([`Task::token_rules`]); otherwise the model's: stop at any of its EOS ids, never the pad
 /// token (unless it is an EOS), no EOS first, at most `max_new_tokens` tokens with the last a
-/// forced EOS (so `max_new_tokens` counts the EOS).
+/// forced EOS (so `max_new_tokens` counts the EOS). Either way `[sampling] min_new_tokens`
+/// raises the minimum: no EOS before that many tokens.
 pub fn rules(
     task: Option<Task>,
     sampling: &SamplingSpec,
@@ -45,8 +46,19 @@ pub fn rules(
     pad_token_id: Option<u32>,
 ) -> Result<TokenRules, TrainError> {
     let max_new_tokens = sampling.max_new_tokens as usize;
+    // `[sampling] min_new_tokens` raises the rules' own minimum (never lowers it), up to the
+    // position of the forced EOS: min = max then forces every completion to max tokens.
+    let at_least = |mut rules: TokenRules| {
+        let wanted = rules.min_new_tokens.max(sampling.min_new_tokens as usize);
+        let cap = match rules.eos_at_limit {
+            true => rules.max_new_tokens.saturating_sub(1),
+            false => rules.max_new_tokens,
+        };
+        rules.min_new_tokens = wanted.min(cap.max(rules.min_new_tokens));
+        rules
+    };
     if let Some(rules) = task.and_then(|t| t.token_rules(max_new_tokens)) {
-        return Ok(rules);
+        return Ok(at_least(rules));
     }
     if eos_token_ids.is_empty() {
         return Err(TrainError::Invalid(
@@ -55,7 +67,7 @@ pub fn rules(
                 .into(),
         ));
     }
-    Ok(TokenRules {
+    Ok(at_least(TokenRules {
         eos_token_ids: eos_token_ids.to_vec(),
         forbidden_token_ids: pad_token_id
             .filter(|p| !eos_token_ids.contains(p))
@@ -64,7 +76,7 @@ pub fn rules(
         min_new_tokens: 1,
         max_new_tokens,
         eos_at_limit: true,
-    })
+    }))
 }
 
 /// The generation settings of step `step` under `rules`.
@@ -186,6 +198,7 @@ mod tests {
             temperature: 1.0,
             top_k: 0,
             top_p: 1.0,
+            min_new_tokens: 0,
         }
     }
 
@@ -230,6 +243,67 @@ mod tests {
                 assert_eq!((p[i][3], r[i][3]), (0.0, 0.0), "forced EOS of {y:?}");
             }
         }
+    }
+
+    /// `min_new_tokens` = `max_new_tokens` forces every completion to that length, the last
+    /// token the forced EOS; a smaller one only raises the minimum (task rules included).
+    #[test]
+    fn min_new_tokens_forces_the_length() {
+        let shape = TinyShape {
+            hidden_size: 16,
+            num_layers: 1,
+            num_heads: 2,
+            num_kv_heads: 1,
+            intermediate_size: 32,
+            initializer_range: 0.0,
+        };
+        let (config, _) = Task::GoodhartDigits.tiny_model(shape).unwrap().unwrap();
+        let policy = init_random(&config, 1, false, &Device::Cpu).unwrap();
+        let forced = SamplingSpec {
+            min_new_tokens: 6,
+            ..sampling(6)
+        };
+        let r = rules(Some(Task::GoodhartDigits), &forced, &[], None).unwrap();
+        // No EOS before position 5, where the limit forces it.
+        assert_eq!((r.min_new_tokens, r.max_new_tokens), (5, 6));
+        let config = generate_config(&r, &forced, 5, 0);
+        let prompts = vec![
+            gd::Prompt {
+                targets: [1, 2, 3, 4]
+            }
+            .tokens()
+            .to_vec();
+            32
+        ];
+        let ys = sample(Source::Policy(&policy), &prompts, &keys(0..32, 0), &config).unwrap();
+        for y in &ys {
+            assert_eq!(y.len(), 6, "{y:?}");
+            assert_eq!(y[5], gd::EOS, "{y:?}");
+            assert!(y[..5].iter().all(|&t| t < gd::NUM_SYMBOLS), "{y:?}");
+        }
+        // Without the minimum the same draws end early somewhere (so the check above bites).
+        let free = generate_config(
+            &rules(Some(Task::GoodhartDigits), &sampling(6), &[], None).unwrap(),
+            &sampling(6),
+            5,
+            0,
+        );
+        let ys = sample(Source::Policy(&policy), &prompts, &keys(0..32, 0), &free).unwrap();
+        assert!(
+            ys.iter().any(|y| y.len() < 6),
+            "no row ended early without the minimum"
+        );
+        let model = rules(
+            None,
+            &SamplingSpec {
+                min_new_tokens: 3,
+                ..sampling(32)
+            },
+            &[2],
+            None,
+        )
+        .unwrap();
+        assert_eq!((model.min_new_tokens, model.max_new_tokens), (3, 32));
     }
 
     /// A model without a task's vocabulary stops at its own EOS ids and never draws its pad.

@@ -49,6 +49,7 @@ fn sampling() -> SamplingSpec {
         temperature: 1.0,
         top_k: 0,
         top_p: 1.0,
+        min_new_tokens: 0,
     }
 }
 
