@@ -19,6 +19,8 @@
 
 use rayon::prelude::*;
 
+use super::disjoint::DisjointOut;
+
 /// Query rows per block (their score rows share each loaded key column).
 const ROWS: usize = 4;
 /// Below this many score elements (b · heads · t · s) a call runs on the calling thread.
@@ -136,10 +138,7 @@ pub fn attention(
     if out.is_empty() {
         return Ok(());
     }
-    let dst = Out {
-        ptr: out.as_mut_ptr(),
-        len: out.len(),
-    };
+    let dst = DisjointOut::new(out);
     let unit = |u: usize| {
         let args = Unit {
             q,
@@ -173,7 +172,7 @@ struct Unit<'a> {
     scale: f32,
     bi: usize,
     kh: usize,
-    out: Out,
+    out: DisjointOut,
 }
 
 /// Runs a unit on the best instruction set the CPU has (the same arithmetic on each).
@@ -320,27 +319,5 @@ fn block(
             // SAFETY: element (bi, i0 + r, h, e) belongs to this unit's (bi, kv head) alone.
             unsafe { u.out.write(at + e, x) };
         }
-    }
-}
-
-/// The output as a raw pointer: units write disjoint elements of the same buffer.
-#[derive(Clone, Copy)]
-struct Out {
-    ptr: *mut f32,
-    len: usize,
-}
-
-// SAFETY: units write disjoint elements and the buffer outlives the pool's call.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// # Safety
-    /// No other unit may access `idx` concurrently.
-    #[inline(always)]
-    unsafe fn write(self, idx: usize, v: f32) {
-        assert!(idx < self.len, "fused attention output index out of range");
-        // SAFETY: in bounds (checked above); exclusivity is the caller's promise.
-        unsafe { *self.ptr.add(idx) = v };
     }
 }

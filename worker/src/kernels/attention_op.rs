@@ -104,8 +104,7 @@ impl CustomOp3 for FusedAttention {
         let mask = super::contiguous_f32(mask_cpu, mask_layout, self.name(), "mask")?;
         let Dims { b, heads, t, d, .. } = self.dims;
         let mut out = vec![0f32; b * t * heads * d];
-        attention(q, k, v, mask, self.dims, self.scale, &mut out)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        attention(q, k, v, mask, self.dims, self.scale, &mut out).map_err(super::kernel_err)?;
         Ok((CpuStorage::F32(out), Shape::from((b, t, heads * d))))
     }
 }

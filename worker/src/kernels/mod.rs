@@ -5,6 +5,7 @@
 
 pub mod attention;
 pub mod attention_op;
+mod disjoint;
 pub mod packed;
 pub mod packed_op;
 mod packed_simd;
@@ -42,4 +43,10 @@ fn contiguous_f32<'a>(
         candle_core::bail!("{op}: {what} is not contiguous");
     };
     Ok(&v[a..b])
+}
+
+/// A kernel's argument error as candle's, for the glue modules' `cpu_fwd`s (the kernel's own
+/// message, which names the operand and the lengths).
+fn kernel_err(e: impl std::fmt::Display) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
 }

@@ -21,6 +21,8 @@
 
 use rayon::prelude::*;
 
+use super::disjoint::DisjointOut;
+
 /// Output columns per panel (one AVX-512 register, two AVX2 registers of f32).
 pub const PANEL: usize = 16;
 /// Below this many weights (elements) the calling thread does the whole product.
@@ -165,10 +167,7 @@ pub fn matmul_with(
         return Ok(());
     }
     let isa = supported(isa);
-    let out = Out {
-        ptr: y.as_mut_ptr(),
-        len: y.len(),
-    };
+    let out = DisjointOut::new(y);
     let groups = w
         .panels()
         .div_ceil(super::packed_simd::panels_per_group(isa, rows));
@@ -198,7 +197,7 @@ fn supported(isa: Isa) -> Isa {
 }
 
 /// Panel group g (panels_per_group panels), every row, in row blocks the micro-kernels take.
-fn compute_group(x: &[f32], rows: usize, w: &PackedWeight, g: usize, isa: Isa, out: Out) {
+fn compute_group(x: &[f32], rows: usize, w: &PackedWeight, g: usize, isa: Isa, out: DisjointOut) {
     let per_group = super::packed_simd::panels_per_group(isa, rows);
     let p0 = g * per_group;
     let p1 = (p0 + per_group).min(w.panels());
@@ -228,27 +227,5 @@ fn compute_group(x: &[f32], rows: usize, w: &PackedWeight, g: usize, isa: Isa, o
             }
         }
         r += block_rows;
-    }
-}
-
-/// The output as a raw pointer, so groups can write their disjoint columns of the same buffer.
-#[derive(Clone, Copy)]
-struct Out {
-    ptr: *mut f32,
-    len: usize,
-}
-
-// SAFETY: groups write disjoint elements (distinct panels' columns) and the buffer outlives the
-// pool's call, which returns only when every group is done.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// # Safety
-    /// No other group may access `idx` concurrently.
-    unsafe fn write(self, idx: usize, v: f32) {
-        assert!(idx < self.len, "packed matmul output index out of range");
-        // SAFETY: in bounds (checked above); exclusivity is the caller's promise.
-        unsafe { *self.ptr.add(idx) = v };
     }
 }

@@ -55,7 +55,7 @@ fn pack(w: &Tensor) -> candle_core::Result<PackedWeight> {
         candle_core::bail!("packed-matmul: W is not on the CPU");
     };
     let data = super::contiguous_f32(cpu, layout, "packed-matmul", "W")?;
-    PackedWeight::pack(data, n, k).map_err(|e| candle_core::Error::Msg(e.to_string()))
+    PackedWeight::pack(data, n, k).map_err(super::kernel_err)
 }
 
 /// The forward-only op: x [rows, k] → [rows, n].
@@ -76,8 +76,7 @@ impl CustomOp1 for PackedMatmulWt {
         }
         let x = super::contiguous_f32(s, l, self.name(), "x")?;
         let mut y = vec![0f32; rows * self.0.n()];
-        super::packed::matmul(x, rows, &self.0, &mut y)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        super::packed::matmul(x, rows, &self.0, &mut y).map_err(super::kernel_err)?;
         Ok((CpuStorage::F32(y), Shape::from((rows, self.0.n()))))
     }
 }

@@ -23,10 +23,6 @@ fn plain_f32(ts: &[&Tensor]) -> bool {
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op())
 }
 
-fn kernel_err(e: rowwise::RowwiseError) -> candle_core::Error {
-    candle_core::Error::Msg(e.to_string())
-}
-
 /// RMS norm over the last dimension (`model::ops::rms_norm`) by the fused kernel.
 pub fn try_rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Option<Tensor>> {
     let width = x.dims().last().copied().unwrap_or(0);
@@ -115,7 +111,7 @@ impl CustomOp3 for Rope {
             offset: l1.start_offset(),
         };
         let mut y = vec![0f32; b * h * t * d];
-        rowwise::rope(x, layout, cos, sin, &mut y).map_err(kernel_err)?;
+        rowwise::rope(x, layout, cos, sin, &mut y).map_err(super::kernel_err)?;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 }
@@ -163,7 +159,7 @@ where
         let a = contiguous_f32(s1, l1, self.name, self.operands[0])?;
         let b = contiguous_f32(s2, l2, self.name, self.operands[1])?;
         let mut y = vec![0f32; a.len()];
-        (self.kernel)(a, b, l1.shape(), &mut y).map_err(kernel_err)?;
+        (self.kernel)(a, b, l1.shape(), &mut y).map_err(super::kernel_err)?;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 }

@@ -21,6 +21,8 @@
 
 use rayon::prelude::*;
 
+use super::disjoint::DisjointOut;
+
 use super::skinny_simd::block_portable;
 
 /// Weight rows per micro-kernel block.
@@ -124,10 +126,7 @@ pub fn matmul_wt_with(
     }
     let avx2 = isa == Isa::Avx2Fma && avx2_fma_available();
     let blocks = n.div_ceil(COLS_PER_BLOCK);
-    let out = Out {
-        ptr: y.as_mut_ptr(),
-        len: y.len(),
-    };
+    let out = DisjointOut::new(y);
     let cols = Columns { x, rows, w, n, k };
     // Blocks [b0, b1) are columns [4·b0, min(4·b1, n)); chunks never share a column.
     let run = |blocks: std::ops::Range<usize>| {
@@ -151,31 +150,6 @@ pub fn matmul_wt_with(
     Ok(())
 }
 
-/// The output as a raw pointer, so chunks can write their disjoint column ranges of the same
-/// row-major buffer.
-#[derive(Clone, Copy)]
-struct Out {
-    ptr: *mut f32,
-    len: usize,
-}
-
-// SAFETY: chunks write disjoint elements (distinct column ranges) and the buffer outlives the
-// pool's call, which returns only when every chunk is done.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// Writes y[idx].
-    ///
-    /// # Safety
-    /// No other chunk may access `idx` concurrently.
-    unsafe fn write(self, idx: usize, v: f32) {
-        assert!(idx < self.len, "skinny matmul output index out of range");
-        // SAFETY: in bounds (checked above); exclusivity is the caller's promise.
-        unsafe { *self.ptr.add(idx) = v };
-    }
-}
-
 /// The operands of one call.
 struct Columns<'a> {
     x: &'a [f32],
@@ -193,7 +167,7 @@ impl Columns<'_> {
     /// 4·k floats apart) decoded 25–35 % slower at batch 1 on the development VM, where nothing
     /// is reused across them anyway (BENCHMARKS.md#decoding-kernels). The per-element sum is
     /// the same either way, so results do not change.
-    fn compute(&self, j0: usize, j1: usize, avx2: bool, out: Out) {
+    fn compute(&self, j0: usize, j1: usize, avx2: bool, out: DisjointOut) {
         let mut j = j0;
         while self.rows > 1 && j + COLS_PER_BLOCK <= j1 {
             self.block_cols::<COLS_PER_BLOCK>(j, avx2, out);
@@ -206,7 +180,7 @@ impl Columns<'_> {
     }
 
     /// Columns j..j+C, every row, in input-row blocks of `ROWS_PER_BLOCK` then single rows.
-    fn block_cols<const C: usize>(&self, j: usize, avx2: bool, out: Out) {
+    fn block_cols<const C: usize>(&self, j: usize, avx2: bool, out: DisjointOut) {
         let w = &self.w[j * self.k..(j + C) * self.k];
         let mut r = 0;
         while r + ROWS_PER_BLOCK <= self.rows {
@@ -225,7 +199,7 @@ impl Columns<'_> {
         r: usize,
         j: usize,
         avx2: bool,
-        out: Out,
+        out: DisjointOut,
     ) {
         let k = self.k;
         let x = &self.x[r * k..(r + R) * k];

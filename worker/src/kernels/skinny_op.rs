@@ -79,8 +79,7 @@ impl CustomOp2 for SkinnyMatmulWt {
         let x = super::contiguous_f32(s1, l1, self.name(), "x")?;
         let w = super::contiguous_f32(s2, l2, self.name(), "W")?;
         let mut y = vec![0f32; rows * n];
-        skinny::matmul_wt(x, rows, w, n, k, &mut y)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        skinny::matmul_wt(x, rows, w, n, k, &mut y).map_err(super::kernel_err)?;
         Ok((CpuStorage::F32(y), Shape::from((rows, n))))
     }
 }

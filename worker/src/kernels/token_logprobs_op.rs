@@ -77,8 +77,7 @@ impl CustomOp1 for TokenLogprobs {
         let (b, len, vocab) = l.shape().dims3()?;
         let logits = super::contiguous_f32(s, l, self.name(), "logits")?;
         let mut out = vec![0f32; b * len];
-        forward(self.0.rows(logits, vocab), &mut out)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        forward(self.0.rows(logits, vocab), &mut out).map_err(super::kernel_err)?;
         Ok((CpuStorage::F32(out), Shape::from((b, len))))
     }
 
@@ -115,8 +114,7 @@ impl CustomOp2 for TokenLogprobsGrad {
         let logits = super::contiguous_f32(s1, l1, self.name(), "logits")?;
         let grad = super::contiguous_f32(s2, l2, self.name(), "grad")?;
         let mut grad_x = vec![0f32; b * len * vocab];
-        backward(self.0.rows(logits, vocab), grad, &mut grad_x)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        backward(self.0.rows(logits, vocab), grad, &mut grad_x).map_err(super::kernel_err)?;
         Ok((CpuStorage::F32(grad_x), Shape::from((b, len, vocab))))
     }
 }

@@ -202,10 +202,8 @@ mod tests {
         }
     }
 
-    /// The rules reach both seams: every sample ends with a drawn EOS within the limit,
-    /// forbidden ids never appear, and the forced EOS scores 0 under policy and reference.
-    #[test]
-    fn rules_force_eos_in_the_draw_and_in_the_scores() {
+    /// A one-layer Goodhart-Digits model's config.
+    fn goodhart_tiny() -> crate::model::ModelConfig {
         let shape = TinyShape {
             hidden_size: 16,
             num_layers: 1,
@@ -214,7 +212,14 @@ mod tests {
             intermediate_size: 32,
             initializer_range: 0.0,
         };
-        let (config, _) = Task::GoodhartDigits.tiny_model(shape).unwrap().unwrap();
+        Task::GoodhartDigits.tiny_model(shape).unwrap().unwrap().0
+    }
+
+    /// The rules reach both seams: every sample ends with a drawn EOS within the limit,
+    /// forbidden ids never appear, and the forced EOS scores 0 under policy and reference.
+    #[test]
+    fn rules_force_eos_in_the_draw_and_in_the_scores() {
+        let config = goodhart_tiny();
         let policy = init_random(&config, 1, true, &Device::Cpu).unwrap();
         let reference = init_random(&config, 2, false, &Device::Cpu).unwrap();
         let rules = rules(Some(Task::GoodhartDigits), &sampling(4), &[], None).unwrap();
@@ -249,15 +254,7 @@ mod tests {
     /// token the forced EOS; a smaller one only raises the minimum (task rules included).
     #[test]
     fn min_new_tokens_forces_the_length() {
-        let shape = TinyShape {
-            hidden_size: 16,
-            num_layers: 1,
-            num_heads: 2,
-            num_kv_heads: 1,
-            intermediate_size: 32,
-            initializer_range: 0.0,
-        };
-        let (config, _) = Task::GoodhartDigits.tiny_model(shape).unwrap().unwrap();
+        let config = goodhart_tiny();
         let policy = init_random(&config, 1, false, &Device::Cpu).unwrap();
         let forced = SamplingSpec {
             min_new_tokens: 6,

@@ -1,0 +1,39 @@
+//! The output buffer of a kernel call whose parallel pieces write disjoint elements of it (the
+//! skinny and packed matmuls' column ranges, the fused attention's (sequence, head) units): a
+//! raw pointer, since the pieces cannot each hold a `&mut` to the same slice.
+
+/// A call's output, shared by its pieces; each element is written by one piece only.
+#[derive(Clone, Copy)]
+pub(super) struct DisjointOut {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: pieces write disjoint elements, and the buffer outlives the pool's call, which
+// returns only when every piece is done.
+unsafe impl Send for DisjointOut {}
+unsafe impl Sync for DisjointOut {}
+
+impl DisjointOut {
+    pub(super) fn new(y: &mut [f32]) -> Self {
+        DisjointOut {
+            ptr: y.as_mut_ptr(),
+            len: y.len(),
+        }
+    }
+
+    /// Writes y[idx] (checked against the length).
+    ///
+    /// # Safety
+    /// No other piece may access `idx` concurrently.
+    #[inline(always)]
+    pub(super) unsafe fn write(self, idx: usize, v: f32) {
+        assert!(
+            idx < self.len,
+            "kernel output index {idx} out of range {}",
+            self.len
+        );
+        // SAFETY: in bounds (checked above); exclusivity is the caller's promise.
+        unsafe { *self.ptr.add(idx) = v };
+    }
+}
