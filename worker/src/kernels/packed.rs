@@ -92,12 +92,49 @@ impl PackedWeight {
                 k,
             });
         }
+        if k == 0 {
+            return Ok(PackedWeight {
+                n,
+                k,
+                data: Vec::new(),
+            });
+        }
+        Self::pack_stacked(&[w], k)
+    }
+
+    /// Packs the row-major matrices `parts` (each [n_i, k]) stacked along their rows, as one
+    /// W [Σ n_i, k] — e.g. a layer's q, k and v projections, so that one call computes all
+    /// three. Columns are independent chains, so each part's outputs are the bits a call on
+    /// that part alone gives.
+    pub fn pack_stacked(parts: &[&[f32]], k: usize) -> Result<Self, PackedError> {
+        let mut n = 0;
+        for part in parts {
+            let rows = part.len().checked_div(k).unwrap_or(0);
+            if rows * k != part.len() {
+                return Err(PackedError::Length {
+                    what: "W",
+                    found: part.len(),
+                    expected: (rows + 1) * k,
+                    rows: 0,
+                    n: rows,
+                    k,
+                });
+            }
+            n += rows;
+        }
+        // Every row of the stack, in order.
+        let rows: Vec<&[f32]> = parts
+            .iter()
+            .flat_map(|part| part.chunks_exact(k.max(1)))
+            .collect();
         let panels = n.div_ceil(PANEL);
         let mut data = vec![0f32; panels * PANEL * k];
         if k > 0 {
             data.par_chunks_mut(PANEL * k)
                 .enumerate()
-                .for_each(|(p, panel)| pack_panel(w, n, k, p, panel));
+                .for_each(|(p, panel)| {
+                    pack_panel(&rows[p * PANEL..(p * PANEL + PANEL).min(n)], panel)
+                });
         }
         Ok(PackedWeight { n, k, data })
     }
@@ -117,15 +154,11 @@ impl PackedWeight {
     }
 }
 
-/// Fills one panel, writing it sequentially (16 read streams, one per row of W): faster than
-/// reading rows sequentially and writing columns with a 64-byte stride.
-fn pack_panel(w: &[f32], n: usize, k: usize, p: usize, panel: &mut [f32]) {
-    let cols = PANEL.min(n - p * PANEL);
-    let rows: Vec<&[f32]> = (0..cols)
-        .map(|c| &w[(p * PANEL + c) * k..(p * PANEL + c + 1) * k])
-        .collect();
+/// Fills one panel from its (at most 16) rows of W, writing it sequentially (16 read streams):
+/// faster than reading rows sequentially and writing columns with a 64-byte stride.
+fn pack_panel(rows: &[&[f32]], panel: &mut [f32]) {
     for (i, out) in panel.chunks_exact_mut(PANEL).enumerate() {
-        for (o, row) in out.iter_mut().zip(&rows) {
+        for (o, row) in out.iter_mut().zip(rows) {
             *o = row[i];
         }
     }

@@ -24,38 +24,58 @@ pub fn try_matmul_wt(
     w: &Tensor,
     slot: &PackedSlot,
 ) -> candle_core::Result<Option<Tensor>> {
-    if !skinny_op::admits(x, w) {
+    try_matmul_wt_stacked(x, &[w], slot)
+}
+
+/// `x · [W₁; W₂; …]ᵀ` — the weights stacked along their rows, packed together into `slot` — as
+/// [rows, Σ n_i]: one call (one wake-up of the pool) for several projections of the same input,
+/// each part's columns the bits [`try_matmul_wt`] on that part gives. `None` when the gate does
+/// not admit x with every part.
+pub fn try_matmul_wt_stacked(
+    x: &Tensor,
+    ws: &[&Tensor],
+    slot: &PackedSlot,
+) -> candle_core::Result<Option<Tensor>> {
+    if ws.is_empty() || !ws.iter().all(|w| skinny_op::admits(x, w)) {
         return Ok(None);
     }
     let packed = match slot.0.get() {
         Some(p) => p.clone(),
         None => {
-            let p = Arc::new(pack(w)?);
+            let p = Arc::new(pack(ws)?);
             // A concurrent first use may have set it meanwhile: either copy is the same.
             let _ = slot.0.set(p.clone());
             p
         }
     };
-    if packed.n() != w.dim(0)? || packed.k() != w.dim(1)? {
+    let n: usize = ws
+        .iter()
+        .map(|w| w.dim(0))
+        .sum::<candle_core::Result<usize>>()?;
+    if packed.n() != n || packed.k() != ws[0].dim(1)? {
         candle_core::bail!(
-            "packed-matmul: the slot holds a {}×{} weight, not {:?}",
+            "packed-matmul: the slot holds a {}×{} weight, not {}×{}",
             packed.n(),
             packed.k(),
-            w.dims()
+            n,
+            ws[0].dim(1)?
         );
     }
     Ok(Some(x.apply_op1_no_bwd(&PackedMatmulWt(packed))?))
 }
 
-/// Packs a contiguous f32 CPU matrix.
-fn pack(w: &Tensor) -> candle_core::Result<PackedWeight> {
-    let (n, k) = w.dims2()?;
-    let (storage, layout) = w.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("packed-matmul: W is not on the CPU");
-    };
-    let data = super::contiguous_f32(cpu, layout, "packed-matmul", "W")?;
-    PackedWeight::pack(data, n, k).map_err(super::kernel_err)
+/// Packs contiguous f32 CPU matrices of one width, stacked along their rows.
+fn pack(ws: &[&Tensor]) -> candle_core::Result<PackedWeight> {
+    let k = ws[0].dim(1)?;
+    let guards: Vec<_> = ws.iter().map(|w| w.storage_and_layout()).collect();
+    let mut parts = Vec::with_capacity(ws.len());
+    for (storage, layout) in &guards {
+        let Storage::Cpu(cpu) = &**storage else {
+            candle_core::bail!("packed-matmul: W is not on the CPU");
+        };
+        parts.push(super::contiguous_f32(cpu, layout, "packed-matmul", "W")?);
+    }
+    PackedWeight::pack_stacked(&parts, k).map_err(super::kernel_err)
 }
 
 /// The forward-only op: x [rows, k] → [rows, n].

@@ -161,3 +161,42 @@ fn the_slot_packs_once_and_the_gate_refuses_tracked_or_small_operands() -> candl
     assert!(try_matmul_wt(&x, &small, &PackedSlot::default())?.is_none());
     Ok(())
 }
+
+#[test]
+fn stacked_weights_give_each_part_the_bits_it_gets_alone() {
+    // q, k, v-like parts of 40, 24 and 24 rows (panels straddle the parts).
+    let k = 33;
+    let parts: Vec<Vec<f32>> = [40, 24, 24]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| uniform(n * k, 30 + i as u64, -1.0, 1.0))
+        .collect();
+    let refs: Vec<&[f32]> = parts.iter().map(Vec::as_slice).collect();
+    let stacked = PackedWeight::pack_stacked(&refs, k).unwrap();
+    assert_eq!((stacked.n(), stacked.k()), (88, k));
+    for rows in [1, 5, 9] {
+        let x = uniform(rows * k, 40 + rows as u64, -1.0, 1.0);
+        let all = product(&x, rows, &stacked, true, detect());
+        let mut start = 0;
+        for part in &parts {
+            let n = part.len() / k;
+            let alone = product(
+                &x,
+                rows,
+                &PackedWeight::pack(part, n, k).unwrap(),
+                true,
+                detect(),
+            );
+            for r in 0..rows {
+                assert_eq!(
+                    all[r * 88 + start..r * 88 + start + n],
+                    alone[r * n..(r + 1) * n],
+                    "rows {rows}, row {r}, part at {start}"
+                );
+            }
+            start += n;
+        }
+    }
+    let e = PackedWeight::pack_stacked(&[&[0.0; 7]], 3).unwrap_err();
+    assert!(e.to_string().contains("W has 7 elements"), "{e}");
+}

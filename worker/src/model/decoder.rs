@@ -34,6 +34,37 @@ impl Linear {
     }
 }
 
+/// The outputs of several bias-free projections of the same input `x` [b, t, in] from one
+/// packed matmul over their stacked weights (`slot`), each contiguous [b, t, out_i] and the
+/// same bits as its own projection; `None` when there is no slot, a projection has a bias or
+/// the gate does not admit the operands (then run them one by one).
+fn stacked<const N: usize>(
+    x: &Tensor,
+    linears: [&Linear; N],
+    slot: &Option<Arc<PackedSlot>>,
+) -> candle_core::Result<Option<[Tensor; N]>> {
+    let Some(slot) = slot else {
+        return Ok(None);
+    };
+    if linears.iter().any(|l| l.bias.is_some()) || !crate::kernels::skinny_op::enabled() {
+        return Ok(None);
+    }
+    let (b, t, width) = x.dims3()?;
+    let x2 = x.reshape((b * t, width))?;
+    let weights = linears.map(|l| &l.weight);
+    let Some(y) = crate::kernels::packed_op::try_matmul_wt_stacked(&x2, &weights, slot)? else {
+        return Ok(None);
+    };
+    let mut start = 0;
+    let mut parts = Vec::with_capacity(N);
+    for w in weights {
+        let n = w.dim(0)?;
+        parts.push(y.narrow(1, start, n)?.contiguous()?.reshape((b, t, n))?);
+        start += n;
+    }
+    Ok(parts.try_into().ok())
+}
+
 struct Layer {
     input_norm: Tensor,
     post_attention_norm: Tensor,
@@ -44,6 +75,10 @@ struct Layer {
     gate: Linear,
     up: Linear,
     down: Linear,
+    /// Where q, k and v's weights packed as one stack are kept, and gate and up's (decoding:
+    /// one call each instead of three and two; see [`Model::for_decoding`]).
+    qkv_packed: Option<Arc<PackedSlot>>,
+    gate_up_packed: Option<Arc<PackedSlot>>,
 }
 
 /// A Llama-family model with its weights.
@@ -140,6 +175,8 @@ impl Model {
                     gate: lin(&format!("{p}.mlp.gate_proj"), config.mlp_bias),
                     up: lin(&format!("{p}.mlp.up_proj"), config.mlp_bias),
                     down: lin(&format!("{p}.mlp.down_proj"), config.mlp_bias),
+                    qkv_packed: None,
+                    gate_up_packed: None,
                 }
             })
             .collect();
@@ -281,6 +318,10 @@ impl Model {
         for linear in self.linears_mut() {
             linear.packed = Some(Arc::default());
         }
+        for layer in &mut self.layers {
+            layer.qkv_packed = Some(Arc::default());
+            layer.gate_up_packed = Some(Arc::default());
+        }
         self.head_packed = Some(Arc::default());
     }
 
@@ -294,6 +335,10 @@ impl Model {
             .collect();
         for (linear, slot) in self.linears_mut().zip(theirs) {
             linear.packed = slot;
+        }
+        for (mine, theirs) in self.layers.iter_mut().zip(&other.layers) {
+            mine.qkv_packed = theirs.qkv_packed.clone();
+            mine.gate_up_packed = theirs.gate_up_packed.clone();
         }
         self.head_packed = other.head_packed.clone();
     }
@@ -391,9 +436,11 @@ impl Model {
             let att = self.attention(layer, &h, &cos, &sin, &mask, cache, l)?;
             x = (x + att)?;
             let h = self.rms_norm(&x, &layer.post_attention_norm)?;
-            let mlp = layer
-                .down
-                .forward(&self.swiglu(&layer.gate.forward(&h)?, &layer.up.forward(&h)?)?)?;
+            let [gate, up] = match stacked(&h, [&layer.gate, &layer.up], &layer.gate_up_packed)? {
+                Some(gate_up) => gate_up,
+                None => [layer.gate.forward(&h)?, layer.up.forward(&h)?],
+            };
+            let mlp = layer.down.forward(&self.swiglu(&gate, &up)?)?;
             x = (x + mlp)?;
         }
         self.rms_norm(&x, &self.norm)
@@ -460,9 +507,17 @@ impl Model {
             c.group_size(),
         );
         let heads = |x: Tensor, n: usize| x.reshape((b, t, n, d))?.transpose(1, 2);
-        let q = self.rope(&heads(layer.q.forward(h)?, nh)?, cos, sin)?;
-        let k = self.rope(&heads(layer.k.forward(h)?, kvh)?, cos, sin)?;
-        let v = heads(layer.v.forward(h)?, kvh)?.contiguous()?;
+        let [q, k, v] = match stacked(h, [&layer.q, &layer.k, &layer.v], &layer.qkv_packed)? {
+            Some(qkv) => qkv,
+            None => [
+                layer.q.forward(h)?,
+                layer.k.forward(h)?,
+                layer.v.forward(h)?,
+            ],
+        };
+        let q = self.rope(&heads(q, nh)?, cos, sin)?;
+        let k = self.rope(&heads(k, kvh)?, cos, sin)?;
+        let v = heads(v, kvh)?.contiguous()?;
         let (k, v) = cache.append(l, k.contiguous()?, v)?; // [b, kvh, s, d]
         if self.inference_kernels {
             let q = q.contiguous()?;
