@@ -177,21 +177,15 @@ struct Unit<'a> {
 
 /// Runs a unit on the best instruction set the CPU has (the same arithmetic on each).
 fn run_unit(u: &Unit) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { unit_avx512(u) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: as above.
-            return unsafe { unit_avx2(u) };
-        }
+    match super::isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has the features the function is compiled for.
+        super::isa::Isa::Avx512 => unsafe { unit_avx512(u) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        super::isa::Isa::Avx2Fma => unsafe { unit_avx2(u) },
+        _ => unit_body(u),
     }
-    unit_body(u)
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -22,6 +22,8 @@
 use rayon::prelude::*;
 
 use super::disjoint::DisjointOut;
+use super::isa::supported;
+pub use super::isa::{detect, Isa};
 
 /// Output columns per panel (one AVX-512 register, two AVX2 registers of f32).
 pub const PANEL: usize = 16;
@@ -42,32 +44,6 @@ pub enum PackedError {
         n: usize,
         k: usize,
     },
-}
-
-/// Which micro-kernel a machine runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
-    /// x86-64 with AVX-512F (detected at run time).
-    Avx512,
-    /// x86-64 with AVX2 and FMA.
-    Avx2Fma,
-    /// `f32::mul_add` in plain Rust.
-    Portable,
-}
-
-/// The best kernel the running CPU supports.
-pub fn detect() -> Isa {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return Isa::Avx512;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return Isa::Avx2Fma;
-        }
-    }
-    Isa::Portable
 }
 
 /// W [n, k] repacked into ⌈n / 16⌉ panels; panel p holds columns 16p..16p+16 of Wᵀ, k-major:
@@ -216,17 +192,6 @@ pub fn matmul_with(
         (0..groups).for_each(run);
     }
     Ok(())
-}
-
-/// `isa`, or the best one below it the CPU has.
-fn supported(isa: Isa) -> Isa {
-    let best = detect();
-    match (isa, best) {
-        (Isa::Avx512, b) => b,
-        (Isa::Avx2Fma, Isa::Portable) => Isa::Portable,
-        (Isa::Avx2Fma, _) => Isa::Avx2Fma,
-        (Isa::Portable, _) => Isa::Portable,
-    }
 }
 
 /// Panel group g (panels_per_group panels), every row, in row blocks the micro-kernels take.

@@ -17,6 +17,14 @@ use super::skinny_op;
 #[derive(Debug, Default)]
 pub struct PackedSlot(OnceLock<Arc<PackedWeight>>);
 
+#[cfg(test)]
+impl PackedSlot {
+    /// The packed copy, if one was made.
+    pub(super) fn get(&self) -> Option<Arc<PackedWeight>> {
+        self.0.get().cloned()
+    }
+}
+
 /// `x · Wᵀ` for x [rows, k] and W [n, k] on W's packed copy in `slot` (packed now if the slot is
 /// empty), or `None` when the gate does not admit these operands (then use another path).
 pub fn try_matmul_wt(

@@ -140,8 +140,13 @@ fn the_slot_packs_once_and_the_gate_refuses_tracked_or_small_operands() -> candl
     let want = x.matmul(&w.t()?)?;
     let diff = (y.clone() - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
     assert!(diff < 1e-4, "max difference {diff}");
-    // The second call reuses the packed copy: the same bits.
+    // The second call reuses the packed copy (the same allocation, not a repack): the same bits.
+    let first = slot.get().expect("the first call filled the slot");
     let again = try_matmul_wt(&x, &w, &slot)?.unwrap();
+    assert!(
+        std::sync::Arc::ptr_eq(&first, &slot.get().unwrap()),
+        "the weight was packed again"
+    );
     assert_eq!(
         crate::test_support::bits(&again),
         crate::test_support::bits(&y)

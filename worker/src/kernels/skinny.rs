@@ -22,6 +22,8 @@
 use rayon::prelude::*;
 
 use super::disjoint::DisjointOut;
+use super::isa::supported;
+pub use super::isa::{detect, Isa};
 
 use super::skinny_simd::block_portable;
 
@@ -50,35 +52,6 @@ pub enum SkinnyError {
     },
 }
 
-/// Which micro-kernel a machine runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
-    /// x86-64 with AVX2 and FMA (detected at run time).
-    Avx2Fma,
-    /// Plain Rust, vectorised by the compiler for the build's baseline target.
-    Portable,
-}
-
-/// The best kernel the running CPU supports.
-pub fn detect() -> Isa {
-    if avx2_fma_available() {
-        Isa::Avx2Fma
-    } else {
-        Isa::Portable
-    }
-}
-
-fn avx2_fma_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
 /// `y[r][j] = Σ_i x[r][i] · w[j][i]` on the machine's best kernel and candle's threads.
 pub fn matmul_wt(
     x: &[f32],
@@ -92,7 +65,8 @@ pub fn matmul_wt(
 }
 
 /// [`matmul_wt`] on the calling thread alone (`parallel` false) or on the pool, with the given
-/// kernel (`Isa::Avx2Fma` falls back to `Portable` on a CPU without it). For tests.
+/// kernel level (`Avx512` and `Avx2Fma` both run the AVX2 + FMA kernel; a level the CPU lacks
+/// falls back to the next it has). For tests.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_wt_with(
     x: &[f32],
@@ -124,7 +98,8 @@ pub fn matmul_wt_with(
     if rows == 0 || n == 0 {
         return Ok(());
     }
-    let avx2 = isa == Isa::Avx2Fma && avx2_fma_available();
+    // The dot-product kernel's widest path is AVX2 + FMA (AVX-512 machines take it too).
+    let avx2 = matches!(supported(isa), Isa::Avx512 | Isa::Avx2Fma);
     let blocks = n.div_ceil(COLS_PER_BLOCK);
     let out = DisjointOut::new(y);
     let cols = Columns { x, rows, w, n, k };

@@ -3,7 +3,10 @@
 //!
 //! The gate admits only the decoding case: f32 on the CPU, both operands contiguous, x of
 //! 1..=[`MAX_ROWS`] rows, W of at least [`MIN_WEIGHT_ELEMENTS`], and neither operand tracked
-//! by autograd (the op has no backward, so the training path keeps candle's ops).
+//! by autograd (the op has no backward, so the training path keeps candle's ops). The panel
+//! kernel on packed weights (`packed_op`) shares the gate and the switch [`enabled`];
+//! generation takes that one, this one serves the few-row forwards of models without packed
+//! copies (e.g. scoring short batches on a trainable model's detached view).
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
@@ -17,10 +20,12 @@ pub const MAX_ROWS: usize = 16;
 /// (docs/development.md#fixtures).
 pub const MIN_WEIGHT_ELEMENTS: usize = 1 << 15;
 
-/// The environment variable that opts the decoding path out of the kernel (`0`).
+/// The environment variable that opts the decoding path out of the skinny and packed kernels
+/// (`0`).
 pub const ENABLE_VAR: &str = "MIRRORPLAY_SKINNY_MATMUL";
 
-/// Whether `model::ops::linear` uses the kernel: yes unless [`ENABLE_VAR`] is `0` (read once).
+/// Whether `model::ops::linear` (and the decoder's stacked projections) use the skinny or
+/// packed kernel: yes unless [`ENABLE_VAR`] is `0` (read once).
 /// On by default since it decoded at least as fast as candle's matmul at batch 1 and faster at
 /// batch 8 in interleaved runs on the 2-vCPU development VM (BENCHMARKS.md#decoding-kernels);
 /// `0` keeps candle's matmul (for comparisons).

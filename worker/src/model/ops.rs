@@ -56,25 +56,26 @@ pub fn linear_with(
     let (in_dim, out_dim) = (dims[dims.len() - 1], weight.dim(0)?);
     let rows: usize = dims[..dims.len() - 1].iter().product();
     let x2 = x.reshape((rows, in_dim))?;
-    // For a few rows (decoding) (W·xᵀ)ᵀ is faster on CPU than x·Wᵀ: the gemm then streams W
-    // instead of repacking it (SmolLM2-135M shape, batch 8: ~1.4× tokens/s,
-    // BENCHMARKS.md#sampling-throughput-model-core).
-    // Decoding without autograd (sampling), unless opted out: the skinny kernel, which streams W
-    // once on all cores (docs/architecture.md#decoding-kernels). It has no backward, so its gate
-    // refuses any operand autograd tracks and training keeps the composed ops below.
-    // With a packed copy (generation), the panel kernel, which streams W once for all rows
-    // (docs/architecture.md#decoding-kernels).
-    let skinny = if !crate::kernels::skinny_op::enabled() {
-        None
-    } else if let Some(y) = match packed {
-        Some(slot) => crate::kernels::packed_op::try_matmul_wt(&x2, weight, slot)?,
-        None => None,
-    } {
-        Some(y)
+    // A few rows without autograd, unless opted out: with a packed copy (generation,
+    // `Model::for_decoding`) the panel kernel, else the skinny kernel; both stream W once on all
+    // cores and have no backward, so their gate refuses any operand autograd tracks and training
+    // keeps the matmuls below (docs/architecture.md#decoding-kernels).
+    let kernel = if crate::kernels::skinny_op::enabled() {
+        let on_packed = match packed {
+            Some(slot) => crate::kernels::packed_op::try_matmul_wt(&x2, weight, slot)?,
+            None => None,
+        };
+        match on_packed {
+            Some(y) => Some(y),
+            None => crate::kernels::skinny_op::try_matmul_wt(&x2, weight)?,
+        }
     } else {
-        crate::kernels::skinny_op::try_matmul_wt(&x2, weight)?
+        None
     };
-    let y = if let Some(y) = skinny {
+    // For a few rows (W·xᵀ)ᵀ is faster on CPU than x·Wᵀ: the gemm then streams W instead of
+    // repacking it (SmolLM2-135M shape, batch 8: ~1.4× tokens/s,
+    // BENCHMARKS.md#sampling-throughput-model-core).
+    let y = if let Some(y) = kernel {
         y
     } else if rows <= 16 {
         weight.matmul(&x2.t()?)?.t()?

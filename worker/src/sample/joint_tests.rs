@@ -13,7 +13,7 @@
 //! whose longest prompt is the call's; the other test compares tokens exactly and log-probs to
 //! rounding on a tiny model with mismatched padding and more rows.
 
-use super::tests::random_model;
+use super::tests::{config_with as config, random_model};
 use super::*;
 use crate::kernels::skinny_op;
 use crate::model::{Model, ModelConfig};
@@ -39,22 +39,6 @@ fn skinny_model(seed: u64) -> Model {
 /// A tiny model (candle's gemm), peaked distributions.
 fn tiny_model(seed: u64) -> Model {
     random_model(ModelConfig::tiny_with(12, 16, 2, 4, 2, 32), 0.5, seed)
-}
-
-/// Stops at any id in `eos`, at most `max_new_tokens`, no forced EOS.
-fn config(eos: Vec<u32>, max_new_tokens: usize) -> GenerateConfig {
-    GenerateConfig {
-        params: SamplingParams::default(),
-        rules: TokenRules {
-            eos_token_ids: eos,
-            forbidden_token_ids: vec![],
-            min_new_tokens: 0,
-            max_new_tokens,
-            eos_at_limit: false,
-        },
-        seed: 42,
-        step: 3,
-    }
 }
 
 /// Row r's key: its own prompt index, sample 0 for a plain row and 1 for a mixture row (as

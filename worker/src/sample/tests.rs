@@ -49,10 +49,15 @@ fn keys(n: usize) -> Vec<RowKey> {
 }
 
 fn config(max_new_tokens: usize) -> GenerateConfig {
+    config_with(vec![2], max_new_tokens)
+}
+
+/// Stops at any id in `eos`, at most `max_new_tokens`, no forced EOS; T = 1, seed 42, step 3.
+pub(super) fn config_with(eos: Vec<u32>, max_new_tokens: usize) -> GenerateConfig {
     GenerateConfig {
         params: SamplingParams::default(),
         rules: TokenRules {
-            eos_token_ids: vec![2],
+            eos_token_ids: eos,
             forbidden_token_ids: vec![],
             min_new_tokens: 0,
             max_new_tokens,
