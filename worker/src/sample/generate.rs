@@ -17,14 +17,13 @@
 //! cumulative-probability boundary.
 //! Runs without gradients (frozen or detached use of the model); must not compute losses.
 
-use std::sync::OnceLock;
+use rayon::prelude::*;
 
 use candle_core::{DType, Tensor};
 
-use super::filter::{
-    apply_mask, draw, log_softmax_row, mix_logprobs, token_distribution, SamplingParams,
-};
-use super::rules::{constrained_logprobs, TokenRules};
+use super::draw::{draw_row, Drawn};
+use super::filter::SamplingParams;
+use super::rules::TokenRules;
 use crate::model::{KvCache, Model, ModelError, Result};
 use crate::rng::{Purpose, Stream, StreamKey};
 
@@ -212,15 +211,6 @@ pub(crate) fn left_pad(rows: &[Vec<u32>]) -> (Vec<Vec<u32>>, Vec<Vec<bool>>) {
     (ids, valid)
 }
 
-/// One row's draw at one step.
-struct Drawn {
-    token: u32,
-    /// log π_A(token) under the policy, constrained by the rules.
-    logprob: f32,
-    /// The same under the reference (a mixture row).
-    ref_logprob: Option<f32>,
-}
-
 /// Next-token logits of the last position of each row, as host rows [b][vocab].
 fn last_logits(
     model: &Model,
@@ -317,57 +307,13 @@ fn reference_logits(batch: Option<&ReferenceBatch>, j: usize) -> Result<&[f32]> 
         .ok_or_else(|| ModelError::Input(format!("internal: no reference row {j}")))
 }
 
-/// Draws a row's next token from its policy logits, or for a mixture row from the mixture
-/// with its reference logits and β (docs/algorithms.md §1, as `filter::mixed_logits`, reusing
-/// the log-softmaxes the recorded log-probs need), under the mask `forbidden`, with the row's
-/// uniform `u`.
-fn draw_row(
-    logits: &[f32],
-    reference: Option<(&[f32], f64)>,
-    forbidden: &[bool],
-    params: &SamplingParams,
-    u: f64,
-) -> Result<Drawn> {
-    let lp = log_softmax_row(logits);
-    let lr = reference.map(|(r, _)| log_softmax_row(r));
-    let mut mixed: Vec<f64> = match (reference, &lr) {
-        (Some((r, beta)), _) if beta >= 1.0 => r.iter().map(|&x| x as f64).collect(),
-        (Some((_, beta)), Some(lr)) if beta > 0.0 => mix_logprobs(&lp, lr, beta),
-        _ => logits.iter().map(|&x| x as f64).collect(),
-    };
-    apply_mask(&mut mixed, forbidden);
-    if mixed.iter().all(|x| *x == f64::NEG_INFINITY) {
-        return Err(ModelError::Input("every token is masked".into()));
-    }
-    let token = draw(&token_distribution(&mixed, params), u) as u32;
-    let constrained = |l: &[f64]| constrained_logprobs(l, forbidden)[token as usize] as f32;
-    Ok(Drawn {
-        token,
-        logprob: constrained(&lp),
-        ref_logprob: lr.as_deref().map(constrained),
-    })
-}
-
-/// `draw(i)` for the batch rows 0..n. The host work of a row (log-softmaxes over the
-/// vocabulary, the mix, the draw) does not depend on the other rows: rows run on candle's
-/// thread pool, same arithmetic.
+/// `draw(i)` for the batch rows 0..n. The host work of a row (`draw::draw_row`) does not
+/// depend on the other rows: rows run on rayon's pool, same arithmetic.
 fn draw_all(n: usize, draw: impl Fn(usize) -> Result<Drawn> + Sync) -> Result<Vec<Drawn>> {
     if n <= 1 {
         return (0..n).map(draw).collect();
     }
-    let slots: Vec<OnceLock<Result<Drawn>>> = (0..n).map(|_| OnceLock::new()).collect();
-    candle_core::utils::barrier_pool().execute_chunked(n, |rows| {
-        for i in rows {
-            let _ = slots[i].set(draw(i));
-        }
-    });
-    slots
-        .into_iter()
-        .map(|slot| {
-            slot.into_inner()
-                .unwrap_or_else(|| Err(ModelError::Input("internal: a row was not drawn".into())))
-        })
-        .collect()
+    (0..n).into_par_iter().map(|i| draw(i)).collect()
 }
 
 /// Appends batch row i's draw to its original row `active[i]`; returns the batch rows that
@@ -401,6 +347,21 @@ fn record(
 /// mixture row (the reference runs on it and its log-probs are recorded) or None for a plain
 /// row; without it every row is plain. Callers check the coefficients and vocabularies.
 fn run(
+    policy: &Model,
+    reference: Option<(&Model, &[Option<f64>])>,
+    prompts: &[Vec<u32>],
+    keys: &[RowKey],
+    config: &GenerateConfig,
+) -> Result<Generation> {
+    // On one of rayon's threads, so the kernels' parallel calls (≈ 120 per token) are forked
+    // from a pool thread, which takes a share of the work itself, rather than from outside,
+    // where each call parks the caller until the pool wakes it (BENCHMARKS.md, "Decoding
+    // kernels": batch 8 195–212 → 233–244 tokens/s).
+    rayon::scope(|_| decode(policy, reference, prompts, keys, config))
+}
+
+/// [`run`]'s body, on a rayon thread.
+fn decode(
     policy: &Model,
     reference: Option<(&Model, &[Option<f64>])>,
     prompts: &[Vec<u32>],
@@ -470,14 +431,22 @@ fn run(
             break;
         }
         cache.retain_rows(&still)?;
-        logits = next_logits(policy, &next, &mut cache)?;
-        if let Some(r) = ref_batch.as_mut() {
-            let (rows, tokens): (Vec<usize>, Vec<u32>) = still
-                .iter()
-                .zip(&next)
-                .filter_map(|(&i, &tok)| ref_rows[i].map(|(j, _)| (j, tok)))
-                .unzip();
-            r.advance(&rows, &tokens)?;
+        let mut policy_step = || next_logits(policy, &next, &mut cache);
+        match ref_batch.as_mut() {
+            None => logits = policy_step()?,
+            Some(r) => {
+                let (rows, tokens): (Vec<usize>, Vec<u32>) = still
+                    .iter()
+                    .zip(&next)
+                    .filter_map(|(&i, &tok)| ref_rows[i].map(|(j, _)| (j, tok)))
+                    .unzip();
+                // The two models' forwards share nothing but the new tokens: run them side by
+                // side, so one fills the pool's gaps in the other's (each model's arithmetic
+                // is its own, whichever thread runs it).
+                let (p, r) = rayon::join(policy_step, || r.advance(&rows, &tokens));
+                logits = p?;
+                r?;
+            }
         }
         active = still.iter().map(|&i| active[i]).collect();
     }

@@ -10,6 +10,7 @@
 //! sample index), never from rank, world size or batch composition. This module must not
 //! compute losses, preferences or metrics.
 
+mod draw;
 pub mod filter;
 pub mod generate;
 pub mod rules;
@@ -20,6 +21,8 @@ pub mod stream;
 mod constrained_tests;
 #[cfg(test)]
 mod joint_tests;
+#[cfg(test)]
+mod large_vocab_tests;
 #[cfg(test)]
 mod stream_tests;
 #[cfg(test)]

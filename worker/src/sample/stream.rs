@@ -1,14 +1,14 @@
 //! Streaming generation for one prompt: KV-cached decoding of a single row that hands each
 //! token to a callback as soon as it is drawn (for a person watching the text appear). The
 //! draw is the batched generator's: the same rules masks, the same
-//! [`token_distribution`](super::filter::token_distribution) and the same uniform
-//! ([`uniform_at`]) for token t of the row's stream key, so a row streamed here gets the tokens
+//! draw ([`draw_row`](super::draw::draw_row)) and the same uniform ([`uniform_at`]) for token t
+//! of the row's stream key, so a row streamed here gets the tokens
 //! [`super::generate()`] gives that row. Records no log-probs and keeps one row; must not
 //! batch, score or compute losses.
 
 use candle_core::DType;
 
-use super::filter::{apply_mask, draw, token_distribution};
+use super::draw::draw_row;
 use super::generate::{uniform_at, GenerateConfig, RowKey};
 use crate::model::{KvCache, Model, ModelError, Result};
 
@@ -22,14 +22,14 @@ pub struct Streamed {
 }
 
 /// Next-token logits after feeding `ids` (one row) to `model` with `cache`.
-fn next_logits(model: &Model, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f64>> {
+fn next_logits(model: &Model, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
     let hidden = model.forward_hidden(&[ids.to_vec()], &[vec![true; ids.len()]], cache)?;
     let t = hidden.dim(1)?;
     let logits = model
         .lm_logits(&hidden.narrow(1, t - 1, 1)?)?
         .flatten_all()?
-        .to_dtype(DType::F64)?;
-    Ok(logits.to_vec1::<f64>()?)
+        .to_dtype(DType::F32)?;
+    Ok(logits.to_vec1::<f32>()?)
 }
 
 /// Generates a completion of `prompt` from `model` under `config`, drawing token t from the
@@ -67,12 +67,8 @@ where
     let mut cache = KvCache::new();
     let mut logits = next_logits(model, prompt, &mut cache)?;
     for t in 0..rules.max_new_tokens {
-        apply_mask(&mut logits, masks.at(t));
-        if logits.iter().all(|x| *x == f64::NEG_INFINITY) {
-            return Err(ModelError::Input("every token is masked".into()).into());
-        }
-        let probs = token_distribution(&logits, &config.params);
-        let token = draw(&probs, uniform_at(config, key, t)) as u32;
+        let u = uniform_at(config, key, t);
+        let token = draw_row(&logits, None, masks.at(t), &config.params, u)?.token;
         out.tokens.push(token);
         on_token(token)?;
         if rules.is_eos(token) {

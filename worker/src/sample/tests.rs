@@ -146,7 +146,7 @@ fn one_step_mixture_distribution_is_the_normalised_geometric_mixture() {
     }
 }
 
-fn max_diff(scored: &Scored, rows: &[Vec<f32>]) -> f32 {
+pub(super) fn max_diff(scored: &Scored, rows: &[Vec<f32>]) -> f32 {
     let got = scored.logprobs.to_vec2::<f32>().unwrap();
     let mut worst = 0f32;
     for (g, r) in got.iter().zip(rows) {

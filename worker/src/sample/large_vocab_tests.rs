@@ -1,0 +1,98 @@
+//! Sampling at a vocabulary large enough for `draw::draw_row`'s few-passes form (SmolLM2's
+//! path, not the tiny models'): the recorded log-probs against the constrained scoring pass,
+//! and the streaming generator against the batched one, with forbidden tokens, a mixture and a
+//! temperature.
+
+use super::draw::MIN_VOCAB;
+use super::tests::{max_diff, random_model};
+use super::*;
+use crate::model::{Model, ModelConfig, ModelError};
+
+const VOCAB: usize = MIN_VOCAB + 512;
+
+/// Matrices N(0, 0.6²): peaked enough that rows differ, flat enough that EOS is rare.
+fn model(seed: u64) -> Model {
+    random_model(ModelConfig::tiny_with(VOCAB, 16, 2, 4, 2, 32), 0.6, seed)
+}
+
+fn prompts() -> Vec<Vec<u32>> {
+    vec![
+        vec![1, 500, 6],
+        vec![1, 1200],
+        vec![1, 8, 900, 10, 11],
+        vec![1],
+    ]
+}
+
+fn keys() -> Vec<RowKey> {
+    (0..4u64)
+        .map(|i| RowKey {
+            prompt: 7 + i,
+            sample: i % 2,
+        })
+        .collect()
+}
+
+fn config(temperature: f64) -> GenerateConfig {
+    GenerateConfig {
+        params: SamplingParams {
+            temperature,
+            ..Default::default()
+        },
+        rules: TokenRules {
+            eos_token_ids: vec![2],
+            forbidden_token_ids: (1000..1400).chain([0, 3]).collect(),
+            min_new_tokens: 2,
+            max_new_tokens: 9,
+            eos_at_limit: true,
+        },
+        seed: 5,
+        step: 1,
+    }
+}
+
+#[test]
+fn recorded_logprobs_are_the_constrained_scores() {
+    let (policy, reference) = (model(11), model(12));
+    for temperature in [1.0, 0.8] {
+        let c = config(temperature);
+        let gen = generate_mixture(&policy, &reference, 0.3, &prompts(), &keys(), &c).unwrap();
+        assert!(gen.tokens.iter().all(|t| t.len() >= 3));
+        for t in gen.tokens.iter().flatten() {
+            assert!(
+                !c.rules.forbidden_token_ids.contains(t),
+                "drew forbidden {t}"
+            );
+        }
+        let sp = score_constrained(&policy, &prompts(), &gen.tokens, &c.rules).unwrap();
+        let sr = score_constrained(&reference, &prompts(), &gen.tokens, &c.rules).unwrap();
+        assert!(max_diff(&sp, &gen.logprobs) < 1e-4, "T = {temperature}");
+        assert!(max_diff(&sr, gen.ref_logprobs.as_ref().unwrap()) < 1e-4);
+        let plain = generate(&policy, &prompts(), &keys(), &c).unwrap();
+        let sp = score_constrained(&policy, &prompts(), &plain.tokens, &c.rules).unwrap();
+        assert!(max_diff(&sp, &plain.logprobs) < 1e-4);
+        assert_ne!(plain.tokens, gen.tokens, "the mixture draws differently");
+    }
+}
+
+#[test]
+fn streamed_rows_equal_the_batched_rows() {
+    let m = model(13);
+    let filtered = SamplingParams {
+        temperature: 1.0,
+        top_k: 50,
+        top_p: 1.0,
+    };
+    for params in [config(1.0).params, config(0.7).params, filtered] {
+        let c = GenerateConfig {
+            params,
+            ..config(1.0)
+        };
+        let batch = generate(&m, &prompts(), &keys(), &c).unwrap();
+        for (r, key) in keys().into_iter().enumerate() {
+            let out =
+                generate_stream(&m, &prompts()[r], key, &c, |_| Ok::<(), ModelError>(())).unwrap();
+            assert_eq!(out.tokens, batch.tokens[r], "row {r} {params:?}");
+        }
+    }
+}
