@@ -432,3 +432,53 @@ fn a_training_loop_on_sft_reduces_the_loss() {
     assert!((initial - 6f32.ln()).abs() < 1e-6);
     assert!(last < 0.25 * initial, "loss {initial} -> {last}");
 }
+
+#[test]
+fn a_snapshot_of_the_moments_survives_later_steps() {
+    // Steps update the moments in place unless a snapshot (`state_tensors`) holds them: the
+    // snapshot keeps its values, and the run continues exactly as without the snapshot.
+    let fx = fixture();
+    let run = &fx.runs[0];
+    let (config, schedule, _) = config_of(run);
+    let (with, without) = (fx.params(&fx.init), fx.params(&fx.init));
+    let mut a = AdamW::new(&with, config, schedule.clone()).unwrap();
+    let mut b = AdamW::new(&without, config, schedule).unwrap();
+    let host = |state: &[(String, Tensor)]| -> Vec<Vec<u32>> {
+        state
+            .iter()
+            .map(|(_, t)| {
+                t.flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect()
+            })
+            .collect()
+    };
+    let mut snapshot = None;
+    for step in 0..4 {
+        a.step(&with, &fx.grads(step)).unwrap();
+        b.step(&without, &fx.grads(step)).unwrap();
+        if step == 1 {
+            let state = a.state_tensors();
+            snapshot = Some((host(&state), state));
+        }
+    }
+    let (at_step_1, state) = snapshot.unwrap();
+    assert_eq!(
+        host(&state),
+        at_step_1,
+        "later steps wrote into the snapshot"
+    );
+    assert_ne!(host(&a.state_tensors()), at_step_1, "the moments moved on");
+    assert_eq!(host(&a.state_tensors()), host(&b.state_tensors()));
+    let bits = |p: &Params| -> Vec<Vec<u32>> {
+        values(p)
+            .iter()
+            .map(|v| v.iter().map(|x| x.to_bits()).collect())
+            .collect()
+    };
+    assert_eq!(bits(&with), bits(&without));
+}
