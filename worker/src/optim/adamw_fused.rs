@@ -217,21 +217,24 @@ impl InplaceOp2 for InPlace {
                 dst.len()
             );
         }
-        let moment: fn(f32, f32, Coefficients) -> f32 = match self {
-            InPlace::FirstMoment(_) => first_moment,
-            InPlace::SecondMoment(_) => second_moment,
+        match *self {
+            InPlace::FirstMoment(k) => each_with(dst, g, |g, m| first_moment(g, m, k)),
+            InPlace::SecondMoment(k) => each_with(dst, g, |g, v| second_moment(g, v, k)),
             InPlace::Param(_) => candle_core::bail!("adamw in place: θ takes two sources"),
-        };
-        let (InPlace::FirstMoment(k) | InPlace::SecondMoment(k) | InPlace::Param(k)) = *self;
-        dst.par_chunks_mut(PIECE)
-            .zip(g.par_chunks(PIECE))
-            .for_each(|(d, g)| {
-                for (d, &g) in d.iter_mut().zip(g) {
-                    *d = moment(g, *d, k);
-                }
-            });
+        }
         Ok(())
     }
+}
+
+/// `dst[i] = f(g[i], dst[i])` on rayon's pool (generic, so `f` inlines and vectorises).
+fn each_with(dst: &mut [f32], g: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
+    dst.par_chunks_mut(PIECE)
+        .zip(g.par_chunks(PIECE))
+        .for_each(|(d, g)| {
+            for (d, &g) in d.iter_mut().zip(g) {
+                *d = f(g, *d);
+            }
+        });
 }
 
 impl InplaceOp3 for InPlace {
