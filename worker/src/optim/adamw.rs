@@ -3,7 +3,6 @@
 //! path), f32 moments, and a state that saves to one safetensors file.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Tensor};
 
@@ -53,10 +52,6 @@ pub struct AdamW {
     step: u64,
     exp_avg: BTreeMap<String, Tensor>,
     exp_avg_sq: BTreeMap<String, Tensor>,
-    /// Set by [`AdamW::state_tensors`]: a snapshot holds the current moments, so the next step
-    /// writes new ones instead of updating these in place. (Every moment has a buffer of its
-    /// own, never shared with another moment or parameter.)
-    moments_shared: AtomicBool,
 }
 
 const STEP_KEY: &str = "step";
@@ -69,10 +64,9 @@ impl AdamW {
         let mut exp_avg = BTreeMap::new();
         let mut exp_avg_sq = BTreeMap::new();
         for (name, var) in params {
-            // Two buffers: a step may update each moment in place.
-            let zeros = || Tensor::zeros(var.shape(), DType::F32, var.device());
-            exp_avg.insert(name.clone(), zeros()?);
-            exp_avg_sq.insert(name.clone(), zeros()?);
+            let zeros = Tensor::zeros(var.shape(), DType::F32, var.device())?;
+            exp_avg.insert(name.clone(), zeros.clone());
+            exp_avg_sq.insert(name.clone(), zeros);
         }
         Ok(AdamW {
             config,
@@ -80,7 +74,6 @@ impl AdamW {
             step: 0,
             exp_avg,
             exp_avg_sq,
-            moments_shared: AtomicBool::new(false),
         })
     }
 
@@ -122,7 +115,6 @@ impl AdamW {
                 ),
             });
         }
-        let shared = self.moments_shared.swap(false, Ordering::Relaxed);
         for (name, var) in params {
             // Detached: moments and weights are state, never part of a graph.
             let g = grads.tensors()[name].detach().to_dtype(DType::F32)?;
@@ -147,14 +139,7 @@ impl AdamW {
                 eps,
                 neg_step_size: -step_size,
             };
-            // f32 on the CPU: the same update bit for bit (`adamw_fused`), in place unless a
-            // snapshot holds the moments, else into new buffers.
-            if !shared
-                && var.dtype() == DType::F32
-                && adamw_fused::try_update_in_place(var.as_tensor(), &g, m, v, k)?
-            {
-                continue;
-            }
+            // f32 on the CPU: the same update in one pass, bit for bit (`adamw_fused`).
             let (p, m, v) = match adamw_fused::try_update(&p, &g, m, v, k)? {
                 Some(updated) => updated,
                 None => composed_update(&p, &g, m, v, k)?,
@@ -168,11 +153,9 @@ impl AdamW {
     }
 
     /// The state tensors as [`AdamW::save`] names and orders them: `exp_avg/<name>` then
-    /// `exp_avg_sq/<name>` (F32, name order). The next step writes new moments rather than
-    /// updating these in place, so the clones are a consistent snapshot (the checkpointer
-    /// relies on it).
+    /// `exp_avg_sq/<name>` (F32, name order). Moments are replaced, never mutated in place, by
+    /// each step, so these clones are a consistent snapshot (the checkpointer relies on it).
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        self.moments_shared.store(true, Ordering::Relaxed);
         [(M_PREFIX, &self.exp_avg), (V_PREFIX, &self.exp_avg_sq)]
             .into_iter()
             .flat_map(|(prefix, moments)| {
