@@ -309,11 +309,11 @@ fn reference_logits(batch: Option<&ReferenceBatch>, j: usize) -> Result<&[f32]> 
 
 /// `draw(i)` for the batch rows 0..n. The host work of a row (`draw::draw_row`) does not
 /// depend on the other rows: rows run on rayon's pool, same arithmetic.
-fn draw_all(n: usize, draw: impl Fn(usize) -> Result<Drawn> + Sync) -> Result<Vec<Drawn>> {
+fn draw_all(n: usize, draw: impl Fn(usize) -> Result<Drawn> + Sync + Send) -> Result<Vec<Drawn>> {
     if n <= 1 {
         return (0..n).map(draw).collect();
     }
-    (0..n).into_par_iter().map(|i| draw(i)).collect()
+    (0..n).into_par_iter().map(draw).collect()
 }
 
 /// Appends batch row i's draw to its original row `active[i]`; returns the batch rows that
