@@ -355,8 +355,8 @@ fn run(
 ) -> Result<Generation> {
     // On one of rayon's threads, so the kernels' parallel calls (≈ 120 per token) are forked
     // from a pool thread, which takes a share of the work itself, rather than from outside,
-    // where each call parks the caller until the pool wakes it (BENCHMARKS.md, "Decoding
-    // kernels": batch 8 195–212 → 233–244 tokens/s).
+    // where each call parks the caller until the pool wakes it (BENCHMARKS.md, "The decode
+    // loop on a pool thread": batch 8 194–212 → 240–241 tokens/s).
     rayon::scope(|_| decode(policy, reference, prompts, keys, config))
 }
 
