@@ -178,19 +178,31 @@ fn resume_reruns_a_cancelled_job_from_its_checkpoint() {
     assert!(watched.status.success(), "{}", stderr(&watched));
     // The resumed run's attempt numbers start above the first run's, and its first train
     // line follows a checkpoint of the first run.
-    let mut first_resumed_step = u64::MAX;
+    // (The checkpoint step read right after `cancel` can lag one the worker finished before it
+    // stopped, so the bound comes from the first run's own metric lines.)
+    let (mut first_resumed_step, mut last_first_run_step) = (u64::MAX, 0);
     for entry in std::fs::read_dir(out.join("metrics")).unwrap() {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
         for line in text.lines() {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            if v["attempt"].as_u64().unwrap() > 1 && v["split"] == "train" {
-                first_resumed_step = first_resumed_step.min(v["step"].as_u64().unwrap());
+            if v["split"] != "train" {
+                continue;
+            }
+            let step = v["step"].as_u64().unwrap();
+            if v["attempt"].as_u64().unwrap() > 1 {
+                first_resumed_step = first_resumed_step.min(step);
+            } else {
+                last_first_run_step = last_first_run_step.max(step);
             }
         }
     }
     assert!(
-        first_resumed_step > 5 && first_resumed_step <= cancelled_at + 6,
-        "resumed at {first_resumed_step}, cancelled after checkpoint {cancelled_at}"
+        first_resumed_step > 5
+            && first_resumed_step >= cancelled_at + 1
+            && first_resumed_step <= last_first_run_step + 1
+            && (first_resumed_step - 1) % 5 == 0,
+        "resumed at {first_resumed_step}; cancelled after checkpoint {cancelled_at}, the first \
+         run's last train step {last_first_run_step}, a checkpoint every 5 steps"
     );
     assert!(out.join("model/model.safetensors").exists());
 }
