@@ -29,6 +29,33 @@ mod skinny_tests;
 #[cfg(test)]
 mod token_logprobs_tests;
 
+/// Below this many weight elements (256 KiB of f32) a matmul kernel's call runs on the calling
+/// thread: waking the pool costs about as much as the work.
+const MIN_WEIGHTS_TO_SPLIT: usize = 1 << 16;
+/// Pieces per thread a parallel call is cut into, so idle threads can take a late one's share.
+const PIECES_PER_THREAD: usize = 8;
+
+/// `f(b)` for every output block b in 0..blocks of a matmul kernel over a weight of `weights`
+/// elements (the skinny and packed kernels): on the calling thread when `parallel` is false or
+/// the weight is small, else in about [`PIECES_PER_THREAD`] stealable pieces per thread on
+/// rayon's global pool (where candle's gemm runs). The caller runs every piece no other thread
+/// took, so a descheduled thread on a loaded machine never holds the call up (a fixed split per
+/// thread, and candle's spinning barrier pool, did: BENCHMARKS.md#decoding-kernels). Blocks
+/// never share an output element, so the split cannot change a result.
+fn for_each_block(blocks: usize, weights: usize, parallel: bool, f: impl Fn(usize) + Sync + Send) {
+    use rayon::prelude::*;
+    if parallel && weights >= MIN_WEIGHTS_TO_SPLIT {
+        let pieces = rayon::current_num_threads() * PIECES_PER_THREAD;
+        let min_len = blocks.div_ceil(pieces).max(1);
+        (0..blocks)
+            .into_par_iter()
+            .with_min_len(min_len)
+            .for_each(f);
+    } else {
+        (0..blocks).for_each(f);
+    }
+}
+
 /// The f32 elements of a contiguous CPU operand of a custom op, or an error naming the op and
 /// the operand (the glue modules' common first step).
 fn contiguous_f32<'a>(

@@ -27,10 +27,6 @@ pub use super::isa::{detect, Isa};
 
 /// Output columns per panel (one AVX-512 register, two AVX2 registers of f32).
 pub const PANEL: usize = 16;
-/// Below this many weights (elements) the calling thread does the whole product.
-const MIN_WEIGHTS_TO_SPLIT: usize = 1 << 16;
-/// Pieces per thread a parallel call is cut into, so idle threads can take a late one's share.
-const PIECES_PER_THREAD: usize = 8;
 
 /// Bad arguments.
 #[derive(Debug, thiserror::Error)]
@@ -180,17 +176,9 @@ pub fn matmul_with(
     let groups = w
         .panels()
         .div_ceil(super::packed_simd::panels_per_group(isa, rows));
-    let run = |g: usize| compute_group(x, rows, w, g, isa, out);
-    if parallel && n * k >= MIN_WEIGHTS_TO_SPLIT {
-        let pieces = rayon::current_num_threads() * PIECES_PER_THREAD;
-        let min_len = groups.div_ceil(pieces).max(1);
-        (0..groups)
-            .into_par_iter()
-            .with_min_len(min_len)
-            .for_each(run);
-    } else {
-        (0..groups).for_each(run);
-    }
+    super::for_each_block(groups, n * k, parallel, |g| {
+        compute_group(x, rows, w, g, isa, out)
+    });
     Ok(())
 }
 

@@ -19,8 +19,6 @@
 //! does not depend on the chunking (see `skinny_simd`), so results are the same for any number
 //! of threads and any timing on a given binary and machine.
 
-use rayon::prelude::*;
-
 use super::disjoint::DisjointOut;
 use super::isa::supported;
 pub use super::isa::{detect, Isa};
@@ -32,11 +30,6 @@ const COLS_PER_BLOCK: usize = 4;
 /// Input rows per micro-kernel block (4 weight rows × 2 input rows = 8 accumulators + 4 weight
 /// registers: fits AVX2's 16 registers).
 const ROWS_PER_BLOCK: usize = 2;
-/// Below this many weights (elements, 256 KiB) the calling thread does the whole product:
-/// waking the pool costs about as much as the work.
-const MIN_WEIGHTS_TO_SPLIT: usize = 1 << 16;
-/// Pieces per thread a parallel call is cut into, so idle threads can take a late one's share.
-const PIECES_PER_THREAD: usize = 8;
 
 /// Bad arguments (lengths that do not match the shape).
 #[derive(Debug, thiserror::Error)]
@@ -103,25 +96,11 @@ pub fn matmul_wt_with(
     let blocks = n.div_ceil(COLS_PER_BLOCK);
     let out = DisjointOut::new(y);
     let cols = Columns { x, rows, w, n, k };
-    // Blocks [b0, b1) are columns [4·b0, min(4·b1, n)); chunks never share a column.
-    let run = |blocks: std::ops::Range<usize>| {
-        let j1 = (blocks.end * COLS_PER_BLOCK).min(n);
-        cols.compute(blocks.start * COLS_PER_BLOCK, j1, avx2, out);
-    };
-    if parallel && n * k >= MIN_WEIGHTS_TO_SPLIT {
-        // Many small stealable pieces on rayon's global pool (where candle's gemm runs): the
-        // caller runs every piece no other thread took, so a descheduled thread on a loaded
-        // machine never holds the call up (a fixed split per thread, and candle's spinning
-        // barrier pool, did: BENCHMARKS.md#decoding-kernels).
-        let pieces = rayon::current_num_threads() * PIECES_PER_THREAD;
-        let min_len = blocks.div_ceil(pieces).max(1);
-        (0..blocks)
-            .into_par_iter()
-            .with_min_len(min_len)
-            .for_each(|b| run(b..b + 1));
-    } else {
-        run(0..blocks);
-    }
+    // Block b is columns [4·b, min(4·b + 4, n)); blocks never share a column.
+    super::for_each_block(blocks, n * k, parallel, |b| {
+        let j1 = ((b + 1) * COLS_PER_BLOCK).min(n);
+        cols.compute(b * COLS_PER_BLOCK, j1, avx2, out);
+    });
     Ok(())
 }
 

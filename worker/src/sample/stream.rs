@@ -62,8 +62,9 @@ where
     if rules.max_new_tokens == 0 {
         return Ok(out);
     }
-    // Sampling records no graph, even for a trainable model.
-    let model = &model.detached()?;
+    // Sampling records no graph, even for a trainable model; the decoding view decodes on
+    // packed weights, as `generate`'s does.
+    let model = &model.for_decoding()?;
     let mut cache = KvCache::new();
     let mut logits = next_logits(model, prompt, &mut cache)?;
     for t in 0..rules.max_new_tokens {
