@@ -214,11 +214,8 @@ fn unit_body(u: &Unit) {
     let group = heads / kv_heads;
     // Kᵀ [d][s]: a score row is then a sweep over contiguous keys per head dimension.
     let mut kt = vec![0f32; d * s];
-    for j in 0..s {
-        for (e, &x) in u.k.row(u.bi, u.kh, j, d).iter().enumerate() {
-            kt[e * s + j] = x;
-        }
-    }
+    let first_key = u.k.offset + u.bi * u.k.strides[0] + u.kh * u.k.strides[1];
+    super::transpose::keys(u.k.data, first_key, u.k.strides[2], s, d, &mut kt);
     let mut scores = vec![0f32; ROWS * s];
     let mut acc = vec![0f32; ROWS * d];
     let mut qs = vec![0f32; ROWS * d];
@@ -229,6 +226,65 @@ fn unit_body(u: &Unit) {
             block(u, h, i0, rows, &kt, &mut scores, &mut qs, &mut acc);
             i0 += rows;
         }
+    }
+}
+
+/// Scores of keys j0..j0+J for R query rows (scaled queries `qs`, [R][d]) with the
+/// accumulators in registers: score[r][j] = the FMA chain of q[r][e] · Kᵀ[e][j] in order of e
+/// from 0, as the general sweep computes it (which kept the scores in memory between e's).
+#[inline(always)]
+fn scores_in_registers<const J: usize, const R: usize>(
+    qs: &[f32],
+    kt: &[f32],
+    s: usize,
+    d: usize,
+    j0: usize,
+    scores: &mut [f32],
+) {
+    let mut a = [[0f32; J]; R];
+    for e in 0..d {
+        let kcol: &[f32; J] = kt[e * s + j0..e * s + j0 + J]
+            .try_into()
+            .expect("J keys of a Kᵀ row");
+        for (r, ar) in a.iter_mut().enumerate() {
+            let qe = qs[r * d + e];
+            for (x, &k) in ar.iter_mut().zip(kcol) {
+                *x = qe.mul_add(k, *x);
+            }
+        }
+    }
+    for (r, ar) in a.iter().enumerate() {
+        scores[r * s + j0..r * s + j0 + J].copy_from_slice(ar);
+    }
+}
+
+/// The output phase of [`block`] for R rows of head dimension D, with the accumulators in
+/// registers: the same chains (in order of j from 0) as the general loop, which kept them in
+/// memory, each FMA waiting on the store of the one before (that loop was the hottest part of
+/// decoding's attention at batch 8).
+#[inline(always)]
+fn weighted_values<const D: usize, const R: usize>(
+    u: &Unit,
+    seen: usize,
+    scores: &[f32],
+    acc: &mut [f32],
+) {
+    let s = u.dims.s;
+    let mut a = [[0f32; D]; R];
+    for j in 0..seen {
+        let vj: &[f32; D] =
+            u.v.row(u.bi, u.kh, j, D)
+                .try_into()
+                .expect("a value row has D elements");
+        for (r, ar) in a.iter_mut().enumerate() {
+            let p = scores[r * s + j];
+            for (x, &v) in ar.iter_mut().zip(vj) {
+                *x = p.mul_add(v, *x);
+            }
+        }
+    }
+    for (r, ar) in a.iter().enumerate() {
+        acc[r * D..(r + 1) * D].copy_from_slice(ar);
     }
 }
 
@@ -265,12 +321,30 @@ fn block(
         }
     }
     // Scores: for each head dimension e, score[r][j] += q[r][e] · Kᵀ[e][j] (in order of e).
-    scores[..rows * s].fill(0.0);
+    // Keys in register blocks of 64, then 16, then the rest one sweep per e.
+    let mut j0 = 0;
+    while seen - j0 >= 16 {
+        let keys = if seen - j0 >= 64 { 64 } else { 16 };
+        match (keys, rows) {
+            (64, 1) => scores_in_registers::<64, 1>(qs, kt, s, d, j0, scores),
+            (64, 2) => scores_in_registers::<64, 2>(qs, kt, s, d, j0, scores),
+            (64, 3) => scores_in_registers::<64, 3>(qs, kt, s, d, j0, scores),
+            (64, _) => scores_in_registers::<64, 4>(qs, kt, s, d, j0, scores),
+            (_, 1) => scores_in_registers::<16, 1>(qs, kt, s, d, j0, scores),
+            (_, 2) => scores_in_registers::<16, 2>(qs, kt, s, d, j0, scores),
+            (_, 3) => scores_in_registers::<16, 3>(qs, kt, s, d, j0, scores),
+            (_, _) => scores_in_registers::<16, 4>(qs, kt, s, d, j0, scores),
+        }
+        j0 += keys;
+    }
+    for r in 0..rows {
+        scores[r * s + j0..r * s + seen].fill(0.0);
+    }
     for e in 0..d {
-        let kcol = &kt[e * s..e * s + seen];
+        let kcol = &kt[e * s + j0..e * s + seen];
         for r in 0..rows {
             let qe = qs[r * d + e];
-            for (sc, &kv) in scores[r * s..r * s + seen].iter_mut().zip(kcol) {
+            for (sc, &kv) in scores[r * s + j0..r * s + seen].iter_mut().zip(kcol) {
                 *sc = qe.mul_add(kv, *sc);
             }
         }
@@ -297,13 +371,21 @@ fn block(
         }
     }
     // Output: acc[r][e] += p[r][j] · v[j][e] (in order of j).
-    acc[..rows * d].fill(0.0);
-    for j in 0..seen {
-        let vj = u.v.row(u.bi, u.kh, j, d);
-        for r in 0..rows {
-            let p = scores[r * s + j];
-            for (a, &x) in acc[r * d..(r + 1) * d].iter_mut().zip(vj) {
-                *a = p.mul_add(x, *a);
+    match (d, rows) {
+        (64, 1) => weighted_values::<64, 1>(u, seen, scores, acc),
+        (64, 2) => weighted_values::<64, 2>(u, seen, scores, acc),
+        (64, 3) => weighted_values::<64, 3>(u, seen, scores, acc),
+        (64, 4) => weighted_values::<64, 4>(u, seen, scores, acc),
+        _ => {
+            acc[..rows * d].fill(0.0);
+            for j in 0..seen {
+                let vj = u.v.row(u.bi, u.kh, j, d);
+                for r in 0..rows {
+                    let p = scores[r * s + j];
+                    for (a, &x) in acc[r * d..(r + 1) * d].iter_mut().zip(vj) {
+                        *a = p.mul_add(x, *a);
+                    }
+                }
             }
         }
     }

@@ -17,6 +17,7 @@ pub mod skinny_op;
 mod skinny_simd;
 pub mod token_logprobs;
 pub mod token_logprobs_op;
+mod transpose;
 
 #[cfg(test)]
 mod attention_tests;

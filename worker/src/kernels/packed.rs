@@ -1,6 +1,9 @@
-//! Decoding matmul on weights packed into column panels: `y = x · Wᵀ` for x [rows, k] of a few
-//! rows and W [n, k] (torch's `nn.Linear` layout), with W repacked once per generation into
-//! panels of [`PANEL`] output columns, each panel stored k-major ([k][PANEL]).
+//! Decoding matmul on weights packed into column panels: `y = x · Wᵀ` for x [rows, k] — a few
+//! rows per decoded token, or a prefill's prompt tokens — and W [n, k] (torch's `nn.Linear`
+//! layout), with W repacked once per generation into panels of [`PANEL`] output columns, each
+//! panel stored k-major ([k][PANEL]). The 8-row × 3-panel AVX-512 block that keeps the weight
+//! stream at memory speed for a decode step also multiplies at the machine's sgemm rate for a
+//! prefill of 64–1024 rows (BENCHMARKS.md#prefill-on-the-panel-kernel).
 //!
 //! Why a second decoding kernel beside [`super::skinny`]: the dot-product form there streams W
 //! at memory speed for one row, but for 4–8 rows it re-reads each block of weight rows from L1
@@ -27,6 +30,12 @@ pub use super::isa::{detect, Isa};
 
 /// Output columns per panel (one AVX-512 register, two AVX2 registers of f32).
 pub const PANEL: usize = 16;
+
+/// Most rows of x one parallel pass over the panels takes (a 1024 × 1536 f32 block is 6 MiB:
+/// it stays in the last-level cache while every panel group re-reads it). At 4096 rows in one
+/// pass the kernel fell from ≈ 205 to 165–190 GFLOP/s on the development VM
+/// (BENCHMARKS.md#prefill-on-the-panel-kernel).
+const ROWS_PER_PASS: usize = 1024;
 
 /// Bad arguments.
 #[derive(Debug, thiserror::Error)]
@@ -171,14 +180,26 @@ pub fn matmul_with(
     if rows == 0 || n == 0 {
         return Ok(());
     }
+    if k == 0 {
+        y.fill(0.0);
+        return Ok(());
+    }
     let isa = supported(isa);
-    let out = DisjointOut::new(y);
-    let groups = w
-        .panels()
-        .div_ceil(super::packed_simd::panels_per_group(isa, rows));
-    super::for_each_block(groups, n * k, parallel, |g| {
-        compute_group(x, rows, w, g, isa, out)
-    });
+    // Long inputs (a prefill of many prompt tokens) go in passes of ROWS_PER_PASS rows, so the
+    // rows a panel group re-reads stay in cache; rows are independent, so results do not change.
+    for (x, y) in x
+        .chunks(ROWS_PER_PASS * k)
+        .zip(y.chunks_mut(ROWS_PER_PASS * n))
+    {
+        let rows = x.len() / k;
+        let out = DisjointOut::new(y);
+        let groups = w
+            .panels()
+            .div_ceil(super::packed_simd::panels_per_group(isa, rows));
+        super::for_each_block(groups, n * k, parallel, |g| {
+            compute_group(x, rows, w, g, isa, out)
+        });
+    }
     Ok(())
 }
 

@@ -3,8 +3,12 @@
 //!
 //! Only models made for decoding (`Model::for_decoding`, the models `sample::generate` runs)
 //! carry slots, so a packed copy lives exactly as long as one generation, during which the
-//! weights cannot change. The gate is the skinny kernel's (`skinny_op::admits`): f32 on the
-//! CPU, contiguous, 1..=16 rows, W of at least 32 768 elements, nothing tracked by autograd.
+//! weights cannot change. The gate is the skinny kernel's without its row limit
+//! (`skinny_op::admits_rows`): f32 on the CPU, contiguous, any number of rows, W of at least
+//! 32 768 elements, nothing tracked by autograd. So the prefill (prompt tokens × rows) runs on
+//! the panel kernel too: at 64–1024 rows it multiplies at the machine's sgemm rate, 1.3–1.6×
+//! candle's gemm at those shapes (BENCHMARKS.md#prefill-on-the-panel-kernel), and a row's
+//! prefill no longer depends on the rows beside it.
 
 use std::sync::{Arc, OnceLock};
 
@@ -44,7 +48,7 @@ pub fn try_matmul_wt_stacked(
     ws: &[&Tensor],
     slot: &PackedSlot,
 ) -> candle_core::Result<Option<Tensor>> {
-    if ws.is_empty() || !ws.iter().all(|w| skinny_op::admits(x, w)) {
+    if ws.is_empty() || !ws.iter().all(|w| skinny_op::admits_rows(x, w, usize::MAX)) {
         return Ok(None);
     }
     let packed = match slot.0.get() {

@@ -87,6 +87,34 @@ fn every_kernel_row_count_and_thread_count_gives_the_same_bits() {
 }
 
 #[test]
+fn a_prefill_of_many_rows_matches_the_reference_and_each_row_alone_across_passes() {
+    // 1030 rows: two passes of the kernel (ROWS_PER_PASS = 1024), a partial panel, odd k.
+    let (n, k, rows) = (37, 29, 1030);
+    let w = uniform(n * k, 21, -1.0, 1.0);
+    let packed = PackedWeight::pack(&w, n, k).unwrap();
+    let x = uniform(rows * k, 22, -1.0, 1.0);
+    let (want, scale) = reference(&x, rows, &w, n, k);
+    for isa in ISAS {
+        let all = product(&x, rows, &packed, true, isa);
+        for (e, (&g, (&v, &s))) in all.iter().zip(want.iter().zip(&scale)).enumerate() {
+            let tol = 1e-6 * (k as f64 + 1.0) * s.max(1e-30);
+            assert!(
+                (g as f64 - v).abs() <= tol,
+                "{isa:?} element {e}: {g} vs {v}"
+            );
+        }
+        // Rows on either side of the pass boundary get the bits they get alone.
+        for r in [0, 1, 1023, 1024, 1029] {
+            let alone = product(&x[r * k..(r + 1) * k], 1, &packed, false, isa);
+            assert_eq!(all[r * n..(r + 1) * n], alone[..], "{isa:?} row {r}");
+        }
+    }
+    // k = 0: every product is an empty sum.
+    let empty = PackedWeight::pack(&[], 3, 0).unwrap();
+    assert_eq!(product(&[], 2, &empty, true, detect()), vec![0.0; 6]);
+}
+
+#[test]
 fn packing_lays_out_panels_k_major_with_zero_padding() {
     let (n, k) = (18, 3); // two panels, the second holding 2 columns
     let w: Vec<f32> = (0..n * k).map(|e| e as f32).collect();
@@ -164,6 +192,14 @@ fn the_slot_packs_once_and_the_gate_refuses_tracked_or_small_operands() -> candl
     assert!(try_matmul_wt(&x, tracked.as_tensor(), &PackedSlot::default())?.is_none());
     let small = Tensor::zeros((4, k), candle_core::DType::F32, &dev)?;
     assert!(try_matmul_wt(&x, &small, &PackedSlot::default())?.is_none());
+    // Unlike the skinny kernel, any number of rows (a prefill) is admitted.
+    let many = Tensor::from_vec(uniform(200 * k, 7, -1.0, 1.0), (200, k), &dev)?;
+    let y = try_matmul_wt(&many, &w, &slot)?.expect("the gate admits a 200-row prefill");
+    let diff = (y - many.matmul(&w.t()?)?)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f32>()?;
+    assert!(diff < 1e-4, "200 rows: max difference {diff}");
     Ok(())
 }
 

@@ -4,9 +4,10 @@
 //! The gate admits only the decoding case: f32 on the CPU, both operands contiguous, x of
 //! 1..=[`MAX_ROWS`] rows, W of at least [`MIN_WEIGHT_ELEMENTS`], and neither operand tracked
 //! by autograd (the op has no backward, so the training path keeps candle's ops). The panel
-//! kernel on packed weights (`packed_op`) shares the gate and the switch [`enabled`];
-//! generation takes that one, this one serves the few-row forwards of models without packed
-//! copies (e.g. scoring short batches on a trainable model's detached view).
+//! kernel on packed weights (`packed_op`) shares the gate, without the row limit
+//! ([`admits_rows`]), and the switch [`enabled`]; generation takes that one, prefill included,
+//! and this one serves the few-row forwards of models without packed copies (e.g. scoring
+//! short batches on a trainable model's detached view).
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
@@ -45,6 +46,12 @@ pub fn try_matmul_wt(x: &Tensor, w: &Tensor) -> candle_core::Result<Option<Tenso
 
 /// Whether the kernel may compute `x · Wᵀ` (see the module doc).
 pub fn admits(x: &Tensor, w: &Tensor) -> bool {
+    admits_rows(x, w, MAX_ROWS)
+}
+
+/// The gate with another row limit: f32 CPU operands, contiguous, untracked, W of at least
+/// [`MIN_WEIGHT_ELEMENTS`], x of 1..=`max_rows` rows.
+pub fn admits_rows(x: &Tensor, w: &Tensor, max_rows: usize) -> bool {
     let (Ok((rows, k)), Ok((_, wk))) = (x.dims2(), w.dims2()) else {
         return false;
     };
@@ -52,7 +59,7 @@ pub fn admits(x: &Tensor, w: &Tensor) -> bool {
         && w.device().is_cpu()
         && x.dtype() == DType::F32
         && w.dtype() == DType::F32
-        && (1..=MAX_ROWS).contains(&rows)
+        && (1..=max_rows).contains(&rows)
         && k == wk
         && w.elem_count() >= MIN_WEIGHT_ELEMENTS
         && x.is_contiguous()

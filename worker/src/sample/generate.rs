@@ -9,10 +9,10 @@
 //! The draw for token t of a row uses draw t of the counter-based stream keyed by
 //! (seed, step, global prompt index, sample index, `Purpose::Sample`), so a row's tokens do not
 //! depend on which rows share its batch, on rank or on world size. Its logits' last bits can:
-//! the decoding matmul on packed weights (`kernels::packed`, through [`Model::for_decoding`])
-//! and the fused attention are batch-invariant, but candle's gemm (tiny models,
-//! prefill, batches over `kernels::skinny_op::MAX_ROWS`) rounds a row differently with the
-//! row count, and so does left padding to a longer prompt. Log-probs then differ in the last
+//! the matmul on packed weights (`kernels::packed`, through [`Model::for_decoding`], for the
+//! prefill and every decode step) and the fused attention are batch-invariant, but candle's
+//! gemm (the tiny models, whose weights are below the kernels' gate) rounds a row differently
+//! with the row count, and so does left padding to a longer prompt. Log-probs then differ in the last
 //! bits, and a token could in principle flip where a uniform falls within rounding of a
 //! cumulative-probability boundary.
 //! Runs without gradients (frozen or detached use of the model); must not compute losses.

@@ -5,13 +5,13 @@
 //!
 //! Bits versus tokens: a row's tokens do not depend on its batch (bar a uniform within rounding
 //! of a boundary, generate.rs module doc), but its log-probs are the same bits only where the
-//! forward pass is batch-invariant. The skinny decoding matmul is
-//! (`kernels::skinny` module doc); candle's gemm, which tiny models and batches over
-//! `skinny_op::MAX_ROWS` rows use, rounds a row differently with the batch's row count, and
-//! left padding to a longer prompt changes the attention sums' grouping. So the bit-for-bit
-//! test runs a model the skinny kernel takes, at most `MAX_ROWS` rows per forward and groups
-//! whose longest prompt is the call's; the other test compares tokens exactly and log-probs to
-//! rounding on a tiny model with mismatched padding and more rows.
+//! forward pass is batch-invariant. The matmul on packed weights, which generation uses for
+//! the prefill and every step, is (`kernels::packed` module doc); candle's gemm, which the tiny
+//! models use, rounds a row differently with the batch's row count, and left padding to a
+//! longer prompt changes the attention sums' grouping. So the bit-for-bit test runs a model the
+//! kernels' gate takes and groups whose longest prompt is the call's; the other test compares
+//! tokens exactly and log-probs to rounding on a tiny model with mismatched padding and more
+//! rows.
 
 use super::tests::{config_with as config, random_model};
 use super::*;
@@ -155,20 +155,15 @@ fn joint_rows_are_the_separate_calls_rows_bit_for_bit() {
         &[1.0, 0.4, 0.0, 0.4, 1.0, 0.0, 0.4, 0.0],
     ];
     for betas in layouts {
-        // Prompts of one and two tokens, the first row of each β's a two-token one (so a
-        // separate call left-pads as the joint call does), and 8 rows: prefill and decoding
-        // both stay within the skinny kernel's 16 rows.
+        // Prompts of two and three tokens, the first row of each β's a three-token one (so a
+        // separate call left-pads as the joint call does), and 8 rows: a 24-row prefill, past
+        // the skinny kernel's 16 rows, which the packed weights' kernel takes too.
         let prompts: Vec<Vec<u32>> = (0..8)
             .map(|r| {
-                let len = if betas[..r].contains(&betas[r]) { 1 } else { 2 };
+                let len = if betas[..r].contains(&betas[r]) { 2 } else { 3 };
                 (0..len).map(|i| 50 + 13 * r as u32 + i).collect()
             })
             .collect();
-        let prefill_rows = prompts.len() * prompts.iter().map(Vec::len).max().unwrap();
-        assert!(
-            prefill_rows <= skinny_op::MAX_ROWS,
-            "the skinny kernel's gate changed: {prefill_rows} prefill rows keep candle's gemm"
-        );
         let g = joint(&policy, &reference, betas, &prompts, &c);
         assert_rows_finish_at_different_steps(&g, betas);
         let want = separately(&policy, &reference, betas, &prompts, &c);
