@@ -391,9 +391,7 @@ fn block(
     }
     for r in 0..rows {
         let at = ((u.bi * t + i0 + r) * heads + h) * d;
-        for (e, &x) in acc[r * d..(r + 1) * d].iter().enumerate() {
-            // SAFETY: element (bi, i0 + r, h, e) belongs to this unit's (bi, kv head) alone.
-            unsafe { u.out.write(at + e, x) };
-        }
+        // SAFETY: elements (bi, i0 + r, h, ..) belong to this unit's (bi, kv head) alone.
+        unsafe { u.out.write_slice(at, &acc[r * d..(r + 1) * d]) };
     }
 }

@@ -36,4 +36,21 @@ impl DisjointOut {
         // SAFETY: in bounds (checked above); exclusivity is the caller's promise.
         unsafe { *self.ptr.add(idx) = v };
     }
+
+    /// Writes y[at..at + values.len()] (checked against the length).
+    ///
+    /// # Safety
+    /// No other piece may access those elements concurrently.
+    #[inline(always)]
+    pub(super) unsafe fn write_slice(self, at: usize, values: &[f32]) {
+        assert!(
+            at + values.len() <= self.len,
+            "kernel output range {at}..{} out of range {}",
+            at + values.len(),
+            self.len
+        );
+        // SAFETY: in bounds (checked above); exclusivity is the caller's promise; a caller's
+        // values never alias the output (they are its own scratch).
+        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), self.ptr.add(at), values.len()) };
+    }
 }

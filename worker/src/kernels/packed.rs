@@ -227,10 +227,8 @@ fn compute_group(x: &[f32], rows: usize, w: &PackedWeight, g: usize, isa: Isa, o
             for dp in 0..p1 - p0 {
                 let j0 = (p0 + dp) * PANEL;
                 let cols = PANEL.min(w.n - j0);
-                for (c, &v) in tile[dr * (p1 - p0) + dp][..cols].iter().enumerate() {
-                    // SAFETY: columns of panels p0..p1 belong to this group alone.
-                    unsafe { out.write((r + dr) * w.n + j0 + c, v) };
-                }
+                // SAFETY: columns of panels p0..p1 belong to this group alone.
+                unsafe { out.write_slice((r + dr) * w.n + j0, &tile[dr * (p1 - p0) + dp][..cols]) };
             }
         }
         r += block_rows;
