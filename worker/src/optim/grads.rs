@@ -54,17 +54,18 @@ impl Gradients {
         Ok(())
     }
 
-    /// ‖g‖ over all parameters: sqrt(Σ_p ‖g_p‖²), each ‖g_p‖ summed in f64.
+    /// ‖g‖ over all parameters: sqrt(Σ_p ‖g_p‖²), each ‖g_p‖² summed in f64 in element order
+    /// and the parameters' sums added in name order. The parameters' sums run in parallel on
+    /// rayon's pool; each is one sequential pass ([`sum_of_squares`]), so the result does not
+    /// depend on the thread count.
     pub fn global_norm(&self) -> Result<f64> {
-        let mut total = 0.0f64;
-        for g in self.0.values() {
-            total += g
-                .to_dtype(DType::F64)?
-                .sqr()?
-                .sum_all()?
-                .to_scalar::<f64>()?;
-        }
-        Ok(total.sqrt())
+        use rayon::prelude::*;
+        let grads: Vec<&Tensor> = self.0.values().collect();
+        let sums = grads
+            .par_iter()
+            .map(|g| sum_of_squares(g))
+            .collect::<Result<Vec<f64>>>()?;
+        Ok(sums.iter().fold(0.0f64, |total, s| total + s).sqrt())
     }
 
     /// Global-norm clipping as `torch.nn.utils.clip_grad_norm_`: scales every gradient by
@@ -130,4 +131,27 @@ impl GradAccumulator {
             }
         }
     }
+}
+
+/// Σ x² of one gradient in f64, adding (x as f64)² in element order from 0 — the bits of
+/// candle's `to_dtype(F64)?.sqr()?.sum_all()` (a sequential f64 sum), without its two
+/// gradient-sized f64 tensors: on SmolLM2-135M's 106 M parameters those were 1.7 GB of fresh
+/// memory per step, most of the optimizer phase (BENCHMARKS.md#self-play-step-vs-trl-nashmdtrainer).
+/// Other devices, dtypes and layouts keep candle's ops.
+fn sum_of_squares(g: &Tensor) -> Result<f64> {
+    if g.device().is_cpu() && g.dtype() == DType::F32 {
+        let (storage, layout) = g.storage_and_layout();
+        if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(v[a..b].iter().fold(0.0f64, |acc, &x| {
+                let x = x as f64;
+                acc + x * x
+            }));
+        }
+    }
+    Ok(g.to_dtype(DType::F64)?
+        .sqr()?
+        .sum_all()?
+        .to_scalar::<f64>()?)
 }
