@@ -432,3 +432,42 @@ fn a_training_loop_on_sft_reduces_the_loss() {
     assert!((initial - 6f32.ln()).abs() < 1e-6);
     assert!(last < 0.25 * initial, "loss {initial} -> {last}");
 }
+
+#[test]
+fn the_global_norm_has_the_bits_of_candles_f64_composition_on_every_layout() {
+    let dev = Device::Cpu;
+    let random = |shape: &[usize], seed: u64| {
+        let n: usize = shape.iter().product();
+        let v = crate::test_support::uniform(n, seed, -3.0, 3.0);
+        Tensor::from_vec(v, shape, &dev).unwrap()
+    };
+    // Contiguous f32 (the fast pass), a transposed view and an f64 gradient (candle's ops).
+    let map = BTreeMap::from([
+        ("a".to_string(), random(&[300, 77], 1)),
+        ("b".to_string(), random(&[5001], 2)),
+        ("c".to_string(), random(&[64, 48], 3).t().unwrap()),
+        (
+            "d".to_string(),
+            random(&[33, 9], 4).to_dtype(DType::F64).unwrap(),
+        ),
+    ]);
+    let mut want = 0.0f64;
+    for g in map.values() {
+        want += g
+            .to_dtype(DType::F64)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+    }
+    let got = Gradients::from_map(map).global_norm().unwrap();
+    assert_eq!(
+        got.to_bits(),
+        want.sqrt().to_bits(),
+        "{got} vs {}",
+        want.sqrt()
+    );
+}
