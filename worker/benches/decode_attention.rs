@@ -5,16 +5,15 @@
 //!
 //! Usage: cargo bench -p mirrorplay-worker --bench decode_attention [-- REPS]
 
+#[allow(dead_code)] // this bench uses only the repetition argument
+mod common;
+
 use std::time::Instant;
 
 use mirrorplay_worker::kernels::attention::{attention, Dims, Strided};
 
 fn main() {
-    let reps: usize = std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(2000);
+    let reps = common::reps_arg(2000);
     let (b, heads, kv_heads, t, d) = (8usize, 9usize, 3usize, 1usize, 64usize);
     println!(
         "threads {}, b {b}, heads {heads}/{kv_heads}, d {d}",

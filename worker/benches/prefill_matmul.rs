@@ -5,6 +5,9 @@
 //!
 //! Usage: cargo bench -p mirrorplay-worker --bench prefill_matmul [-- REPS]
 
+#[allow(dead_code)] // this bench uses only the repetition argument
+mod common;
+
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -19,11 +22,7 @@ const SHAPES: [(&str, usize, usize); 4] = [
 ];
 
 fn main() {
-    let reps: usize = std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(20);
+    let reps = common::reps_arg(20);
     println!("threads {}", rayon::current_num_threads());
     println!("| shape | rows | candle GFLOP/s | packed GFLOP/s | packed / candle |");
     println!("|---|---|---|---|---|");

@@ -6,6 +6,9 @@
 //!
 //! Usage: cargo bench -p mirrorplay-worker --bench skinny_matmul [-- REPS]
 
+#[allow(dead_code)] // this bench uses only the repetition argument
+mod common;
+
 use std::time::Instant;
 
 use mirrorplay_worker::kernels::isa::detect;
@@ -25,11 +28,7 @@ const LAYER: [(&str, usize, usize); 7] = [
 const LAYERS: usize = 30;
 
 fn main() {
-    let reps: usize = std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(5);
+    let reps = common::reps_arg(5);
     let isa = detect();
     let weights: Vec<Vec<Vec<f32>>> = (0..LAYERS)
         .map(|l| {

@@ -15,11 +15,7 @@ use mirrorplay_worker::model::{init_random, ModelError};
 use mirrorplay_worker::sample::generate_stream;
 
 fn main() {
-    let reps: usize = std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(7);
+    let reps = common::reps_arg(7);
     let model = init_random(&smollm2_135m_shape(), 1, false, &Device::Cpu).expect("model");
     let (prompts, keys, config) = workload(1, 64);
     let run = || {

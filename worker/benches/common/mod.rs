@@ -1,5 +1,5 @@
-//! The sampling benches' shared workload: model shapes and a batch of 16-token prompts with
-//! per-row keys and an unfiltered T = 1 config (no EOS stop).
+//! The benches' shared pieces: model shapes, a batch of 16-token prompts with per-row keys and
+//! an unfiltered T = 1 config (no EOS stop), and the repetition count argument.
 
 use mirrorplay_worker::model::ModelConfig;
 use mirrorplay_worker::sample::{GenerateConfig, RowKey, SamplingParams, TokenRules};
@@ -36,4 +36,15 @@ pub fn workload(batch: usize, new_tokens: usize) -> (Vec<Vec<u32>>, Vec<RowKey>,
         step: 0,
     };
     (prompts, keys, gen)
+}
+
+/// The first argument that is not a flag, as a repetition count, or `default` (cargo bench
+/// passes `--bench` itself).
+#[allow(dead_code)] // not every bench takes one
+pub fn reps_arg(default: usize) -> usize {
+    std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(default)
 }

@@ -55,16 +55,24 @@ impl Gradients {
     }
 
     /// ‖g‖ over all parameters: sqrt(Σ_p ‖g_p‖²), each ‖g_p‖² summed in f64 in element order
-    /// and the parameters' sums added in name order. The parameters' sums run in parallel on
-    /// rayon's pool; each is one sequential pass ([`sum_of_squares`]), so the result does not
-    /// depend on the thread count.
+    /// and the parameters' sums added in name order. On the CPU the parameters' sums run in
+    /// parallel on rayon's pool; each is one sequential pass ([`sum_of_squares`]), so the result
+    /// does not depend on the thread count. Gradients on a GPU are summed one after another on
+    /// the calling thread (their device's ops stay on one thread).
     pub fn global_norm(&self) -> Result<f64> {
         use rayon::prelude::*;
         let grads: Vec<&Tensor> = self.0.values().collect();
-        let sums = grads
-            .par_iter()
-            .map(|g| sum_of_squares(g))
-            .collect::<Result<Vec<f64>>>()?;
+        let sums = if grads.iter().all(|g| g.device().is_cpu()) {
+            grads
+                .par_iter()
+                .map(|g| sum_of_squares(g))
+                .collect::<Result<Vec<f64>>>()?
+        } else {
+            grads
+                .iter()
+                .map(|g| sum_of_squares(g))
+                .collect::<Result<Vec<f64>>>()?
+        };
         Ok(sums.iter().fold(0.0f64, |total, s| total + s).sqrt())
     }
 
