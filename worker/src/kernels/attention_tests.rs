@@ -262,3 +262,82 @@ fn bad_lengths_and_heads_are_errors() {
         "{e}"
     );
 }
+
+/// The kernel's arithmetic written out one element at a time, as its contract states it: the
+/// scaled query (x · scale), each score one fused multiply-add chain over e in order from 0,
+/// the mask added, the softmax's max, exps, sequential sum and division, and each output one
+/// fused multiply-add chain over the keys in order from 0 — in f32, so the register-blocked
+/// paths must give these exact bits.
+fn chains(q: &[f32], k: &Cache, v: &Cache, m: &[f32], dims: &Dims, scale: f32) -> Vec<f32> {
+    let Dims {
+        b,
+        heads,
+        kv_heads,
+        t,
+        s,
+        d,
+    } = *dims;
+    let g = heads / kv_heads;
+    let mut out = vec![0f32; b * t * heads * d];
+    for bi in 0..b {
+        for h in 0..heads {
+            for i in 0..t {
+                let qi = &q[((bi * heads + h) * t + i) * d..][..d];
+                let mut p: Vec<f32> = (0..s)
+                    .map(|j| {
+                        let score = (0..d).fold(0f32, |acc, e| {
+                            (qi[e] * scale).mul_add(k.at(dims, bi, h / g, j, e) as f32, acc)
+                        });
+                        score + m[(bi * t + i) * s + j]
+                    })
+                    .collect();
+                let max = p.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+                let mut sum = 0f32;
+                for x in p.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                for x in p.iter_mut() {
+                    *x /= sum;
+                }
+                for e in 0..d {
+                    out[((bi * t + i) * heads + h) * d + e] = (0..s).fold(0f32, |acc, j| {
+                        p[j].mul_add(v.at(dims, bi, h / g, j, e) as f32, acc)
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn register_blocked_scores_and_outputs_keep_the_chains_bits() {
+    // Head dimensions with (64) and without (32, 80) the register-held output, 1–5 and 16
+    // query rows (blocks of 1–4), keys below, at and past 16 and 64 (both score blocks and
+    // the sweep's tail), padding.
+    for &d in &[64, 32, 80] {
+        for &t in &[1, 3, 4, 5, 16] {
+            for extra in [0, 15, 16, 17, 63, 64, 81] {
+                let s = t + extra;
+                let dims = Dims {
+                    b: 2,
+                    heads: 6,
+                    kv_heads: 2,
+                    t,
+                    s,
+                    d,
+                };
+                let q = uniform(dims.b * dims.heads * t * d, 7, -1.0, 1.0);
+                let (k, v) = (Cache::new(&dims, s + 3, 8), Cache::new(&dims, s + 3, 9));
+                let m = mask(&dims, s - t, &[0, 2.min(s - t)]);
+                let scale = 1.0 / (d as f32).sqrt();
+                let mut out = vec![f32::NAN; dims.b * t * dims.heads * d];
+                attention(&q, k.view(&dims), v.view(&dims), &m, dims, scale, &mut out).unwrap();
+                let want = chains(&q, &k, &v, &m, &dims, scale);
+                let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&out), bits(&want), "d {d} t {t} s {s}");
+            }
+        }
+    }
+}
