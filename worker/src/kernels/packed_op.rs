@@ -3,12 +3,15 @@
 //!
 //! Only models made for decoding (`Model::for_decoding`, the models `sample::generate` runs)
 //! carry slots, so a packed copy lives exactly as long as one generation, during which the
-//! weights cannot change. The gate is the skinny kernel's without its row limit
-//! (`skinny_op::admits_rows`): f32 on the CPU, contiguous, any number of rows, W of at least
-//! 32 768 elements, nothing tracked by autograd. So the prefill (prompt tokens × rows) runs on
-//! the panel kernel too: at 64–1024 rows it multiplies at the machine's sgemm rate, 1.3–1.6×
-//! candle's gemm at those shapes (BENCHMARKS.md#prefill-on-the-panel-kernel), and a row's
-//! prefill no longer depends on the rows beside it.
+//! weights cannot change. The gate is the skinny kernel's with a row limit the caller gives
+//! (`skinny_op::admits_rows`): f32 on the CPU, contiguous, W of at least 32 768 elements,
+//! nothing tracked by autograd, at most `max_rows` rows. Decoding views (`Model::for_decoding`)
+//! give no limit, so a generation's prefill (prompt tokens × rows) runs on the panel kernel
+//! too: at 64–1024 rows it multiplies at the machine's sgemm rate, 1.2–1.7× candle's gemm at
+//! those shapes (BENCHMARKS.md#prefill-on-the-panel-kernel), and a row's prefill no longer
+//! depends on the rows beside it. A frozen model's own forwards (scoring, judging) keep the
+//! skinny kernel's 16 rows, so a model that never generates never gets a packed copy — which
+//! would double its weights' memory.
 
 use std::sync::{Arc, OnceLock};
 
@@ -24,31 +27,34 @@ pub struct PackedSlot(OnceLock<Arc<PackedWeight>>);
 #[cfg(test)]
 impl PackedSlot {
     /// The packed copy, if one was made.
-    pub(super) fn get(&self) -> Option<Arc<PackedWeight>> {
+    pub(crate) fn get(&self) -> Option<Arc<PackedWeight>> {
         self.0.get().cloned()
     }
 }
 
 /// `x · Wᵀ` for x [rows, k] and W [n, k] on W's packed copy in `slot` (packed now if the slot is
-/// empty), or `None` when the gate does not admit these operands (then use another path).
+/// empty), or `None` when the gate does not admit these operands or x has more than
+/// `max_rows` rows (then use another path).
 pub fn try_matmul_wt(
     x: &Tensor,
     w: &Tensor,
     slot: &PackedSlot,
+    max_rows: usize,
 ) -> candle_core::Result<Option<Tensor>> {
-    try_matmul_wt_stacked(x, &[w], slot)
+    try_matmul_wt_stacked(x, &[w], slot, max_rows)
 }
 
 /// `x · [W₁; W₂; …]ᵀ` — the weights stacked along their rows, packed together into `slot` — as
 /// [rows, Σ n_i]: one call (one wake-up of the pool) for several projections of the same input,
 /// each part's columns the bits [`try_matmul_wt`] on that part gives. `None` when the gate does
-/// not admit x with every part.
+/// not admit x (of at most `max_rows` rows) with every part.
 pub fn try_matmul_wt_stacked(
     x: &Tensor,
     ws: &[&Tensor],
     slot: &PackedSlot,
+    max_rows: usize,
 ) -> candle_core::Result<Option<Tensor>> {
-    if ws.is_empty() || !ws.iter().all(|w| skinny_op::admits_rows(x, w, usize::MAX)) {
+    if ws.is_empty() || !ws.iter().all(|w| skinny_op::admits_rows(x, w, max_rows)) {
         return Ok(None);
     }
     let packed = match slot.0.get() {

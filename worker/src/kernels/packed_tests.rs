@@ -164,13 +164,13 @@ fn the_slot_packs_once_and_the_gate_refuses_tracked_or_small_operands() -> candl
     let w = Tensor::from_vec(uniform(n * k, 5, -1.0, 1.0), (n, k), &dev)?;
     let x = Tensor::from_vec(uniform(3 * k, 6, -1.0, 1.0), (3, k), &dev)?;
     let slot = PackedSlot::default();
-    let y = try_matmul_wt(&x, &w, &slot)?.expect("the gate admits 3 untracked f32 rows");
+    let y = try_matmul_wt(&x, &w, &slot, 16)?.expect("the gate admits 3 untracked f32 rows");
     let want = x.matmul(&w.t()?)?;
     let diff = (y.clone() - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
     assert!(diff < 1e-4, "max difference {diff}");
     // The second call reuses the packed copy (the same allocation, not a repack): the same bits.
     let first = slot.get().expect("the first call filled the slot");
-    let again = try_matmul_wt(&x, &w, &slot)?.unwrap();
+    let again = try_matmul_wt(&x, &w, &slot, 16)?.unwrap();
     assert!(
         std::sync::Arc::ptr_eq(&first, &slot.get().unwrap()),
         "the weight was packed again"
@@ -182,19 +182,22 @@ fn the_slot_packs_once_and_the_gate_refuses_tracked_or_small_operands() -> candl
     // A slot holding another shape's copy is an error, not a wrong product.
     let other = Tensor::zeros((n, k + 1), candle_core::DType::F32, &dev)?;
     let x1 = Tensor::zeros((1, k + 1), candle_core::DType::F32, &dev)?;
-    let e = try_matmul_wt(&x1, &other, &slot).unwrap_err();
+    let e = try_matmul_wt(&x1, &other, &slot, 16).unwrap_err();
     assert!(
         e.to_string().contains("the slot holds a 256×128 weight"),
         "{e}"
     );
     // Tracked operands (training) and small weights (the tiny test models) are refused.
     let tracked = Var::from_tensor(&w)?;
-    assert!(try_matmul_wt(&x, tracked.as_tensor(), &PackedSlot::default())?.is_none());
+    assert!(try_matmul_wt(&x, tracked.as_tensor(), &PackedSlot::default(), 16)?.is_none());
     let small = Tensor::zeros((4, k), candle_core::DType::F32, &dev)?;
-    assert!(try_matmul_wt(&x, &small, &PackedSlot::default())?.is_none());
-    // Unlike the skinny kernel, any number of rows (a prefill) is admitted.
+    assert!(try_matmul_wt(&x, &small, &PackedSlot::default(), 16)?.is_none());
+    // Rows beyond the caller's limit are refused; without a limit (a decoding view's prefill)
+    // any number is admitted.
     let many = Tensor::from_vec(uniform(200 * k, 7, -1.0, 1.0), (200, k), &dev)?;
-    let y = try_matmul_wt(&many, &w, &slot)?.expect("the gate admits a 200-row prefill");
+    assert!(try_matmul_wt(&many, &w, &slot, 16)?.is_none());
+    let y =
+        try_matmul_wt(&many, &w, &slot, usize::MAX)?.expect("the gate admits a 200-row prefill");
     let diff = (y - many.matmul(&w.t()?)?)?
         .abs()?
         .max_all()?

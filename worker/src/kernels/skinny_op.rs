@@ -4,10 +4,10 @@
 //! The gate admits only the decoding case: f32 on the CPU, both operands contiguous, x of
 //! 1..=[`MAX_ROWS`] rows, W of at least [`MIN_WEIGHT_ELEMENTS`], and neither operand tracked
 //! by autograd (the op has no backward, so the training path keeps candle's ops). The panel
-//! kernel on packed weights (`packed_op`) shares the gate, without the row limit
-//! ([`admits_rows`]), and the switch [`enabled`]; generation takes that one, prefill included,
-//! and this one serves the few-row forwards of models without packed copies (e.g. scoring
-//! short batches on a trainable model's detached view).
+//! kernel on packed weights (`packed_op`) shares the gate, with the row limit its caller gives
+//! ([`admits_rows`]: none in a decoding view, so the prefill too), and the switch [`enabled`];
+//! generation takes that one, and this one serves the few-row forwards of models without
+//! packed copies (e.g. scoring short batches on a trainable model's detached view).
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 

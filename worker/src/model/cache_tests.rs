@@ -108,3 +108,23 @@ fn decoding_on_the_inference_kernels_matches_a_tracked_forward_on_the_composed_o
     }
     Ok(())
 }
+
+#[test]
+fn a_frozen_models_own_long_forwards_never_pack_but_a_decoding_views_prefill_does() -> Result<()> {
+    // Hidden 256: every projection passes the packed kernel's size gate.
+    let config = ModelConfig::tiny_with(300, 256, 2, 4, 2, 512);
+    let frozen = init_random(&config, 7, false, &Device::Cpu)?;
+    // 2 × 12 = 24 rows, past the skinny kernel's 16: scoring on the frozen model itself keeps
+    // candle's gemm and makes no packed copy (which would double its weights' memory).
+    let rows: Vec<Vec<u32>> = vec![(1..13).collect(), (20..32).collect()];
+    let valid = vec![vec![true; 12]; 2];
+    let scored = frozen.forward_hidden(&rows, &valid, &mut KvCache::new())?;
+    assert_eq!(frozen.packed_copies(), 0);
+    // A decoding view's prefill of the same rows runs on packed copies, shared with the
+    // frozen model (its weights never change), and agrees with the gemm to rounding.
+    let view = frozen.for_decoding()?;
+    let prefilled = view.forward_hidden(&rows, &valid, &mut KvCache::new())?;
+    assert!(view.packed_copies() > 0 && frozen.packed_copies() == view.packed_copies());
+    assert!(max_diff(&scored, &prefilled) < 1e-4, "prefill vs scoring");
+    Ok(())
+}

@@ -29,19 +29,23 @@ struct Linear {
 }
 
 impl Linear {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        ops::linear_with(x, &self.weight, self.bias.as_ref(), self.packed.as_deref())
+    /// `x · Wᵀ (+ b)`, on the packed copy for inputs of at most `packed_rows` rows.
+    fn forward(&self, x: &Tensor, packed_rows: usize) -> candle_core::Result<Tensor> {
+        let packed = self.packed.as_deref().map(|slot| (slot, packed_rows));
+        ops::linear_with(x, &self.weight, self.bias.as_ref(), packed)
     }
 }
 
 /// The outputs of several bias-free projections of the same input `x` [b, t, in] from one
 /// packed matmul over their stacked weights (`slot`), each contiguous [b, t, out_i] and the
 /// same bits as its own projection; `None` when there is no slot, a projection has a bias or
-/// the gate does not admit the operands (then run them one by one).
+/// the gate does not admit the operands (x of at most `packed_rows` rows; then run them one by
+/// one).
 fn stacked<const N: usize>(
     x: &Tensor,
     linears: [&Linear; N],
     slot: &Option<Arc<PackedSlot>>,
+    packed_rows: usize,
 ) -> candle_core::Result<Option<[Tensor; N]>> {
     let Some(slot) = slot else {
         return Ok(None);
@@ -52,7 +56,9 @@ fn stacked<const N: usize>(
     let (b, t, width) = x.dims3()?;
     let x2 = x.reshape((b * t, width))?;
     let weights = linears.map(|l| &l.weight);
-    let Some(y) = crate::kernels::packed_op::try_matmul_wt_stacked(&x2, &weights, slot)? else {
+    let Some(y) =
+        crate::kernels::packed_op::try_matmul_wt_stacked(&x2, &weights, slot, packed_rows)?
+    else {
         return Ok(None);
     };
     let mut start = 0;
@@ -96,6 +102,10 @@ pub struct Model {
     inference_kernels: bool,
     /// Where the packed copy of the LM head for decoding is kept (see [`Model::for_decoding`]).
     head_packed: Option<Arc<PackedSlot>>,
+    /// The most input rows the packed copies serve: the skinny kernel's 16 for a frozen
+    /// model's own forwards (so a model that only scores never gets packed copies), any number
+    /// for a decoding view (its prefill too).
+    packed_rows: usize,
     /// Whether the weights can never change: a frozen model's own tensors, not a view of a
     /// trainable model's `Var`s. Such a model keeps its packed copies for its whole life.
     weights_fixed: bool,
@@ -189,6 +199,7 @@ impl Model {
             inv_freq: rope::inv_freq(&config),
             inference_kernels: rowwise_op::model_takes_kernels(config.hidden_size),
             head_packed: None,
+            packed_rows: crate::kernels::skinny_op::MAX_ROWS,
             weights_fixed: false,
             embed: get("model.embed_tokens.weight"),
             norm: get("model.norm.weight"),
@@ -310,7 +321,23 @@ impl Model {
         if !view.weights_fixed {
             view.add_packing_slots();
         }
+        view.packed_rows = usize::MAX;
         Ok(view)
+    }
+
+    /// How many of this model's packed-copy slots hold a copy (tests).
+    #[cfg(test)]
+    pub(crate) fn packed_copies(&self) -> usize {
+        let layers = self.layers.iter().flat_map(|l| {
+            [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
+                .map(|linear| linear.packed.clone())
+                .into_iter()
+                .chain([l.qkv_packed.clone(), l.gate_up_packed.clone()])
+        });
+        layers
+            .chain([self.head_packed.clone()])
+            .filter(|slot| slot.as_ref().is_some_and(|s| s.get().is_some()))
+            .count()
     }
 
     /// Empty packed-copy slots for every projection and the LM head.
@@ -431,16 +458,18 @@ impl Model {
             .embed
             .index_select(&Tensor::from_vec(flat, b * t, &dev)?, 0)?
             .reshape((b, t, self.config.hidden_size))?;
+        let rows = self.packed_rows;
         for (l, layer) in self.layers.iter().enumerate() {
             let h = self.rms_norm(&x, &layer.input_norm)?;
             let att = self.attention(layer, &h, &cos, &sin, &mask, cache, l)?;
             x = (x + att)?;
             let h = self.rms_norm(&x, &layer.post_attention_norm)?;
-            let [gate, up] = match stacked(&h, [&layer.gate, &layer.up], &layer.gate_up_packed)? {
-                Some(gate_up) => gate_up,
-                None => [layer.gate.forward(&h)?, layer.up.forward(&h)?],
-            };
-            let mlp = layer.down.forward(&self.swiglu(&gate, &up)?)?;
+            let [gate, up] =
+                match stacked(&h, [&layer.gate, &layer.up], &layer.gate_up_packed, rows)? {
+                    Some(gate_up) => gate_up,
+                    None => [layer.gate.forward(&h, rows)?, layer.up.forward(&h, rows)?],
+                };
+            let mlp = layer.down.forward(&self.swiglu(&gate, &up)?, rows)?;
             x = (x + mlp)?;
         }
         self.rms_norm(&x, &self.norm)
@@ -499,6 +528,7 @@ impl Model {
         l: usize,
     ) -> Result<Tensor> {
         let c = &self.config;
+        let rows = self.packed_rows;
         let (b, t, _) = h.dims3()?;
         let (nh, kvh, d, g) = (
             c.num_attention_heads,
@@ -507,12 +537,12 @@ impl Model {
             c.group_size(),
         );
         let heads = |x: Tensor, n: usize| x.reshape((b, t, n, d))?.transpose(1, 2);
-        let [q, k, v] = match stacked(h, [&layer.q, &layer.k, &layer.v], &layer.qkv_packed)? {
+        let [q, k, v] = match stacked(h, [&layer.q, &layer.k, &layer.v], &layer.qkv_packed, rows)? {
             Some(qkv) => qkv,
             None => [
-                layer.q.forward(h)?,
-                layer.k.forward(h)?,
-                layer.v.forward(h)?,
+                layer.q.forward(h, rows)?,
+                layer.k.forward(h, rows)?,
+                layer.v.forward(h, rows)?,
             ],
         };
         let q = self.rope(&heads(q, nh)?, cos, sin)?;
@@ -524,7 +554,7 @@ impl Model {
             if let Some(out) =
                 attention_op::try_attention(&q, &k, &v, mask, 1.0 / (d as f64).sqrt())?
             {
-                return Ok(layer.o.forward(&out)?);
+                return Ok(layer.o.forward(&out, rows)?);
             }
         }
         let s = k.dim(2)?;
@@ -540,7 +570,7 @@ impl Model {
             .reshape((b, nh, t, d))?
             .transpose(1, 2)?
             .reshape((b, t, nh * d))?;
-        Ok(layer.o.forward(&out)?)
+        Ok(layer.o.forward(&out, rows)?)
     }
 
     /// LM-head logits [.., vocab] of hidden states [.., hidden]. Errors for a classifier.
@@ -552,7 +582,9 @@ impl Model {
                 hidden,
                 &self.head,
                 None,
-                self.head_packed.as_deref(),
+                self.head_packed
+                    .as_deref()
+                    .map(|slot| (slot, self.packed_rows)),
             )?)?),
             Head::SequenceClassification { .. } => Err(ModelError::Input(
                 "lm_logits called on a sequence-classification model".into(),

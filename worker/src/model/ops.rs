@@ -44,13 +44,14 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     linear_with(x, weight, bias, None)
 }
 
-/// [`linear`], decoding on W's packed copy in `packed` when given and the gate admits the
-/// operands (`kernels::packed_op`: models made by `Model::for_decoding`).
+/// [`linear`], on W's packed copy in `packed` (the slot and the most rows it may take) when
+/// given and the gate admits the operands (`kernels::packed_op`: frozen models and the views
+/// `Model::for_decoding` makes).
 pub fn linear_with(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
-    packed: Option<&PackedSlot>,
+    packed: Option<(&PackedSlot, usize)>,
 ) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let (in_dim, out_dim) = (dims[dims.len() - 1], weight.dim(0)?);
@@ -62,7 +63,9 @@ pub fn linear_with(
     // keeps the matmuls below (docs/architecture.md#decoding-kernels).
     let kernel = if crate::kernels::skinny_op::enabled() {
         let on_packed = match packed {
-            Some(slot) => crate::kernels::packed_op::try_matmul_wt(&x2, weight, slot)?,
+            Some((slot, max_rows)) => {
+                crate::kernels::packed_op::try_matmul_wt(&x2, weight, slot, max_rows)?
+            }
             None => None,
         };
         match on_packed {
