@@ -315,7 +315,9 @@ impl Model {
     /// of their weights packed into column panels (`kernels::packed`), made on first use. A
     /// frozen model's copies are its own and live as long as it does (its weights never
     /// change); a trainable model's view gets fresh ones that die with the view, so make a new
-    /// view after every update of the weights (each `sample::generate` call does).
+    /// view after every update of the weights (each `sample::generate` call does). The view's
+    /// packed copies take inputs of any number of rows (the prefill too); the model's own
+    /// forwards keep the skinny kernel's 16.
     pub fn for_decoding(&self) -> Result<Model> {
         let mut view = self.detached()?;
         if !view.weights_fixed {
