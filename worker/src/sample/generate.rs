@@ -12,9 +12,9 @@
 //! the matmul on packed weights (`kernels::packed`, through [`Model::for_decoding`], for the
 //! prefill and every decode step) and the fused attention are batch-invariant, but candle's
 //! gemm (the tiny models, whose weights are below the kernels' gate) rounds a row differently
-//! with the row count, and so does left padding to a longer prompt. Log-probs then differ in the last
-//! bits, and a token could in principle flip where a uniform falls within rounding of a
-//! cumulative-probability boundary.
+//! with the row count, and so does left padding to a longer prompt. Log-probs then differ in
+//! the last bits, and a token could in principle flip where a uniform falls within rounding of
+//! a cumulative-probability boundary.
 //! Runs without gradients (frozen or detached use of the model); must not compute losses.
 
 use rayon::prelude::*;
@@ -212,7 +212,7 @@ pub(crate) fn left_pad(rows: &[Vec<u32>]) -> (Vec<Vec<u32>>, Vec<Vec<bool>>) {
 }
 
 /// Next-token logits of the last position of each row, as host rows [b][vocab].
-fn last_logits(
+pub(super) fn last_logits(
     model: &Model,
     ids: &[Vec<u32>],
     valid: &[Vec<bool>],

@@ -6,10 +6,8 @@
 //! [`super::generate()`] gives that row. Records no log-probs and keeps one row; must not
 //! batch, score or compute losses.
 
-use candle_core::DType;
-
 use super::draw::draw_row;
-use super::generate::{uniform_at, GenerateConfig, RowKey};
+use super::generate::{last_logits, uniform_at, GenerateConfig, RowKey};
 use crate::model::{KvCache, Model, ModelError, Result};
 
 /// What a streamed completion produced.
@@ -21,20 +19,16 @@ pub struct Streamed {
     pub finished: bool,
 }
 
-/// Next-token logits after feeding `ids` (one row) to `model` with `cache`. The forward runs
-/// on one of rayon's threads, as `generate`'s decode loop does, so the kernels' ≈ 120 parallel
-/// calls per token fork from inside the pool instead of each parking the caller; the callback
-/// (not `Send`) stays on the caller's thread, so a token costs one entry into the pool.
+/// Next-token logits after feeding `ids` (one row) to `model` with `cache` (the batched
+/// generator's `last_logits` on one row). The forward runs on one of rayon's threads, as
+/// `generate`'s decode loop does, so the kernels' ≈ 120 parallel calls per token fork from
+/// inside the pool instead of each parking the caller; the callback (not `Send`) stays on the
+/// caller's thread, so a token costs one entry into the pool.
 fn next_logits(model: &Model, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
-    rayon::scope(|_| {
-        let hidden = model.forward_hidden(&[ids.to_vec()], &[vec![true; ids.len()]], cache)?;
-        let t = hidden.dim(1)?;
-        let logits = model
-            .lm_logits(&hidden.narrow(1, t - 1, 1)?)?
-            .flatten_all()?
-            .to_dtype(DType::F32)?;
-        Ok(logits.to_vec1::<f32>()?)
-    })
+    let mut rows =
+        rayon::scope(|_| last_logits(model, &[ids.to_vec()], &[vec![true; ids.len()]], cache))?;
+    rows.pop()
+        .ok_or_else(|| ModelError::Input("internal: no logits row".into()))
 }
 
 /// Generates a completion of `prompt` from `model` under `config`, drawing token t from the
