@@ -6,6 +6,7 @@
 pub mod attention;
 pub mod attention_op;
 mod disjoint;
+pub mod exp;
 pub mod isa;
 pub mod packed;
 pub mod packed_op;

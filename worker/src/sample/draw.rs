@@ -13,7 +13,10 @@
 //!   exp(x − max) are exactly that sum's terms, so a plain row costs one `exp` pass instead of
 //!   three, a mixture row three instead of five. At SmolLM2's 49 152-token vocabulary the
 //!   composed form was ≈ 10 % of a decode step's samples (BENCHMARKS.md, "Decoding kernels").
-//!   Rounding differs from the composed form in the last bits (different summation order), so
+//!   The `exp` passes are f32 and vectorised (`kernels::exp`, within 2 ulp), their sums f64 in
+//!   a fixed order; the draw finds the token's block of [`WALK_BLOCK`] tokens from the blocks'
+//!   sums and walks that block alone.
+//!   Rounding differs from the composed form in the last bits (f32 terms, summation order), so
 //!   the choice depends on the vocabulary alone, never on the batch; the test
 //!   `few_passes_agree_with_the_composition` bounds the difference.
 //!
@@ -26,6 +29,7 @@ use super::filter::{
     apply_mask, draw, log_softmax_row, mix_logprobs, token_distribution, SamplingParams,
 };
 use super::rules::constrained_logprobs;
+use crate::kernels::exp;
 use crate::model::{ModelError, Result};
 
 /// Vocabularies at least this large take the few-passes form (the token log-prob kernel's
@@ -116,20 +120,31 @@ struct Normalisers {
     allowed: f64,
 }
 
-/// Both log-sum-exps of `x` in one `exp` pass, shifted by the maximum over every token; when
-/// the allowed tokens' terms all underflow at that shift (allowed logits ≈ 745 below the
-/// maximum), the allowed sum is redone at its own maximum.
+thread_local! {
+    /// A row's exp terms, reused across rows and steps (no allocation per token).
+    static TERMS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Both log-sum-exps of `x` in one `exp` pass (f32 terms exp(x − max) by `kernels::exp`, summed
+/// in f64), shifted by the maximum over every token; when the allowed tokens' terms all
+/// underflow at that shift (allowed logits ≈ 87 below the maximum), the allowed sum is redone
+/// at its own maximum.
 fn normalisers(x: &[f32], forbidden: &[bool]) -> Normalisers {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-    let (mut all, mut allowed) = (0.0f64, 0.0f64);
-    for (&v, &f) in x.iter().zip(forbidden) {
-        let e = (v as f64 - max).exp();
-        all += e;
-        if !f {
-            allowed += e;
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let (all, allowed) = TERMS.with_borrow_mut(|terms| {
+        terms.clear();
+        terms.extend(x.iter().map(|&v| v - max));
+        exp::exp_in_place(terms);
+        let all = exp::sum_f64(terms);
+        for (t, &f) in terms.iter_mut().zip(forbidden) {
+            if f {
+                *t = 0.0;
+            }
         }
-    }
-    let allowed = if allowed.is_normal() {
+        (all, exp::sum_f64(terms))
+    });
+    let max = max as f64;
+    let allowed = if allowed > 0.0 {
         max + allowed.ln()
     } else {
         allowed_lse(x, forbidden)
@@ -152,14 +167,22 @@ fn allowed_lse(x: &[f32], forbidden: &[bool]) -> f64 {
     max + allowed().map(|v| (v - max).exp()).sum::<f64>().ln()
 }
 
+/// Tokens per block of the draw's cumulative walk: blocks' sums locate the token's block, then
+/// one block is walked token by token.
+const WALK_BLOCK: usize = 512;
+
 thread_local! {
-    /// The draw's weights exp((s − max)/T) per token, reused across rows and steps.
-    static WEIGHTS: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
+    /// The draw's weights exp((s − max)/T) per token and their blocks' sums, reused across rows
+    /// and steps.
+    static WEIGHTS: RefCell<(Vec<f32>, Vec<f64>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// The token whose cumulative weight first exceeds u·Σweights (inverse CDF in vocabulary
 /// order over the allowed tokens) for sampling logits `s(v)`, and logsumexp of s over the
-/// allowed tokens when `temperature` is 1 (None otherwise).
+/// allowed tokens when `temperature` is 1 (None otherwise). The weights are f32 terms of
+/// `kernels::exp` (0 for forbidden tokens and those ≈ 87 below the maximum, which are never
+/// drawn); Σweights and the cumulative sums are f64, in a fixed order: each block's sum by
+/// `exp::sum_f64`, the blocks in order, and within the token's block one token at a time.
 fn draw_weighted(
     n: usize,
     s: impl Fn(usize) -> f64,
@@ -171,28 +194,42 @@ fn draw_weighted(
         .filter(|&v| !forbidden[v])
         .map(&s)
         .fold(f64::NEG_INFINITY, f64::max);
-    WEIGHTS.with_borrow_mut(|weights| {
+    WEIGHTS.with_borrow_mut(|(weights, blocks)| {
         weights.clear();
         weights.extend((0..n).map(|v| {
             if forbidden[v] {
-                0.0
+                f32::NEG_INFINITY
             } else {
-                ((s(v) - max) / temperature).exp()
+                ((s(v) - max) / temperature) as f32
             }
         }));
-        let total: f64 = weights.iter().sum();
+        exp::exp_in_place(weights);
+        blocks.clear();
+        blocks.extend(weights.chunks(WALK_BLOCK).map(exp::sum_f64));
+        let total: f64 = blocks.iter().sum();
         let lse = (temperature == 1.0).then(|| max + total.ln());
         let target = u * total;
-        let (mut cum, mut last) = (0.0, 0);
-        for (v, &w) in weights.iter().enumerate() {
-            if w > 0.0 {
-                cum += w;
-                last = v;
-                if target < cum {
-                    return (v, lse);
+        let mut cum = 0.0;
+        for (b, &block_sum) in blocks.iter().enumerate() {
+            if target >= cum + block_sum {
+                cum += block_sum;
+                continue;
+            }
+            // The token is in this block, unless the token-by-token sum rounds below the
+            // block's: then the walk goes on into the next block.
+            let first = b * WALK_BLOCK;
+            for (v, &w) in weights[first..].iter().enumerate().take(WALK_BLOCK) {
+                if w > 0.0 {
+                    cum += w as f64;
+                    if target < cum {
+                        return (first + v, lse);
+                    }
                 }
             }
         }
+        // u·Σ at or past the end by rounding: the last token with weight (the maximum's
+        // weight is 1, so there is one).
+        let last = weights.iter().rposition(|&w| w > 0.0).unwrap_or(0);
         (last, lse)
     })
 }

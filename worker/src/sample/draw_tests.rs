@@ -95,6 +95,35 @@ fn large_vocabularies_take_the_few_passes_and_match_hand_computed_values() {
 }
 
 #[test]
+fn the_walk_finds_tokens_in_any_block_of_the_vocabulary() {
+    // 2000 equal logits: token v holds [v/2000, (v+1)/2000) of the inverse CDF, over four
+    // blocks of WALK_BLOCK = 512 tokens (the last one partial).
+    let logits = vec![0.25f32; 2000];
+    let open = vec![false; 2000];
+    let params = SamplingParams::default();
+    for v in [0usize, 511, 512, 1023, 1500, 1536, 1999] {
+        let u = (v as f64 + 0.5) / 2000.0;
+        let d = draw_row(&logits, None, &open, &params, u).unwrap();
+        assert_eq!(d.token as usize, v, "u = {u}");
+        assert!(
+            (d.logprob as f64 + 2000f64.ln()).abs() < 1e-5,
+            "{}",
+            d.logprob
+        );
+    }
+    // Forbidding blocks 1 and 2 whole: the cumulative mass skips them.
+    let gaps: Vec<bool> = (0..2000).map(|v| (512..1536).contains(&v)).collect();
+    let d = draw_row(&logits, None, &gaps, &params, 600.5 / 976.0).unwrap();
+    assert_eq!(d.token, 1536 + 600 - 512);
+    assert_eq!(
+        draw_row(&logits, None, &gaps, &params, 0.999_999_9)
+            .unwrap()
+            .token,
+        1999
+    );
+}
+
+#[test]
 fn allowed_tokens_far_below_a_forbidden_maximum_still_normalise() {
     // The only large logit is forbidden; the allowed ones sit 1000 below it, where exp at the
     // overall maximum underflows to 0.

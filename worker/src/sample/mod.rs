@@ -28,6 +28,7 @@ mod stream_tests;
 #[cfg(test)]
 mod tests;
 
+pub use draw::{draw_row, Drawn};
 pub use filter::{mixed_logits, token_distribution, SamplingParams};
 pub use generate::{
     generate, generate_mixture, generate_rows, GenerateConfig, Generation, MixtureError, RowKey,
