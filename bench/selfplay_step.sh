@@ -31,7 +31,7 @@ export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THRE
 echo "machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(uname -r), $(date -u +%FT%TZ); commit $(git rev-parse --short HEAD); profile $PROFILE; threads $THREADS"
 echo "load before: $(uptime)"
 LOG=$(mktemp -d)
-rates() { # numpy: the read bandwidth (1 GiB sdot on THREADS parts) and the sgemm rate (2048³, THREADS BLAS threads)
+rates() { # numpy: the read bandwidth (fastest of three 1 GiB reductions on THREADS parts) and the sgemm rate (2048³, THREADS BLAS threads)
   # sed, not head: head's early exit would kill the writer with SIGPIPE, failing the pipeline.
   OPENBLAS_NUM_THREADS=1 THREADS=$THREADS "$PY" bench/generate_peer.py bandwidth | sed -n 1p
   OPENBLAS_NUM_THREADS=$THREADS "$PY" -c '
