@@ -182,6 +182,32 @@ struct HeartbeatState {
     cancel: Vec<TaskRef>,
 }
 
+/// Waits for a poll's reply; Err when the session must end first (shutdown, or the lease lost).
+/// A heartbeat's cancel does not drop the poll: while polling the worker runs no task, so a
+/// cancel can only name one it has just finished (a heartbeat that crossed the task's final
+/// report), and the poll's reply may already carry a task the coordinator has marked as running
+/// here — dropping it stranded that task, and with one slot the worker never got another (the
+/// likely cause of a pipeline's `bon` stage stalling after 6 of its 8 shards).
+async fn await_poll<T>(
+    poll: impl std::future::Future<Output = T>,
+    shutdown: &mut watch::Receiver<bool>,
+    hb_rx: &mut watch::Receiver<HeartbeatState>,
+) -> Result<T, SessionEnd> {
+    let mut poll = std::pin::pin!(poll);
+    loop {
+        tokio::select! {
+            r = &mut poll => return Ok(r),
+            _ = shutdown.changed() => return Err(SessionEnd::Shutdown),
+            changed = hb_rx.changed() => {
+                // The heartbeat loop ends only once the lease is lost.
+                if changed.is_err() || hb_rx.borrow().lost {
+                    return Err(SessionEnd::Lost);
+                }
+            }
+        }
+    }
+}
+
 impl Session {
     async fn run(
         mut self,
@@ -209,10 +235,9 @@ impl Session {
                 worker_id: self.worker_id.clone(),
                 wait_ms: 20_000,
             });
-            let response = tokio::select! {
-                r = poll => r,
-                _ = shutdown.changed() => break SessionEnd::Shutdown,
-                _ = hb_rx.changed() => continue,
+            let response = match await_poll(poll, shutdown, &mut hb_rx).await {
+                Ok(response) => response,
+                Err(end) => break end,
             };
             let response = match response {
                 Ok(r) => r.into_inner(),
