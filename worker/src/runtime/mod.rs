@@ -64,6 +64,7 @@ pub enum RuntimeError {
 }
 
 /// How a session with one registration ended.
+#[derive(Debug)]
 enum SessionEnd {
     Shutdown,
     /// Coordinator unreachable or no longer knows us: register again.
@@ -553,3 +554,7 @@ async fn heartbeat_loop(
         }
     }
 }
+
+#[cfg(test)]
+#[path = "poll_tests.rs"]
+mod poll_tests;
