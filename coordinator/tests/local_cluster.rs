@@ -273,6 +273,10 @@ fn every_merge_config_in_configs_runs() {
 /// The model the SmolLM2 configs read: it exists only after `bash scripts/fetch_smollm2.sh
 /// models/smollm2` (README "Set up").
 const SMOLLM2_GGUF: &str = "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The over-optimisation study's output, which `configs/score-goodhart.toml` and
+/// `configs/selfplay-proxies-goodhart.toml` read: it exists only after `mirrorplay local
+/// configs/bon-goodhart.toml` has run on this machine.
+const BON_STUDY_OUTPUT: &str = "/tmp/mp-bon-goodhart/";
 
 #[test]
 fn every_config_in_configs_validates() {
@@ -283,15 +287,30 @@ fn every_config_in_configs_validates() {
         .collect();
     configs.sort();
     assert!(configs.len() >= 10, "{configs:?}");
-    let gguf_fetched = repo_root().join(SMOLLM2_GGUF).exists();
+    // (what a config names, whether it is here, how to make it)
+    let prerequisites = [
+        (
+            SMOLLM2_GGUF,
+            repo_root().join(SMOLLM2_GGUF).exists(),
+            "bash scripts/fetch_smollm2.sh models/smollm2",
+        ),
+        (
+            BON_STUDY_OUTPUT,
+            ["reward/ensemble.json", "sft/model/config.json"]
+                .iter()
+                .all(|p| std::path::Path::new(BON_STUDY_OUTPUT).join(p).exists()),
+            "mirrorplay local configs/bon-goodhart.toml",
+        ),
+    ];
     for config in configs {
         let path = config.to_str().unwrap();
-        let needs_fetch = std::fs::read_to_string(&config)
-            .unwrap()
-            .contains(SMOLLM2_GGUF);
-        let o = if needs_fetch && !gguf_fetched {
-            // Without the fetched model the input check refuses the config, naming the path;
-            // the rest of the config is checked with the input check off.
+        let text = std::fs::read_to_string(&config).unwrap();
+        let missing = prerequisites
+            .iter()
+            .find(|(input, present, _)| !present && text.contains(input));
+        let o = if let Some((input, _, how)) = missing {
+            // Without the input the input check refuses the config, naming the path; the rest
+            // of the config is checked with the input check off.
             let refused = run(&["validate", path]);
             assert_eq!(
                 refused.status.code(),
@@ -299,15 +318,8 @@ fn every_config_in_configs_validates() {
                 "{path}: {}",
                 stderr(&refused)
             );
-            assert!(
-                stderr(&refused).contains(SMOLLM2_GGUF),
-                "{}",
-                stderr(&refused)
-            );
-            eprintln!(
-                "{path}: input check skipped: {SMOLLM2_GGUF} is not fetched \
-                 (bash scripts/fetch_smollm2.sh models/smollm2)"
-            );
+            assert!(stderr(&refused).contains(input), "{}", stderr(&refused));
+            eprintln!("{path}: input check skipped: {input} is not here ({how})");
             run(&["validate", "--no-input-check", path])
         } else {
             run(&["validate", path])
