@@ -305,9 +305,10 @@ fn every_config_in_configs_validates() {
     for config in configs {
         let path = config.to_str().unwrap();
         let text = std::fs::read_to_string(&config).unwrap();
+        // A TOML string value that starts with the path (not a comment or a mere mention).
         let missing = prerequisites
             .iter()
-            .find(|(input, present, _)| !present && text.contains(input));
+            .find(|(input, present, _)| !present && text.contains(&format!("\"{input}")));
         let o = if let Some((input, _, how)) = missing {
             // Without the input the input check refuses the config, naming the path; the rest
             // of the config is checked with the input check off.
