@@ -94,7 +94,7 @@ impl Coordinator for Service {
         let _timer = self.control.metrics.rpc("Heartbeat");
         let r = request.into_inner();
         Ok(Response::new(
-            match self.control.scheduler.heartbeat(&r.worker_id, &r.running) {
+            match self.control.heartbeat(&r.worker_id, &r.running).await {
                 Some(cancel) => HeartbeatResponse {
                     known: true,
                     cancel,
@@ -155,7 +155,7 @@ impl Coordinator for Service {
                     known: true,
                 }));
             }
-            scheduler.heartbeat(&r.worker_id, &[]);
+            scheduler.renew(&r.worker_id);
         }
     }
 

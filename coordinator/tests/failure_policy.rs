@@ -222,6 +222,42 @@ fn a_hand_back_is_not_a_failure_and_an_invalid_spec_fails_at_once() {
 }
 
 #[test]
+fn an_assignment_the_worker_never_received_is_re_issued_not_failed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{}", free_port());
+    // No failure allowed, so a re-issue counted as one would fail the job; a lease short enough
+    // for a quick test and long enough that a loaded machine keeps the worker.
+    let _coordinator = spawn_coordinator_with(
+        tmp.path(),
+        &url,
+        &["--task-retries", "0", "--lease-ms", "3000"],
+        &[],
+        None,
+    );
+    // The only worker discards the first task its polls return, as if the reply were lost: it
+    // idles with its one slot taken in the scheduler. Without the hand-back the job stalls.
+    let _worker = spawn_worker_env(
+        &url,
+        "deaf",
+        None,
+        &[("MIRRORPLAY_FAULT_DROP_ASSIGNMENTS", "1")],
+    );
+    let job = submit_config(&url, &merge_config(tmp.path(), "stranded"), &[]);
+    let done = wait_for(&url, &job, "succeeded");
+    assert_eq!(done["failures"], serde_json::json!([]), "{done}");
+    let logs = stdout_of(&["logs", &job, "--coordinator", &url]);
+    assert!(
+        logs.contains("worker `deaf` was assigned it but has not listed it in its heartbeats")
+            && logs.contains("re-issued as attempt 2 (not a failure)"),
+        "{logs}"
+    );
+    assert!(tmp
+        .path()
+        .join("stranded/model/model.safetensors.index.json")
+        .exists());
+}
+
+#[test]
 fn a_worker_of_another_version_is_refused_naming_both_versions() {
     let tmp = tempfile::tempdir().unwrap();
     let url = format!("http://127.0.0.1:{}", free_port());

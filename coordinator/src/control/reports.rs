@@ -150,6 +150,22 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// A worker's heartbeat: renews its lease and returns the tasks it lists that are no longer
+    /// its own (to cancel); tasks it was assigned but never received are re-issued
+    /// (`scheduler/stranded.rs`). None for an unknown worker.
+    pub async fn heartbeat(&self, worker_id: &str, running: &[TaskRef]) -> Option<Vec<TaskRef>> {
+        let beat = self.scheduler.heartbeat(worker_id, running)?;
+        if !beat.handed_back.is_empty() {
+            tracing::warn!(
+                worker_id,
+                tasks = beat.handed_back.len(),
+                "tasks assigned to a worker that never received them"
+            );
+            self.handle_lost(beat.handed_back).await;
+        }
+        Some(beat.cancel)
+    }
+
     /// A worker leaves on its own: every task it held (those it lists as `returned`, and one
     /// assigned to it while it was stopping) is handed back, re-issued at once, not a failure.
     pub async fn deregister(&self, worker_id: &str, returned: &[TaskRef]) {

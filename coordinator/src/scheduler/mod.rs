@@ -12,6 +12,7 @@
 
 mod gang;
 mod retry;
+mod stranded;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -41,6 +42,9 @@ struct Worker {
     running: BTreeSet<String>,
     /// Gang ranks assigned to this worker but not yet handed over by a poll.
     pending: VecDeque<Task>,
+    /// Tasks in `running` that this worker's heartbeats have not listed, since when
+    /// (`stranded.rs`).
+    unlisted: HashMap<String, Instant>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -125,6 +129,16 @@ pub enum Lost {
     },
 }
 
+/// The scheduler's answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heartbeat {
+    /// Tasks the worker lists that are no longer its own: the worker cancels them.
+    pub cancel: Vec<TaskRef>,
+    /// Tasks assigned to the worker that it has not listed for longer than the lease: an
+    /// assignment it never received (a poll reply lost on the way), re-issued, not a failure.
+    pub handed_back: Vec<Lost>,
+}
+
 /// Why a report was not accepted.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Rejected {
@@ -204,17 +218,23 @@ impl Scheduler {
                 last_poll: None,
                 running: BTreeSet::new(),
                 pending: VecDeque::new(),
+                unlisted: HashMap::new(),
             },
         );
         id
     }
 
     /// Renews the lease. Returns None for an unknown worker, else the tasks it reports
-    /// running that are no longer its own (to cancel).
-    pub fn heartbeat(&self, worker_id: &str, running: &[TaskRef]) -> Option<Vec<TaskRef>> {
-        let mut inner = self.lock();
+    /// running that are no longer its own (to cancel) and the tasks it was assigned but has
+    /// not listed for longer than the lease, handed back (`stranded.rs`).
+    pub fn heartbeat(&self, worker_id: &str, running: &[TaskRef]) -> Option<Heartbeat> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let now = Instant::now();
         let worker = inner.workers.get_mut(worker_id)?;
-        worker.last_seen = Instant::now();
+        worker.last_seen = now;
+        let stranded_ids = stranded::note_listed(worker, running, now, self.lease);
+        let name = worker.name.clone();
         let cancel = running
             .iter()
             .filter(|r| match inner.tasks.get(&r.task_id) {
@@ -223,7 +243,42 @@ impl Scheduler {
             })
             .cloned()
             .collect();
-        Some(cancel)
+        let mut handed_back = Vec::new();
+        for id in stranded_ids {
+            let Some(entry) = inner.tasks.get(&id) else {
+                continue;
+            };
+            let stopped = Stopped {
+                cause: Cause::HandedBack,
+                worker: &name,
+                reason: format!(
+                    "worker `{name}` was assigned it but has not listed it in its heartbeats \
+                     for {:.1} s (it never received the assignment)",
+                    self.lease.as_secs_f64()
+                ),
+            };
+            if entry.is_gang() {
+                handed_back.extend(gang::end(inner, &self.retry, &id, stopped));
+            } else {
+                release(inner, worker_id, &id);
+                handed_back.extend(requeue(inner, &self.retry, &id, stopped));
+            }
+        }
+        drop(guard);
+        if !handed_back.is_empty() {
+            self.wake_all();
+        }
+        Some(Heartbeat {
+            cancel,
+            handed_back,
+        })
+    }
+
+    /// Renews the lease of a worker that is polling (not a heartbeat: it lists nothing).
+    pub fn renew(&self, worker_id: &str) {
+        if let Some(w) = self.lock().workers.get_mut(worker_id) {
+            w.last_seen = Instant::now();
+        }
     }
 
     pub fn is_known(&self, worker_id: &str) -> bool {
@@ -496,6 +551,7 @@ impl Scheduler {
         for w in inner.workers.values_mut() {
             w.running.retain(|id| !ids.contains(id));
             w.pending.retain(|t| !ids.contains(&t.task_id));
+            w.unlisted.retain(|id, _| !ids.contains(id));
         }
         drop(inner);
         self.gangs.notify_waiters();
@@ -606,6 +662,7 @@ fn release(inner: &mut Inner, worker_id: &str, task_id: &str) {
     if let Some(w) = inner.workers.get_mut(worker_id) {
         w.running.remove(task_id);
         w.pending.retain(|t| t.task_id != task_id);
+        w.unlisted.remove(task_id);
         w.last_seen = Instant::now();
     }
 }

@@ -94,8 +94,9 @@ fn heartbeat_cancels_tasks_that_are_no_longer_yours_and_job_limits_hold() {
     let t1 = s.assign(&a).unwrap();
     assert!(s.assign(&b).is_none(), "job limited to one worker");
     s.drop_job("j");
-    let cancel = s.heartbeat(&a, &refs(&t1)).unwrap();
-    assert_eq!(cancel.len(), 1);
+    let beat = s.heartbeat(&a, &refs(&t1)).unwrap();
+    assert_eq!(beat.cancel.len(), 1);
+    assert!(beat.handed_back.is_empty());
     assert_eq!(s.job_counts("j"), (0, 0, 0.0));
 }
 
@@ -198,7 +199,7 @@ fn losing_a_member_ends_the_epoch_for_all_and_the_gang_re_forms_at_min_size() {
         }]
     );
     // The survivors are told to stop the old epoch.
-    assert_eq!(s.heartbeat(&a, &refs(&ta)).unwrap(), refs(&ta));
+    assert_eq!(s.heartbeat(&a, &refs(&ta)).unwrap().cancel, refs(&ta));
     assert_eq!(
         s.join_group(&a, "g", 1, 0, Some(vec![])),
         Err(Rejected::StaleAttempt { current: 2 })
@@ -366,4 +367,105 @@ fn a_resumed_gang_starts_its_first_epoch_at_full_size() {
     );
     let ranks = form(&s, &[&a, &b, &c]);
     assert!(ranks.iter().all(|t| t.group_size == 3), "{ranks:?}");
+}
+
+/// The one task handed back by a heartbeat (`stranded.rs`), as (task, attempt, cause, retry).
+fn handed_back(beat: &Heartbeat) -> Vec<(String, u32, Cause, u32)> {
+    beat.handed_back
+        .iter()
+        .map(|l| match l {
+            Lost::Requeued {
+                task_id,
+                attempt,
+                cause,
+                retry,
+                ..
+            } => (task_id.clone(), *attempt, *cause, *retry),
+            other => panic!("expected a re-issue, got {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn an_assignment_the_worker_never_lists_is_handed_back_after_the_lease() {
+    let lease = Duration::from_millis(40);
+    let s = no_backoff(lease, 0);
+    let a = s.register("a", 1);
+    s.enqueue(vec![(task("j", "t1"), 0), (task("j", "t2"), 0)], 0);
+    // The poll's reply carrying t1 never reaches the worker: it idles and lists nothing.
+    let t1 = s.assign(&a).unwrap();
+    assert!(s.assign(&a).is_none(), "its one slot is taken");
+    let first = s.heartbeat(&a, &[]).unwrap();
+    assert!(first.handed_back.is_empty(), "the grace starts: {first:?}");
+    std::thread::sleep(lease + Duration::from_millis(20));
+    let beat = s.heartbeat(&a, &[]).unwrap();
+    assert_eq!(
+        handed_back(&beat),
+        vec![("t1".to_string(), 2, Cause::HandedBack, 0)],
+        "re-issued, not a failure (the policy allows none)"
+    );
+    assert!(beat.cancel.is_empty());
+    // The slot is free again and t1 comes first; the lost attempt is fenced.
+    let again = s.assign(&a).unwrap();
+    assert_eq!((again.task_id.as_str(), again.attempt), ("t1", 2));
+    assert_eq!(
+        s.finish(&a, "t1", t1.attempt),
+        Err(Rejected::StaleAttempt { current: 2 })
+    );
+    // Listed from now on: never handed back, however long it runs.
+    for _ in 0..3 {
+        std::thread::sleep(lease / 2);
+        let beat = s.heartbeat(&a, &refs(&again)).unwrap();
+        assert!(
+            beat.handed_back.is_empty() && beat.cancel.is_empty(),
+            "{beat:?}"
+        );
+    }
+    assert!(matches!(s.finish(&a, "t1", 2), Ok(Finished::Task(_))));
+}
+
+#[test]
+fn the_grace_restarts_whenever_the_task_is_listed_and_a_polling_renewal_lists_nothing() {
+    let lease = Duration::from_millis(40);
+    let s = no_backoff(lease, 0);
+    let a = s.register("a", 1);
+    s.enqueue(vec![(task("j", "t"), 0)], 0);
+    let t = s.assign(&a).unwrap();
+    // A heartbeat built before the poll's reply arrived leaves it out; the next lists it.
+    assert!(s.heartbeat(&a, &[]).unwrap().handed_back.is_empty());
+    std::thread::sleep(lease + Duration::from_millis(20));
+    s.renew(&a);
+    assert!(s.heartbeat(&a, &refs(&t)).unwrap().handed_back.is_empty());
+    // Left out again: the grace counts from this heartbeat, not the first one.
+    assert!(s.heartbeat(&a, &[]).unwrap().handed_back.is_empty());
+    assert_eq!(s.job_counts("j"), (0, 1, 0.0));
+}
+
+#[test]
+fn an_undelivered_gang_rank_is_not_expected_in_heartbeats_but_a_stranded_rank_ends_the_epoch() {
+    let lease = Duration::from_millis(40);
+    let s = no_backoff(lease, 0);
+    let a = s.register("a", 1);
+    let b = s.register("b", 1);
+    assert!(s.assign(&b).is_none(), "b is polling");
+    s.enqueue(vec![(gang("j", "g", 2), 0)], 0);
+    let rank0 = s.assign(&a).unwrap();
+    assert_eq!(rank0.rank, 0);
+    // b's rank waits in `pending` for its next poll: not stranded, however long.
+    assert!(s.heartbeat(&b, &[]).unwrap().handed_back.is_empty());
+    std::thread::sleep(lease + Duration::from_millis(20));
+    assert!(s.heartbeat(&b, &[]).unwrap().handed_back.is_empty());
+    // a never lists rank 0: the epoch ends for both, re-issued as a hand-back.
+    assert!(s.heartbeat(&a, &[]).unwrap().handed_back.is_empty());
+    std::thread::sleep(lease + Duration::from_millis(20));
+    let beat = s.heartbeat(&a, &[]).unwrap();
+    assert_eq!(
+        handed_back(&beat),
+        vec![("g".to_string(), 2, Cause::HandedBack, 0)]
+    );
+    assert_eq!(
+        s.job_counts("j"),
+        (1, 0, 0.0),
+        "queued again, no rank running"
+    );
 }

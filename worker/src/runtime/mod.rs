@@ -30,6 +30,29 @@ pub const FAULT_TASK_DELAY_ENV: &str = "MIRRORPLAY_FAULT_TASK_DELAY_MS";
 /// version, without building one).
 pub const FAULT_VERSION_ENV: &str = "MIRRORPLAY_FAULT_WORKER_VERSION";
 
+/// Test knob: the worker discards the first N tasks its polls return, as if each reply had been
+/// lost on the way; the coordinator re-issues such a task once the worker's heartbeats have
+/// left it out for a lease (its `scheduler/stranded.rs`).
+pub const FAULT_DROP_ASSIGNMENTS_ENV: &str = "MIRRORPLAY_FAULT_DROP_ASSIGNMENTS";
+
+/// True while [`FAULT_DROP_ASSIGNMENTS_ENV`]'s count of tasks to discard is not used up (once
+/// per process, counted over every session).
+fn drop_injected_assignment() -> bool {
+    static DROPPED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let Ok(v) = std::env::var(FAULT_DROP_ASSIGNMENTS_ENV) else {
+        return false;
+    };
+    let Ok(limit) = v.parse::<u32>() else {
+        tracing::warn!("{FAULT_DROP_ASSIGNMENTS_ENV}={v} is not a count; ignored");
+        return false;
+    };
+    DROPPED
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| {
+            (d < limit).then_some(d + 1)
+        })
+        .is_ok()
+}
+
 /// The version sent with Register: this build's, unless [`FAULT_VERSION_ENV`] says otherwise.
 fn registered_version() -> String {
     std::env::var(FAULT_VERSION_ENV).unwrap_or_else(|_| env!("CARGO_PKG_VERSION").into())
@@ -252,6 +275,10 @@ impl Session {
                 break SessionEnd::Lost;
             }
             let Some(task) = response.task else { continue };
+            if drop_injected_assignment() {
+                tracing::warn!(task_id = %task.task_id, attempt = task.attempt, "fault injection: the task is dropped as if the poll's reply were lost");
+                continue;
+            }
             let task_ref = TaskRef {
                 task_id: task.task_id.clone(),
                 attempt: task.attempt,
