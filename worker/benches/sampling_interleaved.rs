@@ -7,7 +7,8 @@
 //!   cargo bench -p mirrorplay-worker --bench sampling_interleaved --profile dev
 //!   cargo bench ... -- tiny        # only the tiny model (the SmolLM2 shape takes minutes)
 //!
-//! Env: REPS (default 20 tiny / 2 SmolLM2-shaped), NEW_TOKENS (64 tiny / 32 SmolLM2-shaped).
+//! Env: REPS (default 20 tiny / 2 SmolLM2-shaped), NEW_TOKENS (64 tiny / 32 SmolLM2-shaped),
+//! BATCHES (default `1,8`: the batch sizes to run, e.g. `8` alone for a profile of batch 8).
 
 mod common;
 
@@ -30,6 +31,14 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
+    let batches: Vec<usize> = std::env::var("BATCHES")
+        .unwrap_or_else(|_| "1,8".into())
+        .split(',')
+        .map(|b| match b.trim().parse() {
+            Ok(n) if n > 0 => n,
+            _ => panic!("BATCHES: `{b}` is not a positive batch size"),
+        })
+        .collect();
     println!("| model | batch × new tokens × reps | plain tokens/s | mixture tokens/s | mixture/plain time |");
     println!("|---|---|---|---|---|");
     for (label, config, reps, new_tokens) in [
@@ -51,7 +60,7 @@ fn main() {
         }
         let policy = init_random(&config, 1, false, &Device::Cpu).unwrap();
         let reference = init_random(&config, 2, false, &Device::Cpu).unwrap();
-        for batch in [1usize, 8] {
+        for &batch in &batches {
             let (prompts, keys, gen) = workload(batch, new_tokens);
             // One untimed round of each (allocations, caches), then alternate.
             generate(&policy, &prompts, &keys, &gen).unwrap();

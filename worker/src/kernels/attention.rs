@@ -363,11 +363,11 @@ fn block(
             row.fill(0.0);
             continue;
         }
-        let mut sum = 0f32;
         for x in row.iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x;
+            *x -= max;
         }
+        super::exp::exp_in_place(row);
+        let sum = row.iter().fold(0f32, |acc, &x| acc + x);
         for x in row.iter_mut() {
             *x /= sum;
         }

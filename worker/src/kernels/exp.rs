@@ -1,6 +1,8 @@
 //! exp(x) over f32 slices, vectorised and deterministic: the sampler's weights over a large
 //! vocabulary (`sample::draw`), where one scalar f64 `exp` per token was the largest cost of a
-//! decode step outside the matmuls (docs/architecture.md#decoding-kernels).
+//! decode step outside the matmuls (docs/architecture.md#decoding-kernels); also the fused
+//! row-wise kernels' SwiGLU gate and softmax (`rowwise`) and the fused attention's softmax
+//! (`attention`), where libm's scalar `expf` was ≈ 2 % of a batch-8 decode step.
 //!
 //! The method is Cephes' `expf` (S. L. Moshier, Cephes Math Library, `expf.c`): n = round(x·log₂e),
 //! r = x − n·ln 2 with ln 2 split in two parts, exp(r) by a degree-7 polynomial, times 2ⁿ put
