@@ -14,7 +14,9 @@
 # Env: PROFILE=bench (default; the release settings); ROUNDS=2 THREADS=2 B=4 NEW=64 STEPS=3;
 #      PY=~/.cache/mirrorplay/peers-venv/bin/python (torch CPU + transformers; benchmarks only);
 #      TRL=~/.cache/mirrorplay/trl-1.12.0 (pip install --no-deps --target "$TRL" trl==1.12.0
-#      datasets pyarrow dill xxhash multiprocess pandas python-dateutil pytz tzdata).
+#      datasets pyarrow dill xxhash multiprocess pandas python-dateutil pytz tzdata accelerate
+#      psutil pyyaml requests urllib3 idna charset_normalizer certifi — the last eight were
+#      missing on a fresh machine whose venv had only torch, transformers, numpy, safetensors).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
