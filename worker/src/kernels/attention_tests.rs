@@ -265,9 +265,9 @@ fn bad_lengths_and_heads_are_errors() {
 
 /// The kernel's arithmetic written out one element at a time, as its contract states it: the
 /// scaled query (x · scale), each score one fused multiply-add chain over e in order from 0,
-/// the mask added, the softmax's max, exps (`kernels::exp::exp`), sequential sum and division, and each output one
-/// fused multiply-add chain over the keys in order from 0 — in f32, so the register-blocked
-/// paths must give these exact bits.
+/// the mask added, the softmax's max, exps (`kernels::exp::exp`), sequential sum and division,
+/// and each output one fused multiply-add chain over the keys in order from 0 — in f32, so the
+/// register-blocked paths must give these exact bits.
 fn chains(q: &[f32], k: &Cache, v: &Cache, m: &[f32], dims: &Dims, scale: f32) -> Vec<f32> {
     let Dims {
         b,

@@ -114,8 +114,8 @@ mod avx512 {
     /// per weight line and the hardware prefetcher alone no longer keeps the stream at memory
     /// speed: on the 2-vCPU Intel Xeon (Sapphire Rapids) VM, 8 rows × 3 panels cold (1.4 GB of
     /// weights, 2 threads) read 15–17 GB/s without the hint and 19.5–21 with it, where one row
-    /// reads 19–23 either way (the hint costs one row a little, so it starts at 4 rows; 4 rows
-    /// gained less). BENCHMARKS.md, "Prefetching the 8-row stream".
+    /// reads 19–23 either way (the hint costs one row a little, so it starts at 4 rows, which
+    /// gained too, less consistently). BENCHMARKS.md, "Prefetching the 8-row stream".
     const PREFETCH_FROM_ROWS: usize = 4;
 
     /// How far ahead the hint reaches, in k-steps (16 lines = 1 KiB per panel); 32 and 64 gained
