@@ -234,7 +234,6 @@ impl Scheduler {
         let worker = inner.workers.get_mut(worker_id)?;
         worker.last_seen = now;
         let stranded_ids = stranded::note_listed(worker, running, now, self.lease);
-        let name = worker.name.clone();
         let cancel = running
             .iter()
             .filter(|r| match inner.tasks.get(&r.task_id) {
@@ -245,6 +244,7 @@ impl Scheduler {
             .collect();
         let mut handed_back = Vec::new();
         for id in stranded_ids {
+            let name = worker_label(inner, worker_id);
             let Some(entry) = inner.tasks.get(&id) else {
                 continue;
             };

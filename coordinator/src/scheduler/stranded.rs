@@ -16,8 +16,9 @@ use mirrorplay_proto::v1::TaskRef;
 use super::Worker;
 
 /// Updates `worker.unlisted` from a heartbeat that lists `listed`, and returns the ids of the
-/// tasks left out of its heartbeats for longer than `grace` (removed from `unlisted`; the
-/// caller releases and re-issues them).
+/// tasks left out of its heartbeats for longer than `grace`; the caller releases and re-issues
+/// them. An entry leaves `unlisted` with its task: `release` (and `drop_job`) remove it
+/// wherever a task leaves `running`.
 pub(super) fn note_listed(
     worker: &mut Worker,
     listed: &[TaskRef],
@@ -30,7 +31,6 @@ pub(super) fn note_listed(
         unlisted,
         ..
     } = worker;
-    unlisted.retain(|id, _| running.contains(id));
     let mut stranded = Vec::new();
     for id in running.iter() {
         let is_listed = listed.iter().any(|r| &r.task_id == id);
@@ -43,9 +43,6 @@ pub(super) fn note_listed(
         if now.duration_since(since) > grace {
             stranded.push(id.clone());
         }
-    }
-    for id in &stranded {
-        unlisted.remove(id);
     }
     stranded
 }

@@ -363,10 +363,11 @@ fn block(
             row.fill(0.0);
             continue;
         }
+        // `kernels::exp` inline: this body is compiled under the unit's instruction set
+        // (`run_unit`), so the loop vectorises without a second dispatch per row.
         for x in row.iter_mut() {
-            *x -= max;
+            *x = super::exp::exp(*x - max);
         }
-        super::exp::exp_in_place(row);
         let sum = row.iter().fold(0f32, |acc, &x| acc + x);
         for x in row.iter_mut() {
             *x /= sum;
