@@ -12,12 +12,14 @@ pub mod packed;
 pub mod packed_op;
 mod packed_simd;
 pub mod rowwise;
+mod rowwise_grad;
 pub mod rowwise_op;
 pub mod skinny;
 pub mod skinny_op;
 mod skinny_simd;
 pub mod token_logprobs;
 pub mod token_logprobs_op;
+pub mod train_op;
 mod transpose;
 
 #[cfg(test)]
@@ -30,6 +32,8 @@ mod rowwise_tests;
 mod skinny_tests;
 #[cfg(test)]
 mod token_logprobs_tests;
+#[cfg(test)]
+mod train_op_tests;
 
 /// Below this many weight elements (256 KiB of f32) a matmul kernel's call runs on the calling
 /// thread: waking the pool costs about as much as the work.

@@ -11,7 +11,7 @@
 use rayon::prelude::*;
 
 /// Below this many elements a call runs on the calling thread: waking the pool costs more.
-const MIN_ELEMENTS_TO_SPLIT: usize = 1 << 15;
+pub(super) const MIN_ELEMENTS_TO_SPLIT: usize = 1 << 15;
 
 /// Bad arguments (lengths that do not match the shape).
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +25,7 @@ pub enum RowwiseError {
     },
 }
 
-fn check(
+pub(super) fn check(
     kernel: &'static str,
     what: &'static str,
     found: usize,
@@ -45,7 +45,11 @@ fn check(
 
 /// Runs `f(row index, output row)` over the rows of `y` (rows of `width`), on the pool when
 /// the call is large enough.
-fn for_each_row(y: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+pub(super) fn for_each_row(
+    y: &mut [f32],
+    width: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) {
     if width == 0 {
         return;
     }

@@ -82,7 +82,7 @@ pub fn try_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<O
     Ok(Some(x.apply_op3_no_bwd(cos, sin, &Rope)?))
 }
 
-struct Rope;
+pub(super) struct Rope;
 
 impl CustomOp3 for Rope {
     fn name(&self) -> &'static str {

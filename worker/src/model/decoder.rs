@@ -19,7 +19,7 @@ use super::error::{ModelError, Result};
 use super::{ops, rope};
 use crate::kernels::attention_op;
 use crate::kernels::packed_op::PackedSlot;
-use crate::kernels::rowwise_op;
+use crate::kernels::{rowwise_op, train_op};
 
 struct Linear {
     weight: Tensor,
@@ -98,8 +98,10 @@ pub struct Model {
     /// [vocab, hidden] (the embedding when tied) or `score.weight` [num_labels, hidden].
     head: Tensor,
     inv_freq: Vec<f64>,
-    /// Whether untracked forwards take the fused row-wise kernels (`kernels::rowwise_op`).
-    inference_kernels: bool,
+    /// Whether forwards take the fused row-wise kernels: the inference ones
+    /// (`kernels::rowwise_op`) when nothing is tracked, else the training ones with a backward
+    /// (`kernels::train_op`).
+    fused_kernels: bool,
     /// Where the packed copy of the LM head for decoding is kept (see [`Model::for_decoding`]).
     head_packed: Option<Arc<PackedSlot>>,
     /// The most input rows the packed copies serve: the skinny kernel's 16 for a frozen
@@ -197,7 +199,7 @@ impl Model {
         };
         Model {
             inv_freq: rope::inv_freq(&config),
-            inference_kernels: rowwise_op::model_takes_kernels(config.hidden_size),
+            fused_kernels: rowwise_op::model_takes_kernels(config.hidden_size),
             head_packed: None,
             packed_rows: crate::kernels::skinny_op::MAX_ROWS,
             weights_fixed: false,
@@ -477,14 +479,18 @@ impl Model {
         self.rms_norm(&x, &self.norm)
     }
 
-    // The row-wise steps of the forward: the fused inference kernels where the model takes
-    // them (f32 on the CPU, nothing tracked by autograd: sampling and scoring), else the
-    // train-safe compositions (docs/architecture.md#decoding-kernels).
+    // The row-wise steps of the forward, where the model takes the fused kernels (f32 on the
+    // CPU): the inference kernels when nothing is tracked by autograd (sampling and scoring,
+    // docs/architecture.md#decoding-kernels), the training kernels with their backward when
+    // something is (docs/architecture.md#training-kernels); else the composed ops.
 
     fn rms_norm(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
         let eps = self.config.rms_norm_eps;
-        if self.inference_kernels {
+        if self.fused_kernels {
             if let Some(y) = rowwise_op::try_rms_norm(x, weight, eps)? {
+                return Ok(y);
+            }
+            if let Some(y) = train_op::try_rms_norm(x, weight, eps)? {
                 return Ok(y);
             }
         }
@@ -492,8 +498,11 @@ impl Model {
     }
 
     fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        if self.inference_kernels {
+        if self.fused_kernels {
             if let Some(y) = rowwise_op::try_rope(x, cos, sin)? {
+                return Ok(y);
+            }
+            if let Some(y) = train_op::try_rope(x, cos, sin)? {
                 return Ok(y);
             }
         }
@@ -501,8 +510,11 @@ impl Model {
     }
 
     fn masked_softmax(&self, scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        if self.inference_kernels {
+        if self.fused_kernels {
             if let Some(y) = rowwise_op::try_masked_softmax(scores, mask)? {
+                return Ok(y);
+            }
+            if let Some(y) = train_op::try_masked_softmax(scores, mask)? {
                 return Ok(y);
             }
         }
@@ -510,8 +522,11 @@ impl Model {
     }
 
     fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-        if self.inference_kernels {
+        if self.fused_kernels {
             if let Some(y) = rowwise_op::try_swiglu(gate, up)? {
+                return Ok(y);
+            }
+            if let Some(y) = train_op::try_swiglu(gate, up)? {
                 return Ok(y);
             }
         }
@@ -551,7 +566,7 @@ impl Model {
         let k = self.rope(&heads(k, kvh)?, cos, sin)?;
         let v = heads(v, kvh)?.contiguous()?;
         let (k, v) = cache.append(l, k.contiguous()?, v)?; // [b, kvh, s, d]
-        if self.inference_kernels {
+        if self.fused_kernels {
             let q = q.contiguous()?;
             if let Some(out) =
                 attention_op::try_attention(&q, &k, &v, mask, 1.0 / (d as f64).sqrt())?

@@ -2,8 +2,10 @@
 //! (docs/architecture.md#devices: candle's fused rms_norm / softmax_last_dim / rope kernels have
 //! none, so gradients would silently stop there). Everything here works for any float dtype and any
 //! rank ≥ 1 (the last dimension is the one normalised). Must not hold state. The one exception
-//! to "composed from candle primitives" is `linear` on the no-gradient decoding path, which
-//! calls `crate::kernels` (gated so it never runs where a gradient is needed).
+//! to "composed from candle primitives" is `linear`, which calls `crate::kernels`: on the
+//! no-gradient decoding path the decoding kernels (gated so they never run where a gradient is
+//! needed), and for a tracked f32 forward on the CPU the training projection, whose backward
+//! is its own.
 
 use candle_core::{DType, Result, Tensor, D};
 
@@ -79,6 +81,10 @@ pub fn linear_with(
     // repacking it (SmolLM2-135M shape, batch 8: ~1.4× tokens/s,
     // BENCHMARKS.md#sampling-throughput-model-core).
     let y = if let Some(y) = kernel {
+        y
+    } else if let Some(y) = crate::kernels::train_op::try_linear(&x2, weight)? {
+        // A tracked forward of many rows (training): one op whose backward writes W's gradient
+        // in W's layout (docs/architecture.md#training-kernels).
         y
     } else if rows <= 16 {
         weight.matmul(&x2.t()?)?.t()?
