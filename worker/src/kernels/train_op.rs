@@ -165,41 +165,19 @@ impl CustomOp2 for RmsNorm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        // One pass writes [dx ‖ dw] flat; the two are views of it.
-        let both = x.apply_op3_no_bwd(w, &grad.contiguous()?, &RmsNormGrad { eps: self.eps })?;
-        let n = x.elem_count();
-        let dx = both.narrow(0, 0, n)?.reshape(x.shape())?;
-        let dw = both.narrow(0, n, w.elem_count())?;
+        let eps = self.eps;
+        let grads = FlatGrads {
+            name: "train-rms-norm-grad",
+            operands: ["x", "weight", "grad"],
+            kernel: move |x: &[f32], w: &[f32], gy: &[f32]| {
+                let mut out = vec![0f32; x.len() + w.len()];
+                let (dx, dw) = out.split_at_mut(x.len());
+                rowwise_grad::rms_norm_backward(x, w, eps, gy, dx, dw)?;
+                Ok(out)
+            },
+        };
+        let (dx, dw) = split_two(x.apply_op3_no_bwd(w, &grad.contiguous()?, &grads)?, x, w)?;
         Ok((Some(dx), w.track_op().then_some(dw)))
-    }
-}
-
-/// (x, w, dL/dy) → [dx ‖ dw] flat.
-struct RmsNormGrad {
-    eps: f64,
-}
-
-impl CustomOp3 for RmsNormGrad {
-    fn name(&self) -> &'static str {
-        "train-rms-norm-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, self.name(), "x")?;
-        let w = contiguous_f32(s2, l2, self.name(), "weight")?;
-        let gy = contiguous_f32(s3, l3, self.name(), "grad")?;
-        let mut out = vec![0f32; x.len() + w.len()];
-        let (dx, dw) = out.split_at_mut(x.len());
-        rowwise_grad::rms_norm_backward(x, w, self.eps, gy, dx, dw).map_err(kernel_err)?;
-        Ok((CpuStorage::F32(out), Shape::from(x.len() + w.len())))
     }
 }
 
@@ -370,21 +348,39 @@ impl CustomOp2 for Swiglu {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        // One pass writes [dgate ‖ dup] flat; the two are views of it.
-        let both = gate.apply_op3_no_bwd(up, &grad.contiguous()?, &SwigluGrad)?;
-        let n = gate.elem_count();
-        let dg = both.narrow(0, 0, n)?.reshape(gate.shape())?;
-        let du = both.narrow(0, n, n)?.reshape(up.shape())?;
+        let grads = FlatGrads {
+            name: "train-swiglu-grad",
+            operands: ["gate", "up", "grad"],
+            kernel: |g: &[f32], u: &[f32], gy: &[f32]| {
+                let mut out = vec![0f32; 2 * g.len()];
+                let (dg, du) = out.split_at_mut(g.len());
+                rowwise_grad::swiglu_backward(g, u, gy, dg, du)?;
+                Ok(out)
+            },
+        };
+        let (dg, du) = split_two(
+            gate.apply_op3_no_bwd(up, &grad.contiguous()?, &grads)?,
+            gate,
+            up,
+        )?;
         Ok((gate.track_op().then_some(dg), up.track_op().then_some(du)))
     }
 }
 
-/// (gate, up, dL/dy) → [dgate ‖ dup] flat.
-struct SwigluGrad;
+/// A backward pass's one-pass kernel of three contiguous f32 operands that writes two
+/// gradients into one flat buffer, `[first ‖ second]` ([`split_two`] takes them apart).
+struct FlatGrads<F> {
+    name: &'static str,
+    operands: [&'static str; 3],
+    kernel: F,
+}
 
-impl CustomOp3 for SwigluGrad {
+impl<F> CustomOp3 for FlatGrads<F>
+where
+    F: Fn(&[f32], &[f32], &[f32]) -> Result<Vec<f32>, rowwise::RowwiseError> + Send + Sync,
+{
     fn name(&self) -> &'static str {
-        "train-swiglu-grad"
+        self.name
     }
 
     fn cpu_fwd(
@@ -396,12 +392,26 @@ impl CustomOp3 for SwigluGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = contiguous_f32(s1, l1, self.name(), "gate")?;
-        let u = contiguous_f32(s2, l2, self.name(), "up")?;
-        let gy = contiguous_f32(s3, l3, self.name(), "grad")?;
-        let mut out = vec![0f32; 2 * g.len()];
-        let (dg, du) = out.split_at_mut(g.len());
-        rowwise_grad::swiglu_backward(g, u, gy, dg, du).map_err(kernel_err)?;
-        Ok((CpuStorage::F32(out), Shape::from(2 * g.len())))
+        let [n1, n2, n3] = self.operands;
+        let a = contiguous_f32(s1, l1, self.name, n1)?;
+        let b = contiguous_f32(s2, l2, self.name, n2)?;
+        let c = contiguous_f32(s3, l3, self.name, n3)?;
+        let out = (self.kernel)(a, b, c).map_err(kernel_err)?;
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
     }
+}
+
+/// The two gradients of a [`FlatGrads`] buffer as views shaped like `first` and `second`.
+fn split_two(
+    flat: Tensor,
+    first: &Tensor,
+    second: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let n = first.elem_count();
+    Ok((
+        flat.narrow(0, 0, n)?.reshape(first.shape())?,
+        flat.narrow(0, n, second.elem_count())?
+            .reshape(second.shape())?,
+    ))
 }
