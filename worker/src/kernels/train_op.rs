@@ -32,7 +32,10 @@ fn tracked_f32(ts: &[&Tensor]) -> bool {
 }
 
 /// `x · Wᵀ` for x [rows, in] and W [out, in], both contiguous, with a backward that computes
-/// dX = dY · W and dW = dYᵀ · X (W's layout, no transposed add).
+/// dX = dY · W and dW = dYᵀ · X (W's layout, no transposed add). Gated by the weight's size,
+/// not the model's hidden size, so a small model's large LM head takes it too: its forward and
+/// dX are candle's own calls, its dW the same products summed in the other orientation (not
+/// guaranteed the same bits as candle's Xᵀ · dY).
 pub fn try_linear(x: &Tensor, weight: &Tensor) -> candle_core::Result<Option<Tensor>> {
     let (Ok((rows, inp)), Ok((_, w_in))) = (x.dims2(), weight.dims2()) else {
         return Ok(None);
