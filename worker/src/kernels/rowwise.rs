@@ -43,6 +43,24 @@ pub(super) fn check(
     }
 }
 
+/// That `len` elements are a whole number of rows of `width` (`width` > 0).
+pub(super) fn check_rows(
+    kernel: &'static str,
+    what: &'static str,
+    len: usize,
+    width: usize,
+) -> Result<(), RowwiseError> {
+    if width == 0 || !len.is_multiple_of(width) {
+        return Err(RowwiseError::Length {
+            kernel,
+            what,
+            found: len,
+            expected: width.max(1) * (len / width.max(1)),
+        });
+    }
+    Ok(())
+}
+
 /// Runs `f(row index, output row)` over the rows of `y` (rows of `width`), on the pool when
 /// the call is large enough.
 pub(super) fn for_each_row(
@@ -65,7 +83,7 @@ pub(super) fn for_each_row(
 }
 
 /// Σ a[i]·b[i] in f64 with four accumulators in a fixed order.
-fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+pub(super) fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
     let mut acc = [0f64; 4];
     let mut chunks_a = a.chunks_exact(4);
     let mut chunks_b = b.chunks_exact(4);
@@ -86,14 +104,12 @@ fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f64, y: &mut [f32]) -> Result<(), RowwiseError> {
     let width = w.len();
     check("rms_norm", "y", y.len(), x.len())?;
-    if width == 0 || !x.len().is_multiple_of(width) {
-        return Err(RowwiseError::Length {
-            kernel: "rms_norm",
-            what: "x (a whole number of rows of the weight's length)",
-            found: x.len(),
-            expected: width.max(1) * (x.len() / width.max(1)),
-        });
-    }
+    check_rows(
+        "rms_norm",
+        "x (a whole number of rows of the weight's length)",
+        x.len(),
+        width,
+    )?;
     for_each_row(y, width, |r, out| {
         let row = &x[r * width..(r + 1) * width];
         let scale = (1.0 / (dot_f64(row, row) / width as f64 + eps).sqrt()) as f32;

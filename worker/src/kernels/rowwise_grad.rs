@@ -11,17 +11,12 @@
 
 use rayon::prelude::*;
 
-use super::rowwise::{check, RowwiseError};
+use super::rowwise::{check, check_rows, dot_f64, RowwiseError};
 
 /// Rows per block of the norm weight's gradient: each block's partial sum is formed on one
 /// thread, then the blocks are added in order (a fixed tree, so any thread count gives the
 /// same bits).
 const ROWS_PER_BLOCK: usize = 32;
-
-/// Σ a[i]·b[i] in f64 (row reductions of the backward passes).
-fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
-}
 
 /// Gradient of `y = x · w · s(x)`, `s(x) = 1 / sqrt(mean(x²) + eps)` per row (Zhang &
 /// Sennrich 2019, eq. 4), given dL/dy `gy`: with `n` the row width and `c = Σⱼ gyⱼ·wⱼ·xⱼ`,
@@ -44,14 +39,12 @@ pub fn rms_norm_backward(
     check("rms_norm_backward", "gy", gy.len(), x.len())?;
     check("rms_norm_backward", "dx", dx.len(), x.len())?;
     check("rms_norm_backward", "dw", dw.len(), width)?;
-    if width == 0 || !x.len().is_multiple_of(width) {
-        return Err(RowwiseError::Length {
-            kernel: "rms_norm_backward",
-            what: "x (a whole number of rows of the weight's length)",
-            found: x.len(),
-            expected: width.max(1) * (x.len() / width.max(1)),
-        });
-    }
+    check_rows(
+        "rms_norm_backward",
+        "x (a whole number of rows of the weight's length)",
+        x.len(),
+        width,
+    )?;
     let rows = x.len() / width;
     let blocks = rows.div_ceil(ROWS_PER_BLOCK);
     // Each block writes its rows of dx and returns its partial dw (f64, summed in block order).
@@ -63,6 +56,7 @@ pub fn rms_norm_backward(
                 &x[r * width..(r + 1) * width],
                 &gy[r * width..(r + 1) * width],
             );
+            // The forward kernel's own mean of squares (`rowwise::dot_f64`).
             let s = 1.0 / (dot_f64(xr, xr) / width as f64 + eps).sqrt();
             let c: f64 = xr
                 .iter()
@@ -108,14 +102,12 @@ pub fn softmax_backward(
 ) -> Result<(), RowwiseError> {
     check("softmax_backward", "gp", gp.len(), p.len())?;
     check("softmax_backward", "dz", dz.len(), p.len())?;
-    if width == 0 || !p.len().is_multiple_of(width) {
-        return Err(RowwiseError::Length {
-            kernel: "softmax_backward",
-            what: "p (a whole number of rows)",
-            found: p.len(),
-            expected: width.max(1) * (p.len() / width.max(1)),
-        });
-    }
+    check_rows(
+        "softmax_backward",
+        "p (a whole number of rows)",
+        p.len(),
+        width,
+    )?;
     super::rowwise::for_each_row(dz, width, |r, out| {
         let (pr, gr) = (
             &p[r * width..(r + 1) * width],

@@ -29,14 +29,7 @@ pub fn try_rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Opt
     if !plain_f32(&[x, w]) || w.dims() != [width] || !x.is_contiguous() || !w.is_contiguous() {
         return Ok(None);
     }
-    let op = SameShapeOp2 {
-        name: "fused-rms-norm",
-        operands: ["x", "weight"],
-        kernel: move |x: &[f32], w: &[f32], _: &Shape, y: &mut [f32]| {
-            rowwise::rms_norm(x, w, eps, y)
-        },
-    };
-    Ok(Some(x.apply_op2_no_bwd(w, &op)?))
+    Ok(Some(x.apply_op2_no_bwd(w, &rms_norm_op(eps))?))
 }
 
 /// `softmax(scores + mask)` over the last dimension for attention scores [b, kvh, g, t, s] and
@@ -52,15 +45,9 @@ pub fn try_masked_softmax(scores: &Tensor, mask: &Tensor) -> candle_core::Result
     {
         return Ok(None);
     }
-    let op = SameShapeOp2 {
-        name: "fused-masked-softmax",
-        operands: ["scores", "mask"],
-        // (b, t, s) as the gate read them from the scores' shape.
-        kernel: move |scores: &[f32], mask: &[f32], _: &Shape, y: &mut [f32]| {
-            rowwise::masked_softmax(scores, mask, b, t, s, y)
-        },
-    };
-    Ok(Some(scores.apply_op2_no_bwd(mask, &op)?))
+    Ok(Some(
+        scores.apply_op2_no_bwd(mask, &masked_softmax_op(b, t, s))?,
+    ))
 }
 
 /// Rotary embedding (`model::ops::rope`) of x [b, h, t, d] — any strides, e.g. the per-head
@@ -125,26 +112,66 @@ pub fn try_swiglu(gate: &Tensor, up: &Tensor) -> candle_core::Result<Option<Tens
     {
         return Ok(None);
     }
-    let op = SameShapeOp2 {
+    Ok(Some(gate.apply_op2_no_bwd(up, &swiglu_op())?))
+}
+
+/// The kernel of a [`SameShapeOp2`]: `kernel(lhs, rhs, lhs shape, out)`.
+pub(super) trait SameShapeKernel:
+    Fn(&[f32], &[f32], &Shape, &mut [f32]) -> Result<(), rowwise::RowwiseError> + Send + Sync
+{
+}
+
+impl<F> SameShapeKernel for F where
+    F: Fn(&[f32], &[f32], &Shape, &mut [f32]) -> Result<(), rowwise::RowwiseError> + Send + Sync
+{
+}
+
+/// The RMS-norm kernel as an op on (x, weight) (the training op's forward too, `train_op`).
+pub(super) fn rms_norm_op(eps: f64) -> SameShapeOp2<impl SameShapeKernel> {
+    SameShapeOp2 {
+        name: "fused-rms-norm",
+        operands: ["x", "weight"],
+        kernel: move |x: &[f32], w: &[f32], _: &Shape, y: &mut [f32]| {
+            rowwise::rms_norm(x, w, eps, y)
+        },
+    }
+}
+
+/// The masked-softmax kernel as an op on (scores [b, kvh, g, t, s], mask [b, 1, 1, t, s]),
+/// with (b, t, s) as the caller read them from the scores' shape (the training op's forward
+/// too).
+pub(super) fn masked_softmax_op(
+    b: usize,
+    t: usize,
+    s: usize,
+) -> SameShapeOp2<impl SameShapeKernel> {
+    SameShapeOp2 {
+        name: "fused-masked-softmax",
+        operands: ["scores", "mask"],
+        kernel: move |scores: &[f32], mask: &[f32], _: &Shape, y: &mut [f32]| {
+            rowwise::masked_softmax(scores, mask, b, t, s, y)
+        },
+    }
+}
+
+/// The SwiGLU kernel as an op on (gate, up) (the training op's forward too).
+pub(super) fn swiglu_op() -> SameShapeOp2<impl SameShapeKernel> {
+    SameShapeOp2 {
         name: "fused-swiglu",
         operands: ["gate", "up"],
         kernel: |gate: &[f32], up: &[f32], _: &Shape, y: &mut [f32]| rowwise::swiglu(gate, up, y),
-    };
-    Ok(Some(gate.apply_op2_no_bwd(up, &op)?))
+    }
 }
 
 /// A forward-only op of two contiguous f32 operands whose result has the first one's shape:
 /// `kernel(lhs, rhs, lhs shape, out)`.
-struct SameShapeOp2<F> {
-    name: &'static str,
-    operands: [&'static str; 2],
-    kernel: F,
+pub(super) struct SameShapeOp2<F> {
+    pub(super) name: &'static str,
+    pub(super) operands: [&'static str; 2],
+    pub(super) kernel: F,
 }
 
-impl<F> CustomOp2 for SameShapeOp2<F>
-where
-    F: Fn(&[f32], &[f32], &Shape, &mut [f32]) -> Result<(), rowwise::RowwiseError> + Send + Sync,
-{
+impl<F: SameShapeKernel> CustomOp2 for SameShapeOp2<F> {
     fn name(&self) -> &'static str {
         self.name
     }

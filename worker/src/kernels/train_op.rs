@@ -19,7 +19,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
-use super::rowwise_op::Rope;
+use super::rowwise_op::{self, Rope, SameShapeOp2};
 use super::{contiguous_f32, kernel_err, rowwise, rowwise_grad, skinny_op};
 
 /// Fewest rows [`try_linear`] takes: below, `ops::linear` multiplies the other way round.
@@ -154,11 +154,7 @@ impl CustomOp2 for RmsNorm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, self.name(), "x")?;
-        let w = contiguous_f32(s2, l2, self.name(), "weight")?;
-        let mut y = vec![0f32; x.len()];
-        rowwise::rms_norm(x, w, self.eps, &mut y).map_err(kernel_err)?;
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        rowwise_op::rms_norm_op(self.eps).cpu_fwd(s1, l1, s2, l2)
     }
 
     fn bwd(
@@ -215,12 +211,8 @@ impl CustomOp2 for MaskedSoftmax {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let scores = contiguous_f32(s1, l1, self.name(), "scores")?;
-        let mask = contiguous_f32(s2, l2, self.name(), "mask")?;
         let (b, _, _, t, s) = l1.shape().dims5()?;
-        let mut y = vec![0f32; scores.len()];
-        rowwise::masked_softmax(scores, mask, b, t, s, &mut y).map_err(kernel_err)?;
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        rowwise_op::masked_softmax_op(b, t, s).cpu_fwd(s1, l1, s2, l2)
     }
 
     fn bwd(
@@ -230,32 +222,16 @@ impl CustomOp2 for MaskedSoftmax {
         probs: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let dz = probs.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?;
+        let grads = SameShapeOp2 {
+            name: "train-softmax-grad",
+            operands: ["probabilities", "grad"],
+            kernel: |p: &[f32], gp: &[f32], shape: &Shape, dz: &mut [f32]| {
+                let width = shape.dims().last().copied().unwrap_or(0);
+                rowwise_grad::softmax_backward(p, gp, width, dz)
+            },
+        };
+        let dz = probs.apply_op2_no_bwd(&grad.contiguous()?, &grads)?;
         Ok((Some(dz), None))
-    }
-}
-
-/// (p, dL/dp) → dL/dz of a row-wise softmax.
-struct SoftmaxGrad;
-
-impl CustomOp2 for SoftmaxGrad {
-    fn name(&self) -> &'static str {
-        "train-softmax-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let p = contiguous_f32(s1, l1, self.name(), "probabilities")?;
-        let gp = contiguous_f32(s2, l2, self.name(), "grad")?;
-        let width = l1.shape().dims().last().copied().unwrap_or(0);
-        let mut dz = vec![0f32; p.len()];
-        rowwise_grad::softmax_backward(p, gp, width, &mut dz).map_err(kernel_err)?;
-        Ok((CpuStorage::F32(dz), l1.shape().clone()))
     }
 }
 
@@ -337,11 +313,7 @@ impl CustomOp2 for Swiglu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let gate = contiguous_f32(s1, l1, self.name(), "gate")?;
-        let up = contiguous_f32(s2, l2, self.name(), "up")?;
-        let mut y = vec![0f32; gate.len()];
-        rowwise::swiglu(gate, up, &mut y).map_err(kernel_err)?;
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        rowwise_op::swiglu_op().cpu_fwd(s1, l1, s2, l2)
     }
 
     fn bwd(
