@@ -261,7 +261,8 @@ fn few_passes(
                 ref_logprob: Some((at(r, token) - r_lse.allowed) as f32),
             }
         }
-        // A plain row, or β = 0 (the policy's draw, both models' log-probs recorded).
+        // A plain row, or β = 0 (the policy's draw, both models' log-probs recorded: the
+        // reference's normaliser in one vectorised `exp` pass, as a mixture row's).
         _ => {
             let (token, lse) = draw_weighted(n, |v| at(logits, v), forbidden, temperature, u);
             let lse = lse.unwrap_or_else(|| allowed_lse(logits, forbidden));
@@ -269,7 +270,7 @@ fn few_passes(
                 token: token as u32,
                 logprob: (at(logits, token) - lse) as f32,
                 ref_logprob: reference
-                    .map(|(r, _)| (at(r, token) - allowed_lse(r, forbidden)) as f32),
+                    .map(|(r, _)| (at(r, token) - normalisers(r, forbidden).allowed) as f32),
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Batched, KV-cached generation from one model, from the geometric mixture of a policy and
 //! a reference (docs/algorithms.md §1), or from both at once with a mixture coefficient per row
-//! ([`generate_rows`]: one policy forward over every row and one reference forward over the
-//! mixture rows alone per token). Prompts are left-padded; each row stops at its first EOS
+//! ([`generate_rows`]: one policy forward and one reference forward over every row per token,
+//! the reference's log-probs recorded for every row). Prompts are left-padded; each row stops at its first EOS
 //! (which is kept in its completion) or after `max_new_tokens`; finished rows leave the batch.
 //! The [`TokenRules`] are logit masks applied before the draw (so a length-forced EOS is drawn,
 //! with probability 1), and the recorded log-probs are under the same constrained distribution
@@ -56,9 +56,9 @@ pub struct Generation {
     /// log π_A(y_t | x, y_<t) of the sampled tokens under the policy (the sampled model)
     /// constrained by the rules, at T = 1 and without top-k/top-p (`rules` module doc).
     pub logprobs: Vec<Vec<f32>>,
-    /// The same under the reference: None from [`generate`]; from [`generate_mixture`] every
-    /// row's; from [`generate_rows`] a mixture row's, and an empty vector for a plain row (the
-    /// reference never reads a plain row, so it has no log-probs to give).
+    /// The same under the reference: None from [`generate`]; every row's from
+    /// [`generate_mixture`] and [`generate_rows`] (a plain row's too: the reference's
+    /// log-probs of the policy's draws).
     pub ref_logprobs: Option<Vec<Vec<f32>>>,
     /// Whether the row ended with an EOS (false: cut by `max_new_tokens` without
     /// `eos_at_limit`).
@@ -115,19 +115,22 @@ pub fn generate_mixture(
     run(policy, Some((reference, &mixed)), prompts, keys, config)
 }
 
-/// Samples each row from its own source in one decode pass. Row r with `betas[r]` = 0 is a
-/// plain row, drawn from the policy as [`generate`] draws it; with β = `betas[r]` ∈ (0, 1] it
-/// is a mixture row, drawn from π^(1−β)·μ^β as [`generate_mixture`] with that β draws it
-/// (docs/algorithms.md §1): the same stream, the same arithmetic on the row's logits, a
-/// reference batch of exactly the mixture rows. So the tokens are those calls' tokens, and the
-/// log-probs their bits wherever the forward pass is batch-invariant (module doc). Every token
-/// costs one policy forward over all rows and one reference forward over the mixture rows
-/// alone, where separate calls cost a policy forward each: decoding is memory-bound, so
-/// Nash-MD-PG's y ~ π and y′ ~ π_mix^β read the policy's weights once per token, not twice.
+/// Samples each row from its own source in one decode pass, and records both models'
+/// log-probs of every row. Row r with `betas[r]` = 0 is a plain row, drawn from the policy as
+/// [`generate`] draws it; with β = `betas[r]` ∈ (0, 1] it is a mixture row, drawn from
+/// π^(1−β)·μ^β as [`generate_mixture`] with that β draws it (docs/algorithms.md §1): the same
+/// stream, the same arithmetic on the row's logits. So the tokens are those calls' tokens, and
+/// the log-probs their bits wherever the forward pass is batch-invariant (module doc). Every
+/// token costs one policy forward and one reference forward over all rows, where separate
+/// calls cost a policy forward each: decoding is memory-bound, so Nash-MD-PG's y ~ π and
+/// y′ ~ π_mix^β read the policy's weights once per token, not twice, and the reference's
+/// log-probs of y — which its loss reads — come from rows added to a pass that reads the
+/// reference's weights anyway, instead of a scoring forward after sampling
+/// (docs/architecture.md#self-play-step).
 ///
-/// `ref_logprobs` is always Some: the reference's log-probs of a mixture row, an empty vector
-/// for a plain row. Errors, without panicking, on a number of betas other than the number of
-/// prompts, a β outside [0, 1] (NaN included) and vocabularies that differ.
+/// `ref_logprobs` is always Some, with every row's reference log-probs. Errors, without
+/// panicking, on a number of betas other than the number of prompts, a β outside [0, 1] (NaN
+/// included) and vocabularies that differ.
 pub fn generate_rows(
     policy: &Model,
     reference: &Model,
@@ -151,13 +154,9 @@ pub fn generate_rows(
         return Err(MixtureError::RowCoefficient { row, beta }.into());
     }
     check_vocabularies(policy, reference)?;
-    // β = 0 is plain: the mixture would draw exactly the policy's token, and the reference
-    // forward it would need is the cost this entry saves.
-    let mixed: Vec<Option<f64>> = betas
-        .iter()
-        .map(|&beta| (beta > 0.0).then_some(beta))
-        .collect();
-    run(policy, Some((reference, &mixed)), prompts, keys, config)
+    // Every row runs the reference; β = 0 draws from the policy alone (`draw_row`).
+    let every_row: Vec<Option<f64>> = betas.iter().map(|&beta| Some(beta)).collect();
+    run(policy, Some((reference, &every_row)), prompts, keys, config)
 }
 
 /// Whether β is a mixture coefficient (false for NaN).
@@ -231,8 +230,9 @@ fn next_logits(model: &Model, tokens: &[u32], cache: &mut KvCache) -> Result<Vec
     last_logits(model, &ids, &vec![vec![true]; tokens.len()], cache)
 }
 
-/// The reference's side of a decode with mixture rows: its model and a KV cache over the
-/// mixture rows alone, in batch order (a plain row never costs a reference forward). Rows
+/// The reference's side of a decode: its model and a KV cache over the rows it runs on (the
+/// `Some(β)` rows of [`run`], β = 0 included), in batch order (a `None` row never costs a
+/// reference forward). Rows
 /// finish in any order, so which reference row a batch row reads is recomputed every step
 /// ([`reference_rows`]) rather than stored.
 struct ReferenceBatch {
@@ -243,8 +243,8 @@ struct ReferenceBatch {
 }
 
 impl ReferenceBatch {
-    /// Prefills the reference on the mixture rows' prompts, left-padded among themselves as a
-    /// call with only those rows would pad them; None when no row is a mixture row.
+    /// Prefills the reference on its rows' prompts, left-padded among themselves as a call
+    /// with only those rows would pad them; None when it runs on no row.
     fn start(
         model: Model,
         prompts: &[Vec<u32>],
@@ -284,8 +284,8 @@ impl ReferenceBatch {
 }
 
 /// For each batch row (`active[i]` is its original row): its row in the reference batch and
-/// its β if it is a mixture row. The reference batch holds the active mixture rows in batch
-/// order, so the k-th mixture row of the batch is reference row k.
+/// its β if the reference runs on it. The reference batch holds those active rows in batch
+/// order, so the k-th of them in the batch is reference row k.
 fn reference_rows(active: &[usize], betas: &[Option<f64>]) -> Vec<Option<(usize, f64)>> {
     let mut next = 0;
     active
@@ -299,7 +299,7 @@ fn reference_rows(active: &[usize], betas: &[Option<f64>]) -> Vec<Option<(usize,
         .collect()
 }
 
-/// Row `j`'s logits in the reference batch (there is one whenever a row is a mixture row).
+/// Row `j`'s logits in the reference batch (there is one whenever the reference runs on a row).
 fn reference_logits(batch: Option<&ReferenceBatch>, j: usize) -> Result<&[f32]> {
     batch
         .and_then(|b| b.logits.get(j))
@@ -344,8 +344,9 @@ fn record(
 }
 
 /// The decode loop of every sampler. `reference`: the reference and, per row, Some(β) for a
-/// mixture row (the reference runs on it and its log-probs are recorded) or None for a plain
-/// row; without it every row is plain. Callers check the coefficients and vocabularies.
+/// row the reference runs on (its log-probs are recorded; β > 0 draws from the mixture, β = 0
+/// from the policy alone) or None for a row it never reads; without it every row is the
+/// policy's alone. Callers check the coefficients and vocabularies.
 fn run(
     policy: &Model,
     reference: Option<(&Model, &[Option<f64>])>,

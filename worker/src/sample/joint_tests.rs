@@ -1,7 +1,7 @@
 //! One decode pass for rows of different sources ([`generate_rows`]): row for row it draws what
 //! separate [`generate`] and [`generate_mixture`] calls draw, as rows finish at different steps
-//! and plain, β = 1 and 0 < β < 1 rows share the batch; plain rows never run the reference; bad
-//! coefficients are errors.
+//! and plain, β = 1 and 0 < β < 1 rows share the batch; plain rows draw the policy's tokens and
+//! record the reference's log-probs of them; bad coefficients are errors.
 //!
 //! Bits versus tokens: a row's tokens do not depend on its batch (bar a uniform within rounding
 //! of a boundary, generate.rs module doc), but its log-probs are the same bits only where the
@@ -71,9 +71,9 @@ fn row(g: &Generation, r: usize) -> Row {
     }
 }
 
-/// Each row as a separate call over the rows of its β would draw it: [`generate`] for the
-/// plain rows, [`generate_mixture`] for each β > 0. A plain row gets the empty reference
-/// log-probs [`generate_rows`] gives it.
+/// Each row as a separate call over the rows of its β would draw it: [`generate_mixture`] with
+/// that β, β = 0 included (the policy's draw, both models' log-probs recorded: what
+/// [`generate_rows`] records for a plain row).
 fn separately(
     policy: &Model,
     reference: &Model,
@@ -90,13 +90,7 @@ fn separately(
         let members: Vec<usize> = (0..betas.len()).filter(|&r| betas[r] == beta).collect();
         let p: Vec<Vec<u32>> = members.iter().map(|&r| prompts[r].clone()).collect();
         let k: Vec<RowKey> = members.iter().map(|&r| keys[r]).collect();
-        let g = if beta == 0.0 {
-            let mut g = generate(policy, &p, &k, config).unwrap();
-            g.ref_logprobs = Some(vec![vec![]; members.len()]);
-            g
-        } else {
-            generate_mixture(policy, reference, beta, &p, &k, config).unwrap()
-        };
+        let g = generate_mixture(policy, reference, beta, &p, &k, config).unwrap();
         for (i, &r) in members.iter().enumerate() {
             rows[r] = Some(row(&g, i));
         }
@@ -235,30 +229,48 @@ fn one_coefficient_for_every_row_is_generate_mixture() {
     }
 }
 
-/// β = 0 rows are plain: they never run the reference (here one that fails on any token past
-/// the first position) and give what [`generate`] gives, with empty reference log-probs.
+/// β = 0 rows are plain: they draw what [`generate`] draws, with its policy log-probs, and
+/// record the reference's log-probs of those tokens — the reference's constrained log-probs
+/// the scoring pass gives (to rounding: the decode and the scoring pass are different
+/// forwards), with a forced EOS at 0. The reference runs on every row, so one it cannot run
+/// (here one that fails on any token past the first position) is an error even when no row
+/// mixes.
 #[test]
-fn plain_rows_never_run_the_reference() {
-    let policy = tiny_model(5);
+fn plain_rows_draw_the_policys_tokens_and_record_the_reference() {
+    let (policy, reference) = (tiny_model(5), tiny_model(6));
+    let mut c = config(vec![2], 8);
+    c.rules.eos_at_limit = true;
+    let prompts: Vec<Vec<u32>> = vec![vec![1, 5, 6], vec![1, 7], vec![1, 8, 9]];
+    let betas = [0.0; 3];
+    let g = joint(&policy, &reference, &betas, &prompts, &c);
+    let alone = generate(&policy, &prompts, &keys(&betas), &c).unwrap();
+    assert_eq!(
+        (&g.tokens, &g.logprobs, &g.finished),
+        (&alone.tokens, &alone.logprobs, &alone.finished)
+    );
+    assert!(
+        g.tokens.iter().any(|t| t.len() == 8),
+        "a row reaches the limit"
+    );
+    let scored = score_constrained(&reference, &prompts, &g.tokens, &c.rules).unwrap();
+    let scored = scored.logprobs.to_vec2::<f32>().unwrap();
+    for (r, recorded) in g.ref_logprobs.as_ref().unwrap().iter().enumerate() {
+        assert_eq!(recorded.len(), g.tokens[r].len(), "row {r}");
+        for (t, &lr) in recorded.iter().enumerate() {
+            assert!((lr - scored[r][t]).abs() < 1e-5, "row {r} token {t}");
+        }
+        if g.tokens[r].len() == 8 {
+            assert_eq!(
+                (g.tokens[r][7], recorded[7]),
+                (2, 0.0),
+                "row {r}'s forced EOS"
+            );
+        }
+    }
     let mut config_ref = ModelConfig::tiny_with(12, 16, 2, 4, 2, 32);
     config_ref.sliding_window = Some(1);
     let unusable = random_model(config_ref, 0.5, 6);
-    let c = config(vec![2], 8);
-    let prompts: Vec<Vec<u32>> = vec![vec![1, 5, 6], vec![1, 7], vec![1, 8, 9]];
-    let betas = [0.0; 3];
-    let g = joint(&policy, &unusable, &betas, &prompts, &c);
-    let mut want = generate(&policy, &prompts, &keys(&betas), &c).unwrap();
-    want.ref_logprobs = Some(vec![vec![]; 3]);
-    assert_eq!(g, want);
-    let err = generate_rows(
-        &policy,
-        &unusable,
-        &[0.0, 0.5, 0.0],
-        &prompts,
-        &keys(&betas),
-        &c,
-    )
-    .unwrap_err();
+    let err = generate_rows(&policy, &unusable, &betas, &prompts, &keys(&betas), &c).unwrap_err();
     assert!(err.to_string().contains("sliding_window"), "{err}");
 }
 

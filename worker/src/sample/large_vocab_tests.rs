@@ -1,5 +1,6 @@
 //! Sampling at a vocabulary large enough for `draw::draw_row`'s few-passes form (SmolLM2's
-//! path, not the tiny models'): the recorded log-probs against the constrained scoring pass,
+//! path, not the tiny models'): the recorded log-probs (plain, mixture and per-row decodes)
+//! against the constrained scoring pass,
 //! and the streaming generator against the batched one, with forbidden tokens, a mixture and a
 //! temperature.
 
@@ -72,6 +73,20 @@ fn recorded_logprobs_are_the_constrained_scores() {
         let sp = score_constrained(&policy, &prompts(), &plain.tokens, &c.rules).unwrap();
         assert!(max_diff(&sp, &plain.logprobs) < 1e-4);
         assert_ne!(plain.tokens, gen.tokens, "the mixture draws differently");
+        // Plain rows beside mixture rows (Nash-MD-PG's layout) record the reference too.
+        let rows = generate_rows(
+            &policy,
+            &reference,
+            &[0.0, 0.3, 0.0, 0.3],
+            &prompts(),
+            &keys(),
+            &c,
+        )
+        .unwrap();
+        assert_eq!(rows.tokens[0], plain.tokens[0]);
+        assert_eq!(rows.tokens[1], gen.tokens[1]);
+        let sr = score_constrained(&reference, &prompts(), &rows.tokens, &c.rules).unwrap();
+        assert!(max_diff(&sr, rows.ref_logprobs.as_ref().unwrap()) < 1e-4);
     }
 }
 

@@ -12,7 +12,7 @@
 //! the objectives' log-ratios compare the policy we actually sample with the reference under the
 //! same rules.
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use mirrorplay_proto::v1::SamplingSpec;
 
 use super::TrainError;
@@ -118,6 +118,53 @@ pub enum Source<'m> {
     },
 }
 
+/// Completions with the per-token log-probs their sampler recorded: log π_A(y_t | …) under the
+/// sampled policy and, where the reference ran on the rows ([`Source::Mixture`],
+/// [`Source::PerRow`]), log μ_A(y_t | …) — the constrained log-probs the scoring pass gives
+/// (`sample::generate` module doc), from the decode's forward passes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled {
+    pub tokens: Vec<Vec<u32>>,
+    pub policy: Vec<Vec<f32>>,
+    pub reference: Option<Vec<Vec<f32>>>,
+}
+
+impl Sampled {
+    /// Rows `at..` as a second batch; `self` keeps rows `..at`.
+    pub fn split_off(&mut self, at: usize) -> Sampled {
+        Sampled {
+            tokens: self.tokens.split_off(at),
+            policy: self.policy.split_off(at),
+            reference: self.reference.as_mut().map(|r| r.split_off(at)),
+        }
+    }
+
+    /// Rows `start..start + len`.
+    pub fn rows(&self, start: usize, len: usize) -> Sampled {
+        let take = |v: &Vec<Vec<f32>>| v[start..start + len].to_vec();
+        Sampled {
+            tokens: self.tokens[start..start + len].to_vec(),
+            policy: take(&self.policy),
+            reference: self.reference.as_ref().map(take),
+        }
+    }
+
+    /// Rows of `self` followed by rows of `other`; the reference's log-probs only if both
+    /// batches have them.
+    pub fn chain(mut self, other: &Sampled) -> Sampled {
+        self.tokens.extend_from_slice(&other.tokens);
+        self.policy.extend_from_slice(&other.policy);
+        self.reference = match (self.reference, &other.reference) {
+            (Some(mut a), Some(b)) => {
+                a.extend_from_slice(b);
+                Some(a)
+            }
+            _ => None,
+        };
+        self
+    }
+}
+
 /// One completion per (prompt, key), drawn under `config.rules` (with the task's rules every
 /// completion ends with its EOS: the length limit forces it as part of the draw).
 pub fn sample(
@@ -126,6 +173,16 @@ pub fn sample(
     keys: &[RowKey],
     config: &GenerateConfig,
 ) -> Result<Vec<Vec<u32>>, TrainError> {
+    Ok(sample_recorded(source, prompts, keys, config)?.tokens)
+}
+
+/// [`sample`] with the log-probs the sampler recorded.
+pub fn sample_recorded(
+    source: Source,
+    prompts: &[Vec<u32>],
+    keys: &[RowKey],
+    config: &GenerateConfig,
+) -> Result<Sampled, TrainError> {
     let generation = match source {
         Source::Policy(model) => generate(model, prompts, keys, config)?,
         Source::Mixture {
@@ -139,7 +196,11 @@ pub fn sample(
             mixture_coefs,
         } => generate_rows(policy, reference, mixture_coefs, prompts, keys, config)?,
     };
-    Ok(generation.tokens)
+    Ok(Sampled {
+        tokens: generation.tokens,
+        policy: generation.logprobs,
+        reference: generation.ref_logprobs,
+    })
 }
 
 /// Stream keys of rows `rows` (global prompt indices) for sample index `sample`.
@@ -166,6 +227,74 @@ pub fn score(
         reference: r.logprobs.detach(),
         mask: p.mask,
     })
+}
+
+/// Per-token log-probs of `sampled` under `policy` (graph-connected when it is trainable) by
+/// the scoring pass, and under the reference as the sampler recorded them (detached): the same
+/// quantities [`score`] gives (the reference's up to rounding, its decode and the scoring
+/// pass being different forwards), without the reference's scoring forward. Errors when the
+/// sampler recorded no reference log-probs or their lengths are not the completions'.
+pub fn score_with_recorded_reference(
+    policy: &Model,
+    prompts: &[Vec<u32>],
+    sampled: &Sampled,
+    rules: &TokenRules,
+) -> Result<Completions, TrainError> {
+    let recorded = recorded_reference(sampled)?;
+    let p = score_constrained(policy, prompts, &sampled.tokens, rules)?;
+    let reference =
+        padded(recorded, p.logprobs.dim(1)?, p.logprobs.device())?.to_dtype(p.logprobs.dtype())?;
+    Ok(Completions {
+        policy: p.logprobs,
+        reference,
+        mask: p.mask,
+    })
+}
+
+/// The log-probs the sampler recorded, both models', as [`Completions`] (detached, f32): the
+/// KL metrics' inputs on samples of π without any scoring pass. Errors as
+/// [`score_with_recorded_reference`].
+pub fn recorded(sampled: &Sampled, device: &Device) -> Result<Completions, TrainError> {
+    let reference = recorded_reference(sampled)?;
+    let l = sampled.tokens.iter().map(Vec::len).max().unwrap_or(0);
+    let ones: Vec<Vec<f32>> = sampled.tokens.iter().map(|t| vec![1.0; t.len()]).collect();
+    Ok(Completions {
+        policy: padded(&sampled.policy, l, device)?,
+        reference: padded(reference, l, device)?,
+        mask: padded(&ones, l, device)?,
+    })
+}
+
+/// The sampler's reference log-probs, checked against the completions' lengths.
+fn recorded_reference(sampled: &Sampled) -> Result<&[Vec<f32>], TrainError> {
+    let internal = |what: String| TrainError::Invalid(format!("internal: {what}"));
+    let reference = sampled
+        .reference
+        .as_deref()
+        .ok_or_else(|| internal("the sampler recorded no reference log-probs".into()))?;
+    let lengths_match = reference.len() == sampled.tokens.len()
+        && sampled.policy.len() == sampled.tokens.len()
+        && (sampled.tokens.iter().zip(reference).zip(&sampled.policy))
+            .all(|((t, r), p)| t.len() == r.len() && t.len() == p.len());
+    if !lengths_match {
+        return Err(internal(
+            "recorded log-probs do not match the completions' lengths".into(),
+        ));
+    }
+    Ok(reference)
+}
+
+/// [rows, l] f32: each row right-padded with 0 to `l` (≥ every row's length).
+fn padded(rows: &[Vec<f32>], l: usize, device: &Device) -> Result<Tensor, TrainError> {
+    let values: Vec<f32> = rows
+        .iter()
+        .flat_map(|r| {
+            r.iter()
+                .copied()
+                .chain(std::iter::repeat_n(0.0, l - r.len()))
+        })
+        .collect();
+    Ok(Tensor::from_vec(values, (rows.len(), l), device)?)
 }
 
 /// Rows `range` of a [B, T] batch of completions.

@@ -194,41 +194,41 @@ pub async fn run(
                 mixture_coef: spec.mixture_coef,
             };
             let twice: Vec<Vec<u32>> = prompt_ids.iter().chain(&prompt_ids).cloned().collect();
+            let nash_coefs: Vec<f64> = std::iter::repeat_n(0.0, b)
+                .chain(std::iter::repeat_n(spec.mixture_coef, b))
+                .collect();
             let both_keys: Vec<_> = rollout::keys(global.iter().copied(), SAMPLE_Y)
                 .into_iter()
                 .chain(rollout::keys(global.iter().copied(), SAMPLE_Y_PRIME))
                 .collect();
-            let (y, y_prime) = match objective.algorithm {
-                Algorithm::OnlineIpo | Algorithm::OnlineDpo | Algorithm::Slic => split(
-                    rollout::sample(Source::Policy(&sampler), &twice, &both_keys, &config)?,
-                    b,
-                ),
-                Algorithm::IpoMd => {
-                    split(rollout::sample(mixture, &twice, &both_keys, &config)?, b)
+            // The sampler records the reference's log-probs wherever the reference runs (the
+            // mixture's rows, and y under Nash-MD-PG), and the scoring below reads them
+            // instead of running the reference again (docs/architecture.md#self-play-step).
+            let source = match objective.algorithm {
+                Algorithm::OnlineIpo | Algorithm::OnlineDpo | Algorithm::Slic => {
+                    Source::Policy(&sampler)
                 }
-                Algorithm::NashMd => {
-                    // y ~ π (β = 0) and y′ ~ π_mix^β in one decode pass, which reads the
-                    // policy's weights once per token for both; row for row the draws of two
-                    // separate passes (docs/algorithms.md §1).
-                    let mixture_coefs: Vec<f64> = std::iter::repeat_n(0.0, b)
-                        .chain(std::iter::repeat_n(spec.mixture_coef, b))
-                        .collect();
-                    let per_row = Source::PerRow {
-                        policy: &sampler,
-                        reference: &reference.model,
-                        mixture_coefs: &mixture_coefs,
-                    };
-                    split(rollout::sample(per_row, &twice, &both_keys, &config)?, b)
-                }
+                Algorithm::IpoMd => mixture,
+                // y ~ π (β = 0) and y′ ~ π_mix^β in one decode pass, which reads the policy's
+                // weights once per token for both (row for row the draws of two separate
+                // passes, docs/algorithms.md §1), with the reference run on y's rows too.
+                Algorithm::NashMd => Source::PerRow {
+                    policy: &sampler,
+                    reference: &reference.model,
+                    mixture_coefs: &nash_coefs,
+                },
             };
-            sums.tokens += (rollout::num_tokens(&y) + rollout::num_tokens(&y_prime)) as f64;
+            let mut y = rollout::sample_recorded(source, &twice, &both_keys, &config)?;
+            let y_prime = y.split_off(b);
+            sums.tokens +=
+                (rollout::num_tokens(&y.tokens) + rollout::num_tokens(&y_prime.tokens)) as f64;
             phases.sample_s = t.elapsed().as_secs_f64();
 
             // 3. Preferences from the preference source.
             let t = Instant::now();
             let refs: Vec<&PromptRow> = step_prompts.iter().collect();
-            let (s_y, stats_y) = judge.scores_with_stats(&refs, &y)?;
-            let (s_y_prime, stats_y_prime) = judge.scores_with_stats(&refs, &y_prime)?;
+            let (s_y, stats_y) = judge.scores_with_stats(&refs, &y.tokens)?;
+            let (s_y_prime, stats_y_prime) = judge.scores_with_stats(&refs, &y_prime.tokens)?;
             for ((sum, a), b) in sums.judge.iter_mut().zip(&stats_y).zip(&stats_y_prime) {
                 *sum += a + b;
             }
@@ -247,14 +247,27 @@ pub async fn run(
             let mut kl_rows: Vec<Completions> = vec![];
             for start in (0..b).step_by(micro) {
                 let n = micro.min(b - start);
-                let mut both: Vec<Vec<u32>> = y[start..start + n].to_vec();
+                let mut both = y.rows(start, n);
                 let mut prompts2: Vec<Vec<u32>> = prompt_ids[start..start + n].to_vec();
                 if !y_only {
-                    both.extend_from_slice(&y_prime[start..start + n]);
+                    both = both.chain(&y_prime.rows(start, n));
                     prompts2.extend_from_slice(&prompt_ids[start..start + n]);
                 }
-                let scored =
-                    rollout::score(&compute, &reference.model, &prompts2, &both, &config.rules)?;
+                let scored = match both.reference {
+                    Some(_) => rollout::score_with_recorded_reference(
+                        &compute,
+                        &prompts2,
+                        &both,
+                        &config.rules,
+                    )?,
+                    None => rollout::score(
+                        &compute,
+                        &reference.model,
+                        &prompts2,
+                        &both.tokens,
+                        &config.rules,
+                    )?,
+                };
                 let y_rows = rollout::rows(&scored, 0, n)?;
                 let pair = PairBatch {
                     // Unscored under Nash-MD-PG: the pair carries y's rows in y′'s place,
@@ -274,27 +287,35 @@ pub async fn run(
                 let share = (&loss * (n as f64 / batch as f64))?;
                 accumulated.add(&params, &share.backward()?)?;
                 sums.loss += loss.to_scalar::<f32>()? as f64 * n as f64;
-                match objective.algorithm {
-                    Algorithm::OnlineIpo | Algorithm::OnlineDpo | Algorithm::Slic => {
-                        kl_rows.push(detached(&scored)?)
-                    }
-                    Algorithm::NashMd => kl_rows.push(detached(&pair.y)?),
-                    Algorithm::IpoMd => {}
+                if matches!(
+                    objective.algorithm,
+                    Algorithm::OnlineIpo | Algorithm::OnlineDpo | Algorithm::Slic
+                ) {
+                    kl_rows.push(detached(&scored)?)
                 }
             }
-            // KL is estimated on samples of π; IPO-MD's are mixture samples, so it draws one
-            // extra policy sample per prompt for the metric alone.
-            if objective.algorithm == Algorithm::IpoMd {
-                let keys = rollout::keys(global.iter().copied(), SAMPLE_KL);
-                let extra = rollout::sample(Source::Policy(&sampler), &prompt_ids, &keys, &config)?;
-                sums.tokens += rollout::num_tokens(&extra) as f64;
-                kl_rows.push(rollout::score(
-                    &sampler,
-                    &reference.model,
-                    &prompt_ids,
-                    &extra,
-                    &config.rules,
-                )?);
+            // KL is estimated on samples of π. Nash-MD-PG's y: from the log-probs the sampler
+            // recorded, both models having decoded the same rows (so a policy equal to the
+            // reference reads exactly 0). IPO-MD's samples are the mixture's, so it draws one
+            // extra policy sample per prompt for the metric alone, scored by both models: on a
+            // memory-bound decode a reference run beside it would cost a whole weight stream
+            // per token, more than scoring a few rows.
+            match objective.algorithm {
+                Algorithm::NashMd => kl_rows.push(rollout::recorded(&y, &ctx.device)?),
+                Algorithm::IpoMd => {
+                    let keys = rollout::keys(global.iter().copied(), SAMPLE_KL);
+                    let extra =
+                        rollout::sample(Source::Policy(&sampler), &prompt_ids, &keys, &config)?;
+                    sums.tokens += rollout::num_tokens(&extra) as f64;
+                    kl_rows.push(rollout::score(
+                        &sampler,
+                        &reference.model,
+                        &prompt_ids,
+                        &extra,
+                        &config.rules,
+                    )?);
+                }
+                Algorithm::OnlineIpo | Algorithm::OnlineDpo | Algorithm::Slic => {}
             }
             sums.add_kl(&kl_rows)?;
             phases.train_s = t.elapsed().as_secs_f64();
@@ -390,11 +411,6 @@ fn check_vocabularies(
         }
     }
     Ok(())
-}
-
-fn split(mut both: Vec<Vec<u32>>, b: usize) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
-    let second = both.split_off(b);
-    (both, second)
 }
 
 fn detached(c: &Completions) -> Result<Completions, TrainError> {
