@@ -226,11 +226,15 @@ pub async fn run(
 
             // 3. Preferences from the preference source.
             let t = Instant::now();
-            let refs: Vec<&PromptRow> = step_prompts.iter().collect();
-            let (s_y, stats_y) = judge.scores_with_stats(&refs, &y.tokens)?;
-            let (s_y_prime, stats_y_prime) = judge.scores_with_stats(&refs, &y_prime.tokens)?;
-            for ((sum, a), b) in sums.judge.iter_mut().zip(&stats_y).zip(&stats_y_prime) {
-                *sum += a + b;
+            // y's and y′'s rows in one call: a reward model's forward then runs its
+            // matmuls over both at once (its scores are per row either way).
+            let refs: Vec<&PromptRow> = step_prompts.iter().chain(&step_prompts).collect();
+            let completions: Vec<Vec<u32>> =
+                y.tokens.iter().chain(&y_prime.tokens).cloned().collect();
+            let (mut s_y, stats) = judge.scores_with_stats(&refs, &completions)?;
+            let s_y_prime = s_y.split_off(b);
+            for (sum, a) in sums.judge.iter_mut().zip(&stats) {
+                *sum += a;
             }
             let pref = preferences(&s_y, &s_y_prime, judge.unit(), temperature);
             sums.pref += pref.iter().sum::<f64>();
