@@ -94,6 +94,20 @@ impl AdamW {
     /// θ ← θ − lr/(1 − β1^t) · m / (sqrt(v)/sqrt(1 − β2^t) + ε).
     /// Computes in f32 and writes back in the parameter's dtype.
     pub fn step(&mut self, params: &Params, grads: &Gradients) -> Result<StepStats> {
+        self.step_scaled(params, grads, None)
+    }
+
+    /// [`AdamW::step`] with every gradient multiplied by `grad_scale` first, bit for bit as
+    /// [`Gradients::scale`] then [`AdamW::step`] (global-norm clipping's coefficient,
+    /// [`Gradients::clip_coefficient`]). On the fused path the product is taken inside the
+    /// update's one pass, without a scaled copy of the gradients (a pass over them and a
+    /// gradient-sized allocation less per step).
+    pub fn step_scaled(
+        &mut self,
+        params: &Params,
+        grads: &Gradients,
+        grad_scale: Option<f64>,
+    ) -> Result<StepStats> {
         let lr = self.schedule.lr_at(self.step);
         let t = (self.step + 1) as i32;
         let AdamWConfig {
@@ -131,6 +145,7 @@ impl AdamW {
             }
             let p = var.as_tensor().detach().to_dtype(DType::F32)?;
             let k = Coefficients {
+                grad_scale,
                 decay: (weight_decay != 0.0).then_some(1.0 - lr * weight_decay),
                 one_minus_beta1: 1.0 - beta1,
                 beta2,
@@ -253,7 +268,7 @@ impl AdamW {
 }
 
 /// The update of [`AdamW::step`] for one parameter as candle ops (any device, f32 operands):
-/// θ ← θ·(1 − lr·λ); m ← m + (g − m)(1 − β1); v ← v·β2 + (1 − β2)·g·g;
+/// g ← g·scale (when pending); θ ← θ·(1 − lr·λ); m ← m + (g − m)(1 − β1); v ← v·β2 + (1 − β2)·g·g;
 /// θ ← θ − lr/(1 − β1^t) · m / (sqrt(v)/sqrt(1 − β2^t) + ε). Returns the new (θ, m, v).
 pub(super) fn composed_update(
     p: &Tensor,
@@ -262,6 +277,14 @@ pub(super) fn composed_update(
     v: &Tensor,
     k: Coefficients,
 ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let scaled;
+    let g = match k.grad_scale {
+        Some(scale) => {
+            scaled = g.affine(scale, 0.0)?;
+            &scaled
+        }
+        None => g,
+    };
     let p = match k.decay {
         Some(d) => p.affine(d, 0.0)?,
         None => p.clone(),

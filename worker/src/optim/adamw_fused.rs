@@ -15,6 +15,9 @@ use rayon::prelude::*;
 /// f32 per op, as candle's affine does).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Coefficients {
+    /// The gradient's scale (global-norm clipping's coefficient, `Gradients::clip_coefficient`)
+    /// when it is not applied yet: g ← g · scale first, as `Gradients::scale` computes it.
+    pub grad_scale: Option<f64>,
     /// `1 − lr·λ` when weight decay is on.
     pub decay: Option<f64>,
     /// `1 − β1`.
@@ -96,7 +99,8 @@ pub(super) fn try_update(
 }
 
 /// The update of [`super::adamw::AdamW::step`] element by element (PyTorch's order):
-/// θ ← θ·(1 − lr·λ); m ← m + (g − m)(1 − β1); v ← v·β2 + (1 − β2)·g·g;
+/// g ← g·scale (clipping, when pending); θ ← θ·(1 − lr·λ); m ← m + (g − m)(1 − β1);
+/// v ← v·β2 + (1 − β2)·g·g;
 /// θ ← θ − lr/(1 − β1^t) · m / (sqrt(v)/sqrt(1 − β2^t) + ε). Each line mirrors one candle op.
 #[allow(clippy::too_many_arguments)]
 fn update(
@@ -111,7 +115,11 @@ fn update(
 ) {
     let affine = |x: f32, mul: f64, add: f64| x * (mul as f32) + (add as f32);
     for i in 0..p.len() {
-        let (gi, mi, vi) = (g[i], m[i], v[i]);
+        let gi = match k.grad_scale {
+            Some(scale) => affine(g[i], scale, 0.0),
+            None => g[i],
+        };
+        let (mi, vi) = (m[i], v[i]);
         let pi = match k.decay {
             Some(d) => affine(p[i], d, 0.0),
             None => p[i],
@@ -144,9 +152,13 @@ mod tests {
         let g = Tensor::from_vec(gv, p.shape(), &dev)?;
         let m = Tensor::from_vec(values(n, 3, -1e-3, 1e-3), p.shape(), &dev)?;
         let v = Tensor::from_vec(values(n, 4, 0.0, 1e-5), p.shape(), &dev)?;
-        for decay in [None, Some(1.0 - 1e-3 * 0.01)] {
+        let cases = [None, Some(1.0 - 1e-3 * 0.01)]
+            .into_iter()
+            .flat_map(|decay| [(decay, None), (decay, Some(0.37))]);
+        for (decay, grad_scale) in cases {
             let (beta1, beta2, t, lr) = (0.9f64, 0.999f64, 3, 1e-3f64);
             let k = Coefficients {
+                grad_scale,
                 decay,
                 one_minus_beta1: 1.0 - beta1,
                 beta2,
@@ -157,9 +169,10 @@ mod tests {
             };
             let fused = try_update(&p, &g, &m, &v, k)?.expect("f32, contiguous, CPU");
             let composed = super::super::adamw::composed_update(&p, &g, &m, &v, k)?;
-            assert!(bits(&fused.0) == bits(&composed.0), "θ differs ({decay:?})");
-            assert!(bits(&fused.1) == bits(&composed.1), "m differs ({decay:?})");
-            assert!(bits(&fused.2) == bits(&composed.2), "v differs ({decay:?})");
+            let case = format!("decay {decay:?}, gradient scale {grad_scale:?}");
+            assert!(bits(&fused.0) == bits(&composed.0), "θ differs ({case})");
+            assert!(bits(&fused.1) == bits(&composed.1), "m differs ({case})");
+            assert!(bits(&fused.2) == bits(&composed.2), "v differs ({case})");
             // And it moved: θ changed, v grew where g ≠ 0.
             assert!(bits(&fused.0) != bits(&p));
         }
@@ -170,6 +183,7 @@ mod tests {
     fn other_operands_take_the_composed_path() -> candle_core::Result<()> {
         let dev = Device::Cpu;
         let k = Coefficients {
+            grad_scale: None,
             decay: None,
             one_minus_beta1: 0.1,
             beta2: 0.999,

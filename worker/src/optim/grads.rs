@@ -79,12 +79,20 @@ impl Gradients {
     /// Global-norm clipping as `torch.nn.utils.clip_grad_norm_`: scales every gradient by
     /// min(1, max_norm/(‖g‖ + 1e-6)) and returns ‖g‖ before clipping (Pascanu et al. 2013, §3.2).
     pub fn clip(&mut self, max_norm: f64) -> Result<f64> {
-        let norm = self.global_norm()?;
-        let coef = max_norm / (norm + 1e-6);
-        if coef < 1.0 {
+        let (norm, coef) = self.clip_coefficient(max_norm)?;
+        if let Some(coef) = coef {
             self.scale(coef)?;
         }
         Ok(norm)
+    }
+
+    /// ‖g‖ and the coefficient [`Gradients::clip`] would scale by, None where it would leave
+    /// the gradients as they are (‖g‖ within `max_norm`): for an optimizer that applies it
+    /// in its own pass (`AdamW::step_scaled`).
+    pub fn clip_coefficient(&self, max_norm: f64) -> Result<(f64, Option<f64>)> {
+        let norm = self.global_norm()?;
+        let coef = max_norm / (norm + 1e-6);
+        Ok((norm, (coef < 1.0).then_some(coef)))
     }
 }
 

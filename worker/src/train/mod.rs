@@ -288,13 +288,14 @@ pub fn reduce_clip_step(
     params: &crate::optim::Params,
 ) -> Result<(f64, f64), TrainError> {
     collective.all_reduce_sum(grads.tensors_mut())?;
-    let grad_norm = if max_grad_norm > 0.0 {
-        grads.clip(max_grad_norm)?
+    // The clip's scale goes into AdamW's pass (bit for bit the scaled gradients' step).
+    let (grad_norm, clip) = if max_grad_norm > 0.0 {
+        grads.clip_coefficient(max_grad_norm)?
     } else {
-        grads.global_norm()?
+        (grads.global_norm()?, None)
     };
     let lr = opt.next_lr();
-    opt.step(params, &grads)?;
+    opt.step_scaled(params, &grads, clip)?;
     Ok((grad_norm, lr))
 }
 
