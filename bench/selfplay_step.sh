@@ -94,20 +94,22 @@ def fwd(tokens_per_row, ctx, rows, W, macs_per_token):
     return max((W + kv) / bw, flops / fl), flops, W + kv
 passes = {}
 # Sampling: y from π, y′ from the mixture (π and μ every position). The least weight traffic is
-# 2 model passes per token: π over y's and y′'s 2B rows together, μ over y′'s B rows — each a
-# prefill of PROMPT tokens and NEW − 1 decode forwards of one token per row.
+# 2 model passes per token: π over y's and y′'s 2B rows together, and μ over the same 2B rows —
+# y′'s for the mixture, y's for log μ(y), which the loss reads: in a pass that reads μ's weights
+# anyway, those rows cost at most their FLOPs, never more than a scoring forward over y would —
+# each a prefill of PROMPT tokens and NEW − 1 decode forwards of one token per row.
 t_s = fl_s = by_s = 0.0
-for rows in (2 * B, B):
+for rows in (2 * B, 2 * B):
     for t, f, b in [fwd(PROMPT, PROMPT, rows, W_lm, lin + V * H)] + [fwd(1, PROMPT + i, rows, W_lm, lin + V * H) for i in range(1, NEW)]:
         t_s, fl_s, by_s = t_s + t, fl_s + f, by_s + b
 passes["sample"] = (t_s, fl_s, by_s)
 # Judge: the reward model on y and y′ (B rows of T tokens each).
 j = [fwd(T, T, B, W_rm, lin + H) for _ in range(2)]
 passes["judge"] = (sum(x[0] for x in j), sum(x[1] for x in j), sum(x[2] for x in j))
-# Forward+backward: the algorithm needs log π(y) (graph) and log μ(y): forward + backward (2×) of π
-# and a forward of μ on B rows of T tokens (the gradient of y′'s log-probs is not needed).
+# Forward+backward: log π(y) with its graph, forward + backward (2×) of π on B rows of T tokens
+# (log μ(y) came with the sampling above; the gradient of y′'s log-probs is not needed).
 f1 = 2 * (lin + V * H) * B * T + attn_flops(B * T, T)
-passes["forward+backward"] = (max((3 * W_lm + W_lm + W_lm) / bw, 4 * f1 / fl), 4 * f1, 5 * W_lm)
+passes["forward+backward"] = (max((3 * W_lm + W_lm) / bw, 3 * f1 / fl), 3 * f1, 4 * W_lm)
 # Optimizer: clip (read the gradients for the norm, read+write to scale) and AdamW (read θ, g, m,
 # v; write θ, m, v), f32.
 o = 4 * params * (3 + 7)

@@ -4,7 +4,9 @@
 //! then recomputes the step independently of `crate::objectives`:
 //!
 //! - the same samples and preferences (same streams, same gold judge), scored in one batch
-//!   (the loop scores per micro-batch);
+//!   (the loop scores per micro-batch), the reference by its own scoring pass (the loop takes
+//!   IPO-MD's and Nash-MD-PG's reference log-probs from the sampler, so the tolerances below
+//!   also bound the difference between the two);
 //! - the objective by hand in f64 from those per-token log-probs, with its gradient with
 //!   respect to every policy log-prob written out by hand (and, for the losses whose value
 //!   means something, checked by central differences of the f64 loss);

@@ -1,7 +1,8 @@
 //! Rollouts: the token rules completions are drawn under, batched generation from the policy
-//! or the geometric mixture (docs/algorithms.md §1), and the scoring pass that turns
-//! completions into per-token log-probs under the policy (graph-connected) and the reference
-//! (§0).
+//! or the geometric mixture (docs/algorithms.md §1) with the log-probs the sampler recorded
+//! ([`Sampled`]), and the scoring pass that turns completions into per-token log-probs under
+//! the policy (graph-connected) and the reference (§0), or under the policy alone beside the
+//! reference's recorded ones ([`score_with_recorded_reference`]).
 //!
 //! The rules are one [`TokenRules`] value ([`rules`], carried by the [`GenerateConfig`]) that
 //! both [`sample`] and [`score`] apply, so every log-prob here is under the *constrained*
