@@ -201,8 +201,17 @@ fn the_gate_refuses_untracked_non_f32_and_small_operands() {
 fn a_whole_model_gets_the_composed_gradients_through_the_training_kernels() {
     let dev = Device::Cpu;
     let config = ModelConfig::tiny_with(64, 192, 2, 3, 1, 384);
+    // The f32 model must take the training kernels, or the comparison below would be the
+    // compositions against themselves.
     assert!(
-        super::rowwise_op::model_takes_kernels(config.hidden_size) || !super::skinny_op::enabled()
+        super::skinny_op::enabled(),
+        "{} = 0 turns off the kernels this test exercises",
+        super::skinny_op::ENABLE_VAR
+    );
+    assert!(
+        super::rowwise_op::model_takes_kernels(config.hidden_size),
+        "the kernels' gate changed: hidden {} keeps the compositions",
+        config.hidden_size
     );
     let m32 = init_random(&config, 3, true, &dev).unwrap();
     let m64 = m32.to(DType::F64, &dev).unwrap();
