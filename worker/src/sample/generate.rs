@@ -1,8 +1,9 @@
 //! Batched, KV-cached generation from one model, from the geometric mixture of a policy and
 //! a reference (docs/algorithms.md §1), or from both at once with a mixture coefficient per row
 //! ([`generate_rows`]: one policy forward and one reference forward over every row per token,
-//! the reference's log-probs recorded for every row). Prompts are left-padded; each row stops at its first EOS
-//! (which is kept in its completion) or after `max_new_tokens`; finished rows leave the batch.
+//! the reference's log-probs recorded for every row). Prompts are left-padded, and rows with
+//! the same prompt share one prefill ([`prefill`]); each row stops at its first EOS (which is
+//! kept in its completion) or after `max_new_tokens`; finished rows leave the batch.
 //! The [`TokenRules`] are logit masks applied before the draw (so a length-forced EOS is drawn,
 //! with probability 1), and the recorded log-probs are under the same constrained distribution
 //! p_A at T = 1 (`rules` module doc), which is what [`super::score_constrained`] returns.
@@ -224,6 +225,36 @@ pub(super) fn last_logits(
     Ok(logits.to_vec2::<f32>()?)
 }
 
+/// The KV cache of `prompts` (left-padded to the longest) with room for `max_new_tokens` more,
+/// and each row's next-token logits. Rows with the same prompt share one row of the forward
+/// (Nash-MD-PG's y and y′, and IPO-MD's, start from the same prompts): the distinct prompts
+/// are run, left-padded as the whole batch would be, and the cache's rows and the logits are
+/// copied out to every row, so a duplicate costs no prefill work.
+fn prefill(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    max_new_tokens: usize,
+) -> Result<(KvCache, Vec<Vec<f32>>)> {
+    let mut distinct: Vec<Vec<u32>> = Vec::with_capacity(prompts.len());
+    let of_row: Vec<usize> = prompts
+        .iter()
+        .map(|p| match distinct.iter().position(|d| d == p) {
+            Some(i) => i,
+            None => {
+                distinct.push(p.clone());
+                distinct.len() - 1
+            }
+        })
+        .collect();
+    // The distinct prompts include the longest, so they pad as the whole batch would.
+    let (ids, valid) = left_pad(&distinct);
+    // Room for the whole sequence up front: decoding writes the cache in place.
+    let mut cache = KvCache::with_capacity(ids[0].len() + max_new_tokens);
+    let logits = last_logits(model, &ids, &valid, &mut cache)?;
+    cache.retain_rows(&of_row)?;
+    Ok((cache, of_row.iter().map(|&i| logits[i].clone()).collect()))
+}
+
 /// Next-token logits after feeding each cached row its one new token.
 fn next_logits(model: &Model, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<Vec<f32>>> {
     let ids: Vec<Vec<u32>> = tokens.iter().map(|&tok| vec![tok]).collect();
@@ -260,10 +291,7 @@ impl ReferenceBatch {
         if mixed.is_empty() {
             return Ok(None);
         }
-        let (ids, valid) = left_pad(&mixed);
-        // Room for the whole sequence up front: decoding writes the cache in place.
-        let mut cache = KvCache::with_capacity(ids[0].len() + max_new_tokens);
-        let logits = last_logits(&model, &ids, &valid, &mut cache)?;
+        let (cache, logits) = prefill(&model, &mixed, max_new_tokens)?;
         Ok(Some(Self {
             model,
             cache,
@@ -406,10 +434,7 @@ fn decode(
         Some((m, _)) => Some(m.for_decoding()?),
         None => None,
     };
-    let (ids, valid) = left_pad(prompts);
-    // Room for the whole sequence up front: decoding writes the cache in place.
-    let mut cache = KvCache::with_capacity(ids[0].len() + rules.max_new_tokens);
-    let mut logits = last_logits(policy, &ids, &valid, &mut cache)?;
+    let (mut cache, mut logits) = prefill(policy, prompts, rules.max_new_tokens)?;
     let mut ref_batch = match reference {
         Some(m) => ReferenceBatch::start(m, prompts, &betas, rules.max_new_tokens)?,
         None => None,

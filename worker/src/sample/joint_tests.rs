@@ -167,6 +167,45 @@ fn joint_rows_are_the_separate_calls_rows_bit_for_bit() {
     }
 }
 
+/// Nash-MD-PG's layout — y's rows and y′'s rows start from the same prompts — prefills each
+/// distinct prompt once and copies its cache rows (`generate::prefill`): every row is still
+/// the separate calls' row (which see no duplicate), bit for bit, for the plain and the
+/// mixture rows, with rows finishing at different steps after the copy.
+#[test]
+fn duplicate_prompts_share_one_prefill_bit_for_bit() {
+    assert!(skinny_op::enabled(), "{} = 0", skinny_op::ENABLE_VAR);
+    let (policy, reference) = (skinny_model(1), skinny_model(2));
+    let c = config((2..40).collect(), 16);
+    let distinct: Vec<Vec<u32>> = (0..4u32)
+        .map(|r| (0..2 + r % 2).map(|i| 60 + 17 * r + i).collect())
+        .collect();
+    let prompts: Vec<Vec<u32>> = distinct.iter().chain(&distinct).cloned().collect();
+    let betas = [0.0, 0.0, 0.0, 0.0, 0.4, 0.4, 0.4, 0.4];
+    let g = joint(&policy, &reference, &betas, &prompts, &c);
+    assert_rows_finish_at_different_steps(&g, &betas);
+    assert_ne!(g.tokens[0], g.tokens[4], "y and y′ of one prompt differ");
+    for (r, want) in separately(&policy, &reference, &betas, &prompts, &c)
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(&row(&g, r), want, "row {r}");
+    }
+    // And a plain generation with every prompt twice is each half's generation.
+    let keys = |first: u64| -> Vec<RowKey> {
+        (first..first + 4)
+            .map(|prompt| RowKey { prompt, sample: 0 })
+            .collect()
+    };
+    let both_keys: Vec<RowKey> = keys(0).into_iter().chain(keys(10)).collect();
+    let twice = generate(&policy, &prompts, &both_keys, &c).unwrap();
+    for (half, first) in [(0, 0), (4, 10)] {
+        let alone = generate(&policy, &distinct, &keys(first), &c).unwrap();
+        for r in 0..4 {
+            assert_eq!(row(&twice, half + r), row(&alone, r), "row {}", half + r);
+        }
+    }
+}
+
 /// Where the forward pass is not batch-invariant (a tiny model on candle's gemm, 24 rows, y′
 /// prompts padded to y's longer ones), the tokens are still the separate calls' tokens and the
 /// log-probs agree to rounding.
