@@ -18,6 +18,8 @@
 //! a cumulative-probability boundary.
 //! Runs without gradients (frozen or detached use of the model); must not compute losses.
 
+use std::collections::HashMap;
+
 use rayon::prelude::*;
 
 use candle_core::{DType, Tensor};
@@ -235,15 +237,15 @@ fn prefill(
     prompts: &[Vec<u32>],
     max_new_tokens: usize,
 ) -> Result<(KvCache, Vec<Vec<f32>>)> {
+    let mut index: HashMap<&[u32], usize> = HashMap::with_capacity(prompts.len());
     let mut distinct: Vec<Vec<u32>> = Vec::with_capacity(prompts.len());
     let of_row: Vec<usize> = prompts
         .iter()
-        .map(|p| match distinct.iter().position(|d| d == p) {
-            Some(i) => i,
-            None => {
+        .map(|p| {
+            *index.entry(p).or_insert_with(|| {
                 distinct.push(p.clone());
                 distinct.len() - 1
-            }
+            })
         })
         .collect();
     // The distinct prompts include the longest, so they pad as the whole batch would.
