@@ -114,8 +114,8 @@ pub fn generate_mixture(
         return Err(MixtureError::Coefficient { beta: mixture_coef }.into());
     }
     check_vocabularies(policy, reference)?;
-    let mixed = vec![Some(mixture_coef); prompts.len()];
-    run(policy, Some((reference, &mixed)), prompts, keys, config)
+    let betas = vec![mixture_coef; prompts.len()];
+    run(policy, Some((reference, &betas)), prompts, keys, config)
 }
 
 /// Samples each row from its own source in one decode pass, and records both models'
@@ -157,9 +157,7 @@ pub fn generate_rows(
         return Err(MixtureError::RowCoefficient { row, beta }.into());
     }
     check_vocabularies(policy, reference)?;
-    // Every row runs the reference; β = 0 draws from the policy alone (`draw_row`).
-    let every_row: Vec<Option<f64>> = betas.iter().map(|&beta| Some(beta)).collect();
-    run(policy, Some((reference, &every_row)), prompts, keys, config)
+    run(policy, Some((reference, betas)), prompts, keys, config)
 }
 
 /// Whether β is a mixture coefficient (false for NaN).
@@ -263,78 +261,31 @@ fn next_logits(model: &Model, tokens: &[u32], cache: &mut KvCache) -> Result<Vec
     last_logits(model, &ids, &vec![vec![true]; tokens.len()], cache)
 }
 
-/// The reference's side of a decode: its model and a KV cache over the rows it runs on (the
-/// `Some(β)` rows of [`run`], β = 0 included), in batch order (a `None` row never costs a
-/// reference forward). Rows
-/// finish in any order, so which reference row a batch row reads is recomputed every step
-/// ([`reference_rows`]) rather than stored.
+/// The reference's side of a decode: its model, its KV cache and its next-token logits, over
+/// the same rows as the policy's, in the same order (every row runs both models).
 struct ReferenceBatch {
     model: Model,
     cache: KvCache,
-    /// Next-token logits of its rows, in its own row order.
     logits: Vec<Vec<f32>>,
 }
 
 impl ReferenceBatch {
-    /// Prefills the reference on its rows' prompts, left-padded among themselves as a call
-    /// with only those rows would pad them; None when it runs on no row.
-    fn start(
-        model: Model,
-        prompts: &[Vec<u32>],
-        betas: &[Option<f64>],
-        max_new_tokens: usize,
-    ) -> Result<Option<Self>> {
-        let mixed: Vec<Vec<u32>> = prompts
-            .iter()
-            .zip(betas)
-            .filter(|(_, beta)| beta.is_some())
-            .map(|(p, _)| p.clone())
-            .collect();
-        if mixed.is_empty() {
-            return Ok(None);
-        }
-        let (cache, logits) = prefill(&model, &mixed, max_new_tokens)?;
-        Ok(Some(Self {
+    /// Prefills the reference on every row's prompt.
+    fn start(model: Model, prompts: &[Vec<u32>], max_new_tokens: usize) -> Result<Self> {
+        let (cache, logits) = prefill(&model, prompts, max_new_tokens)?;
+        Ok(Self {
             model,
             cache,
             logits,
-        }))
+        })
     }
 
     /// Keeps its rows `rows` (in that order) and feeds each its next token.
     fn advance(&mut self, rows: &[usize], tokens: &[u32]) -> Result<()> {
         self.cache.retain_rows(rows)?;
-        self.logits = if rows.is_empty() {
-            Vec::new()
-        } else {
-            next_logits(&self.model, tokens, &mut self.cache)?
-        };
+        self.logits = next_logits(&self.model, tokens, &mut self.cache)?;
         Ok(())
     }
-}
-
-/// For each batch row (`active[i]` is its original row): its row in the reference batch and
-/// its β if the reference runs on it. The reference batch holds those active rows in batch
-/// order, so the k-th of them in the batch is reference row k.
-fn reference_rows(active: &[usize], betas: &[Option<f64>]) -> Vec<Option<(usize, f64)>> {
-    let mut next = 0;
-    active
-        .iter()
-        .map(|&row| {
-            betas[row].map(|beta| {
-                next += 1;
-                (next - 1, beta)
-            })
-        })
-        .collect()
-}
-
-/// Row `j`'s logits in the reference batch (there is one whenever the reference runs on a row).
-fn reference_logits(batch: Option<&ReferenceBatch>, j: usize) -> Result<&[f32]> {
-    batch
-        .and_then(|b| b.logits.get(j))
-        .map(Vec::as_slice)
-        .ok_or_else(|| ModelError::Input(format!("internal: no reference row {j}")))
 }
 
 /// `draw(i)` for the batch rows 0..n. The host work of a row (`draw::draw_row`) does not
@@ -373,13 +324,13 @@ fn record(
     (still, next)
 }
 
-/// The decode loop of every sampler. `reference`: the reference and, per row, Some(β) for a
-/// row the reference runs on (its log-probs are recorded; β > 0 draws from the mixture, β = 0
-/// from the policy alone) or None for a row it never reads; without it every row is the
-/// policy's alone. Callers check the coefficients and vocabularies.
+/// The decode loop of every sampler. `reference`: the reference and each row's β — the
+/// reference runs on every row and its log-probs are recorded; β > 0 draws from the mixture,
+/// β = 0 from the policy alone; without it every row is the policy's alone. Callers check
+/// the coefficients and vocabularies.
 fn run(
     policy: &Model,
-    reference: Option<(&Model, &[Option<f64>])>,
+    reference: Option<(&Model, &[f64])>,
     prompts: &[Vec<u32>],
     keys: &[RowKey],
     config: &GenerateConfig,
@@ -394,7 +345,7 @@ fn run(
 /// [`run`]'s body, on a rayon thread.
 fn decode(
     policy: &Model,
-    reference: Option<(&Model, &[Option<f64>])>,
+    reference: Option<(&Model, &[f64])>,
     prompts: &[Vec<u32>],
     keys: &[RowKey],
     config: &GenerateConfig,
@@ -409,8 +360,8 @@ fn decode(
     if let Some(r) = prompts.iter().position(Vec::is_empty) {
         return Err(ModelError::Input(format!("prompt {r} is empty")));
     }
-    let betas: Vec<Option<f64>> = reference.map_or_else(|| vec![None; b], |(_, m)| m.to_vec());
-    if betas.len() != b {
+    let betas: &[f64] = reference.map_or(&[], |(_, betas)| betas);
+    if reference.is_some() && betas.len() != b {
         return Err(MixtureError::Coefficients {
             betas: betas.len(),
             prompts: b,
@@ -438,19 +389,17 @@ fn decode(
     };
     let (mut cache, mut logits) = prefill(policy, prompts, rules.max_new_tokens)?;
     let mut ref_batch = match reference {
-        Some(m) => ReferenceBatch::start(m, prompts, &betas, rules.max_new_tokens)?,
+        Some(m) => Some(ReferenceBatch::start(m, prompts, rules.max_new_tokens)?),
         None => None,
     };
     // `active[i]` is the original row of batch row i.
     let mut active: Vec<usize> = (0..b).collect();
     for t in 0..rules.max_new_tokens {
         let forbidden = masks.at(t);
-        let ref_rows = reference_rows(&active, &betas);
         let drawn = draw_all(active.len(), |i| {
-            let mixed = match ref_rows[i] {
-                Some((j, beta)) => Some((reference_logits(ref_batch.as_ref(), j)?, beta)),
-                None => None,
-            };
+            let mixed = ref_batch
+                .as_ref()
+                .map(|r| (r.logits[i].as_slice(), betas[active[i]]));
             let u = uniform_at(config, keys[active[i]], t);
             draw_row(&logits[i], mixed, forbidden, &config.params, u)
         })?;
@@ -463,15 +412,10 @@ fn decode(
         match ref_batch.as_mut() {
             None => logits = policy_step()?,
             Some(r) => {
-                let (rows, tokens): (Vec<usize>, Vec<u32>) = still
-                    .iter()
-                    .zip(&next)
-                    .filter_map(|(&i, &tok)| ref_rows[i].map(|(j, _)| (j, tok)))
-                    .unzip();
                 // The two models' forwards share nothing but the new tokens: run them side by
                 // side, so one fills the pool's gaps in the other's (each model's arithmetic
                 // is its own, whichever thread runs it).
-                let (p, r) = rayon::join(policy_step, || r.advance(&rows, &tokens));
+                let (p, r) = rayon::join(policy_step, || r.advance(&still, &next));
                 logits = p?;
                 r?;
             }

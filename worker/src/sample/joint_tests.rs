@@ -110,7 +110,7 @@ fn joint(
 
 /// What makes the comparison a test of the bookkeeping: rows end at different steps, a plain
 /// row ends while a mixture row goes on, and a mixture row ends while a later one goes on (so
-/// the reference batch loses a row before another's and the rows after it move up).
+/// both models' batches lose a row before another's and the rows after it move up).
 fn assert_rows_finish_at_different_steps(g: &Generation, betas: &[f64]) {
     let len = |r: usize| g.tokens[r].len();
     let mixed: Vec<usize> = (0..betas.len()).filter(|&r| betas[r] > 0.0).collect();
