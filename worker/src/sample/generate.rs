@@ -68,6 +68,48 @@ pub struct Generation {
     pub finished: Vec<bool>,
 }
 
+impl Generation {
+    /// Rows `at..` as a second generation; `self` keeps rows `..at`.
+    pub fn split_off(&mut self, at: usize) -> Generation {
+        Generation {
+            tokens: self.tokens.split_off(at),
+            logprobs: self.logprobs.split_off(at),
+            ref_logprobs: self.ref_logprobs.as_mut().map(|r| r.split_off(at)),
+            finished: self.finished.split_off(at),
+        }
+    }
+
+    /// Rows `start..start + len`.
+    pub fn rows(&self, start: usize, len: usize) -> Generation {
+        let range = start..start + len;
+        Generation {
+            tokens: self.tokens[range.clone()].to_vec(),
+            logprobs: self.logprobs[range.clone()].to_vec(),
+            ref_logprobs: self
+                .ref_logprobs
+                .as_ref()
+                .map(|r| r[range.clone()].to_vec()),
+            finished: self.finished[range].to_vec(),
+        }
+    }
+
+    /// Rows of `self` followed by rows of `other`; the reference's log-probs only if both
+    /// have them.
+    pub fn chain(mut self, other: &Generation) -> Generation {
+        self.tokens.extend_from_slice(&other.tokens);
+        self.logprobs.extend_from_slice(&other.logprobs);
+        self.finished.extend_from_slice(&other.finished);
+        self.ref_logprobs = match (self.ref_logprobs, &other.ref_logprobs) {
+            (Some(mut a), Some(b)) => {
+                a.extend_from_slice(b);
+                Some(a)
+            }
+            _ => None,
+        };
+        self
+    }
+}
+
 /// Mixture settings that cannot be sampled; reported as [`ModelError::Input`], the error of
 /// every sampler, so callers handle one type.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

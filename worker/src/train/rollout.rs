@@ -1,6 +1,6 @@
 //! Rollouts: the token rules completions are drawn under, batched generation from the policy
 //! or the geometric mixture (docs/algorithms.md §1) with the log-probs the sampler recorded
-//! ([`Sampled`]), and the scoring pass that turns completions into per-token log-probs under
+//! ([`sample_recorded`]), and the scoring pass that turns completions into per-token log-probs under
 //! the policy (graph-connected) and the reference (§0), or under the policy alone beside the
 //! reference's recorded ones ([`score_with_recorded_reference`]).
 //!
@@ -20,8 +20,8 @@ use super::TrainError;
 use crate::model::Model;
 use crate::objectives::Completions;
 use crate::sample::{
-    generate, generate_mixture, generate_rows, score_constrained, GenerateConfig, RowKey,
-    SamplingParams, TokenRules,
+    generate, generate_mixture, generate_rows, score_constrained, GenerateConfig, Generation,
+    RowKey, SamplingParams, TokenRules,
 };
 use crate::tasks::Task;
 
@@ -119,53 +119,6 @@ pub enum Source<'m> {
     },
 }
 
-/// Completions with the per-token log-probs their sampler recorded: log π_A(y_t | …) under the
-/// sampled policy and, where the reference ran on the rows ([`Source::Mixture`],
-/// [`Source::PerRow`]), log μ_A(y_t | …) — the constrained log-probs the scoring pass gives
-/// (`sample::generate` module doc), from the decode's forward passes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sampled {
-    pub tokens: Vec<Vec<u32>>,
-    pub policy: Vec<Vec<f32>>,
-    pub reference: Option<Vec<Vec<f32>>>,
-}
-
-impl Sampled {
-    /// Rows `at..` as a second batch; `self` keeps rows `..at`.
-    pub fn split_off(&mut self, at: usize) -> Sampled {
-        Sampled {
-            tokens: self.tokens.split_off(at),
-            policy: self.policy.split_off(at),
-            reference: self.reference.as_mut().map(|r| r.split_off(at)),
-        }
-    }
-
-    /// Rows `start..start + len`.
-    pub fn rows(&self, start: usize, len: usize) -> Sampled {
-        let take = |v: &Vec<Vec<f32>>| v[start..start + len].to_vec();
-        Sampled {
-            tokens: self.tokens[start..start + len].to_vec(),
-            policy: take(&self.policy),
-            reference: self.reference.as_ref().map(take),
-        }
-    }
-
-    /// Rows of `self` followed by rows of `other`; the reference's log-probs only if both
-    /// batches have them.
-    pub fn chain(mut self, other: &Sampled) -> Sampled {
-        self.tokens.extend_from_slice(&other.tokens);
-        self.policy.extend_from_slice(&other.policy);
-        self.reference = match (self.reference, &other.reference) {
-            (Some(mut a), Some(b)) => {
-                a.extend_from_slice(b);
-                Some(a)
-            }
-            _ => None,
-        };
-        self
-    }
-}
-
 /// One completion per (prompt, key), drawn under `config.rules` (with the task's rules every
 /// completion ends with its EOS: the length limit forces it as part of the draw).
 pub fn sample(
@@ -177,13 +130,16 @@ pub fn sample(
     Ok(sample_recorded(source, prompts, keys, config)?.tokens)
 }
 
-/// [`sample`] with the log-probs the sampler recorded.
+/// [`sample`] with the log-probs the sampler recorded: log π_A(y_t | …) under the sampled
+/// policy and, where the reference ran on the rows ([`Source::Mixture`], [`Source::PerRow`]),
+/// log μ_A(y_t | …) — the constrained log-probs the scoring pass gives (`sample::generate`
+/// module doc), from the decode's forward passes.
 pub fn sample_recorded(
     source: Source,
     prompts: &[Vec<u32>],
     keys: &[RowKey],
     config: &GenerateConfig,
-) -> Result<Sampled, TrainError> {
+) -> Result<Generation, TrainError> {
     let generation = match source {
         Source::Policy(model) => generate(model, prompts, keys, config)?,
         Source::Mixture {
@@ -197,11 +153,7 @@ pub fn sample_recorded(
             mixture_coefs,
         } => generate_rows(policy, reference, mixture_coefs, prompts, keys, config)?,
     };
-    Ok(Sampled {
-        tokens: generation.tokens,
-        policy: generation.logprobs,
-        reference: generation.ref_logprobs,
-    })
+    Ok(generation)
 }
 
 /// Stream keys of rows `rows` (global prompt indices) for sample index `sample`.
@@ -238,7 +190,7 @@ pub fn score(
 pub fn score_with_recorded_reference(
     policy: &Model,
     prompts: &[Vec<u32>],
-    sampled: &Sampled,
+    sampled: &Generation,
     rules: &TokenRules,
 ) -> Result<Completions, TrainError> {
     let recorded = recorded_reference(sampled)?;
@@ -255,27 +207,27 @@ pub fn score_with_recorded_reference(
 /// The log-probs the sampler recorded, both models', as [`Completions`] (detached, f32): the
 /// KL metrics' inputs on samples of π without any scoring pass. Errors as
 /// [`score_with_recorded_reference`].
-pub fn recorded(sampled: &Sampled, device: &Device) -> Result<Completions, TrainError> {
+pub fn recorded(sampled: &Generation, device: &Device) -> Result<Completions, TrainError> {
     let reference = recorded_reference(sampled)?;
     let l = sampled.tokens.iter().map(Vec::len).max().unwrap_or(0);
     let ones: Vec<Vec<f32>> = sampled.tokens.iter().map(|t| vec![1.0; t.len()]).collect();
     Ok(Completions {
-        policy: padded(&sampled.policy, l, device)?,
+        policy: padded(&sampled.logprobs, l, device)?,
         reference: padded(reference, l, device)?,
         mask: padded(&ones, l, device)?,
     })
 }
 
 /// The sampler's reference log-probs, checked against the completions' lengths.
-fn recorded_reference(sampled: &Sampled) -> Result<&[Vec<f32>], TrainError> {
+fn recorded_reference(sampled: &Generation) -> Result<&[Vec<f32>], TrainError> {
     let internal = |what: String| TrainError::Invalid(format!("internal: {what}"));
     let reference = sampled
-        .reference
+        .ref_logprobs
         .as_deref()
         .ok_or_else(|| internal("the sampler recorded no reference log-probs".into()))?;
     let lengths_match = reference.len() == sampled.tokens.len()
-        && sampled.policy.len() == sampled.tokens.len()
-        && (sampled.tokens.iter().zip(reference).zip(&sampled.policy))
+        && sampled.logprobs.len() == sampled.tokens.len()
+        && (sampled.tokens.iter().zip(reference).zip(&sampled.logprobs))
             .all(|((t, r), p)| t.len() == r.len() && t.len() == p.len());
     if !lengths_match {
         return Err(internal(

@@ -257,7 +257,7 @@ pub async fn run(
                     both = both.chain(&y_prime.rows(start, n));
                     prompts2.extend_from_slice(&prompt_ids[start..start + n]);
                 }
-                let scored = match both.reference {
+                let scored = match both.ref_logprobs {
                     Some(_) => rollout::score_with_recorded_reference(
                         &compute,
                         &prompts2,
