@@ -6,9 +6,11 @@
 //! train-safe composition in `model::decoder` takes (docs/architecture.md#decoding-kernels).
 //!
 //! One work unit is one (sequence, key/value head): its keys are transposed once into a scratch
-//! [d][s] so the score rows are axpy sweeps over contiguous keys, and its query heads run in
-//! blocks of [`ROWS`] query rows. Keys after the last one any row of a block may see (causal
-//! masking, trailing padding) are skipped: their probability is exactly 0 either way.
+//! [d][s] so the score rows are axpy sweeps over contiguous keys, and the (query position, query
+//! head) rows of its group run in blocks of [`ROWS`], position-major — so a decode step's one
+//! position puts the group's heads (3 in SmolLM2) in one block, whose rows share every loaded
+//! key and value. Keys after the last one any row of a block may see (causal masking, trailing
+//! padding) are skipped: their probability is exactly 0 either way.
 //!
 //! Deterministic everywhere: a score is one fused multiply-add chain over the head dimension in
 //! order, the softmax and the output chains over keys run in order, and the SIMD builds run the
@@ -23,8 +25,11 @@ use super::disjoint::DisjointOut;
 
 /// Query rows per block (their score rows share each loaded key column).
 const ROWS: usize = 4;
-/// Below this many score elements (b · heads · t · s) a call runs on the calling thread.
-const MIN_SCORES_TO_SPLIT: usize = 1 << 14;
+/// Below this many score elements (b · heads · t · s) a call runs on the calling thread. A
+/// decode step of SmolLM2-135M's shape at batch 8 has 8 · 9 · s (1 152 at 16 keys): its 24
+/// units are worth splitting from there on (`decode_attention` bench, BENCHMARKS.md
+/// "Decoding attention over the pool").
+const MIN_SCORES_TO_SPLIT: usize = 1 << 10;
 
 /// The dimensions of one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,21 +217,68 @@ fn unit_body(u: &Unit) {
         ..
     } = u.dims;
     let group = heads / kv_heads;
-    // Kᵀ [d][s]: a score row is then a sweep over contiguous keys per head dimension.
-    let mut kt = vec![0f32; d * s];
-    let first_key = u.k.offset + u.bi * u.k.strides[0] + u.kh * u.k.strides[1];
-    super::transpose::keys(u.k.data, first_key, u.k.strides[2], s, d, &mut kt);
-    let mut scores = vec![0f32; ROWS * s];
-    let mut acc = vec![0f32; ROWS * d];
-    let mut qs = vec![0f32; ROWS * d];
-    for h in u.kh * group..(u.kh + 1) * group {
-        let mut i0 = 0;
-        while i0 < t {
-            let rows = ROWS.min(t - i0);
-            block(u, h, i0, rows, &kt, &mut scores, &mut qs, &mut acc);
-            i0 += rows;
+    // Taken out and put back rather than borrowed in a closure: a closure would not inherit
+    // the unit's instruction set (`run_unit`), and its FMAs would become library calls.
+    let mut scratch = SCRATCH.take();
+    {
+        let Scratch {
+            kt,
+            scores,
+            acc,
+            qs,
+        } = &mut scratch;
+        // Every element read below is written first (Kᵀ whole by the transpose, a block's
+        // scores, scaled queries and outputs before their use), so stale contents never leak.
+        for (buf, len) in [
+            (&mut *kt, d * s),
+            (scores, ROWS * s),
+            (acc, ROWS * d),
+            (qs, ROWS * d),
+        ] {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+        }
+        // Kᵀ [d][s]: a score row is then a sweep over contiguous keys per head dimension.
+        let first_key = u.k.offset + u.bi * u.k.strides[0] + u.kh * u.k.strides[1];
+        super::transpose::keys(u.k.data, first_key, u.k.strides[2], s, d, kt);
+        // Rows (position i, head h), position-major: rows in a block see nearly the same keys.
+        let mut next = 0;
+        while next < t * group {
+            let rows = ROWS.min(t * group - next);
+            let block_rows: [Row; ROWS] = std::array::from_fn(|r| {
+                let q = next + r.min(rows - 1);
+                Row {
+                    h: u.kh * group + q % group,
+                    i: q / group,
+                }
+            });
+            block(u, &block_rows[..rows], kt, scores, qs, acc);
+            next += rows;
         }
     }
+    SCRATCH.set(scratch);
+}
+
+/// A unit's scratch (Kᵀ, a block's scores, scaled queries and outputs), kept per thread so a
+/// decode step's ≈ 700 units allocate and zero nothing.
+#[derive(Default)]
+struct Scratch {
+    kt: Vec<f32>,
+    scores: Vec<f32>,
+    acc: Vec<f32>,
+    qs: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// One query row of a unit: head h at position i.
+#[derive(Clone, Copy)]
+struct Row {
+    h: usize,
+    i: usize,
 }
 
 /// Scores of keys j0..j0+J for R query rows (scaled queries `qs`, [R][d]) with the
@@ -288,21 +340,41 @@ fn weighted_values<const D: usize, const R: usize>(
     }
 }
 
-/// Query rows i0..i0+rows of head h: scores, masked softmax, the weighted sum of values.
-#[allow(clippy::too_many_arguments)]
+/// The largest of `row` as `f32::max` folds it from −∞ (a NaN is passed over), in 16 lanes:
+/// a maximum is exact in any order, so this is the fold's value, vectorised.
+#[inline(always)]
+fn max_of(row: &[f32]) -> f32 {
+    let larger = |a: f32, x: f32| if x > a { x } else { a };
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut chunks = row.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (l, &x) in lanes.iter_mut().zip(chunk) {
+            *l = larger(*l, x);
+        }
+    }
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &x| larger(a, x));
+    lanes.iter().fold(tail, |a, &x| larger(a, x))
+}
+
+/// A block of query rows (at most [`ROWS`]): scores, masked softmax, the weighted sum of values.
 #[inline(always)]
 fn block(
     u: &Unit,
-    h: usize,
-    i0: usize,
-    rows: usize,
+    block_rows: &[Row],
     kt: &[f32],
     scores: &mut [f32],
     qs: &mut [f32],
     acc: &mut [f32],
 ) {
     let Dims { heads, t, s, d, .. } = u.dims;
-    let mask_row = |r: usize| &u.mask[(u.bi * t + i0 + r) * s..(u.bi * t + i0 + r + 1) * s];
+    let rows = block_rows.len();
+    let mask_row = |r: usize| {
+        let i = block_rows[r].i;
+        &u.mask[(u.bi * t + i) * s..(u.bi * t + i + 1) * s]
+    };
     // Keys any row of the block may see: the rest have probability exactly 0.
     let seen = (0..rows)
         .map(|r| {
@@ -314,8 +386,8 @@ fn block(
         .max()
         .unwrap_or(0);
     // The scaled queries (as the composed path scales q before its product).
-    for r in 0..rows {
-        let q = &u.q[((u.bi * heads + h) * t + i0 + r) * d..][..d];
+    for (r, &Row { h, i }) in block_rows.iter().enumerate() {
+        let q = &u.q[((u.bi * heads + h) * t + i) * d..][..d];
         for (o, &x) in qs[r * d..(r + 1) * d].iter_mut().zip(q) {
             *o = x * u.scale;
         }
@@ -352,25 +424,34 @@ fn block(
         }
     }
     // Masked softmax per row over the keys it may see (the rest are −∞ → 0).
+    let mut live = [false; ROWS];
     for r in 0..rows {
         let row = &mut scores[r * s..r * s + seen];
-        let mut max = f32::NEG_INFINITY;
         for (x, &m) in row.iter_mut().zip(mask_row(r)) {
             *x += m;
-            max = max.max(*x);
         }
+        let max = max_of(row);
         if max == f32::NEG_INFINITY {
             row.fill(0.0);
             continue;
         }
+        live[r] = true;
         // `kernels::exp` inline: this body is compiled under the unit's instruction set
         // (`run_unit`), so the loop vectorises without a second dispatch per row.
         for x in row.iter_mut() {
             *x = super::exp::exp(*x - max);
         }
-        let sum = row.iter().fold(0f32, |acc, &x| acc + x);
-        for x in row.iter_mut() {
-            *x /= sum;
+    }
+    // Each row's sum is one chain in order of j; the block's rows run side by side.
+    let mut sums = [0f32; ROWS];
+    for j in 0..seen {
+        for (r, sum) in sums.iter_mut().enumerate().take(rows) {
+            *sum += scores[r * s + j];
+        }
+    }
+    for r in (0..rows).filter(|&r| live[r]) {
+        for x in scores[r * s..r * s + seen].iter_mut() {
+            *x /= sums[r];
         }
     }
     // Output: acc[r][e] += p[r][j] · v[j][e] (in order of j).
@@ -392,9 +473,9 @@ fn block(
             }
         }
     }
-    for r in 0..rows {
-        let at = ((u.bi * t + i0 + r) * heads + h) * d;
-        // SAFETY: elements (bi, i0 + r, h, ..) belong to this unit's (bi, kv head) alone.
+    for (r, &Row { h, i }) in block_rows.iter().enumerate() {
+        let at = ((u.bi * t + i) * heads + h) * d;
+        // SAFETY: elements (bi, i, h, ..) of the unit's query heads belong to this unit alone.
         unsafe { u.out.write_slice(at, &acc[r * d..(r + 1) * d]) };
     }
 }

@@ -227,8 +227,16 @@ fn compute_group(x: &[f32], rows: usize, w: &PackedWeight, g: usize, isa: Isa, o
             for dp in 0..p1 - p0 {
                 let j0 = (p0 + dp) * PANEL;
                 let cols = PANEL.min(w.n - j0);
+                let at = (r + dr) * w.n + j0;
+                let panel = &tile[dr * (p1 - p0) + dp];
                 // SAFETY: columns of panels p0..p1 belong to this group alone.
-                unsafe { out.write_slice((r + dr) * w.n + j0, &tile[dr * (p1 - p0) + dp][..cols]) };
+                unsafe {
+                    if cols == PANEL {
+                        out.write_array(at, panel);
+                    } else {
+                        out.write_slice(at, &panel[..cols]);
+                    }
+                }
             }
         }
         r += block_rows;
