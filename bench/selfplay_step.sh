@@ -99,7 +99,8 @@ passes = {}
 # anyway, those rows cost at most their FLOPs, never more than a scoring forward over y would —
 # each a prefill of PROMPT tokens and NEW − 1 decode forwards of one token per row.
 t_s = fl_s = by_s = 0.0
-for rows in (2 * B, 2 * B):
+for model in ("π", "μ"):
+    rows = 2 * B
     for t, f, b in [fwd(PROMPT, PROMPT, rows, W_lm, lin + V * H)] + [fwd(1, PROMPT + i, rows, W_lm, lin + V * H) for i in range(1, NEW)]:
         t_s, fl_s, by_s = t_s + t, fl_s + f, by_s + b
 passes["sample"] = (t_s, fl_s, by_s)

@@ -271,7 +271,14 @@ struct Scratch {
 }
 
 thread_local! {
-    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+    static SCRATCH: std::cell::RefCell<Scratch> = const {
+        std::cell::RefCell::new(Scratch {
+            kt: Vec::new(),
+            scores: Vec::new(),
+            acc: Vec::new(),
+            qs: Vec::new(),
+        })
+    };
 }
 
 /// One query row of a unit: head h at position i.

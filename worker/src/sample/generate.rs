@@ -293,6 +293,10 @@ fn prefill(
     // Room for the whole sequence up front: decoding writes the cache in place.
     let mut cache = KvCache::with_capacity(ids[0].len() + max_new_tokens);
     let logits = last_logits(model, &ids, &valid, &mut cache)?;
+    if distinct.len() == prompts.len() {
+        // No duplicate: the forward's rows are the batch's rows.
+        return Ok((cache, logits));
+    }
     cache.retain_rows(&of_row)?;
     Ok((cache, of_row.iter().map(|&i| logits[i].clone()).collect()))
 }

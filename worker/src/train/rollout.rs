@@ -140,7 +140,7 @@ pub fn sample_recorded(
     keys: &[RowKey],
     config: &GenerateConfig,
 ) -> Result<Generation, TrainError> {
-    let generation = match source {
+    Ok(match source {
         Source::Policy(model) => generate(model, prompts, keys, config)?,
         Source::Mixture {
             policy,
@@ -152,8 +152,7 @@ pub fn sample_recorded(
             reference,
             mixture_coefs,
         } => generate_rows(policy, reference, mixture_coefs, prompts, keys, config)?,
-    };
-    Ok(generation)
+    })
 }
 
 /// Stream keys of rows `rows` (global prompt indices) for sample index `sample`.
