@@ -347,25 +347,6 @@ fn weighted_values<const D: usize, const R: usize>(
     }
 }
 
-/// The largest of `row` as `f32::max` folds it from −∞ (a NaN is passed over), in 16 lanes:
-/// a maximum is exact in any order, so this is the fold's value, vectorised.
-#[inline(always)]
-fn max_of(row: &[f32]) -> f32 {
-    let larger = |a: f32, x: f32| if x > a { x } else { a };
-    let mut lanes = [f32::NEG_INFINITY; 16];
-    let mut chunks = row.chunks_exact(16);
-    for chunk in &mut chunks {
-        for (l, &x) in lanes.iter_mut().zip(chunk) {
-            *l = larger(*l, x);
-        }
-    }
-    let tail = chunks
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |a, &x| larger(a, x));
-    lanes.iter().fold(tail, |a, &x| larger(a, x))
-}
-
 /// A block of query rows (at most [`ROWS`]): scores, masked softmax, the weighted sum of values.
 #[inline(always)]
 fn block(
@@ -437,7 +418,7 @@ fn block(
         for (x, &m) in row.iter_mut().zip(mask_row(r)) {
             *x += m;
         }
-        let max = max_of(row);
+        let max = super::reduce::max_in_lanes(row);
         if max == f32::NEG_INFINITY {
             row.fill(0.0);
             continue;

@@ -140,7 +140,7 @@ fn shifted_exps(x: &[f32], m: Option<&[f32]>, out: &mut [f32]) -> (f32, f64) {
             .for_each(|(o, (x, m))| *o = x + m),
         None => out.copy_from_slice(x),
     }
-    let max = out.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let max = super::reduce::max(out);
     if max == f32::NEG_INFINITY {
         out.fill(0.0);
         return (max, 0.0);
