@@ -6,7 +6,7 @@ fn folded(xs: &[f32]) -> f32 {
 
 #[test]
 fn the_maximum_is_the_scalar_folds_at_every_length_and_position() {
-    // Lengths around the 16-lane chunks, the maximum at every position in turn.
+    // Lengths around the 16-lane chunks, the maximum at about 40 positions across each.
     for len in [1usize, 2, 15, 16, 17, 31, 32, 33, 100, 49_152] {
         let base: Vec<f32> = (0..len)
             .map(|i| ((i * 7919) % 1000) as f32 * -0.01)

@@ -156,3 +156,30 @@ fn bad_rows_are_errors() {
         assert!(err.to_string().contains("a mask of 1"), "{err}");
     }
 }
+
+#[test]
+fn the_allowed_maximum_is_the_filtered_fold_at_every_tail_length() {
+    // Lengths around the eight lanes; the largest value on a forbidden token must be skipped.
+    for n in [1usize, 7, 8, 9, 15, 16, 17, 49_152] {
+        let values: Vec<f64> = (0..n).map(|v| ((v * 7919) % 1013) as f64 * 0.01).collect();
+        for at in [0, n / 2, n - 1] {
+            let mut forbidden = vec![false; n];
+            let mut s = values.clone();
+            s[at] = 99.0;
+            forbidden[at] = true;
+            let folded = (0..n)
+                .filter(|&v| !forbidden[v])
+                .map(|v| s[v])
+                .fold(f64::NEG_INFINITY, f64::max);
+            assert_eq!(
+                allowed_max(n, |v| s[v], &forbidden),
+                folded,
+                "n {n}, at {at}"
+            );
+            forbidden[at] = false;
+            assert_eq!(allowed_max(n, |v| s[v], &forbidden), 99.0, "n {n}, at {at}");
+        }
+    }
+    let nan_and_all_forbidden = allowed_max(3, |v| [f64::NAN, 1.0, 2.0][v], &[false, true, true]);
+    assert_eq!(nan_and_all_forbidden, f64::NEG_INFINITY);
+}
