@@ -412,7 +412,6 @@ fn block(
         }
     }
     // Masked softmax per row over the keys it may see (the rest are −∞ → 0).
-    let mut live = [false; ROWS];
     for r in 0..rows {
         let row = &mut scores[r * s..r * s + seen];
         for (x, &m) in row.iter_mut().zip(mask_row(r)) {
@@ -423,7 +422,6 @@ fn block(
             row.fill(0.0);
             continue;
         }
-        live[r] = true;
         // `kernels::exp` inline: this body is compiled under the unit's instruction set
         // (`run_unit`), so the loop vectorises without a second dispatch per row.
         for x in row.iter_mut() {
@@ -437,7 +435,9 @@ fn block(
             *sum += scores[r * s + j];
         }
     }
-    for r in (0..rows).filter(|&r| live[r]) {
+    // A row with a visible key sums to at least 1 (its maximum's term is exp(0)); a row with
+    // none was zeroed above and stays so.
+    for r in (0..rows).filter(|&r| sums[r] > 0.0) {
         for x in scores[r * s..r * s + seen].iter_mut() {
             *x /= sums[r];
         }
