@@ -169,7 +169,7 @@ fn allowed_lse(x: &[f32], forbidden: &[bool]) -> f64 {
 
 /// Tokens per block of the draw's cumulative walk: blocks' sums locate the token's block, then
 /// one block is walked token by token.
-const WALK_BLOCK: usize = 512;
+pub(super) const WALK_BLOCK: usize = 512;
 
 thread_local! {
     /// The draw's weights exp((s − max)/T) per token and their blocks' sums, reused across rows

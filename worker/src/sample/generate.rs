@@ -24,6 +24,7 @@ use rayon::prelude::*;
 
 use candle_core::{DType, Tensor};
 
+use super::device_draw::{draws_on_device, DeviceBatch, DeviceDraw};
 use super::draw::{draw_row, Drawn};
 use super::filter::SamplingParams;
 use super::rules::TokenRules;
@@ -260,11 +261,50 @@ pub(super) fn last_logits(
     valid: &[Vec<bool>],
     cache: &mut KvCache,
 ) -> Result<Vec<Vec<f32>>> {
+    Ok(last_logits_tensor(model, ids, valid, cache)?.to_vec2::<f32>()?)
+}
+
+/// Next-token logits of the last position of each row, [b, vocab] f32 on the model's device.
+fn last_logits_tensor(
+    model: &Model,
+    ids: &[Vec<u32>],
+    valid: &[Vec<bool>],
+    cache: &mut KvCache,
+) -> Result<Tensor> {
     let hidden = model.forward_hidden(ids, valid, cache)?;
     let t = hidden.dim(1)?;
     let last = hidden.narrow(1, t - 1, 1)?;
-    let logits: Tensor = model.lm_logits(&last)?.squeeze(1)?.to_dtype(DType::F32)?;
-    Ok(logits.to_vec2::<f32>()?)
+    Ok(model.lm_logits(&last)?.squeeze(1)?.to_dtype(DType::F32)?)
+}
+
+/// A step's next-token logits for the draw: host rows [b][vocab], or left on the model's device
+/// for [`DeviceDraw`] as [b, vocab].
+enum Logits {
+    Host(Vec<Vec<f32>>),
+    Device(Tensor),
+}
+
+impl Logits {
+    /// `logits` [b, vocab] where the draw reads them.
+    fn place(logits: Tensor, on_device: bool) -> Result<Self> {
+        Ok(if on_device {
+            Logits::Device(logits)
+        } else {
+            Logits::Host(logits.to_vec2::<f32>()?)
+        })
+    }
+
+    /// Rows `rows` in that order (a row may repeat).
+    fn select(self, rows: &[usize]) -> Result<Self> {
+        Ok(match self {
+            Logits::Host(h) => Logits::Host(rows.iter().map(|&i| h[i].clone()).collect()),
+            Logits::Device(t) => {
+                let ids: Vec<u32> = rows.iter().map(|&i| i as u32).collect();
+                let ids = Tensor::from_vec(ids, rows.len(), t.device())?;
+                Logits::Device(t.index_select(&ids, 0)?)
+            }
+        })
+    }
 }
 
 /// The KV cache of `prompts` (left-padded to the longest) with room for `max_new_tokens` more,
@@ -276,7 +316,8 @@ fn prefill(
     model: &Model,
     prompts: &[Vec<u32>],
     max_new_tokens: usize,
-) -> Result<(KvCache, Vec<Vec<f32>>)> {
+    on_device: bool,
+) -> Result<(KvCache, Logits)> {
     let mut index: HashMap<&[u32], usize> = HashMap::with_capacity(prompts.len());
     let mut distinct: Vec<Vec<u32>> = Vec::with_capacity(prompts.len());
     let of_row: Vec<usize> = prompts
@@ -292,19 +333,28 @@ fn prefill(
     let (ids, valid) = left_pad(&distinct);
     // Room for the whole sequence up front: decoding writes the cache in place.
     let mut cache = KvCache::with_capacity(ids[0].len() + max_new_tokens);
-    let logits = last_logits(model, &ids, &valid, &mut cache)?;
+    let logits = Logits::place(
+        last_logits_tensor(model, &ids, &valid, &mut cache)?,
+        on_device,
+    )?;
     if distinct.len() == prompts.len() {
         // No duplicate: the forward's rows are the batch's rows.
         return Ok((cache, logits));
     }
     cache.retain_rows(&of_row)?;
-    Ok((cache, of_row.iter().map(|&i| logits[i].clone()).collect()))
+    Ok((cache, logits.select(&of_row)?))
 }
 
 /// Next-token logits after feeding each cached row its one new token.
-fn next_logits(model: &Model, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<Vec<f32>>> {
+fn next_logits(
+    model: &Model,
+    tokens: &[u32],
+    cache: &mut KvCache,
+    on_device: bool,
+) -> Result<Logits> {
     let ids: Vec<Vec<u32>> = tokens.iter().map(|&tok| vec![tok]).collect();
-    last_logits(model, &ids, &vec![vec![true]; tokens.len()], cache)
+    let logits = last_logits_tensor(model, &ids, &vec![vec![true]; tokens.len()], cache)?;
+    Logits::place(logits, on_device)
 }
 
 /// The reference's side of a decode: its model, its KV cache and its next-token logits, over
@@ -312,24 +362,31 @@ fn next_logits(model: &Model, tokens: &[u32], cache: &mut KvCache) -> Result<Vec
 struct ReferenceBatch {
     model: Model,
     cache: KvCache,
-    logits: Vec<Vec<f32>>,
+    logits: Logits,
+    on_device: bool,
 }
 
 impl ReferenceBatch {
     /// Prefills the reference on every row's prompt.
-    fn start(model: Model, prompts: &[Vec<u32>], max_new_tokens: usize) -> Result<Self> {
-        let (cache, logits) = prefill(&model, prompts, max_new_tokens)?;
+    fn start(
+        model: Model,
+        prompts: &[Vec<u32>],
+        max_new_tokens: usize,
+        on_device: bool,
+    ) -> Result<Self> {
+        let (cache, logits) = prefill(&model, prompts, max_new_tokens, on_device)?;
         Ok(Self {
             model,
             cache,
             logits,
+            on_device,
         })
     }
 
     /// Keeps its rows `rows` (in that order) and feeds each its next token.
     fn advance(&mut self, rows: &[usize], tokens: &[u32]) -> Result<()> {
         self.cache.retain_rows(rows)?;
-        self.logits = next_logits(&self.model, tokens, &mut self.cache)?;
+        self.logits = next_logits(&self.model, tokens, &mut self.cache, self.on_device)?;
         Ok(())
     }
 }
@@ -385,7 +442,21 @@ fn run(
     // from a pool thread, which takes a share of the work itself, rather than from outside,
     // where each call parks the caller until the pool wakes it (BENCHMARKS.md, "The decode
     // loop on a pool thread": batch 8 194–212 → 240–241 tokens/s).
-    rayon::scope(|_| decode(policy, reference, prompts, keys, config))
+    let on_device = draws_on_device(policy.device());
+    run_drawing(policy, reference, prompts, keys, config, on_device)
+}
+
+/// [`run`] with the draw's site given: on the logits' device when `on_device` and the
+/// settings allow it ([`DeviceDraw::new`]), else on the host.
+pub(super) fn run_drawing(
+    policy: &Model,
+    reference: Option<(&Model, &[f64])>,
+    prompts: &[Vec<u32>],
+    keys: &[RowKey],
+    config: &GenerateConfig,
+    on_device: bool,
+) -> Result<Generation> {
+    rayon::scope(|_| decode(policy, reference, prompts, keys, config, on_device))
 }
 
 /// [`run`]'s body, on a rayon thread.
@@ -395,6 +466,7 @@ fn decode(
     prompts: &[Vec<u32>],
     keys: &[RowKey],
     config: &GenerateConfig,
+    draw_on_device: bool,
 ) -> Result<Generation> {
     let b = prompts.len();
     if keys.len() != b {
@@ -433,28 +505,79 @@ fn decode(
         Some((m, _)) => Some(m.for_decoding()?),
         None => None,
     };
-    let (mut cache, mut logits) = prefill(policy, prompts, rules.max_new_tokens)?;
+    // Where the batch is drawn: on the logits' device (a GPU: no copy of the vocabulary per
+    // token), or on the host.
+    let device_draw = if draw_on_device {
+        DeviceDraw::new(&masks, &config.params, policy.device())?
+    } else {
+        None
+    };
+    let on_device = device_draw.is_some();
+    let (mut cache, mut logits) = prefill(policy, prompts, rules.max_new_tokens, on_device)?;
     let mut ref_batch = match reference {
-        Some(m) => Some(ReferenceBatch::start(m, prompts, rules.max_new_tokens)?),
+        Some(m) => Some(ReferenceBatch::start(
+            m,
+            prompts,
+            rules.max_new_tokens,
+            on_device,
+        )?),
         None => None,
     };
     // `active[i]` is the original row of batch row i.
     let mut active: Vec<usize> = (0..b).collect();
     for t in 0..rules.max_new_tokens {
-        let forbidden = masks.at(t);
-        let drawn = draw_all(active.len(), |i| {
-            let mixed = ref_batch
-                .as_ref()
-                .map(|r| (r.logits[i].as_slice(), betas[active[i]]));
-            let u = uniform_at(config, keys[active[i]], t);
-            draw_row(&logits[i], mixed, forbidden, &config.params, u)
-        })?;
+        let u = |i: usize| uniform_at(config, keys[active[i]], t);
+        let ref_logits = ref_batch.as_ref().map(|r| &r.logits);
+        let drawn =
+            match (&device_draw, &logits, ref_logits) {
+                (Some(draw), Logits::Device(x), r) => {
+                    let us: Vec<f64> = (0..active.len()).map(u).collect();
+                    // Empty without a reference (`betas` is then empty too).
+                    let row_betas: Vec<f64> = match r {
+                        Some(_) => active.iter().map(|&row| betas[row]).collect(),
+                        None => Vec::new(),
+                    };
+                    let reference = match r {
+                        Some(Logits::Device(r)) => Some((r, row_betas.as_slice())),
+                        None => None,
+                        Some(Logits::Host(_)) => return Err(ModelError::Input(
+                            "internal: policy logits on the device, the reference's on the host"
+                                .into(),
+                        )),
+                    };
+                    let batch = DeviceBatch {
+                        logits: x,
+                        reference,
+                    };
+                    draw.draw(batch, &masks, t, &us)?
+                }
+                (_, Logits::Host(x), r) => {
+                    let r = match r {
+                        Some(Logits::Host(r)) => Some(r),
+                        None => None,
+                        Some(Logits::Device(_)) => return Err(ModelError::Input(
+                            "internal: policy logits on the host, the reference's on the device"
+                                .into(),
+                        )),
+                    };
+                    let forbidden = masks.at(t);
+                    draw_all(active.len(), |i| {
+                        let mixed = r.map(|r| (r[i].as_slice(), betas[active[i]]));
+                        draw_row(&x[i], mixed, forbidden, &config.params, u(i))
+                    })?
+                }
+                (None, Logits::Device(_), _) => {
+                    return Err(ModelError::Input(
+                        "internal: logits left on the device without a device draw".into(),
+                    ))
+                }
+            };
         let (still, next) = record(&mut gen, &active, drawn, rules);
         if still.is_empty() || t + 1 == rules.max_new_tokens {
             break;
         }
         cache.retain_rows(&still)?;
-        let mut policy_step = || next_logits(policy, &next, &mut cache);
+        let mut policy_step = || next_logits(policy, &next, &mut cache, on_device);
         match ref_batch.as_mut() {
             None => logits = policy_step()?,
             Some(r) => {

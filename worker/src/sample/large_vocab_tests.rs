@@ -111,3 +111,55 @@ fn streamed_rows_equal_the_batched_rows() {
         }
     }
 }
+
+#[test]
+fn the_device_draw_decodes_as_the_host_draw() {
+    use super::generate::run_drawing;
+    let (policy, reference) = (model(11), model(12));
+    // Six rows, two prompts repeated (their prefill rows are shared and copied out).
+    let prompts: Vec<Vec<u32>> = [prompts(), prompts()[..2].to_vec()].concat();
+    let keys: Vec<RowKey> = (0..6u64)
+        .map(|i| RowKey {
+            prompt: 3 + i,
+            sample: i % 2,
+        })
+        .collect();
+    let betas = [0.0, 0.3, 1.0, 0.3, 0.0, 0.7];
+    for temperature in [1.0, 0.8] {
+        let c = config(temperature);
+        let masks = c.rules.masks(VOCAB).unwrap();
+        let on_device = super::device_draw::DeviceDraw::new(&masks, &c.params, policy.device());
+        assert!(
+            on_device.unwrap().is_some(),
+            "these settings are drawn on the device"
+        );
+        for with_reference in [false, true] {
+            let run = |device: bool| {
+                let r = with_reference.then_some((&reference, &betas[..]));
+                run_drawing(&policy, r, &prompts, &keys, &c, device).unwrap()
+            };
+            let (host, device) = (run(false), run(true));
+            let what = format!("T {temperature}, reference {with_reference}");
+            assert_eq!(device.tokens, host.tokens, "{what}");
+            assert_eq!(device.finished, host.finished, "{what}");
+            assert!(rows_diff(&device.logprobs, &host.logprobs) < 2e-5, "{what}");
+            match (&device.ref_logprobs, &host.ref_logprobs) {
+                (Some(d), Some(h)) => assert!(rows_diff(d, h) < 2e-5, "{what}"),
+                (d, h) => assert_eq!(d.is_some(), h.is_some(), "{what}"),
+            }
+            assert!(host.tokens.iter().all(|t| t.len() >= 3), "{what}");
+        }
+    }
+}
+
+/// The largest difference between two sets of log-prob rows of the same lengths.
+fn rows_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| {
+            assert_eq!(x.len(), y.len());
+            x.iter().zip(y).map(|(p, q)| (p - q).abs())
+        })
+        .fold(0.0, f32::max)
+}

@@ -10,6 +10,7 @@
 //! sample index), never from rank, world size or batch composition. This module must not
 //! compute losses, preferences or metrics.
 
+mod device_draw;
 mod draw;
 pub mod filter;
 pub mod generate;
@@ -28,6 +29,7 @@ mod stream_tests;
 #[cfg(test)]
 mod tests;
 
+pub use device_draw::DEVICE_DRAW_VAR;
 pub use draw::{draw_row, Drawn};
 pub use filter::{mixed_logits, token_distribution, SamplingParams};
 pub use generate::{
