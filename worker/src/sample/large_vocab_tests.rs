@@ -115,7 +115,11 @@ fn streamed_rows_equal_the_batched_rows() {
 #[test]
 fn the_device_draw_decodes_as_the_host_draw() {
     use super::generate::run_drawing;
-    let (policy, reference) = (model(11), model(12));
+    let (policy32, reference32) = (model(11), model(12));
+    // bf16 compute too (CUDA's dtype; its logits reach the draw upcast to f32).
+    let half = |m: &Model| m.for_compute(candle_core::DType::BF16).unwrap();
+    let (policy16, reference16) = (half(&policy32), half(&reference32));
+    let models = [(&policy32, &reference32), (&policy16, &reference16)];
     // Six rows, two prompts repeated (their prefill rows are shared and copied out).
     let prompts: Vec<Vec<u32>> = [prompts(), prompts()[..2].to_vec()].concat();
     let keys: Vec<RowKey> = (0..6u64)
@@ -125,7 +129,8 @@ fn the_device_draw_decodes_as_the_host_draw() {
         })
         .collect();
     let betas = [0.0, 0.3, 1.0, 0.3, 0.0, 0.7];
-    for temperature in [1.0, 0.8] {
+    for ((policy, reference), temperature) in models.into_iter().flat_map(|m| [(m, 1.0), (m, 0.8)])
+    {
         let c = config(temperature);
         let masks = c.rules.masks(VOCAB).unwrap();
         let on_device = super::device_draw::DeviceDraw::new(&masks, &c.params, policy.device());
@@ -135,11 +140,14 @@ fn the_device_draw_decodes_as_the_host_draw() {
         );
         for with_reference in [false, true] {
             let run = |device: bool| {
-                let r = with_reference.then_some((&reference, &betas[..]));
-                run_drawing(&policy, r, &prompts, &keys, &c, device).unwrap()
+                let r = with_reference.then_some((reference, &betas[..]));
+                run_drawing(policy, r, &prompts, &keys, &c, device).unwrap()
             };
             let (host, device) = (run(false), run(true));
-            let what = format!("T {temperature}, reference {with_reference}");
+            let what = format!(
+                "{:?}, T {temperature}, reference {with_reference}",
+                policy.dtype()
+            );
             assert_eq!(device.tokens, host.tokens, "{what}");
             assert_eq!(device.finished, host.finished, "{what}");
             assert!(rows_diff(&device.logprobs, &host.logprobs) < 2e-5, "{what}");
