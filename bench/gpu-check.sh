@@ -4,19 +4,26 @@
 # odd-sized f32 tensors over several buckets against an f64 sum, bit-identical across ranks,
 # f64 sums, broadcast, barrier, and a 256 MiB bus bandwidth); (b) a 20-step Nash-MD-PG
 # self-play run on cuda:0 (after the config's tiny SFT stage), printing tokens/s from the
-# metrics JSONL and the peak GPU memory seen by `nvidia-smi`.
+# metrics JSONL and the peak GPU memory seen by `nvidia-smi`; (c) generation on cuda:0 of the
+# SmolLM2-135M shape, plain and mixture, batch 1 and 8, 64 new tokens, f32 and bf16, each with
+# the draw on the device (the default there) and on the host (`MIRRORPLAY_DEVICE_DRAW=0`):
+# worker/benches/sampling_interleaved.rs, skipped when its binary is absent.
 #
 # Written on a machine without a GPU: only `bash -n` has been run on it. Build first:
 #   cargo build --release --features cuda,nccl
 #   cargo build --release --features cuda,nccl -p mirrorplay-worker --example nccl_check
+#   cargo bench -p mirrorplay-worker --features cuda --bench sampling_interleaved --no-run
+#     (it prints the executable's path: copy it to target/release/sampling_interleaved)
 #   bench/gpu-check.sh
-# Env: BIN (default target/release), OUT (default /tmp/gpu-check-nash), STEPS (default 20).
+# Env: BIN (default target/release), OUT (default /tmp/gpu-check-nash), STEPS (default 20),
+#      SAMPLING (default $BIN/sampling_interleaved).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}
 OUT=${OUT:-/tmp/gpu-check-nash}
 STEPS=${STEPS:-20}
 CHECK="$BIN/examples/nccl_check"
+SAMPLING=${SAMPLING:-$BIN/sampling_interleaved}
 
 command -v nvidia-smi > /dev/null || { echo "gpu-check: nvidia-smi not found (no GPU?)" >&2; exit 1; }
 for b in "$BIN/mirrorplay" "$BIN/mirrorplay-worker" "$CHECK"; do
@@ -63,3 +70,18 @@ print(f"self-play tokens/s: mean {sum(tps) / len(tps):.0f}, mean of the second h
       f"{sum(late) / len(late):.0f}, last {tps[-1]:.0f} ({len(tps)} train lines)")
 PY
 echo "peak GPU memory used: ${peak} MiB (${baseline} MiB before the run); wall ${wall} s incl. SFT"
+
+echo "## (c) generation on cuda:0: the draw on the device vs on the host"
+if [ -x "$SAMPLING" ]; then
+  for dtype in f32 bf16; do
+    for draw in device host; do
+      flag=$([ "$draw" = host ] && echo 0 || echo "")
+      echo "# $dtype, draw on the $draw"
+      MIRRORPLAY_DEVICE_DRAW=$flag BENCH_DEVICE=cuda:0 BENCH_DTYPE=$dtype BATCHES=1,8 \
+        NEW_TOKENS=64 REPS=2 timeout 300 "$SAMPLING" smollm2 | grep '^| smollm2' \
+        || echo "gpu-check: sampling on cuda:0 ($dtype, draw on the $draw) failed" >&2
+    done
+  done
+else
+  echo "skipped: $SAMPLING missing (see the build commands at the top)"
+fi

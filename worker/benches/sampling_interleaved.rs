@@ -8,13 +8,16 @@
 //!   cargo bench ... -- tiny        # only the tiny model (the SmolLM2 shape takes minutes)
 //!
 //! Env: REPS (default 20 tiny / 2 SmolLM2-shaped), NEW_TOKENS (64 tiny / 32 SmolLM2-shaped),
-//! BATCHES (default `1,8`: the batch sizes to run, e.g. `8` alone for a profile of batch 8).
+//! BATCHES (default `1,8`: the batch sizes to run, e.g. `8` alone for a profile of batch 8),
+//! BENCH_DEVICE (`cpu` default, or `cuda:N` in a build with the `cuda` feature), BENCH_DTYPE
+//! (`f32` default, or `bf16`: the models' compute dtype). With a GPU, `MIRRORPLAY_DEVICE_DRAW=0`
+//! against unset compares the host draw with the draw on the device (bench/gpu-check.sh).
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 use common::{smollm2_135m_shape, workload};
 use mirrorplay_worker::model::{init_random, ModelConfig};
 use mirrorplay_worker::sample::{generate, generate_mixture};
@@ -26,7 +29,31 @@ fn env_or(key: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// BENCH_DEVICE: `cpu` or `cuda:N`.
+fn bench_device() -> Device {
+    match std::env::var("BENCH_DEVICE").as_deref() {
+        Err(_) | Ok("cpu") => Device::Cpu,
+        Ok(other) => {
+            let ordinal = other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or_else(|| panic!("BENCH_DEVICE `{other}`: expected cpu or cuda:N"));
+            Device::new_cuda(ordinal).unwrap_or_else(|e| panic!("BENCH_DEVICE {other}: {e}"))
+        }
+    }
+}
+
+/// BENCH_DTYPE: `f32` or `bf16`.
+fn bench_dtype() -> DType {
+    match std::env::var("BENCH_DTYPE").as_deref() {
+        Err(_) | Ok("f32") => DType::F32,
+        Ok("bf16") => DType::BF16,
+        Ok(other) => panic!("BENCH_DTYPE `{other}`: expected f32 or bf16"),
+    }
+}
+
 fn main() {
+    let (device, dtype) = (bench_device(), bench_dtype());
     let filter: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -58,8 +85,21 @@ fn main() {
         if !filter.is_empty() && !filter.iter().any(|f| label.contains(f.as_str())) {
             continue;
         }
-        let policy = init_random(&config, 1, false, &Device::Cpu).unwrap();
-        let reference = init_random(&config, 2, false, &Device::Cpu).unwrap();
+        let model = |seed| {
+            let m = init_random(&config, seed, false, &device).unwrap();
+            if dtype == DType::F32 {
+                m
+            } else {
+                m.to(dtype, &device).unwrap()
+            }
+        };
+        let (policy, reference) = (model(1), model(2));
+        let label = if device.is_cpu() && dtype == DType::F32 {
+            label.to_string()
+        } else {
+            let name = std::env::var("BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
+            format!("{label} ({name}, {dtype:?})")
+        };
         for &batch in &batches {
             let (prompts, keys, gen) = workload(batch, new_tokens);
             // One untimed round of each (allocations, caches), then alternate.
