@@ -254,18 +254,8 @@ pub(crate) fn left_pad(rows: &[Vec<u32>]) -> (Vec<Vec<u32>>, Vec<Vec<bool>>) {
     (ids, valid)
 }
 
-/// Next-token logits of the last position of each row, as host rows [b][vocab].
-pub(super) fn last_logits(
-    model: &Model,
-    ids: &[Vec<u32>],
-    valid: &[Vec<bool>],
-    cache: &mut KvCache,
-) -> Result<Vec<Vec<f32>>> {
-    Ok(last_logits_tensor(model, ids, valid, cache)?.to_vec2::<f32>()?)
-}
-
 /// Next-token logits of the last position of each row, [b, vocab] f32 on the model's device.
-fn last_logits_tensor(
+pub(super) fn last_logits_tensor(
     model: &Model,
     ids: &[Vec<u32>],
     valid: &[Vec<bool>],

@@ -171,3 +171,21 @@ fn rows_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
         })
         .fold(0.0, f32::max)
 }
+
+#[test]
+fn streamed_rows_equal_the_batched_rows_with_the_device_draw() {
+    use super::generate::run_drawing;
+    use super::stream::generate_stream_drawing;
+    let m = model(13);
+    for temperature in [1.0, 0.7] {
+        let c = config(temperature);
+        let batch = run_drawing(&m, None, &prompts(), &keys(), &c, true).unwrap();
+        for (r, key) in keys().into_iter().enumerate() {
+            let out = generate_stream_drawing(&m, &prompts()[r], key, &c, true, |_| {
+                Ok::<(), ModelError>(())
+            })
+            .unwrap();
+            assert_eq!(out.tokens, batch.tokens[r], "row {r}, T {temperature}");
+        }
+    }
+}

@@ -1,13 +1,17 @@
 //! Streaming generation for one prompt: KV-cached decoding of a single row that hands each
 //! token to a callback as soon as it is drawn (for a person watching the text appear). The
-//! draw is the batched generator's: the same rules masks, the same
-//! draw ([`draw_row`](super::draw::draw_row)) and the same uniform ([`uniform_at`]) for token t
-//! of the row's stream key, so a row streamed here gets the tokens
+//! draw is the batched generator's: the same rules masks, the same draw on the same site (on
+//! the host by [`draw_row`](super::draw::draw_row), or on the logits' device by
+//! `sample::device_draw`, chosen as the batched generator chooses) and the same uniform
+//! ([`uniform_at`]) for token t of the row's stream key, so a row streamed here gets the tokens
 //! [`super::generate()`] gives that row. Records no log-probs and keeps one row; must not
 //! batch, score or compute losses.
 
+use candle_core::Tensor;
+
+use super::device_draw::{draws_on_device, DeviceBatch, DeviceDraw};
 use super::draw::draw_row;
-use super::generate::{last_logits, uniform_at, GenerateConfig, RowKey};
+use super::generate::{last_logits_tensor, uniform_at, GenerateConfig, RowKey};
 use crate::model::{KvCache, Model, ModelError, Result};
 
 /// What a streamed completion produced.
@@ -19,16 +23,13 @@ pub struct Streamed {
     pub finished: bool,
 }
 
-/// Next-token logits after feeding `ids` (one row) to `model` with `cache` (the batched
-/// generator's `last_logits` on one row). The forward runs on one of rayon's threads, as
-/// `generate`'s decode loop does, so the kernels' ≈ 120 parallel calls per token fork from
-/// inside the pool instead of each parking the caller; the callback (not `Send`) stays on the
-/// caller's thread, so a token costs one entry into the pool.
-fn next_logits(model: &Model, ids: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
-    let mut rows =
-        rayon::scope(|_| last_logits(model, &[ids.to_vec()], &[vec![true; ids.len()]], cache))?;
-    rows.pop()
-        .ok_or_else(|| ModelError::Input("internal: no logits row".into()))
+/// Next-token logits [1, vocab] after feeding `ids` (one row) to `model` with `cache` (the
+/// batched generator's on one row), on the model's device. The forward runs on one of rayon's
+/// threads, as `generate`'s decode loop does, so the kernels' ≈ 120 parallel calls per token
+/// fork from inside the pool instead of each parking the caller; the callback (not `Send`)
+/// stays on the caller's thread, so a token costs one entry into the pool.
+fn next_logits(model: &Model, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+    rayon::scope(|_| last_logits_tensor(model, &[ids.to_vec()], &[vec![true; ids.len()]], cache))
 }
 
 /// Generates a completion of `prompt` from `model` under `config`, drawing token t from the
@@ -41,6 +42,23 @@ pub fn generate_stream<E, F>(
     prompt: &[u32],
     key: RowKey,
     config: &GenerateConfig,
+    on_token: F,
+) -> std::result::Result<Streamed, E>
+where
+    E: From<ModelError>,
+    F: FnMut(u32) -> std::result::Result<(), E>,
+{
+    let on_device = draws_on_device(model.device());
+    generate_stream_drawing(model, prompt, key, config, on_device, on_token)
+}
+
+/// [`generate_stream`] with the draw's site given, as `generate`'s `run_drawing` takes it.
+pub(super) fn generate_stream_drawing<E, F>(
+    model: &Model,
+    prompt: &[u32],
+    key: RowKey,
+    config: &GenerateConfig,
+    on_device: bool,
     mut on_token: F,
 ) -> std::result::Result<Streamed, E>
 where
@@ -64,11 +82,37 @@ where
     // Sampling records no graph, even for a trainable model; the decoding view decodes on
     // packed weights, as `generate`'s does.
     let model = &model.for_decoding()?;
+    let device_draw = if on_device {
+        DeviceDraw::new(&masks, &config.params, model.device())?
+    } else {
+        None
+    };
     let mut cache = KvCache::new();
     let mut logits = next_logits(model, prompt, &mut cache)?;
     for t in 0..rules.max_new_tokens {
         let u = uniform_at(config, key, t);
-        let token = draw_row(&logits, None, masks.at(t), &config.params, u)?.token;
+        let drawn = match &device_draw {
+            Some(draw) => {
+                let batch = DeviceBatch {
+                    logits: &logits,
+                    reference: None,
+                };
+                draw.draw(batch, &masks, t, &[u])?.pop()
+            }
+            None => {
+                let row = logits.squeeze(0).and_then(|l| l.to_vec1::<f32>());
+                Some(draw_row(
+                    &row.map_err(ModelError::from)?,
+                    None,
+                    masks.at(t),
+                    &config.params,
+                    u,
+                )?)
+            }
+        };
+        let token = drawn
+            .ok_or_else(|| ModelError::Input("internal: no draw for the row".into()))?
+            .token;
         out.tokens.push(token);
         on_token(token)?;
         if rules.is_eos(token) {
