@@ -27,7 +27,7 @@ use candle_core::{DType, Tensor};
 use super::device_draw::{draws_on_device, DeviceBatch, DeviceDraw};
 use super::draw::{draw_row, Drawn};
 use super::filter::SamplingParams;
-use super::rules::TokenRules;
+use super::rules::{Masks, TokenRules};
 use crate::model::{KvCache, Model, ModelError, Result};
 use crate::rng::{Purpose, Stream, StreamKey};
 
@@ -417,6 +417,74 @@ fn record(
     (still, next)
 }
 
+/// What a step's draw needs besides the logits: the batch rows' original rows, every row's
+/// key, the rules' masks, the settings and the completion position.
+struct Step<'a> {
+    active: &'a [usize],
+    keys: &'a [RowKey],
+    masks: &'a Masks,
+    config: &'a GenerateConfig,
+    t: usize,
+}
+
+/// Every active row's draw at `step.t`, where the logits are: on the device by `device_draw`
+/// (the whole batch at once), or on the host row by row (`draw_row`); `reference` is the
+/// reference's logits and each original row's β.
+fn draw_step(
+    device_draw: Option<&DeviceDraw>,
+    logits: &Logits,
+    reference: Option<(&Logits, &[f64])>,
+    step: &Step,
+) -> Result<Vec<Drawn>> {
+    let Step {
+        active,
+        keys,
+        masks,
+        config,
+        t,
+    } = *step;
+    let u = |i: usize| uniform_at(config, keys[active[i]], t);
+    let mismatch = || {
+        ModelError::Input(
+            "internal: the policy's and the reference's logits on different sites".into(),
+        )
+    };
+    match (device_draw, logits) {
+        (Some(draw), Logits::Device(x)) => {
+            let us: Vec<f64> = (0..active.len()).map(u).collect();
+            let row_betas: Vec<f64>;
+            let reference = match reference {
+                Some((Logits::Device(r), betas)) => {
+                    row_betas = active.iter().map(|&row| betas[row]).collect();
+                    Some((r, row_betas.as_slice()))
+                }
+                Some((Logits::Host(_), _)) => return Err(mismatch()),
+                None => None,
+            };
+            let batch = DeviceBatch {
+                logits: x,
+                reference,
+            };
+            draw.draw(batch, masks, t, &us)
+        }
+        (_, Logits::Host(x)) => {
+            let reference = match reference {
+                Some((Logits::Host(r), betas)) => Some((r, betas)),
+                Some((Logits::Device(_), _)) => return Err(mismatch()),
+                None => None,
+            };
+            let forbidden = masks.at(t);
+            draw_all(active.len(), |i| {
+                let mixed = reference.map(|(r, betas)| (r[i].as_slice(), betas[active[i]]));
+                draw_row(&x[i], mixed, forbidden, &config.params, u(i))
+            })
+        }
+        (None, Logits::Device(_)) => Err(ModelError::Input(
+            "internal: logits left on the device without a device draw".into(),
+        )),
+    }
+}
+
 /// The decode loop of every sampler. `reference`: the reference and each row's β — the
 /// reference runs on every row and its log-probs are recorded; β > 0 draws from the mixture,
 /// β = 0 from the policy alone; without it every row is the policy's alone. Callers check
@@ -516,52 +584,15 @@ fn decode(
     // `active[i]` is the original row of batch row i.
     let mut active: Vec<usize> = (0..b).collect();
     for t in 0..rules.max_new_tokens {
-        let u = |i: usize| uniform_at(config, keys[active[i]], t);
-        let ref_logits = ref_batch.as_ref().map(|r| &r.logits);
-        let drawn =
-            match (&device_draw, &logits, ref_logits) {
-                (Some(draw), Logits::Device(x), r) => {
-                    let us: Vec<f64> = (0..active.len()).map(u).collect();
-                    // Empty without a reference (`betas` is then empty too).
-                    let row_betas: Vec<f64> = match r {
-                        Some(_) => active.iter().map(|&row| betas[row]).collect(),
-                        None => Vec::new(),
-                    };
-                    let reference = match r {
-                        Some(Logits::Device(r)) => Some((r, row_betas.as_slice())),
-                        None => None,
-                        Some(Logits::Host(_)) => return Err(ModelError::Input(
-                            "internal: policy logits on the device, the reference's on the host"
-                                .into(),
-                        )),
-                    };
-                    let batch = DeviceBatch {
-                        logits: x,
-                        reference,
-                    };
-                    draw.draw(batch, &masks, t, &us)?
-                }
-                (_, Logits::Host(x), r) => {
-                    let r = match r {
-                        Some(Logits::Host(r)) => Some(r),
-                        None => None,
-                        Some(Logits::Device(_)) => return Err(ModelError::Input(
-                            "internal: policy logits on the host, the reference's on the device"
-                                .into(),
-                        )),
-                    };
-                    let forbidden = masks.at(t);
-                    draw_all(active.len(), |i| {
-                        let mixed = r.map(|r| (r[i].as_slice(), betas[active[i]]));
-                        draw_row(&x[i], mixed, forbidden, &config.params, u(i))
-                    })?
-                }
-                (None, Logits::Device(_), _) => {
-                    return Err(ModelError::Input(
-                        "internal: logits left on the device without a device draw".into(),
-                    ))
-                }
-            };
+        let reference = ref_batch.as_ref().map(|r| (&r.logits, betas));
+        let step = Step {
+            active: &active,
+            keys,
+            masks: &masks,
+            config,
+            t,
+        };
+        let drawn = draw_step(device_draw.as_ref(), &logits, reference, &step)?;
         let (still, next) = record(&mut gen, &active, drawn, rules);
         if still.is_empty() || t + 1 == rules.max_new_tokens {
             break;
