@@ -4,27 +4,14 @@
 use super::*;
 use crate::sample::draw::draw_row;
 use crate::sample::rules::TokenRules;
+use crate::test_support::uniform;
 
-/// A small deterministic generator (xorshift), so the tests need no random crate.
-struct Xorshift(u64);
-
-impl Xorshift {
-    fn uniform(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn logits(&mut self, rows: usize, vocab: usize) -> Vec<Vec<f32>> {
-        (0..rows)
-            .map(|_| {
-                (0..vocab)
-                    .map(|_| ((self.uniform() - 0.5) * 16.0) as f32)
-                    .collect()
-            })
-            .collect()
-    }
+/// `rows` rows of `vocab` logits in [−8, 8), from seed `seed`.
+fn logits(rows: usize, vocab: usize, seed: u64) -> Vec<Vec<f32>> {
+    uniform(rows * vocab, seed, -8.0, 8.0)
+        .chunks(vocab)
+        .map(<[f32]>::to_vec)
+        .collect()
 }
 
 fn rules(vocab: usize) -> TokenRules {
@@ -49,7 +36,6 @@ fn close(a: f32, b: f32) -> bool {
 
 #[test]
 fn draws_the_host_draws_tokens_and_log_probs() {
-    let mut rng = Xorshift(0x2545_f491_4f6c_dd1d);
     let mut compared = 0;
     // A whole number of blocks, and one with a padded last block.
     for vocab in [3 * WALK_BLOCK, MIN_VOCAB + 700] {
@@ -67,10 +53,14 @@ fn draws_the_host_draws_tokens_and_log_probs() {
                 // Without a reference, and with rows of β 0, 0.3, 1 and 0.7.
                 for with_reference in [false, true] {
                     let betas = [0.0, 0.3, 1.0, 0.7];
-                    let (x, r) = (rng.logits(4, vocab), rng.logits(4, vocab));
+                    let seed = compared as u64;
+                    let (x, r) = (logits(4, vocab, seed), logits(4, vocab, seed + 1));
                     let (xt, rt) = (tensor(&x), tensor(&r));
-                    for _ in 0..10 {
-                        let us: Vec<f64> = (0..4).map(|_| rng.uniform()).collect();
+                    for draw_seed in 0..10 {
+                        let us: Vec<f64> = uniform(4, seed * 10 + draw_seed, 0.0, 1.0)
+                            .into_iter()
+                            .map(f64::from)
+                            .collect();
                         let batch = DeviceBatch {
                             logits: &xt,
                             reference: with_reference.then_some((&rt, &betas[..])),
