@@ -16,6 +16,9 @@
 //! with the row count, and so does left padding to a longer prompt. Log-probs then differ in
 //! the last bits, and a token could in principle flip where a uniform falls within rounding of
 //! a cumulative-probability boundary.
+//! A step's batch is drawn on the host row by row (`draw::draw_row`), or, for a model off the
+//! CPU, on the logits' device (`device_draw`: the same distribution and uniforms, f32 sums, no
+//! copy of the vocabulary); `MIRRORPLAY_DEVICE_DRAW` overrides the choice.
 //! Runs without gradients (frozen or detached use of the model); must not compute losses.
 
 use std::collections::HashMap;
