@@ -6,7 +6,8 @@
 # candle's matmul instead of the skinny kernel), the same bench built from an older commit when BASE_EXE is
 # given (the "before"), and bench/generate_peer.py at batch 1 and 8 — all f32 on the CPU,
 # 16-token prompts, NEW_TOKENS new tokens at forced length, T = 1, the same THREADS. The
-# bandwidth (numpy, large read) is measured before the first and after the last round.
+# bandwidth (numpy, large read) is measured before the first and after the last round. Each
+# round ends with its ratios: this build's plain tokens/s over transformers', batch 1 and 8.
 #
 # Usage: bench/generate.sh
 # Env: PROFILE=bench (default; the release settings) | dev; ROUNDS=2 THREADS=2 NEW_TOKENS=64
@@ -31,13 +32,24 @@ OPENBLAS_NUM_THREADS=1 "$PY" bench/generate_peer.py bandwidth
 for r in $(seq 1 "$ROUNDS"); do
   echo
   echo "round $r, $(date -u +%T), load $(cut -d' ' -f1-3 /proc/loadavg)"
-  "$EXE" smollm2 | sed -n "s/^| smollm2/| mirrorplay (this build) | smollm2/p"
+  ours=$("$EXE" smollm2 | sed -n "s/^| smollm2/| mirrorplay (this build) | smollm2/p")
+  echo "$ours"
   MIRRORPLAY_SKINNY_MATMUL=0 "$EXE" smollm2 | sed -n "s/^| smollm2/| mirrorplay, candle matmul | smollm2/p"
   if [ -n "${BASE_EXE:-}" ]; then
     "$BASE_EXE" smollm2 | sed -n "s/^| smollm2/| mirrorplay (BASE_EXE) | smollm2/p"
   fi
   for b in 1 8; do
-    B=$b "$PY" bench/generate_peer.py 2>/dev/null
+    peer=$(B=$b "$PY" bench/generate_peer.py 2>/dev/null)
+    echo "$peer"
+    # This build's plain tokens/s at batch b over the peer's, as the round's ratio.
+    awk -v b="$b" -v peer="$peer" -F'|' '
+      $4 ~ "^ " b " ×" { ours = $5 + 0 }
+      END {
+        if (match(peer, /: [0-9.]+ tokens\/s/)) {
+          theirs = substr(peer, RSTART + 2, RLENGTH - 11) + 0
+          if (ours > 0 && theirs > 0) printf "ratio: batch %s plain, this build / transformers = %.2fx\n", b, ours / theirs
+        }
+      }' <<< "$ours"
   done
 done
 echo
