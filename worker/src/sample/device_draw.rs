@@ -42,9 +42,8 @@ pub fn draws_on_device(device: &Device) -> bool {
 /// The additive masks of one generation on the device, and the vocabulary's padding to whole
 /// blocks.
 pub struct DeviceDraw {
-    /// [4, vocab]: 0 where allowed, −∞ where forbidden, one row per [`super::rules::Slot`].
-    masks: Tensor,
-    /// [4, blocks · WALK_BLOCK]: the same, −∞ on the padding.
+    /// [4, blocks · WALK_BLOCK]: 0 where allowed, −∞ where forbidden and on the padding, one row
+    /// per [`super::rules::Slot`] (its first `vocab` columns are the rules' masks).
     padded_masks: Tensor,
     vocab: usize,
     blocks: usize,
@@ -82,7 +81,6 @@ impl DeviceDraw {
             })
             .collect();
         Ok(Some(Self {
-            masks: Tensor::from_vec(table, (4, vocab), device)?,
             padded_masks: Tensor::from_vec(padded, (4, width), device)?,
             vocab,
             blocks,
@@ -111,7 +109,8 @@ impl DeviceDraw {
             return Ok(Vec::new());
         }
         let slot = masks.rules().slot(t) as usize;
-        let mask = self.masks.narrow(0, slot, 1)?; // [1, vocab]
+        let padded_mask = self.padded_masks.narrow(0, slot, 1)?; // [1, blocks · WALK_BLOCK]
+        let mask = padded_mask.narrow(1, 0, vocab)?; // [1, vocab]
         let x = batch.logits.to_dtype(DType::F32)?;
         let reference = match batch.reference {
             Some((r, betas)) if betas.len() == b => Some((r.to_dtype(DType::F32)?, betas)),
@@ -142,7 +141,7 @@ impl DeviceDraw {
                 t.pad_with_zeros(1, 0, pad)?
             })
         };
-        let s = padded(&s)?.broadcast_add(&self.padded_masks.narrow(0, slot, 1)?)?;
+        let s = padded(&s)?.broadcast_add(&padded_mask)?;
         let max = s.max_keepdim(D::Minus1)?;
         let weights = (s.broadcast_sub(&max)? / self.temperature)?.exp()?;
         let block_sums = weights
@@ -210,27 +209,39 @@ fn logsumexp(x: &Tensor) -> Result<Tensor> {
 /// log-softmaxes between (docs/algorithms.md §1), as a·x + c·r + d per row.
 fn sampling_logits(x: &Tensor, r: &Tensor, betas: &[f64]) -> Result<Tensor> {
     let b = betas.len();
-    let (mut a, mut c, mut dp, mut dr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut a, mut c, mut any_mixed) = (Vec::new(), Vec::new(), false);
     for &beta in betas {
-        let (ai, ci, mixed) = if beta <= 0.0 {
-            (1.0, 0.0, false)
+        let (ai, ci) = if beta <= 0.0 {
+            (1.0, 0.0)
         } else if beta >= 1.0 {
-            (0.0, 1.0, false)
+            (0.0, 1.0)
         } else {
-            (1.0 - beta, beta, true)
+            any_mixed = true;
+            (1.0 - beta, beta)
         };
         a.push(ai as f32);
         c.push(ci as f32);
-        dp.push(if mixed { -(1.0 - beta) as f32 } else { 0.0 });
-        dr.push(if mixed { -beta as f32 } else { 0.0 });
     }
     let dev = x.device();
     let column = |v: Vec<f32>| Tensor::from_vec(v, (b, 1), dev);
-    let (a, c, dp, dr) = (column(a)?, column(c)?, column(dp)?, column(dr)?);
-    let shift = (logsumexp(x)?.mul(&dp)? + logsumexp(r)?.mul(&dr)?)?;
-    Ok(x.broadcast_mul(&a)?
-        .add(&r.broadcast_mul(&c)?)?
-        .broadcast_add(&shift)?)
+    let s = x
+        .broadcast_mul(&column(a.clone())?)?
+        .add(&r.broadcast_mul(&column(c.clone())?)?)?;
+    if !any_mixed {
+        // Plain rows (the policy's or the reference's logits as they are): no normalisers.
+        return Ok(s);
+    }
+    // d = −(1 − β)·logsumexp(x) − β·logsumexp(r) on a mixed row, 0 on the others.
+    let weight_of = |coefs: &[f32]| -> Vec<f32> {
+        coefs
+            .iter()
+            .zip(betas)
+            .map(|(&w, &beta)| if beta > 0.0 && beta < 1.0 { -w } else { 0.0 })
+            .collect()
+    };
+    let shift = (logsumexp(x)?.mul(&column(weight_of(&a))?)?
+        + logsumexp(r)?.mul(&column(weight_of(&c))?)?)?;
+    Ok(s.broadcast_add(&shift)?)
 }
 
 /// Where a row's token lies: its block, the cumulative weight before it and the target

@@ -29,7 +29,6 @@ mod stream_tests;
 #[cfg(test)]
 mod tests;
 
-pub use device_draw::DEVICE_DRAW_VAR;
 pub use draw::{draw_row, Drawn};
 pub use filter::{mixed_logits, token_distribution, SamplingParams};
 pub use generate::{

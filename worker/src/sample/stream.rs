@@ -91,28 +91,23 @@ where
     let mut logits = next_logits(model, prompt, &mut cache)?;
     for t in 0..rules.max_new_tokens {
         let u = uniform_at(config, key, t);
-        let drawn = match &device_draw {
+        let token = match &device_draw {
             Some(draw) => {
                 let batch = DeviceBatch {
                     logits: &logits,
                     reference: None,
                 };
-                draw.draw(batch, &masks, t, &[u])?.pop()
+                let mut one = draw.draw(batch, &masks, t, &[u])?;
+                one.pop()
+                    .ok_or_else(|| ModelError::Input("internal: no draw for the row".into()))?
             }
             None => {
                 let row = logits.squeeze(0).and_then(|l| l.to_vec1::<f32>());
-                Some(draw_row(
-                    &row.map_err(ModelError::from)?,
-                    None,
-                    masks.at(t),
-                    &config.params,
-                    u,
-                )?)
+                let row = row.map_err(ModelError::from)?;
+                draw_row(&row, None, masks.at(t), &config.params, u)?
             }
-        };
-        let token = drawn
-            .ok_or_else(|| ModelError::Input("internal: no draw for the row".into()))?
-            .token;
+        }
+        .token;
         out.tokens.push(token);
         on_token(token)?;
         if rules.is_eos(token) {
