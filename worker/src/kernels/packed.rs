@@ -88,6 +88,18 @@ impl PackedWeight {
     /// three. Columns are independent chains, so each part's outputs are the bits a call on
     /// that part alone gives.
     pub fn pack_stacked(parts: &[&[f32]], k: usize) -> Result<Self, PackedError> {
+        Self::pack_stacked_into(parts, k, Vec::new())
+    }
+
+    /// [`PackedWeight::pack_stacked`] into `buffer` when it has exactly the packed length (a
+    /// buffer an earlier copy of the same shape gave back through [`PackedWeight::into_data`],
+    /// whose pages are already mapped), else into fresh memory. Every element is written, so
+    /// the result does not depend on the buffer's contents.
+    pub fn pack_stacked_into(
+        parts: &[&[f32]],
+        k: usize,
+        buffer: Vec<f32>,
+    ) -> Result<Self, PackedError> {
         let mut n = 0;
         for part in parts {
             let rows = part.len().checked_div(k).unwrap_or(0);
@@ -109,7 +121,11 @@ impl PackedWeight {
             .flat_map(|part| part.chunks_exact(k.max(1)))
             .collect();
         let panels = n.div_ceil(PANEL);
-        let mut data = vec![0f32; panels * PANEL * k];
+        let mut data = if buffer.len() == panels * PANEL * k {
+            buffer
+        } else {
+            vec![0f32; panels * PANEL * k]
+        };
         if k > 0 {
             data.par_chunks_mut(PANEL * k)
                 .enumerate()
@@ -133,11 +149,20 @@ impl PackedWeight {
     fn panels(&self) -> usize {
         self.n.div_ceil(PANEL)
     }
+
+    /// The packed elements' buffer, for [`PackedWeight::pack_stacked_into`] to reuse.
+    pub fn into_data(self) -> Vec<f32> {
+        self.data
+    }
 }
 
 /// Fills one panel from its (at most 16) rows of W, writing it sequentially (16 read streams):
-/// faster than reading rows sequentially and writing columns with a 64-byte stride.
+/// faster than reading rows sequentially and writing columns with a 64-byte stride. Columns
+/// past the last row (the last panel of a W whose n is not a multiple of 16) are set to 0.
 fn pack_panel(rows: &[&[f32]], panel: &mut [f32]) {
+    if rows.len() < PANEL {
+        panel.fill(0.0);
+    }
     for (i, out) in panel.chunks_exact_mut(PANEL).enumerate() {
         for (o, row) in out.iter_mut().zip(rows) {
             *o = row[i];

@@ -5,7 +5,7 @@
 use candle_core::{Device, Tensor, Var};
 
 use super::packed::{detect, matmul_with, Isa, PackedError, PackedWeight, PANEL};
-use super::packed_op::{try_matmul_wt, PackedSlot};
+use super::packed_op::{try_matmul_wt, PackedSlot, PackingBuffers};
 use super::skinny_op::MIN_WEIGHT_ELEMENTS;
 use crate::test_support::uniform;
 
@@ -128,6 +128,56 @@ fn packing_lays_out_panels_k_major_with_zero_padding() {
     assert_eq!(packed.n(), n);
     assert_eq!(packed.k(), k);
     assert_eq!(PANEL, 16);
+}
+
+#[test]
+fn packing_into_a_used_buffer_gives_the_bits_of_a_fresh_pack() {
+    // Two panels, the second partial: its padding columns must be rewritten as zeros.
+    let (n, k) = (18, 40);
+    let w = uniform(n * k, 11, -1.0, 1.0);
+    let fresh = PackedWeight::pack(&w, n, k).unwrap();
+    let dirty = vec![f32::NAN; 2 * PANEL * k];
+    let reused = PackedWeight::pack_stacked_into(&[&w], k, dirty).unwrap();
+    let x = uniform(3 * k, 12, -1.0, 1.0);
+    let bits = |y: Vec<f32>| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        bits(product(&x, 3, &reused, false, detect())),
+        bits(product(&x, 3, &fresh, false, detect()))
+    );
+    assert_eq!(reused.clone().into_data(), fresh.clone().into_data());
+    // A buffer of another length is not used (fresh memory instead).
+    let wrong = PackedWeight::pack_stacked_into(&[&w], k, vec![f32::NAN; 7]).unwrap();
+    assert_eq!(wrong.into_data(), fresh.into_data());
+}
+
+#[test]
+fn a_recycling_slot_gives_its_copys_memory_back_and_the_next_slot_packs_into_it(
+) -> candle_core::Result<()> {
+    let dev = Device::Cpu;
+    let (n, k) = (256, 128);
+    let w = Tensor::from_vec(uniform(n * k, 5, -1.0, 1.0), (n, k), &dev)?;
+    let x = Tensor::from_vec(uniform(3 * k, 6, -1.0, 1.0), (3, k), &dev)?;
+    let buffers = std::sync::Arc::new(PackingBuffers::default());
+    let slot = PackedSlot::recycling(buffers.clone());
+    let first = try_matmul_wt(&x, &w, &slot, 16)?.expect("admitted");
+    assert_eq!(buffers.held(), 0);
+    drop(slot);
+    assert_eq!(buffers.held(), n * k, "the copy's memory came back");
+    // Another weight of the same shape packs into that memory, and its product is its own.
+    let w2 = (&w * -2.0)?;
+    let slot = PackedSlot::recycling(buffers.clone());
+    let second = try_matmul_wt(&x, &w2, &slot, 16)?.expect("admitted");
+    assert_eq!(buffers.held(), 0, "the kept buffer was taken");
+    let want = try_matmul_wt(&x, &w2, &PackedSlot::default(), 16)?.expect("admitted");
+    assert_eq!(
+        crate::test_support::bits(&second),
+        crate::test_support::bits(&want)
+    );
+    assert_ne!(
+        crate::test_support::bits(&second),
+        crate::test_support::bits(&first)
+    );
+    Ok(())
 }
 
 #[test]

@@ -128,3 +128,42 @@ fn a_frozen_models_own_long_forwards_never_pack_but_a_decoding_views_prefill_doe
     assert!(max_diff(&scored, &prefilled) < 1e-4, "prefill vs scoring");
     Ok(())
 }
+
+#[test]
+fn a_trainable_models_next_decoding_view_repacks_its_updated_weights_into_the_kept_memory(
+) -> Result<()> {
+    // Hidden 256: every projection passes the packed kernel's size gate.
+    let config = ModelConfig::tiny_with(300, 256, 2, 4, 2, 512);
+    let trainable = init_random(&config, 7, true, &Device::Cpu)?;
+    let keeps = crate::kernels::packed_op::keeps_packed();
+    let rows: Vec<Vec<u32>> = vec![(1..9).collect(), (20..28).collect()];
+    let valid = vec![vec![true; 8]; 2];
+    let decode = |model: &Model| -> Result<Tensor> {
+        let view = model.for_decoding()?;
+        let hidden = view.forward_hidden(&rows, &valid, &mut KvCache::new())?;
+        assert!(view.packed_copies() > 0, "the view decoded on packed copies");
+        Ok(hidden)
+    };
+    let before = decode(&trainable)?;
+    // The view is gone; its copies' memory stays with the trainable model.
+    let held = trainable.packed_elements_kept();
+    assert_eq!(held > 0, keeps, "kept {held} elements (keeping: {keeps})");
+    // An optimizer step changes every weight in place.
+    for var in trainable.vars().expect("trainable").values() {
+        var.set(&(var.as_tensor() * 1.5)?)?;
+    }
+    let view = trainable.for_decoding()?;
+    let after = view.forward_hidden(&rows, &valid, &mut KvCache::new())?;
+    // Every kept buffer was taken again (the same shapes), and the new view decodes the new
+    // weights: the bits of a fresh pack of a frozen copy of them, not the old weights'.
+    assert_eq!(trainable.packed_elements_kept(), 0);
+    let fresh = decode(&trainable.frozen_copy()?)?;
+    assert_eq!(
+        crate::test_support::bits(&after),
+        crate::test_support::bits(&fresh)
+    );
+    assert!(max_diff(&after, &before) > 1e-3, "the old weights were decoded");
+    drop(view);
+    assert_eq!(trainable.packed_elements_kept(), held);
+    Ok(())
+}

@@ -18,7 +18,7 @@ use super::config::{Head, ModelConfig};
 use super::error::{ModelError, Result};
 use super::{ops, rope};
 use crate::kernels::attention_op;
-use crate::kernels::packed_op::PackedSlot;
+use crate::kernels::packed_op::{self, PackedSlot, PackingBuffers};
 use crate::kernels::{rowwise_op, train_op};
 
 struct Linear {
@@ -111,6 +111,9 @@ pub struct Model {
     /// Whether the weights can never change: a frozen model's own tensors, not a view of a
     /// trainable model's `Var`s. Such a model keeps its packed copies for its whole life.
     weights_fixed: bool,
+    /// A trainable model's packed copies' memory, kept between its decoding views (None: a
+    /// frozen model, or `MIRRORPLAY_KEEP_PACKED=0`; see [`Model::for_decoding`]).
+    packing_buffers: Option<Arc<PackingBuffers>>,
 }
 
 impl std::fmt::Debug for Model {
@@ -158,6 +161,8 @@ impl Model {
         if fixed {
             model.weights_fixed = true;
             model.add_packing_slots();
+        } else if packed_op::keeps_packed() {
+            model.packing_buffers = Some(Arc::default());
         }
         Ok(model)
     }
@@ -203,6 +208,7 @@ impl Model {
             head_packed: None,
             packed_rows: crate::kernels::skinny_op::MAX_ROWS,
             weights_fixed: false,
+            packing_buffers: None,
             embed: get("model.embed_tokens.weight"),
             norm: get("model.norm.weight"),
             layers,
@@ -305,6 +311,7 @@ impl Model {
             .collect();
         // Same names and shapes as this (already checked) model: no re-check per step.
         let mut view = Self::assemble(self.config.clone(), tensors, None);
+        view.packing_buffers = self.packing_buffers.clone();
         if self.weights_fixed {
             // The same fixed weights: share the packed copies made so far and to come.
             view.weights_fixed = true;
@@ -317,7 +324,9 @@ impl Model {
     /// of their weights packed into column panels (`kernels::packed`), made on first use. A
     /// frozen model's copies are its own and live as long as it does (its weights never
     /// change); a trainable model's view gets fresh ones that die with the view, so make a new
-    /// view after every update of the weights (each `sample::generate` call does). The view's
+    /// view after every update of the weights (each `sample::generate` call does). Their memory
+    /// goes back to the trainable model when the view is dropped, and the next view packs into
+    /// it (`kernels::packed_op::PackingBuffers`; off with `MIRRORPLAY_KEEP_PACKED=0`). The view's
     /// packed copies take inputs of any number of rows (the prefill too); the model's own
     /// forwards keep the skinny kernel's 16.
     pub fn for_decoding(&self) -> Result<Model> {
@@ -344,16 +353,30 @@ impl Model {
             .count()
     }
 
-    /// Empty packed-copy slots for every projection and the LM head.
+    /// Elements of packed copies' memory kept for the next decoding view (tests).
+    #[cfg(test)]
+    pub(crate) fn packed_elements_kept(&self) -> usize {
+        self.packing_buffers.as_ref().map_or(0, |b| b.held())
+    }
+
+    /// Empty packed-copy slots for every projection and the LM head, packing into the kept
+    /// buffers if this model has them.
     fn add_packing_slots(&mut self) {
+        let buffers = self.packing_buffers.clone();
+        let slot = || {
+            Some(Arc::new(match &buffers {
+                Some(b) => PackedSlot::recycling(b.clone()),
+                None => PackedSlot::default(),
+            }))
+        };
         for linear in self.linears_mut() {
-            linear.packed = Some(Arc::default());
+            linear.packed = slot();
         }
         for layer in &mut self.layers {
-            layer.qkv_packed = Some(Arc::default());
-            layer.gate_up_packed = Some(Arc::default());
+            layer.qkv_packed = slot();
+            layer.gate_up_packed = slot();
         }
-        self.head_packed = Some(Arc::default());
+        self.head_packed = slot();
     }
 
     /// `other`'s slots (the same weights), layer by layer.
