@@ -141,7 +141,10 @@ fn a_trainable_models_next_decoding_view_repacks_its_updated_weights_into_the_ke
     let decode = |model: &Model| -> Result<Tensor> {
         let view = model.for_decoding()?;
         let hidden = view.forward_hidden(&rows, &valid, &mut KvCache::new())?;
-        assert!(view.packed_copies() > 0, "the view decoded on packed copies");
+        assert!(
+            view.packed_copies() > 0,
+            "the view decoded on packed copies"
+        );
         Ok(hidden)
     };
     let before = decode(&trainable)?;
@@ -162,7 +165,10 @@ fn a_trainable_models_next_decoding_view_repacks_its_updated_weights_into_the_ke
         crate::test_support::bits(&after),
         crate::test_support::bits(&fresh)
     );
-    assert!(max_diff(&after, &before) > 1e-3, "the old weights were decoded");
+    assert!(
+        max_diff(&after, &before) > 1e-3,
+        "the old weights were decoded"
+    );
     drop(view);
     assert_eq!(trainable.packed_elements_kept(), held);
     Ok(())
