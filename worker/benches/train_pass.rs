@@ -11,7 +11,8 @@
 //! it times instead, per projection shape of the model at B·(16 + NEW) rows, candle's matmul in
 //! the layouts of a training step — the forward x·Wᵀ, dX = dY·W, dW as Xᵀ·dY (what candle's
 //! autograd computes for `x.matmul(&w.t())`) and as dYᵀ·X (W's layout, `kernels::train_op`) —
-//! and the zero-fill plus transposed add that brings Xᵀ·dY into W's layout.
+//! and the zero-fill plus transposed add that brings Xᵀ·dY into W's layout; beside the forward,
+//! the same product on a contiguous copy of Wᵀ, as W·Xᵀ ([out, rows]), and that transposed back.
 
 mod common;
 
@@ -92,14 +93,18 @@ fn matmuls(rows: usize) -> anyhow::Result<()> {
         };
         let flop = 2.0 * (rows * out * inp) as f64 / 1e9;
         let fwd = time(&|| x.matmul(&w.t()?))?;
+        let wt = w.t()?.contiguous()?;
+        let fwd_wt = time(&|| x.matmul(&wt))?;
+        let fwd_swapped = time(&|| w.matmul(&x.t()?))?;
+        let fwd_swapped_back = time(&|| w.matmul(&x.t()?)?.t()?.contiguous())?;
         let dx = time(&|| dy.matmul(&w.t()?.t()?))?;
         let dwt = time(&|| x.t()?.matmul(&dy))?;
         let dw = time(&|| dy.t()?.matmul(&x))?;
         let zeros = time(&|| Tensor::zeros((inp, out), DType::F32, &dev))?;
         let g = x.t()?.matmul(&dy)?;
         let add_t = time(&|| Tensor::zeros((out, inp), DType::F32, &dev)?.add(&g.t()?))?;
-        println!("[{out}x{inp}] x{rows}: fwd {:.1} dX {:.1} dWt {:.1} dW {:.1} GFLOP/s; zeros {:.2} ms, zeros+strided add {:.2} ms",
-            flop / fwd, flop / dx, flop / dwt, flop / dw, zeros * 1e3, add_t * 1e3);
+        println!("[{out}x{inp}] x{rows}: fwd {:.1} (on Wᵀ contiguous {:.1}, as W·Xᵀ {:.1}, transposed back {:.1}) dX {:.1} dWt {:.1} dW {:.1} GFLOP/s; zeros {:.2} ms, zeros+strided add {:.2} ms",
+            flop / fwd, flop / fwd_wt, flop / fwd_swapped, flop / fwd_swapped_back, flop / dx, flop / dwt, flop / dw, zeros * 1e3, add_t * 1e3);
     }
     Ok(())
 }
