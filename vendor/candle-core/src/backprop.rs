@@ -740,11 +740,28 @@ impl GradStore {
                 *sum_grad = sum_grad.add(grad)?;
             }
             Entry::Vacant(entry) => {
-                // The check the add into zeros made: a gradient has its node's shape.
+                // The checks the add into zeros made: a gradient has its node's shape and
+                // dtype and lives on its device.
                 if grad.shape() != tensor.shape() {
                     return Err(Error::ShapeMismatchBinaryOp {
                         lhs: tensor.shape().clone(),
                         rhs: grad.shape().clone(),
+                        op: "add",
+                    }
+                    .bt());
+                }
+                if grad.dtype() != tensor.dtype() {
+                    return Err(Error::DTypeMismatchBinaryOp {
+                        lhs: tensor.dtype(),
+                        rhs: grad.dtype(),
+                        op: "add",
+                    }
+                    .bt());
+                }
+                if !grad.device().same_device(tensor.device()) {
+                    return Err(Error::DeviceMismatchBinaryOp {
+                        lhs: tensor.device().location(),
+                        rhs: grad.device().location(),
                         op: "add",
                     }
                     .bt());
