@@ -120,11 +120,11 @@ impl PackedWeight {
             .iter()
             .flat_map(|part| part.chunks_exact(k.max(1)))
             .collect();
-        let panels = n.div_ceil(PANEL);
-        let mut data = if buffer.len() == panels * PANEL * k {
+        let len = Self::packed_len(n, k);
+        let mut data = if buffer.len() == len {
             buffer
         } else {
-            vec![0f32; panels * PANEL * k]
+            vec![0f32; len]
         };
         if k > 0 {
             data.par_chunks_mut(PANEL * k)
@@ -148,6 +148,11 @@ impl PackedWeight {
 
     fn panels(&self) -> usize {
         self.n.div_ceil(PANEL)
+    }
+
+    /// Elements of the packed copy of a W [n, k]: whole panels of 16 columns.
+    pub fn packed_len(n: usize, k: usize) -> usize {
+        n.div_ceil(PANEL) * PANEL * k
     }
 
     /// The packed elements' buffer, for [`PackedWeight::pack_stacked_into`] to reuse.

@@ -169,7 +169,7 @@ fn pack(ws: &[&Tensor], buffers: Option<&PackingBuffers>) -> candle_core::Result
         parts.push(super::contiguous_f32(cpu, layout, "packed-matmul", "W")?);
     }
     let n: usize = parts.iter().map(|p| p.len() / k.max(1)).sum();
-    let len = n.div_ceil(super::packed::PANEL) * super::packed::PANEL * k;
+    let len = PackedWeight::packed_len(n, k);
     let buffer = buffers.and_then(|b| b.take(len)).unwrap_or_default();
     PackedWeight::pack_stacked_into(&parts, k, buffer).map_err(super::kernel_err)
 }
