@@ -8,6 +8,8 @@
 //! golden files do not move (a test compares the two bit for bit). Elements are independent,
 //! so the split over rayon's pool cannot change a result.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{DType, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -53,7 +55,13 @@ pub(super) fn try_update(
         return Ok(None);
     }
     let n = p.elem_count();
-    let (mut new_p, mut new_m, mut new_v) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    // Outputs without a zero fill: the pass below writes every element (a memset of the three
+    // parameter-sized buffers was ≈ 16 % of the optimizer phase's samples at SmolLM2-135M).
+    let (mut new_p, mut new_m, mut new_v): (Vec<f32>, Vec<f32>, Vec<f32>) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     {
         let guards: Vec<_> = all.iter().map(|t| t.storage_and_layout()).collect();
         let mut slices: Vec<&[f32]> = Vec::with_capacity(4);
@@ -68,9 +76,9 @@ pub(super) fn try_update(
         }
         let [p, g, m, v] = [slices[0], slices[1], slices[2], slices[3]];
         (
-            new_p.par_chunks_mut(PIECE),
-            new_m.par_chunks_mut(PIECE),
-            new_v.par_chunks_mut(PIECE),
+            new_p.spare_capacity_mut()[..n].par_chunks_mut(PIECE),
+            new_m.spare_capacity_mut()[..n].par_chunks_mut(PIECE),
+            new_v.spare_capacity_mut()[..n].par_chunks_mut(PIECE),
         )
             .into_par_iter()
             .enumerate()
@@ -89,6 +97,13 @@ pub(super) fn try_update(
                 );
             });
     }
+    // SAFETY: the chunks above cover 0..n of each buffer's capacity, and `update` writes every
+    // element of the chunks it is given.
+    unsafe {
+        new_p.set_len(n);
+        new_m.set_len(n);
+        new_v.set_len(n);
+    }
     let shape = p.shape().clone();
     let dev = p.device();
     Ok(Some((
@@ -102,6 +117,7 @@ pub(super) fn try_update(
 /// g ← g·scale (clipping, when pending); θ ← θ·(1 − lr·λ); m ← m + (g − m)(1 − β1);
 /// v ← v·β2 + (1 − β2)·g·g;
 /// θ ← θ − lr/(1 − β1^t) · m / (sqrt(v)/sqrt(1 − β2^t) + ε). Each line mirrors one candle op.
+/// Writes every element of `out_p`, `out_m` and `out_v` (of p's length).
 #[allow(clippy::too_many_arguments)]
 fn update(
     p: &[f32],
@@ -109,10 +125,23 @@ fn update(
     m: &[f32],
     v: &[f32],
     k: Coefficients,
-    out_p: &mut [f32],
-    out_m: &mut [f32],
-    out_v: &mut [f32],
+    out_p: &mut [MaybeUninit<f32>],
+    out_m: &mut [MaybeUninit<f32>],
+    out_v: &mut [MaybeUninit<f32>],
 ) {
+    assert!(
+        [
+            g.len(),
+            m.len(),
+            v.len(),
+            out_p.len(),
+            out_m.len(),
+            out_v.len()
+        ]
+        .iter()
+        .all(|&len| len == p.len()),
+        "adamw update: operand lengths differ"
+    );
     let affine = |x: f32, mul: f64, add: f64| x * (mul as f32) + (add as f32);
     for i in 0..p.len() {
         let gi = match k.grad_scale {
@@ -127,9 +156,9 @@ fn update(
         let m_new = mi + affine(gi - mi, k.one_minus_beta1, 0.0);
         let v_new = affine(vi, k.beta2, 0.0) + affine(gi, k.one_minus_beta2, 0.0) * gi;
         let denom = affine(v_new.sqrt(), k.inv_bias_correction2_sqrt, k.eps);
-        out_p[i] = pi + affine(m_new / denom, k.neg_step_size, 0.0);
-        out_m[i] = m_new;
-        out_v[i] = v_new;
+        out_p[i].write(pi + affine(m_new / denom, k.neg_step_size, 0.0));
+        out_m[i].write(m_new);
+        out_v[i].write(v_new);
     }
 }
 
