@@ -209,38 +209,31 @@ fn logsumexp(x: &Tensor) -> Result<Tensor> {
 /// log-softmaxes between (docs/algorithms.md §1), as a·x + c·r + d per row.
 fn sampling_logits(x: &Tensor, r: &Tensor, betas: &[f64]) -> Result<Tensor> {
     let b = betas.len();
-    let (mut a, mut c, mut any_mixed) = (Vec::new(), Vec::new(), false);
+    let (mut a, mut c, mut dp, mut dr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for &beta in betas {
-        let (ai, ci) = if beta <= 0.0 {
-            (1.0, 0.0)
+        let (ai, ci, mixed) = if beta <= 0.0 {
+            (1.0, 0.0, false)
         } else if beta >= 1.0 {
-            (0.0, 1.0)
+            (0.0, 1.0, false)
         } else {
-            any_mixed = true;
-            (1.0 - beta, beta)
+            (1.0 - beta, beta, true)
         };
         a.push(ai as f32);
         c.push(ci as f32);
+        dp.push(if mixed { -(1.0 - beta) as f32 } else { 0.0 });
+        dr.push(if mixed { -beta as f32 } else { 0.0 });
     }
     let dev = x.device();
     let column = |v: Vec<f32>| Tensor::from_vec(v, (b, 1), dev);
     let s = x
-        .broadcast_mul(&column(a.clone())?)?
-        .add(&r.broadcast_mul(&column(c.clone())?)?)?;
-    if !any_mixed {
-        // Plain rows (the policy's or the reference's logits as they are): no normalisers.
+        .broadcast_mul(&column(a)?)?
+        .add(&r.broadcast_mul(&column(c)?)?)?;
+    if dp.iter().chain(&dr).all(|&d| d == 0.0) {
+        // No mixed row (each row the policy's or the reference's logits as they are): the
+        // normalisers' two vocabulary passes are not needed.
         return Ok(s);
     }
-    // d = −(1 − β)·logsumexp(x) − β·logsumexp(r) on a mixed row, 0 on the others.
-    let weight_of = |coefs: &[f32]| -> Vec<f32> {
-        coefs
-            .iter()
-            .zip(betas)
-            .map(|(&w, &beta)| if beta > 0.0 && beta < 1.0 { -w } else { 0.0 })
-            .collect()
-    };
-    let shift = (logsumexp(x)?.mul(&column(weight_of(&a))?)?
-        + logsumexp(r)?.mul(&column(weight_of(&c))?)?)?;
+    let shift = (logsumexp(x)?.mul(&column(dp)?)? + logsumexp(r)?.mul(&column(dr)?)?)?;
     Ok(s.broadcast_add(&shift)?)
 }
 

@@ -272,14 +272,14 @@ pub(super) fn last_logits_tensor(
 
 /// A step's next-token logits for the draw: host rows [b][vocab], or left on the model's device
 /// for [`DeviceDraw`] as [b, vocab].
-enum Logits {
+pub(super) enum Logits {
     Host(Vec<Vec<f32>>),
     Device(Tensor),
 }
 
 impl Logits {
     /// `logits` [b, vocab] where the draw reads them.
-    fn place(logits: Tensor, on_device: bool) -> Result<Self> {
+    pub(super) fn place(logits: Tensor, on_device: bool) -> Result<Self> {
         Ok(if on_device {
             Logits::Device(logits)
         } else {
@@ -422,18 +422,18 @@ fn record(
 
 /// What a step's draw needs besides the logits: the batch rows' original rows, every row's
 /// key, the rules' masks, the settings and the completion position.
-struct Step<'a> {
-    active: &'a [usize],
-    keys: &'a [RowKey],
-    masks: &'a Masks,
-    config: &'a GenerateConfig,
-    t: usize,
+pub(super) struct Step<'a> {
+    pub active: &'a [usize],
+    pub keys: &'a [RowKey],
+    pub masks: &'a Masks,
+    pub config: &'a GenerateConfig,
+    pub t: usize,
 }
 
 /// Every active row's draw at `step.t`, where the logits are: on the device by `device_draw`
 /// (the whole batch at once), or on the host row by row (`draw_row`); `reference` is the
 /// reference's logits and each original row's β.
-fn draw_step(
+pub(super) fn draw_step(
     device_draw: Option<&DeviceDraw>,
     logits: &Logits,
     reference: Option<(&Logits, &[f64])>,

@@ -1,17 +1,15 @@
 //! Streaming generation for one prompt: KV-cached decoding of a single row that hands each
 //! token to a callback as soon as it is drawn (for a person watching the text appear). The
-//! draw is the batched generator's: the same rules masks, the same draw on the same site (on
-//! the host by [`draw_row`](super::draw::draw_row), or on the logits' device by
-//! `sample::device_draw`, chosen as the batched generator chooses) and the same uniform
-//! ([`uniform_at`]) for token t of the row's stream key, so a row streamed here gets the tokens
+//! draw is the batched generator's own step (`generate::draw_step`: the same rules masks, the
+//! same draw on the same site — on the host by [`draw_row`](super::draw::draw_row), or on the
+//! logits' device by `sample::device_draw`, chosen as the batched generator chooses — and the
+//! same uniform ([`uniform_at`](super::generate::uniform_at)) for token t of the row's stream
+//! key), so a row streamed here gets the tokens
 //! [`super::generate()`] gives that row. Records no log-probs and keeps one row; must not
 //! batch, score or compute losses.
 
-use candle_core::Tensor;
-
-use super::device_draw::{draws_on_device, DeviceBatch, DeviceDraw};
-use super::draw::draw_row;
-use super::generate::{last_logits_tensor, uniform_at, GenerateConfig, RowKey};
+use super::device_draw::{draws_on_device, DeviceDraw};
+use super::generate::{draw_step, last_logits_tensor, GenerateConfig, Logits, RowKey, Step};
 use crate::model::{KvCache, Model, ModelError, Result};
 
 /// What a streamed completion produced.
@@ -23,13 +21,17 @@ pub struct Streamed {
     pub finished: bool,
 }
 
-/// Next-token logits [1, vocab] after feeding `ids` (one row) to `model` with `cache` (the
-/// batched generator's on one row), on the model's device. The forward runs on one of rayon's
-/// threads, as `generate`'s decode loop does, so the kernels' ≈ 120 parallel calls per token
-/// fork from inside the pool instead of each parking the caller; the callback (not `Send`)
-/// stays on the caller's thread, so a token costs one entry into the pool.
-fn next_logits(model: &Model, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-    rayon::scope(|_| last_logits_tensor(model, &[ids.to_vec()], &[vec![true; ids.len()]], cache))
+/// Next-token logits of one row after feeding `ids` to `model` with `cache` (the batched
+/// generator's on one row), placed where the draw reads them (`on_device`: left on the model's
+/// device). The forward runs on one of rayon's threads, as `generate`'s decode loop does, so
+/// the kernels' ≈ 120 parallel calls per token fork from inside the pool instead of each
+/// parking the caller; the callback (not `Send`) stays on the caller's thread, so a token costs
+/// one entry into the pool.
+fn next_logits(model: &Model, ids: &[u32], cache: &mut KvCache, on_device: bool) -> Result<Logits> {
+    let logits = rayon::scope(|_| {
+        last_logits_tensor(model, &[ids.to_vec()], &[vec![true; ids.len()]], cache)
+    })?;
+    Logits::place(logits, on_device)
 }
 
 /// Generates a completion of `prompt` from `model` under `config`, drawing token t from the
@@ -88,26 +90,20 @@ where
         None
     };
     let mut cache = KvCache::new();
-    let mut logits = next_logits(model, prompt, &mut cache)?;
+    let on_device = device_draw.is_some();
+    let mut logits = next_logits(model, prompt, &mut cache, on_device)?;
     for t in 0..rules.max_new_tokens {
-        let u = uniform_at(config, key, t);
-        let token = match &device_draw {
-            Some(draw) => {
-                let batch = DeviceBatch {
-                    logits: &logits,
-                    reference: None,
-                };
-                let mut one = draw.draw(batch, &masks, t, &[u])?;
-                one.pop()
-                    .ok_or_else(|| ModelError::Input("internal: no draw for the row".into()))?
-            }
-            None => {
-                let row = logits.squeeze(0).and_then(|l| l.to_vec1::<f32>());
-                let row = row.map_err(ModelError::from)?;
-                draw_row(&row, None, masks.at(t), &config.params, u)?
-            }
-        }
-        .token;
+        let step = Step {
+            active: &[0],
+            keys: &[key],
+            masks: &masks,
+            config,
+            t,
+        };
+        let token = draw_step(device_draw.as_ref(), &logits, None, &step)?
+            .pop()
+            .ok_or_else(|| ModelError::Input("internal: no draw for the row".into()))?
+            .token;
         out.tokens.push(token);
         on_token(token)?;
         if rules.is_eos(token) {
@@ -115,7 +111,7 @@ where
             break;
         }
         if t + 1 < rules.max_new_tokens {
-            logits = next_logits(model, &[token], &mut cache)?;
+            logits = next_logits(model, &[token], &mut cache, on_device)?;
         }
     }
     Ok(out)
