@@ -14,9 +14,25 @@ use crate::cli::CoordinatorArg;
 use crate::exit::Exit;
 use crate::progress::MetricsView;
 
+/// How long a command waits for the coordinator's answer to one request (for `watch` and
+/// `logs --follow`, its first answer: the stream after it may run as long as the job, and the
+/// connection's keep-alive pings, `connect::KEEP_ALIVE`, end it if the coordinator stops
+/// answering). Without it a request the coordinator never answers (under TLS 1.3 a client
+/// certificate it refuses is only rejected after the client's handshake is done) would leave
+/// a command waiting forever.
+const ANSWER_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The request's deadline passed (tonic reports it as `Cancelled`, "Timeout expired").
+fn missed_deadline(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::Cancelled && s.message() == tonic::TimeoutExpired(()).to_string()
+}
+
 /// A failed client RPC: a job that does not exist or a request the coordinator refuses is a
 /// usage error (exit 2); anything else is a runtime error (exit 1).
 fn rpc_error(s: tonic::Status) -> anyhow::Error {
+    if missed_deadline(&s) {
+        return no_answer();
+    }
     match s.code() {
         tonic::Code::NotFound
         | tonic::Code::InvalidArgument
@@ -42,6 +58,13 @@ pub fn connection(arg: &CoordinatorArg) -> Result<Connection, Exit> {
     })
 }
 
+fn no_answer() -> anyhow::Error {
+    anyhow::anyhow!(
+        "the coordinator did not answer in time (is it overloaded, or does it refuse this \
+         client's TLS certificate?)"
+    )
+}
+
 /// Connects as the command-line options say.
 pub async fn connect_arg(arg: &CoordinatorArg) -> Result<CoordinatorRpc> {
     connect(&connection(arg)?).await
@@ -50,6 +73,14 @@ pub async fn connect_arg(arg: &CoordinatorArg) -> Result<CoordinatorRpc> {
 /// Connects to the coordinator; bad options (URL, TLS files) are usage errors, an unreachable
 /// coordinator (or a refused TLS handshake) a runtime error.
 pub async fn connect(connection: &Connection) -> Result<CoordinatorRpc> {
+    connect_answering_within(connection, ANSWER_DEADLINE).await
+}
+
+/// [`connect`], with each request's answer awaited at most `deadline`.
+async fn connect_answering_within(
+    connection: &Connection,
+    deadline: Duration,
+) -> Result<CoordinatorRpc> {
     let url = &connection.url;
     check_url(url)?;
     let endpoint = connection.endpoint().map_err(|e| match e {
@@ -57,6 +88,7 @@ pub async fn connect(connection: &Connection) -> Result<CoordinatorRpc> {
     })?;
     let channel = endpoint
         .connect_timeout(Duration::from_secs(5))
+        .timeout(deadline)
         .connect()
         .await
         .map_err(|e| {
@@ -100,6 +132,7 @@ pub async fn submit(
         .await;
     match response {
         Ok(r) => Ok(r.into_inner().job_id),
+        Err(s) if missed_deadline(&s) => Err(no_answer()),
         Err(s)
             if s.code() == tonic::Code::FailedPrecondition
                 || s.code() == tonic::Code::InvalidArgument =>
@@ -409,5 +442,46 @@ pub fn outcome(job: &Job) -> Exit {
         }
         JobState::Cancelled => Exit::Cancelled,
         _ => Exit::JobFailed(format!("job {} failed: {}", job.job_id, job.error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A coordinator address that accepts connections and then never answers: a command gets
+    /// an error naming the missed answer when the deadline passes, instead of waiting forever.
+    #[tokio::test]
+    async fn a_coordinator_that_never_answers_gives_an_error_at_the_deadline() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let (socket, _) = listener.accept().await.unwrap();
+                held.push(socket);
+            }
+        });
+        let connection = Connection {
+            url,
+            token: None,
+            tls: ClientTls::default(),
+        };
+        let deadline = Duration::from_millis(300);
+        let mut client = connect_answering_within(&connection, deadline)
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let err = status(&mut client, None, true).await.unwrap_err();
+        assert!(
+            err.to_string().contains("did not answer in time"),
+            "unexpected error: {err:#}"
+        );
+        assert!(started.elapsed() >= deadline);
+        assert!(
+            err.downcast_ref::<Exit>().is_none(),
+            "a runtime error, not a usage error"
+        );
+        silent.abort();
     }
 }

@@ -18,6 +18,13 @@ pub use token::{Bearer, Token, TokenError, TOKEN_ENV};
 /// A coordinator client that sends the bearer token (if any) on every call.
 pub type CoordinatorRpc = CoordinatorClient<InterceptedService<Channel, Bearer>>;
 
+/// How often a connection with requests in flight pings the coordinator, and how long a ping
+/// may go unanswered before the connection counts as dead. Without it a coordinator that stops
+/// answering without closing the connection (a frozen process, a node gone from the network)
+/// would leave every request on it waiting for the operating system's TCP keep-alive (two
+/// hours by default); with it they fail within 40 s, and the channel connects afresh.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(20);
+
 /// Where the coordinator is and how to talk to it.
 #[derive(Debug, Clone, Default)]
 pub struct Connection {
@@ -46,6 +53,8 @@ impl Connection {
         let endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(|e| bad(e.to_string()))?
             .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(KEEP_ALIVE)
+            .keep_alive_timeout(KEEP_ALIVE)
             .tcp_nodelay(true);
         match self.url.split_once("://").map(|(scheme, _)| scheme) {
             Some("https") => endpoint

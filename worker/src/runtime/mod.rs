@@ -245,6 +245,7 @@ impl Session {
             self.worker_id.clone(),
             self.heartbeat,
             self.lease,
+            heartbeat_deadline(self.lease),
             running_rx,
             hb_tx,
         ));
@@ -534,11 +535,24 @@ impl Session {
     }
 }
 
+/// How long one heartbeat may wait for its answer: a lease, and at least
+/// [`HEARTBEAT_DEADLINE_FLOOR`] — the coordinator renews the lease when the heartbeat arrives,
+/// not when it answers, so a slow answer (a loaded coordinator with a short lease) is no reason
+/// to give the lease up.
+fn heartbeat_deadline(lease: Duration) -> Duration {
+    lease.max(HEARTBEAT_DEADLINE_FLOOR)
+}
+
+const HEARTBEAT_DEADLINE_FLOOR: Duration = Duration::from_secs(5);
+
+/// Heartbeats every `every` until the lease is lost: the coordinator no longer knows this
+/// worker, or no heartbeat has been answered for `lease` (each one waiting at most `deadline`).
 async fn heartbeat_loop(
     mut client: CoordinatorRpc,
     worker_id: String,
     every: Duration,
     lease: Duration,
+    deadline: Duration,
     running: watch::Receiver<Option<TaskRef>>,
     state: watch::Sender<HeartbeatState>,
 ) {
@@ -550,7 +564,16 @@ async fn heartbeat_loop(
             worker_id: worker_id.clone(),
             running: running.borrow().iter().cloned().collect(),
         };
-        match client.heartbeat(request).await {
+        // A heartbeat left unanswered fails like a refused one: waiting on would leave the
+        // worker attached to a coordinator that stopped answering.
+        let answer = match tokio::time::timeout(deadline, client.heartbeat(request)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                "no answer within {} ms",
+                deadline.as_millis()
+            ))),
+        };
+        match answer {
             Ok(r) => {
                 let r = r.into_inner();
                 last_ok = tokio::time::Instant::now();
