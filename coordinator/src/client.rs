@@ -58,6 +58,7 @@ pub fn connection(arg: &CoordinatorArg) -> Result<Connection, Exit> {
     })
 }
 
+/// The error of a request whose deadline passed (a runtime error, exit 1).
 fn no_answer() -> anyhow::Error {
     anyhow::anyhow!(
         "the coordinator did not answer in time (is it overloaded, or does it refuse this \
@@ -86,14 +87,9 @@ async fn connect_answering_within(
     let endpoint = connection.endpoint().map_err(|e| match e {
         ConnectError::BadUrl { .. } | ConnectError::Tls(_) => Exit::Config(e.to_string()),
     })?;
-    let channel = endpoint
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(deadline)
-        .connect()
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!("cannot reach the coordinator at {url}: {}", error_chain(&e))
-        })?;
+    let channel = endpoint.timeout(deadline).connect().await.map_err(|e| {
+        anyhow::anyhow!("cannot reach the coordinator at {url}: {}", error_chain(&e))
+    })?;
     Ok(connection.client(channel))
 }
 

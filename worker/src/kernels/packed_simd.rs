@@ -118,9 +118,13 @@ mod avx512 {
     /// gained too, less consistently). BENCHMARKS.md, "Prefetching the 8-row stream".
     const PREFETCH_FROM_ROWS: usize = 4;
 
-    /// How far ahead the hint reaches, in k-steps (16 lines = 1 KiB per panel); 32 and 64 gained
-    /// less in the same probe.
-    const PREFETCH_LINES: usize = 16;
+    /// How far ahead the hint reaches, in k-steps (32 lines = 2 KiB per panel). The first probe
+    /// found 32 and 64 no better than 16; decoding itself, later on the same VM model (family
+    /// 6 model 207) in its faster spells, ran faster at 32 than at 16 in all five alternating
+    /// rounds (batch 8 plain +2.3–3.7 %, mixture too), 48 level with 32, prefetching into L2
+    /// (`T1`) at 32–128 lines and no hint at all slower (BENCHMARKS.md, "The 8-row stream's
+    /// prefetch distance").
+    const PREFETCH_LINES: usize = 32;
 
     /// # Safety
     /// AVX-512F; `panels` holds `np·PANEL·k` floats and `x` holds `r·k`.

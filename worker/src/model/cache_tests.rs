@@ -75,6 +75,7 @@ fn decoding_on_the_kernels_gives_the_same_bits_for_every_cache_sizing() -> Resul
         vec![6, 8, 10, 12, 14, 16, 18, 20],
     ];
     let full = model.logits(&rows, &[vec![true; 8], vec![true; 8]])?;
+    let token_at = |r: usize, pos: usize| rows[r][pos];
     let mut runs: Vec<Vec<Vec<f32>>> = Vec::new();
     for mut cache in [
         KvCache::new(),
@@ -90,7 +91,7 @@ fn decoding_on_the_kernels_gives_the_same_bits_for_every_cache_sizing() -> Resul
                 cache.retain_rows(&[1])?;
                 live = vec![1];
             }
-            let ids: Vec<Vec<u32>> = live.iter().map(|&r| vec![rows[r][pos]]).collect();
+            let ids: Vec<Vec<u32>> = live.iter().map(|&r| vec![token_at(r, pos)]).collect();
             let hidden = model.forward_hidden(&ids, &vec![vec![true]; live.len()], &mut cache)?;
             let logits = model.lm_logits(&hidden)?;
             for (i, &r) in live.iter().enumerate() {
