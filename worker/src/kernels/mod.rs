@@ -40,7 +40,11 @@ mod train_op_tests;
 /// thread: waking the pool costs about as much as the work.
 const MIN_WEIGHTS_TO_SPLIT: usize = 1 << 16;
 /// Pieces per thread a parallel call is cut into, so idle threads can take a late one's share.
-const PIECES_PER_THREAD: usize = 8;
+/// 16 rather than 8: a batch-8 decode step's 121 calls end with a shorter tail on one thread
+/// (plain decoding +1–3 % in six of six rounds on the Intel VM, 32 and 64 level with 16,
+/// batch 1 unchanged: BENCHMARKS.md, "The 8-row stream's prefetch distance, and the peers in a
+/// fast spell").
+const PIECES_PER_THREAD: usize = 16;
 
 /// `f(b)` for every output block b in 0..blocks of a matmul kernel over a weight of `weights`
 /// elements (the skinny and packed kernels): on the calling thread when `parallel` is false or
