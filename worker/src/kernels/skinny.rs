@@ -3,7 +3,7 @@
 //!
 //! At decode time a linear layer is memory-bound: every weight is read once per token and used
 //! for `rows` multiply-adds. The kernel therefore streams W exactly once: the columns n, in
-//! blocks of 4 weight rows, are cut into about 8 pieces per thread on rayon's global pool (the
+//! blocks of 4 weight rows, are cut into about 16 pieces per thread on rayon's global pool (the
 //! one candle-core's gemm runs on: no extra threads); the caller runs every piece no other
 //! thread took, so a descheduled thread on a loaded machine never holds a call up. Each
 //! block of 4 weight rows stays in L1 while every input row is multiplied against it (the input
