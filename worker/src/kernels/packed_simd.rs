@@ -123,7 +123,8 @@ mod avx512 {
     /// 6 model 207) in its faster spells, ran faster at 32 than at 16 in all five alternating
     /// rounds (batch 8 plain +2.3–3.7 %, mixture too), 48 level with 32, prefetching into L2
     /// (`T1`) at 32–128 lines and no hint at all slower (BENCHMARKS.md, "The 8-row stream's
-    /// prefetch distance, and the peers in a fast spell").
+    /// prefetch distance, and the peers in a fast spell"). On a 2-vCPU Zen 5 VM 32 was again the
+    /// best of 0, 16, 32 and 64 (no hint 13–23 % slower; BENCHMARKS.md, "A Zen 5 VM").
     const PREFETCH_LINES: usize = 32;
 
     /// # Safety
