@@ -61,6 +61,8 @@ fn time(reps: usize, mut f: impl FnMut()) -> Duration {
 }
 
 fn main() {
+    // candle's element-wise pool as the worker binary sizes it (kernels::pools).
+    mirrorplay_worker::kernels::pools::settle_at_start();
     let (b, l, reps, k, k_reps) = (
         env_or("B", 16),
         env_or("L", 128),

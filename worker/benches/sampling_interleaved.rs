@@ -53,6 +53,8 @@ fn bench_dtype() -> DType {
 }
 
 fn main() {
+    // candle's element-wise pool as the worker binary sizes it (kernels::pools).
+    mirrorplay_worker::kernels::pools::settle_at_start();
     let (device, dtype) = (bench_device(), bench_dtype());
     let filter: Vec<String> = std::env::args()
         .skip(1)

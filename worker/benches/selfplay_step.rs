@@ -84,6 +84,8 @@ impl<S: tracing::Subscriber> Layer<S> for Capture {
 }
 
 fn main() {
+    // candle's element-wise pool as the worker binary sizes it (kernels::pools).
+    mirrorplay_worker::kernels::pools::settle_at_start();
     let (b, new, steps) = (env_or("B", 4), env_or("NEW", 64), env_or("STEPS", 3));
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into());
     let events: &'static Mutex<Vec<BTreeMap<String, f64>>> = Box::leak(Box::default());

@@ -31,6 +31,8 @@ fn env_or(key: &str, default: usize) -> usize {
 }
 
 fn main() -> anyhow::Result<()> {
+    // candle's element-wise pool as the worker binary sizes it (kernels::pools).
+    mirrorplay_worker::kernels::pools::settle_at_start();
     let (b, new) = (env_or("B", 4), env_or("NEW", 64));
     if env_or("MATMULS", 0) == 1 {
         return matmuls(b * (new + 16));

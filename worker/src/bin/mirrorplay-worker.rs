@@ -53,14 +53,26 @@ struct Args {
     log_format: String,
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    // Before tokio's threads exist: it may set an environment variable (kernels::pools).
+    let candle_threads = mirrorplay_worker::kernels::pools::settle_at_start();
     let args = Args::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(args, candle_threads))
+}
+
+async fn serve(args: Args, candle_threads: String) -> Result<()> {
     // The lines logged while a task runs also go to the coordinator, into the job's log.
     mirrorplay_worker::logging::init_with(
         &args.log_format,
         "info",
         Some(Box::new(runtime::task_log::Capture)),
+    );
+    tracing::info!(
+        candle_threads,
+        "candle's element-wise pool (CANDLE_NUM_THREADS; docs/architecture.md#compute-threads)"
     );
     let delay_ms: u64 = match std::env::var(FAULT_TASK_DELAY_ENV) {
         Ok(v) => v.parse().map_err(|_| {

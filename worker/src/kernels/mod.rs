@@ -11,6 +11,7 @@ pub mod isa;
 pub mod packed;
 pub mod packed_op;
 mod packed_simd;
+pub mod pools;
 pub mod reduce;
 pub mod rowwise;
 mod rowwise_grad;
