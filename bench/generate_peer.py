@@ -13,16 +13,23 @@ in THREADS threads (numpy releases the GIL; set OPENBLAS_NUM_THREADS=1 so BLAS d
 threads), with four reductions that each read every element once — `part @ part` (BLAS sdot),
 `part.max()`, `part.sum()` and a bitwise OR over the same bytes viewed as u64 — best of 5 each,
 and prints each one's GB/s, the fastest as the bandwidth, and the roofline: bytes of f32 weights
-read per decode step / bandwidth. The fastest is taken because a reduction can be bound by its
-arithmetic rather than the memory: on a Sapphire Rapids VM sdot reached 12.5 GB/s where `max`
-read 30, and on a Zen 5 VM the decoder streamed its weights faster than the first three
-reductions read (BENCHMARKS.md); a roofline below what a decoder achieves is no ceiling.
+read per decode step / bandwidth. Beside them, where gcc builds it, bench/read_bandwidth.c reads
+1 GiB on THREADS threads as 1, 2 and 4 interleaved streams per thread (several misses in
+flight per core, as the decoding kernels keep with their weight panels; 256-bit loads). The
+fastest of all is taken because a reader can be bound by its arithmetic or by one stream's
+misses rather than by the memory: on a Sapphire Rapids VM sdot reached 12.5 GB/s where `max`
+read 30, and on a Zen 5 VM the decoder streamed its weights faster than numpy's sdot, `max` and
+`sum` read, while the C probe's 2 streams read 76–78 GB/s where `max` read 68–71
+(BENCHMARKS.md); a roofline below what a decoder achieves is no ceiling.
 
 Usage: ~/.cache/mirrorplay/peers-venv/bin/python bench/generate_peer.py [bandwidth]
 Env: B (1), NEW_TOKENS (64), REPS (2), THREADS (2). Benchmarks only, never CI.
 """
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -36,6 +43,32 @@ def weight_bytes_per_token():
     kv = SHAPE["kv_heads"] * d
     per_layer = h * h * 2 + h * kv * 2 + 3 * h * m + 2 * h  # q, o; k, v; gate, up, down; norms
     return 4 * (SHAPE["layers"] * per_layer + SHAPE["vocab"] * h + h)
+
+
+def c_probe_rates():
+    """GB/s of bench/read_bandwidth.c at 1, 2 and 4 streams per thread, built with gcc in a
+    temporary directory; empty (with a line on stderr) where it cannot be built or run."""
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "read_bandwidth.c")
+    if shutil.which("gcc") is None:
+        print("bandwidth: no gcc, so no C probe; numpy's reductions only", file=sys.stderr)
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = os.path.join(tmp, "read_bandwidth")
+        try:
+            build = ["gcc", "-O2", "-mavx2", "-pthread", "-o", exe, src]
+            subprocess.run(build, check=True, capture_output=True, text=True)
+            return {
+                f"C {s} stream{'s' if s > 1 else ''}": float(
+                    subprocess.run(
+                        [exe, str(THREADS), str(s)], check=True, capture_output=True, text=True
+                    ).stdout
+                )
+                for s in (1, 2, 4)
+            }
+        except (subprocess.CalledProcessError, ValueError) as e:
+            detail = getattr(e, "stderr", None) or e
+            print(f"bandwidth: the C probe did not run ({detail}); numpy's reductions only", file=sys.stderr)
+            return {}
 
 
 def bandwidth():
@@ -58,11 +91,13 @@ def bandwidth():
                 list(pool.map(read, parts))
                 best = min(best, time.perf_counter() - t)
             rates[name] = a.nbytes / best / 1e9
+    del a, parts
+    rates.update(c_probe_rates())
     gbs = max(rates.values())
     per_token = weight_bytes_per_token()
     each = ", ".join(f"{name} {r:.1f}" for name, r in rates.items())
     print(
-        f"bandwidth: {gbs:.1f} GB/s ({THREADS} threads over 1 GiB f32, best of 5, fastest of "
+        f"bandwidth: {gbs:.1f} GB/s ({THREADS} threads over 1 GiB, best of 5, fastest of "
         f"numpy {each})"
     )
     print(

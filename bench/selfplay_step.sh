@@ -51,7 +51,7 @@ print(f"{2 * n**3 / best / 1e9:.1f}")')
   done
   echo "sgemm: $best GFLOP/s (numpy $("$PY" -c 'import numpy; print(numpy.__version__)'), 2048x2048x2048 f32, best of 5, fastest kernel)"
 }
-rates() { # numpy: the read bandwidth (fastest of four 1 GiB reductions on THREADS parts) and the sgemm rate (2048³, THREADS BLAS threads)
+rates() { # the read bandwidth (fastest of numpy's four 1 GiB reductions on THREADS parts and bench/read_bandwidth.c) and the sgemm rate (2048³, THREADS BLAS threads)
   # sed, not head: head's early exit would kill the writer with SIGPIPE, failing the pipeline.
   OPENBLAS_NUM_THREADS=1 THREADS=$THREADS "$PY" bench/generate_peer.py bandwidth | sed -n 1p
   sgemm_rate 2>&1
