@@ -23,10 +23,7 @@ pub const CANDLE_THREADS_ENV: &str = "CANDLE_NUM_THREADS";
 /// The value [`settle_at_start`] gives `CANDLE_NUM_THREADS`: `Some("1")` when the environment
 /// does not set it, `None` (leave it) when it does.
 pub fn candle_threads_default(current: Option<&std::ffi::OsStr>) -> Option<&'static str> {
-    match current {
-        None => Some("1"),
-        Some(_) => None,
-    }
+    current.is_none().then_some("1")
 }
 
 /// Gives candle's element-wise pool its default size (see the module's doc) unless the

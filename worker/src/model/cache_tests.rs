@@ -63,6 +63,16 @@ fn decode_two_rows(
     Ok(steps)
 }
 
+/// A tiny model of hidden size 256: every projection passes the skinny and packed kernels'
+/// size gates, and the decoder takes the fused row-wise kernels.
+fn kernel_sized_config() -> ModelConfig {
+    let config = ModelConfig::tiny_with(300, 256, 2, 4, 2, 512);
+    assert!(crate::kernels::rowwise_op::model_takes_kernels(
+        config.hidden_size
+    ));
+    config
+}
+
 #[test]
 fn token_by_token_decoding_matches_a_full_forward_for_every_cache_sizing() -> Result<()> {
     let model = init_random(&ModelConfig::tiny(32), 3, false, &Device::Cpu)?;
@@ -82,10 +92,7 @@ fn token_by_token_decoding_matches_a_full_forward_for_every_cache_sizing() -> Re
 /// reads each layout's strided views alike.
 #[test]
 fn decoding_on_the_kernels_gives_the_same_bits_for_every_cache_sizing() -> Result<()> {
-    let config = ModelConfig::tiny_with(300, 256, 2, 4, 2, 512);
-    assert!(crate::kernels::rowwise_op::model_takes_kernels(
-        config.hidden_size
-    ));
+    let config = kernel_sized_config();
     let model = init_random(&config, 11, false, &Device::Cpu)?;
     let rows: Vec<Vec<u32>> = vec![
         vec![1, 50, 99, 2, 7, 240, 11, 3],
@@ -130,10 +137,7 @@ fn decoding_on_the_inference_kernels_matches_a_tracked_forward_on_the_composed_o
     // Hidden 256: the skinny gate admits the projections, so the frozen model decodes on the
     // skinny matmul and the fused row-wise kernels, while the trainable one (same seed, same
     // weights) is tracked and runs the train-safe compositions.
-    let config = ModelConfig::tiny_with(300, 256, 2, 4, 2, 512);
-    assert!(crate::kernels::rowwise_op::model_takes_kernels(
-        config.hidden_size
-    ));
+    let config = kernel_sized_config();
     let frozen = init_random(&config, 7, false, &Device::Cpu)?;
     let trainable = init_random(&config, 7, true, &Device::Cpu)?;
     let rows: Vec<Vec<u32>> = vec![
@@ -162,8 +166,7 @@ fn decoding_on_the_inference_kernels_matches_a_tracked_forward_on_the_composed_o
 
 #[test]
 fn a_frozen_models_own_long_forwards_never_pack_but_a_decoding_views_prefill_does() -> Result<()> {
-    // Hidden 256: every projection passes the packed kernel's size gate.
-    let config = ModelConfig::tiny_with(300, 256, 2, 4, 2, 512);
+    let config = kernel_sized_config();
     let frozen = init_random(&config, 7, false, &Device::Cpu)?;
     // 2 × 12 = 24 rows, past the skinny kernel's 16: scoring on the frozen model itself keeps
     // candle's gemm and makes no packed copy (which would double its weights' memory).
@@ -183,8 +186,7 @@ fn a_frozen_models_own_long_forwards_never_pack_but_a_decoding_views_prefill_doe
 #[test]
 fn a_trainable_models_next_decoding_view_repacks_its_updated_weights_into_the_kept_memory(
 ) -> Result<()> {
-    // Hidden 256: every projection passes the packed kernel's size gate.
-    let config = ModelConfig::tiny_with(300, 256, 2, 4, 2, 512);
+    let config = kernel_sized_config();
     let trainable = init_random(&config, 7, true, &Device::Cpu)?;
     let keeps = crate::kernels::packed_op::keeps_packed();
     let rows: Vec<Vec<u32>> = vec![(1..9).collect(), (20..28).collect()];
